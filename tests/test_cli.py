@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,25 @@ def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "maml_anomaly", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "daily-score" in result.stdout
+
+
+def _walk(command, prefix=()):
+    """(name path, command) for every leaf command of the click tree."""
+    subcommands = getattr(command, "commands", None)
+    if not subcommands:
+        yield prefix, command
+        return
+    for name, sub in subcommands.items():
+        yield from _walk(sub, (*prefix, name))
+
+
+def test_docs_mention_every_command_and_option():
+    import typer
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
+    for path, command in _walk(typer.main.get_command(app)):
+        assert f"### {' '.join(path)}" in docs, path
+        for param in command.params:
+            for opt in [*param.opts, *param.secondary_opts]:
+                if opt.startswith("--"):
+                    assert re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", docs), (path, opt)

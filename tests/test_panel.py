@@ -80,3 +80,17 @@ def test_absurd_grid_is_refused_with_a_message():
     # two points 1 ns apart and one a year later: the step mode would be 1 ns
     with pytest.raises(InputError, match="regular"):
         _panel(["a"], [0, 0, 0, 0], [0, 1, 365 * D, 365 * D + 3])
+
+
+def test_snap_tolerance_moves_drifting_rows_to_free_grid_points():
+    m = np.int64(60 * 10**9)
+    # 10-minute grid; rows drift by a minute or two; two rows compete for the 40-minute point
+    ds = [0, 10 * m, 21 * m, 29 * m, 39 * m, 40 * m, 52 * m]
+    exact = _panel(["a"], [0] * 7, ds)
+    assert exact.snapped == 0 and len(exact.off_grid) == 4
+    snapped = Panel.from_sorted(np.array(["a"], dtype=object), np.zeros(7, np.int64), np.array(ds), np.arange(7.0), 0.5)
+    np.testing.assert_array_equal(snapped.series_values(0), [0, 1, 2, 3, 5, 6])
+    assert snapped.snapped == 3
+    assert snapped.off_grid["y"].tolist() == [4.0]  # 39 min lost to the exact 40-minute row
+    tight = Panel.from_sorted(np.array(["a"], dtype=object), np.zeros(7, np.int64), np.array(ds), np.arange(7.0), 0.05)
+    assert tight.snapped == 0

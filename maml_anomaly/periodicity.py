@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft as sfft
 
-__all__ = ["PeriodResult", "calendar_periods", "detect_periods"]
+__all__ = ["PeriodResult", "calendar_periods", "cycle_profiles", "detect_periods"]
 
 _MINUTE, _HOUR, _DAY, _WEEK = 60.0, 3600.0, 86400.0, 604800.0
 _YEAR = 365.25 * _DAY
@@ -39,6 +39,7 @@ HARMONIC_SLACK = 0.15   # a divisor this close (share of the winner's unexplaine
 HARMONIC_SLACK_MIN = 0.03
 MULTIPLE_MARGIN = 0.25  # a multiple must explain this much more of the unexplained part
 MULTIPLE_MARGIN_MIN = 0.05
+MULTIPLE_LOO_SLACK = 0.05  # ... and predict held-out points about as well (few-cycle overfit)
 N_FREE_PEAKS = 2        # ACF peaks taken as free candidates per series, besides the fundamental
 
 
@@ -312,7 +313,8 @@ def _select(cands: np.ndarray, adj: np.ndarray, loo: np.ndarray, min_strength: f
     # compared on the adjusted share, which does not penalise the fewer cycles of a long period
     a_j = adj[rows, j]
     margin = np.maximum(MULTIPLE_MARGIN_MIN, MULTIPLE_MARGIN * (1.0 - a_j))
-    wider = good & _is_multiple(cands, cands[rows, j][:, None]) & (adj >= (a_j + margin)[:, None])
+    wider = good & _is_multiple(cands, cands[rows, j][:, None]) & (adj >= (a_j + margin)[:, None]) \
+        & (loo >= (loo[rows, j] - MULTIPLE_LOO_SLACK)[:, None])
     jm = np.where(wider, adj, -np.inf).argmax(1)
     j = np.where(wider[rows, jm], jm, j)
     period = np.where(has, cands[rows, j], 0)
@@ -323,7 +325,40 @@ def _select(cands: np.ndarray, adj: np.ndarray, loo: np.ndarray, min_strength: f
     j2 = np.where(other, s, -np.inf).argmax(1)
     second = np.where(other[rows, j2], cands[rows, j2], 0)
     # a weekly period over a daily one: the daily cycle is the natural second period
-    sub = good & _is_multiple(period[:, None], cands) & ~other[rows, j2][:, None]
+    sub = good & _is_multiple(period[:, None], cands) & has[:, None]
     js = np.where(sub, adj, -np.inf).argmax(1)
     second = np.where(sub[rows, js], cands[rows, js], second)
     return period.astype(np.int64), strength, second.astype(np.int64)
+
+
+def cycle_profiles(matrix: np.ndarray, period: int, *, bins: int = 0) -> np.ndarray:
+    """Mean cycle of each row folded by ``period`` (aligned on the last column), z-normalised.
+
+    Rows are detrended and outlier-clipped as for detection. ``bins`` > 0 averages the phases
+    into that many equal bins (long periods such as 2016 five-minute steps). Rows without a
+    usable profile come back as zeros. Returns (S, bins or period) float32.
+    """
+    x = np.asarray(matrix, dtype=np.float64)
+    S, T = x.shape
+    p = int(period)
+    out_w = bins if 0 < bins < p else p
+    if S == 0 or p < 2:
+        return np.zeros((S, out_w), np.float32)
+    mask = np.isfinite(x)
+    z, ok = _standardise(x, mask)                           # (S, T)
+    n_cyc = -(-T // p)
+    pad = n_cyc * p - T
+    zz = np.zeros((S, n_cyc * p), np.float32)
+    mm = np.zeros((S, n_cyc * p), np.float32)
+    zz[:, pad:], mm[:, pad:] = z, mask
+    prof = zz.reshape(S, n_cyc, p).sum(1) / np.maximum(mm.reshape(S, n_cyc, p).sum(1), 1)  # (S, p)
+    if out_w < p:                                           # average phases into bins
+        edges = (np.arange(p) * out_w) // p                 # (p,) bin of each phase
+        counts = np.bincount(edges, minlength=out_w).astype(np.float32)
+        starts = np.searchsorted(edges, np.arange(out_w))   # phases of a bin are contiguous
+        prof = np.add.reduceat(prof, starts, axis=1) / counts
+    prof = prof - prof.mean(1, keepdims=True)
+    sd = prof.std(1, keepdims=True)
+    ok &= sd[:, 0] > 1e-9
+    prof = np.where(ok[:, None], prof / np.where(sd > 1e-9, sd, 1.0), 0.0)
+    return prof.astype(np.float32)

@@ -40,11 +40,12 @@ NESTED_ALPHA = 0.001    # a multiple must beat its divisor at this level (weekly
 LOO_MIN = 0.1           # leave-one-out share a period must explain (noise scores <= 0)
 HARMONIC_SLACK = 0.15   # a divisor this close (share of the winner's unexplained part) wins
 HARMONIC_SLACK_MIN = 0.03
-MULTIPLE_MARGIN = 0.25  # a multiple must explain this much more of the unexplained part
+MULTIPLE_MARGIN = 0.12  # a multiple must explain this much more of the unexplained part
 MULTIPLE_MARGIN_MIN = 0.05
-MULTIPLE_LOO_SLACK = 0.05  # ... and predict held-out points about as well (few-cycle overfit)
+MULTIPLE_LOO_SLACK = 0.15  # ... and predict held-out points about as well (few-cycle overfit)
 ADJ, LOO, PVAL, SSR, DFR, N_STATS = range(6)   # fold statistics per candidate (last axis)
 FREE_ACF_MIN = 0.1      # free candidates need at least this autocorrelation at their lag
+SMOOTH_FROM_LAG = 16    # ACF peaks from this lag on are found on a 5-tap smoothed ACF
 N_FREE_PEAKS = 2        # ACF peaks taken as free candidates per series, besides the fundamental
 
 
@@ -172,17 +173,20 @@ def _standardise(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def _detrend(y: np.ndarray, mask: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Remove each row's least-squares line through its observed points (y is 0 at gaps)."""
     t = np.arange(y.shape[1], dtype=np.float64)             # (T,)
+    m = mask.astype(np.float64)                             # (C, T)
     nn = np.maximum(n, 1)
-    t_mean = (mask * t).sum(1) / nn                         # (C,)
+    t_mean = (m @ t) / nn                                   # (C,) sums as matrix products
     y_mean = y.sum(1) / nn
-    tc = np.where(mask, t - t_mean[:, None], 0.0)           # (C, T)
-    slope = (tc * y).sum(1) / np.maximum((tc * tc).sum(1), 1e-12)
-    return np.where(mask, y - y_mean[:, None] - slope[:, None] * tc, 0.0)
+    sxx = m @ (t * t) - nn * t_mean * t_mean
+    sxy = y @ t - t_mean * y.sum(1)
+    slope = sxy / np.maximum(sxx, 1e-12)
+    fit = (y_mean - slope * t_mean)[:, None] + slope[:, None] * t[None, :]
+    return (y - fit) * m
 
 
 def _masked_median(y: np.ndarray, mask: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Row medians over observed points (np.nanmedian falls back to a Python loop per row)."""
-    srt = np.sort(np.where(mask, y, np.inf), axis=1)        # gaps sort last
+    srt = np.sort(np.where(mask, y, np.inf).astype(np.float32), axis=1)   # gaps sort last
     lo = np.clip((n - 1) // 2, 0, y.shape[1] - 1)
     hi = np.clip(n // 2, 0, y.shape[1] - 1)
     rows = np.arange(y.shape[0])
@@ -208,6 +212,12 @@ def _candidates(acf: np.ndarray, pairs: np.ndarray, lag_cap: np.ndarray,
     """Candidate periods per row: calendar periods, the best ACF peaks and their fundamental."""
     C, L = acf.shape
     k = np.arange(L)                                        # (L,)
+    raw = acf
+    if L > 5:   # noise splits the broad peak of a long period: find peaks on a smoothed ACF
+        smooth = acf.copy()
+        smooth[:, 2:-2] = (acf[:, :-4] + 2 * acf[:, 1:-3] + 3 * acf[:, 2:-2]
+                           + 2 * acf[:, 3:-1] + acf[:, 4:]) / 9.0
+        acf = np.where(k >= SMOOTH_FROM_LAG, smooth, acf)
     inner = acf[:, 1:-1]
     peak = np.zeros((C, L), bool)
     peak[:, 1:-1] = (inner >= acf[:, :-2]) & (inner > acf[:, 2:]) & (inner > 0)
@@ -225,11 +235,14 @@ def _candidates(acf: np.ndarray, pairs: np.ndarray, lag_cap: np.ndarray,
     free.append(fund)
     for base in (top[:, 0], fund):                          # noise moves a long peak by a step
         for d in (-1, 1):
-            nb = np.where(top_ok[:, 0] & (base >= 16), base + d, 0)
+            nb = np.where(top_ok[:, 0] & (base >= SMOOTH_FROM_LAG), base + d, 0)
             free.append(np.where((nb >= 2) & (nb <= lag_cap), nb, 0))
     free = np.stack(free, 1).astype(np.int64)              # (C, n_free)
     # a period whose autocorrelation is this low cannot reach the strength gate: skip it
-    free = np.where(np.take_along_axis(acf, free, 1) >= FREE_ACF_MIN, free, 0)
+    # (and a noise peak at a long lag, resting on few pairs, is not worth a fold either)
+    floor = np.clip(3.0 / np.sqrt(np.maximum(np.take_along_axis(pairs, free, 1), 1)),
+                    FREE_ACF_MIN, 0.2)                      # (C, n_free)
+    free = np.where(np.take_along_axis(raw, free, 1) >= floor, free, 0)
     for c in calendar:                                      # snap near-misses onto the calendar
         tol = _snap_tolerance(c)
         if tol:

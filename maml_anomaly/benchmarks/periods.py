@@ -130,6 +130,19 @@ def _aperiodic(rng: np.random.Generator, T: int) -> np.ndarray:
     return y
 
 
+def _trend(rng: np.random.Generator, T: int) -> np.ndarray:
+    """No trend, a line, a bend, or a slow random walk (in units of the noise sd)."""
+    u = np.linspace(0, 1, T)
+    kind = rng.integers(0, 4)
+    if kind == 1:
+        return rng.uniform(-5, 5) * u
+    if kind == 2:
+        return rng.uniform(-5, 5) * (u - rng.uniform(0.2, 0.8)) ** 2 * 4
+    if kind == 3:
+        return np.cumsum(rng.normal(size=T)) * rng.uniform(0.02, 0.1)
+    return np.zeros(T)
+
+
 def make_group(name: str, step: float, period: int, t_min: int, t_max: int, n: int,
                rng: np.random.Generator, missing: float = 0.05) -> Group:
     """n series of one kind in an (n, t_max) matrix, left-padded with NaN."""
@@ -144,8 +157,10 @@ def make_group(name: str, step: float, period: int, t_min: int, t_max: int, n: i
         else:
             y = _aperiodic(rng, T)
         scale = float(np.exp(rng.uniform(-3, 8)))
-        trend = rng.uniform(-3, 3) * np.linspace(0, 1, T) if rng.uniform() < 0.6 else 0.0
-        y = scale * (y + trend) + rng.uniform(-100, 100) * scale
+        y = y + _trend(rng, T)
+        if rng.uniform() < 0.2:                                          # multiplicative season
+            y = y * np.linspace(1.0, rng.uniform(1.0, 3.0), T)
+        y = scale * y + rng.uniform(-100, 100) * scale
         out = rng.uniform(size=T) < rng.uniform(0, 0.02)                 # outliers
         y[out] += scale * rng.choice([-1, 1], out.sum()) * rng.uniform(6, 15, out.sum())
         y[rng.uniform(size=T) < missing] = np.nan

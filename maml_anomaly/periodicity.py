@@ -34,7 +34,7 @@ _MINUTE, _HOUR, _DAY, _WEEK = 60.0, 3600.0, 86400.0, 604800.0
 _YEAR = 365.25 * _DAY
 
 MIN_CYCLES = 2          # full cycles needed in the observed span to claim a period
-CLIP_Z = 5.0            # robust z beyond which a point is an outlier and is clipped
+CLIP_Z = 3.5            # robust z beyond which a point is an outlier and is clipped
 ALPHA = 0.01            # F-test level of a calendar period; free periods get ALPHA / lags tried
 NESTED_ALPHA = 0.001    # a multiple must beat its divisor at this level (weekly over daily)
 LOO_MIN = 0.1           # leave-one-out share a period must explain (noise scores <= 0)
@@ -135,7 +135,7 @@ def _detect_chunk(x: np.ndarray, calendar: list[int], max_lag: int, nfft: int,
     lead = np.where(good, stats[..., LOO], -np.inf).argmax(1)
     p_lead = np.where(good.any(1), cands[np.arange(C), lead], 0)   # (C,)
     divs = np.stack([np.where(p_lead % k == 0, p_lead // k, 0) for k in (2, 3, 4)], 1)
-    divs = np.where(divs >= 2, divs, 0)
+    divs = _snap(np.where(divs >= 2, divs, 0), calendar)
     divs = np.where((divs[:, :, None] == cands[:, None, :]).any(2), 0, divs)
     stats2 = _score_candidates(z, mask, divs)
     good2 = _passes(divs, stats2, min_strength, ALPHA / np.maximum(lag_cap, 1)[:, None])
@@ -243,14 +243,20 @@ def _candidates(acf: np.ndarray, pairs: np.ndarray, lag_cap: np.ndarray,
     floor = np.clip(3.0 / np.sqrt(np.maximum(np.take_along_axis(pairs, free, 1), 1)),
                     FREE_ACF_MIN, 0.2)                      # (C, n_free)
     free = np.where(np.take_along_axis(raw, free, 1) >= floor, free, 0)
-    for c in calendar:                                      # snap near-misses onto the calendar
-        tol = _snap_tolerance(c)
-        if tol:
-            free = np.where((free > 0) & (np.abs(free - c) <= tol), c, free)
+    free = _snap(free, calendar)
     cal = np.array(calendar, np.int64)[None, :].repeat(C, 0)          # (C, n_cal)
     cal = np.where(cal <= lag_cap[:, None], cal, 0)
     cands = np.concatenate([cal, free], 1)
     return _dedupe_rows(cands)
+
+
+def _snap(periods: np.ndarray, calendar: list[int]) -> np.ndarray:
+    """Move periods a step or two off a calendar period onto it."""
+    for c in calendar:
+        tol = _snap_tolerance(c)
+        if tol:
+            periods = np.where((periods > 0) & (np.abs(periods - c) <= tol), c, periods)
+    return periods
 
 
 def _dedupe_rows(c: np.ndarray) -> np.ndarray:

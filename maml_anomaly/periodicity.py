@@ -197,7 +197,8 @@ def _masked_quantiles(y: np.ndarray, mask: np.ndarray, n: np.ndarray
         pos = q * np.maximum(n - 1, 0)
         lo = np.clip(np.floor(pos).astype(np.int64), 0, last)
         hi = np.clip(np.ceil(pos).astype(np.int64), 0, last)
-        v = srt[rows, lo] + (pos - lo) * (srt[rows, hi] - srt[rows, lo])
+        with np.errstate(invalid="ignore"):                 # empty rows: inf - inf, dropped
+            v = srt[rows, lo] + (pos - lo) * (srt[rows, hi] - srt[rows, lo])
         return np.where(n > 0, v, 0.0).astype(y.dtype)
 
     return at(0.5), at(0.25), at(0.75)

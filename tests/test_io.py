@@ -395,3 +395,10 @@ def test_duplicate_policies_match_pandas(tmp_path, rows, policy):
     assert got["ds"].tolist() == [ds for _, ds in expected.index]
     assert got["unique_id"].astype(str).tolist() == [i for i, _ in expected.index]
     np.testing.assert_allclose(got["y"].to_numpy(), expected.to_numpy(), equal_nan=True)
+
+
+def test_naive_iso_strings(tmp_path):
+    table = pa.table({"unique_id": ["a", "a", "a"], "ds": ["2024-01-01", "2024-01-01T01:00:00", "2024-01-01 02:00:00"], "y": [1.0, 2.0, 3.0]})
+    pq.write_table(table, tmp_path / "n.parquet")
+    panel, _ = read_panel(tmp_path / "n.parquet", COLS)
+    assert panel.step_seconds.tolist() == [3600.0] and panel.series_values(0).tolist() == [1.0, 2.0, 3.0]

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from maml_anomaly.periodicity import cycle_profiles
+from maml_anomaly.periodicity import cycle_profiles, detect_periods
 
-__all__ = ["PeriodClusterer", "step_tag"]
+__all__ = ["PeriodClusterer", "assign_clusters", "step_tag"]
 
 FORMAT_VERSION = 1
 MAX_BINS = 48          # long cycles are compared on at most this many phase bins
@@ -228,6 +228,27 @@ class PeriodClusterer:
                                 for g in d["shape_groups"]}
         self.clusters_ = pd.DataFrame(d.get("clusters", []))
         return self
+
+
+def assign_clusters(state: dict, matrix: np.ndarray, step_seconds: float, *, min_strength: float = 0.2,
+                    max_period: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(period (S,), cluster (S,)) for series of one step that fit-clusters never saw.
+
+    ``state`` is the model directory's clusterer.json ({"step_groups": [{"step_seconds",
+    "prefix", "clusterer"}]}); ``matrix`` the series' recent history (``Panel.tail_matrix``).
+    The period is detected from that history (0 when it is too short or has no cycle); a step
+    that was never fitted uses the group of the nearest step (on a log scale).
+    """
+    groups = state.get("step_groups", [])
+    if not groups:
+        raise ValueError("clusterer state has no step groups: fit-clusters saw no series with a step")
+    g = min(groups, key=lambda g: (abs(np.log(g["step_seconds"] / step_seconds)), g["step_seconds"]))
+    model = PeriodClusterer.from_dict(g["clusterer"])
+    found = detect_periods(matrix, step_seconds, max_period=max_period, min_strength=min_strength)
+    names = model.predict(matrix, found.period)
+    if g["prefix"]:
+        names = np.asarray([g["prefix"] + n for n in names], dtype=object)
+    return found.period, names
 
 
 def _nearest(prof: np.ndarray, centroids: np.ndarray) -> np.ndarray:

@@ -128,7 +128,7 @@ class ClusterModel:
     inner_lrs: object = None  # learned per-parameter inner learning rates, when meta-learned
 
     def build_model(self) -> torch.nn.Module:
-        return Forecaster(self.spec.n_inputs, self.hidden, 1)
+        return Forecaster(self.spec.n_inputs, (self.hidden, self.hidden), 1)
 
     def metadata(self) -> dict:
         """JSON-able description stored beside the weights."""
@@ -195,11 +195,10 @@ def adapt_and_forecast(
     x_s, y_s, w_s, x_q = to(tasks.x_support), to(tasks.y_support), to(tasks.w_support), to(tasks.x_query)
     base = {k: v.detach().to(dev) for k, v in params.items()}
     lrs = None if inner_lrs is None else _detach(inner_lrs, dev)
-    task_params = adapt(
-        model, base, x_s, y_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs, weight=w_s, first_order=True
-    )
-    with torch.no_grad():
-        task_params = {k: v.detach() for k, v in task_params.items()}
+    with torch.no_grad():  # adapt still takes its inner gradients; no graph is kept
+        task_params = adapt(
+            model, base, x_s, y_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs, weight=w_s, first_order=True
+        )
         pred_q = predict(model, task_params, x_q)[..., 0]  # (B, Q)
         pred_s = predict(model, task_params, x_s)[..., 0]  # (B, K)
         sq = ((pred_s - y_s) ** 2 * w_s).sum(dim=1)  # (B,)

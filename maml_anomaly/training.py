@@ -44,6 +44,7 @@ class TrainSettings:
     patience: int = 4
     time_budget_s: float = 120.0
     rmse_floor: float = 0.05
+    learn_inner_lr: bool = True
     seed: int = 0
 
 
@@ -67,11 +68,14 @@ def _query_errors(pred_q: np.ndarray, t: Tasks) -> dict:
     return {"mse": float((err**2).sum() / n), "mae": float(np.abs(err).sum() / n)}
 
 
-def _adapted_query(model, params, t: Tasks, steps: int, lr: float) -> np.ndarray:
+def _adapted_query(model, params, t: Tasks, steps: int, lr: float, inner_lrs=None) -> np.ndarray:
+    """Query forecasts (B, Q) after ``steps`` first-order inner steps from ``params``."""
     x_s, y_s, w_s, x_q, _, _ = _tensors(t)
-    task_params = adapt(model, params, x_s, y_s, steps=steps, lr=lr, weight=w_s, first_order=True)
     with torch.no_grad():
-        return predict(model, {k: v.detach() for k, v in task_params.items()}, x_q)[..., 0].double().numpy()
+        base = {k: v.detach() for k, v in params.items()}
+        lrs = None if inner_lrs is None else {k: v.detach() for k, v in inner_lrs.items()}
+        task_params = adapt(model, base, x_s, y_s, steps=steps, lr=lr, inner_lrs=lrs, weight=w_s, first_order=True)
+        return predict(model, task_params, x_q)[..., 0].double().numpy()
 
 
 def _seasonal_naive(t: Tasks, spec: LagSpec) -> np.ndarray:
@@ -129,43 +133,53 @@ def train_cluster(
     val_tasks = sample(val_rows, settings.n_val_tasks)
     calib_tasks = sample(val_rows, settings.n_val_tasks)
 
-    model = Forecaster(spec.n_inputs, settings.hidden, 1)
+    model = Forecaster(spec.n_inputs, (settings.hidden, settings.hidden), 1)
     init = init_params(model)
     params = {k_: v.detach().clone().requires_grad_(True) for k_, v in init.items()}
-    opt = torch.optim.Adam(params.values(), lr=settings.meta_lr)
-    best = (math.inf, {k_: v.detach().clone() for k_, v in params.items()}, 0)
+    # Meta-SGD: one learned step size per weight, starting at inner_lr
+    lrs = {k_: torch.full_like(v, settings.inner_lr).requires_grad_(True) for k_, v in init.items()} if settings.learn_inner_lr else None
+    opt = torch.optim.Adam([*params.values(), *(lrs or {}).values()], lr=settings.meta_lr)
+    snapshot = lambda d: None if d is None else {k_: v.detach().clone() for k_, v in d.items()}  # noqa: E731
+    best = (math.inf, snapshot(params), snapshot(lrs), 0)
     history, bad, it = [], 0, 0
     for it in range(1, settings.iterations + 1):
         t = sample(train_rows, settings.meta_batch_size)
         x_s, y_s, w_s, x_q, y_q, w_q = _tensors(t)
         loss = meta_loss(
             model, params, x_s, y_s, x_q, y_q, steps=settings.inner_steps, lr=settings.inner_lr,
-            weight_support=w_s, weight_query=w_q, first_order=settings.first_order,
+            inner_lrs=lrs, weight_support=w_s, weight_query=w_q, first_order=settings.first_order,
         )
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 10.0)  # one wild window must not wreck the init
         opt.step()
+        if lrs is not None:
+            with torch.no_grad():  # a negative step size would climb the support loss
+                for v in lrs.values():
+                    v.clamp_(min=0.0)
         out_of_time = time.perf_counter() - started > settings.time_budget_s
         if it % settings.eval_every == 0 or it == settings.iterations or out_of_time:
-            val = _query_errors(_adapted_query(model, params, val_tasks, settings.inner_steps, settings.inner_lr), val_tasks)["mse"]
+            pred = _adapted_query(model, params, val_tasks, settings.inner_steps, settings.inner_lr, lrs)
+            val = _query_errors(pred, val_tasks)["mse"]
             history.append({"iteration": it, "train_loss": float(loss.detach()), "val_mse": val})
             log(f"iteration {it}: train {float(loss.detach()):.4f} val {val:.4f}")
             if val < best[0]:
-                best, bad = (val, {k_: v.detach().clone() for k_, v in params.items()}, it), 0
+                best, bad = (val, snapshot(params), snapshot(lrs), it), 0
             else:
                 bad += 1
             if bad >= settings.patience or out_of_time:
                 break
-    meta_params = best[1]
+    meta_params, meta_lrs = best[1], best[2]
     train_seconds = time.perf_counter() - started
 
-    forecasts = adapt_and_forecast(model, meta_params, calib_tasks, inner_steps=settings.inner_steps, inner_lr=settings.inner_lr)
+    forecasts = adapt_and_forecast(
+        model, meta_params, calib_tasks, inner_steps=settings.inner_steps, inner_lr=settings.inner_lr, inner_lrs=meta_lrs
+    )
     u = normalised_residuals(calib_tasks, forecasts, settings.rmse_floor)
     calibration = fit_calibration(np.abs(u[np.isfinite(u)]), rmse_floor=settings.rmse_floor)
 
     report = _report(
-        model, init, meta_params, values, indptr, lengths, train_rows, val_tasks, spec, k, width, settings, rng,
+        model, init, meta_params, meta_lrs, values, indptr, lengths, train_rows, val_tasks, spec, k, width, settings, rng,
         pretrain_iterations=it,
     )
     report.update(
@@ -175,7 +189,7 @@ def train_cluster(
             "n_train_series": int(train_rows.size),
             "n_val_series": int(val_rows.size),
             "iterations": it,
-            "best_iteration": best[2],
+            "best_iteration": best[3],
             "train_seconds": round(train_seconds, 2),
             "history": history,
             "settings": asdict(settings),
@@ -185,19 +199,19 @@ def train_cluster(
     )
     return ClusterModel(
         spec=spec, k_shot=k, query_len=query_len, hidden=settings.hidden, inner_steps=settings.inner_steps,
-        inner_lr=settings.inner_lr, params=meta_params, calibration=calibration, report=report,
+        inner_lr=settings.inner_lr, params=meta_params, calibration=calibration, report=report, inner_lrs=meta_lrs,
     )
 
 
-def _report(model, init, meta_params, values, indptr, lengths, train_rows, val_tasks, spec, k, width, settings, rng, *, pretrain_iterations):
+def _report(model, init, meta_params, meta_lrs, values, indptr, lengths, train_rows, val_tasks, spec, k, width, settings, rng, *, pretrain_iterations):
     """Query errors on held-out series: adapted beside the baselines the paper compares with."""
     s, lr = settings.inner_steps, settings.inner_lr
-    scratch = {k_: v.detach() for k_, v in init_params(Forecaster(spec.n_inputs, settings.hidden, 1)).items()}
+    scratch = {k_: v.detach() for k_, v in init_params(Forecaster(spec.n_inputs, (settings.hidden, settings.hidden), 1)).items()}
     transfer = _pretrain_jointly(
         model, init, values, indptr, lengths, train_rows, spec, k, width, settings, rng, pretrain_iterations
     )
     rows = {
-        "maml_adapted": _adapted_query(model, meta_params, val_tasks, s, lr),
+        "maml_adapted": _adapted_query(model, meta_params, val_tasks, s, lr, meta_lrs),
         "maml_no_adaptation": _adapted_query(model, meta_params, val_tasks, 0, lr),
         "scratch_same_steps": _adapted_query(model, scratch, val_tasks, s, lr),
         "scratch_100_steps": _adapted_query(model, scratch, val_tasks, 100, lr),

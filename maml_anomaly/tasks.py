@@ -124,9 +124,10 @@ def robust_centre_scale(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     centre = nan_median_rows(a)  # (B,)
     dev = np.abs(a - centre[:, None])  # (B, W)
     mad = nan_median_rows(dev) * MAD_TO_SD
-    with np.errstate(invalid="ignore"):
-        mean_ad = np.nanmean(np.where(np.isfinite(dev), dev, np.nan), axis=1) * MEAN_AD_TO_SD
-        peak = np.nanmax(np.where(np.isfinite(a), np.abs(a), np.nan), axis=1)
+    finite = np.isfinite(a)
+    n = finite.sum(axis=1)
+    mean_ad = np.where(finite, dev, 0.0).sum(axis=1) / np.maximum(n, 1) * MEAN_AD_TO_SD
+    peak = np.where(finite, np.abs(a), 0.0).max(axis=1, initial=0.0)
     scale = np.where(mad > 0, mad, mean_ad)
     scale = np.maximum(scale, SCALE_FLOOR * peak)
     scale = np.where(peak > 0, scale, 1.0)

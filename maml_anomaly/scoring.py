@@ -119,7 +119,7 @@ class ClusterModel:
     spec: LagSpec
     k_shot: int
     query_len: int
-    hidden: int
+    hidden: tuple[int, ...]
     inner_steps: int
     inner_lr: float
     params: dict[str, torch.Tensor]
@@ -128,7 +128,7 @@ class ClusterModel:
     inner_lrs: object = None  # learned per-parameter inner learning rates, when meta-learned
 
     def build_model(self) -> torch.nn.Module:
-        return Forecaster(self.spec.n_inputs, (self.hidden, self.hidden), 1)
+        return Forecaster(self.spec.n_inputs, self.hidden, 1)
 
     def metadata(self) -> dict:
         """JSON-able description stored beside the weights."""
@@ -136,24 +136,25 @@ class ClusterModel:
             "lag_spec": self.spec.to_dict(),
             "k_shot": self.k_shot,
             "query_len": self.query_len,
-            "hidden": self.hidden,
+            "hidden": list(self.hidden),
             "inner_steps": self.inner_steps,
             "inner_lr": self.inner_lr,
             "calibration": self.calibration.to_dict(),
         }
 
     @classmethod
-    def from_metadata(cls, meta: dict, params: dict[str, torch.Tensor], report: dict | None = None):
+    def from_metadata(cls, meta: dict, params: dict[str, torch.Tensor], inner_lrs=None, report: dict | None = None):
         return cls(
             spec=LagSpec.from_dict(meta["lag_spec"]),
             k_shot=int(meta["k_shot"]),
             query_len=int(meta["query_len"]),
-            hidden=int(meta["hidden"]),
+            hidden=tuple(int(h) for h in meta["hidden"]),
             inner_steps=int(meta["inner_steps"]),
             inner_lr=float(meta["inner_lr"]),
             params=params,
             calibration=Calibration.from_dict(meta["calibration"]),
             report=report or {},
+            inner_lrs=inner_lrs,
         )
 
 
@@ -315,3 +316,112 @@ def score_tasks(
         flags[lo : lo + m] = pts.is_anomaly[:m]
         enough[lo : lo + m] = tasks.n_support_observed[:m] >= min_support_observed(k)
     return TaskScores(**out, is_anomaly=flags, enough_history=enough)
+
+
+# -- scoring the input rows of one or many days ---------------------------------------------------
+
+NS_PER_DAY = 86_400 * 10**9
+
+
+@dataclass(frozen=True)
+class RowScores:
+    """One entry per input row; NaN where a value does not apply, status says why."""
+
+    y_hat: np.ndarray  # (N,) float64
+    lower: np.ndarray
+    upper: np.ndarray
+    score: np.ndarray
+    p_value: np.ndarray
+    is_anomaly: np.ndarray  # (N,) bool
+    status: np.ndarray  # (N,) object: one of STATUSES
+
+
+def grid_positions(t_ns: np.ndarray, start_ns: np.ndarray, step_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Grid index of each timestamp on its series' grid, and whether it lies exactly on it.
+
+    t_ns (N,) int64, start_ns / step_ns (N,) int64 of each row's series (step <= 0: unknown).
+    """
+    safe = np.where(step_ns > 0, step_ns, 1)
+    delta = t_ns - start_ns
+    return delta // safe, (step_ns > 0) & (delta % safe == 0)
+
+
+def score_rows(
+    models: list[ClusterModel],
+    values: np.ndarray,
+    indptr: np.ndarray,
+    start_ns: np.ndarray,
+    step_ns: np.ndarray,
+    series_model: np.ndarray,
+    row_series: np.ndarray,
+    row_t_ns: np.ndarray,
+    row_y: np.ndarray,
+    *,
+    threshold: float,
+    batch_size: int = 10_000,
+    device: str = "cpu",
+    unknown: np.ndarray | None = None,
+) -> RowScores:
+    """Score input rows (any days): each (series, calendar day) among the rows is one task.
+
+    values/indptr/start_ns/step_ns: the panel (S series); ``series_model`` (S,) index into
+    ``models`` or -1; ``unknown`` (S,) bool marks series without a cluster (status
+    unknown_series) as opposed to a cluster without a trained model (no_model). Rows: series
+    position, timestamp (int64 ns, UTC-naive) and value. The panel must hold no data after the
+    last scored day. Tasks are batched per (model, query length), never per series.
+    """
+    n = row_series.size
+    out = {k: np.full(n, np.nan) for k in ("y_hat", "lower", "upper", "score", "p_value")}
+    flags = np.zeros(n, dtype=bool)
+    status = np.full(n, STATUS_OK, dtype=object)
+    if n == 0:
+        return RowScores(**out, is_anomaly=flags, status=status)
+    start, step = start_ns[row_series], step_ns[row_series]
+    pos, on_grid = grid_positions(row_t_ns, start, step)
+    day = np.floor_divide(row_t_ns, NS_PER_DAY)  # (N,) calendar day number of each row
+    safe = np.where(step > 0, step, 1)
+    first = -((start - day * NS_PER_DAY) // safe)  # (N,) ceil((day start - start) / step)
+    q = pos - first  # (N,) index of the row inside its day's query
+    model_of = series_model[row_series]  # (N,)
+    scorable = on_grid & (model_of >= 0)
+
+    # one task per (series, day); np.unique keeps the order deterministic
+    key = np.stack([row_series, day], axis=1)[scorable]
+    tasks, task_of_row = np.unique(key, axis=0, return_inverse=True)
+    task_of_row = task_of_row.reshape(-1)
+    t_series, t_day = tasks[:, 0], tasks[:, 1]
+    t_step = step_ns[t_series]
+    t_first = -((start_ns[t_series] - t_day * NS_PER_DAY) // t_step)  # (M,)
+    t_model = series_model[t_series]
+    t_q = np.maximum(1, -(-NS_PER_DAY // t_step))  # (M,) most grid points a day can hold
+    rows_idx = np.flatnonzero(scorable)
+    for m, qlen in sorted(set(zip(t_model.tolist(), t_q.tolist()))):
+        sel = np.flatnonzero((t_model == m) & (t_q == qlen))  # tasks of this group
+        res = score_tasks(
+            models[m], values, indptr, t_series[sel], t_first[sel], n_query=int(qlen),
+            threshold=threshold, batch_size=batch_size, device=device,
+        )
+        local = np.full(tasks.shape[0], -1)
+        local[sel] = np.arange(sel.size)
+        k = np.flatnonzero(local[task_of_row] >= 0)
+        r, b, qq = rows_idx[k], local[task_of_row[k]], q[rows_idx[k]]  # rows of this group, their task, slot
+        for name in out:
+            out[name][r] = getattr(res, name)[b, qq]
+        flags[r] = res.is_anomaly[b, qq]
+        status[r[~res.enough_history[b]]] = STATUS_INSUFFICIENT
+
+    missing = ~np.isfinite(row_y)
+    status[(status == STATUS_OK) & missing] = STATUS_MISSING
+    no_model = model_of < 0
+    status[no_model] = STATUS_NO_MODEL
+    if unknown is not None:
+        status[no_model & unknown[row_series]] = STATUS_UNKNOWN
+    status[~on_grid] = STATUS_OFF_GRID
+    not_ok = status != STATUS_OK
+    for name in ("score", "p_value"):
+        out[name][not_ok] = np.nan
+    flags[not_ok] = False
+    hidden = (status != STATUS_OK) & (status != STATUS_MISSING)  # no forecast to show
+    for name in ("y_hat", "lower", "upper"):
+        out[name][hidden] = np.nan
+    return RowScores(**out, is_anomaly=flags, status=status)

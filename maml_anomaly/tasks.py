@@ -64,11 +64,28 @@ def lag_spec(period: int, *, n_recent: int = 6, history: int | None = None) -> L
     return LagSpec(period=int(period), lags=tuple(sorted(lags)))
 
 
+def choose_lag_spec(
+    period: int, lengths: np.ndarray, k_shot: int, query_len: int, *, n_recent: int = 6
+) -> LagSpec:
+    """The most seasonal lag set whose windows fit the cluster's typical series.
+
+    Tries recent + seasonal lags with 2p, then without 2p, then recent lags only; a spec fits
+    when the median series holds a window plus one more day of distinct window starts.
+    """
+    typical = float(np.median(lengths)) if np.size(lengths) else 0.0
+    candidates = [lag_spec(period, n_recent=n_recent), lag_spec(period, n_recent=n_recent, history=0)]
+    candidates.append(lag_spec(0, n_recent=n_recent))
+    for spec in candidates:
+        if typical >= spec.max_lag + k_shot + 2 * query_len:
+            return spec
+    return candidates[-1]
+
+
 def query_len_for_step(step_seconds: float) -> int:
-    """Points in one calendar day at this step (at least 1): the query length of a task."""
+    """The most grid points one calendar day can hold at this step: the query length of a task."""
     if not np.isfinite(step_seconds) or step_seconds <= 0:
         return 1
-    return max(1, int(SECONDS_PER_DAY // step_seconds))
+    return max(1, int(np.ceil(SECONDS_PER_DAY / step_seconds)))
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class TrainSettings:
     meta_lr: float = 1e-3
     iterations: int = 1500
     first_order: bool = False
-    hidden: int = 40
+    hidden: tuple[int, ...] = (40, 40)
     n_recent: int = 6
     max_series: int = 2000
     val_fraction: float = 0.2
@@ -133,7 +133,7 @@ def train_cluster(
     val_tasks = sample(val_rows, settings.n_val_tasks)
     calib_tasks = sample(val_rows, settings.n_val_tasks)
 
-    model = Forecaster(spec.n_inputs, (settings.hidden, settings.hidden), 1)
+    model = Forecaster(spec.n_inputs, settings.hidden, 1)
     init = init_params(model)
     params = {k_: v.detach().clone().requires_grad_(True) for k_, v in init.items()}
     # Meta-SGD: one learned step size per weight, starting at inner_lr
@@ -198,7 +198,7 @@ def train_cluster(
         }
     )
     return ClusterModel(
-        spec=spec, k_shot=k, query_len=query_len, hidden=settings.hidden, inner_steps=settings.inner_steps,
+        spec=spec, k_shot=k, query_len=query_len, hidden=tuple(settings.hidden), inner_steps=settings.inner_steps,
         inner_lr=settings.inner_lr, params=meta_params, calibration=calibration, report=report, inner_lrs=meta_lrs,
     )
 
@@ -206,7 +206,7 @@ def train_cluster(
 def _report(model, init, meta_params, meta_lrs, values, indptr, lengths, train_rows, val_tasks, spec, k, width, settings, rng, *, pretrain_iterations):
     """Query errors on held-out series: adapted beside the baselines the paper compares with."""
     s, lr = settings.inner_steps, settings.inner_lr
-    scratch = {k_: v.detach() for k_, v in init_params(Forecaster(spec.n_inputs, (settings.hidden, settings.hidden), 1)).items()}
+    scratch = {k_: v.detach() for k_, v in init_params(Forecaster(spec.n_inputs, settings.hidden, 1)).items()}
     transfer = _pretrain_jointly(
         model, init, values, indptr, lengths, train_rows, spec, k, width, settings, rng, pretrain_iterations
     )

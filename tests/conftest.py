@@ -8,7 +8,7 @@ from maml_anomaly.tasks import lag_spec
 from maml_anomaly.training import TrainSettings, train_cluster
 
 TINY = TrainSettings(
-    k_shot=24, inner_steps=3, iterations=120, eval_every=40, hidden=20, n_val_tasks=128, max_series=60, seed=0
+    k_shot=24, inner_steps=3, iterations=120, eval_every=40, hidden=(20, 20), n_val_tasks=128, max_series=60, seed=0
 )
 
 

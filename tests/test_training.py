@@ -38,7 +38,7 @@ def test_training_is_deterministic_and_does_not_touch_the_data():
     matrix = seasonal_panel(8, 24 * 10, seed=3)
     values, indptr = to_buffer(matrix)
     before = values.copy()
-    settings = TrainSettings(iterations=6, eval_every=3, hidden=8, n_val_tasks=16, meta_batch_size=4)
+    settings = TrainSettings(iterations=6, eval_every=3, hidden=(8, 8), n_val_tasks=16, meta_batch_size=4)
     a = train_cluster(values, indptr, np.arange(8), lag_spec(24), 24, settings)
     b = train_cluster(values, indptr, np.arange(8), lag_spec(24), 24, settings)
     np.testing.assert_array_equal(values, before)
@@ -53,6 +53,6 @@ def test_cluster_without_long_enough_series_is_skipped():
 
 def test_time_budget_stops_training():
     values, indptr = to_buffer(seasonal_panel(8, 24 * 10, seed=3))
-    settings = TrainSettings(iterations=10_000, eval_every=1000, hidden=8, n_val_tasks=16, time_budget_s=0.0)
+    settings = TrainSettings(iterations=10_000, eval_every=1000, hidden=(8, 8), n_val_tasks=16, time_budget_s=0.0)
     cm = train_cluster(values, indptr, np.arange(8), lag_spec(24), 24, settings)
     assert cm.report["iterations"] == 1

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from synth import seasonal_panel, to_buffer
+from synth import seasonal_panel, tiny_cluster, to_buffer  # noqa: F401 (fixture)
 
 from maml_anomaly.tasks import lag_spec
 from maml_anomaly.training import TrainSettings, train_cluster

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.signal import lfilter
 
 ANOMALY_KINDS = ("spike", "dip", "level_shift", "outage", "flatline", "out_of_phase", "burst")
 
@@ -89,22 +90,24 @@ def _clean_series(fam: _Family, n: int, t0: pd.Timestamp, rng: np.random.Generat
             if fam.period == 168:
                 weekend = rng.uniform(0.2, 0.5)
                 seasonal = np.where(weekday >= 5, weekend * seasonal - (1 - weekend), seasonal)
-    noise_sd = (amp if amp > 0 else level) * rng.uniform(0.03, 0.15)
+    # noise_sd: the one-step noise, what a good forecaster cannot predict; anomaly sizes use it.
+    noise_sd = (amp if amp > 0 else level) * rng.uniform(0.02, 0.08)
     trend = level * rng.uniform(-0.15, 0.25) * t / n if rng.random() < 0.5 else 0.0
     base = level + amp * seasonal + trend
-    if fam.period == 0:  # aperiodic: slow AR(1) wander around the level
-        phi, e = 0.98, rng.normal(0, 1.5 * noise_sd * np.sqrt(1 - 0.98**2), n)
-        wander = np.zeros(n)
-        for i in range(1, n):
-            wander[i] = phi * wander[i - 1] + e[i]
-        base = base + wander
+    # Persistent deviations from the profile (busy days, slow drifts): AR(1) with innovations of
+    # part of noise_sd; the rest is white. Real metrics wander like this, which is what makes
+    # last-cycle forecasts (seasonal naive) much noisier than one-step forecasts from recent lags.
+    phi = rng.uniform(0.9, 0.99) if fam.period == 0 else rng.uniform(0.5, 0.95)
+    share = rng.uniform(0.4, 0.9)
     kind = rng.random()
     if kind < 0.2:  # heavy tails, same sd
-        noise = rng.standard_t(6, n) * noise_sd / np.sqrt(6 / 4)
-    elif kind < 0.4:  # multiplicative: noise grows with the value
-        noise = rng.normal(0, 1, n) * noise_sd * np.clip(base / level, 0.2, None)
+        shocks = rng.standard_t(6, (2, n)) / np.sqrt(6 / 4)
     else:
-        noise = rng.normal(0, noise_sd, n)
+        shocks = rng.normal(0, 1, (2, n))
+    wander = lfilter([1.0], [1.0, -phi], shocks[0] * noise_sd * np.sqrt(share))
+    noise = wander + shocks[1] * noise_sd * np.sqrt(1 - share)
+    if 0.2 <= kind < 0.4:  # multiplicative: deviations grow with the value
+        noise = noise * np.clip(base / level, 0.2, None)
     return base + noise, noise_sd, amp, base
 
 
@@ -112,7 +115,7 @@ def _inject(kind: str, y: np.ndarray, base: np.ndarray, i: int, fam: _Family, sd
             rng: np.random.Generator) -> int:
     """Alter y in place from index i; return the number of altered points."""
     p = max(fam.period, 24)
-    k = rng.uniform(4.5, 10.0)  # magnitude in noise standard deviations
+    k = rng.uniform(3.5, 8.0)  # magnitude in one-step noise standard deviations
     sign = 1.0 if rng.random() < 0.5 else -1.0
     length = {
         "spike": 1 if rng.random() < 0.8 else 2,
@@ -130,7 +133,7 @@ def _inject(kind: str, y: np.ndarray, base: np.ndarray, i: int, fam: _Family, sd
     elif kind == "dip":
         y[sl] -= k * sd
     elif kind == "level_shift":
-        y[sl] += sign * rng.uniform(4.0, 8.0) * sd
+        y[sl] += sign * rng.uniform(3.5, 7.0) * sd
     elif kind == "outage":  # the metric drops to zero
         y[sl] = 0.0
     elif kind == "flatline":  # stuck at the last value while the cycle moves on
@@ -157,15 +160,16 @@ def _place(y, base, lo, hi, fam, sd, amp, kinds, rng, taken):
     for _ in range(50):
         kind = kinds[int(rng.integers(len(kinds)))]
         i = int(rng.integers(lo, hi))
-        if kind == "out_of_phase":  # choose the phase where the cycle differs most
+        if kind == "out_of_phase":  # a time of day where the two phases differ clearly
             half = fam.period // 2
             day = np.arange(max(lo, i - fam.period // 2), min(hi, i + fam.period // 2))
             day = day[day - half >= 0]
             if day.size == 0:
                 continue
-            i = int(day[np.argmax(np.abs(base[day] - base[day - half]))])
-            if abs(base[i] - base[i - half]) < 5 * sd:
+            day = day[np.abs(base[day] - base[day - half]) >= 4 * sd]
+            if day.size == 0:
                 continue
+            i = int(day[rng.integers(day.size)])
         if kind == "flatline" and i >= 1:  # only where the cycle will move away from the value
             ahead = base[i:i + max(fam.period // 4, 4)]
             if np.max(np.abs(ahead - y[i - 1])) < 6 * sd:

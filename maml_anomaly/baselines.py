@@ -1,0 +1,334 @@
+"""Reference detectors: what a user would otherwise run, scored like the MAML detector.
+
+Two baselines, both batched over series (numpy, no Python loop per series):
+
+* `seasonal_naive_scores`: forecast y_t by y_{t-p} (p = the series' period, 1 if none); score the
+  residual by a robust z-score, (r - median) / (1.4826 * MAD), where median and MAD are taken over
+  a trailing window of residuals strictly before the scored day.
+* `holt_winters_scores`: additive Holt-Winters (ETS(A,Ad,A) in error-correction form) with its
+  smoothing parameters chosen per series from a grid by one-step squared error on the history
+  before the scored range; its one-step residuals are scored by the same robust z-score
+  (residual-based intervals).
+
+Both return the scores schema of daily-score (unique_id, ds, y, y_hat, lower, upper, score,
+is_anomaly, cluster, status) for every input row of the scored days, so `evaluation` treats them
+like the detector. Input is a long frame (unique_id, ds, y) without duplicate (series, timestamp)
+pairs; each series is placed on its own regular grid (step = median positive time difference);
+rows off that grid are kept with status `off_grid`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from maml_anomaly.errors import InputError
+
+SCORE_COLUMNS = ("unique_id", "ds", "y", "y_hat", "lower", "upper", "score", "is_anomaly", "cluster",
+                 "status")
+_DAY_NS = np.int64(86_400 * 10**9)
+_MAD_TO_SD = 1.4826  # MAD of a normal distribution times this is its standard deviation
+
+
+@dataclass(frozen=True)
+class RobustZ:
+    """How the trailing residual window is sized: `periods` cycles, clipped to [min_points, max_points]."""
+
+    periods: int = 8
+    min_points: int = 48
+    max_points: int = 2016
+    min_count: int = 8  # fewer valid residuals than this: insufficient_history
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Series on their own regular grids: the fields of the project's Panel that baselines need."""
+
+    ids: np.ndarray  # (S,) series ids, sorted
+    indptr: np.ndarray  # (S+1,) int64 offsets into values
+    values: np.ndarray  # (N,) float64, NaN = missing
+    present: np.ndarray  # (N,) bool: the grid point was a row of the input
+    start: np.ndarray  # (S,) datetime64[ns]
+    step: np.ndarray  # (S,) timedelta64[ns]
+    off_grid: pd.DataFrame  # rows off their series' grid: unique_id, ds, y
+
+
+def to_grid(frame: pd.DataFrame) -> Grid:
+    """Place each series of a long frame on its regular grid (vectorised over rows)."""
+    df = frame[["unique_id", "ds", "y"]].sort_values(["unique_id", "ds"], kind="stable", ignore_index=True)
+    if df.duplicated(["unique_id", "ds"]).any():
+        raise InputError("duplicate (unique_id, ds) rows: resolve them first (e.g. --on-duplicate first)")
+    codes, ids = pd.factorize(df["unique_id"], sort=True)
+    ds = df["ds"].to_numpy("datetime64[ns]").astype(np.int64)  # (R,)
+    y = pd.to_numeric(df["y"], errors="coerce").to_numpy(np.float64)
+    first = np.r_[0, np.flatnonzero(np.diff(codes)) + 1]  # (S,) first row of each series
+    diff = np.diff(ds, prepend=ds[0])
+    diff[first] = 0
+    step = pd.Series(np.where(diff > 0, diff, np.nan)).groupby(codes).median().to_numpy()
+    step = np.nan_to_num(step, nan=float(_DAY_NS)).astype(np.int64)  # (S,) one-row series: a day
+    start = ds[first]  # (S,)
+    offset = ds - start[codes]
+    on_grid = offset % step[codes] == 0
+    j = offset // step[codes]  # (R,) grid index
+    length = np.zeros(len(ids), dtype=np.int64)
+    np.maximum.at(length, codes[on_grid], j[on_grid] + 1)
+    indptr = np.r_[0, np.cumsum(length)].astype(np.int64)
+    values = np.full(indptr[-1], np.nan)
+    present = np.zeros(indptr[-1], dtype=bool)
+    pos = indptr[codes[on_grid]] + j[on_grid]
+    values[pos], present[pos] = y[on_grid], True
+    off = df.loc[~on_grid, ["unique_id", "ds", "y"]].reset_index(drop=True)
+    return Grid(np.asarray(ids), indptr, values, present, start.astype("datetime64[ns]"),
+                step.astype("timedelta64[ns]"), off)
+
+
+def dense(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """(S, T) left-aligned matrix of grid values (NaN-padded) and its (S, T) presence mask."""
+    n = np.diff(grid.indptr)  # (S,)
+    t = np.arange(n.max(initial=0))  # (T,)
+    inside = t[None, :] < n[:, None]  # (S, T)
+    idx = np.minimum(grid.indptr[:-1, None] + t[None, :], max(len(grid.values) - 1, 0))
+    vals = np.where(inside, grid.values[idx] if len(grid.values) else np.nan, np.nan)
+    return vals, inside & (grid.present[idx] if len(grid.values) else False)
+
+
+def period_array(ids: np.ndarray, period: int | Mapping | pd.Series) -> np.ndarray:
+    """(S,) int periods aligned to ids; 0 or missing means no period."""
+    if np.isscalar(period):
+        return np.full(len(ids), int(period), dtype=np.int64)
+    p = pd.Series(period)
+    return p.reindex(ids).fillna(0).to_numpy(np.int64)
+
+
+def seasonal_lag(vals: np.ndarray, period: np.ndarray, back: int = 3) -> np.ndarray:
+    """(S, T) y_{t-p}; where missing, the same phase one or more cycles further back."""
+    p = np.maximum(period, 1)[:, None]  # (S, 1)
+    t = np.arange(vals.shape[1])[None, :]  # (1, T)
+    lag = np.full(vals.shape, np.nan)
+    rows = np.arange(vals.shape[0])[:, None]
+    for k in range(1, back + 1):  # a few cycles, not a loop over series
+        src = t - k * p
+        cand = np.where(src >= 0, vals[rows, np.maximum(src, 0)], np.nan)
+        lag = np.where(np.isnan(lag), cand, lag)
+    return lag
+
+
+def _nanmedian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median over the last axis ignoring NaN, by one sort; also the count of valid values."""
+    s = np.sort(x, axis=-1)  # NaN sort last
+    n = np.sum(~np.isnan(x), axis=-1)
+    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0)[..., None], -1)[..., 0]
+    hi = np.take_along_axis(s, np.maximum(n // 2, 0)[..., None], -1)[..., 0]
+    return np.where(n > 0, (lo + hi) / 2, np.nan), n
+
+
+def day_bounds(grid: Grid, days: np.ndarray) -> np.ndarray:
+    """(S, D) grid index of the first point at or after the start of each day (days since epoch)."""
+    start = grid.start.astype(np.int64)[:, None]  # (S, 1)
+    step = grid.step.astype(np.int64)[:, None]
+    n = np.diff(grid.indptr)[:, None]
+    first = -((start - days[None, :] * _DAY_NS) // step)  # ceil division
+    return np.clip(first, 0, n)
+
+
+def trailing_robust(resid: np.ndarray, bounds: np.ndarray, window: np.ndarray, min_count: int):
+    """Median and robust scale of the `window` residuals before each bound.
+
+    resid (S, T), bounds (S, D) grid indices, window (S,) -> med (S, D), scale (S, D), ok (S, D).
+    A zero MAD (quantised or flat series) falls back to the mean absolute deviation, then to a
+    tiny floor, so a change on a flat series scores high instead of dividing by zero.
+    """
+    w = int(window.max(initial=1))
+    k = np.arange(w)  # (W,)
+    idx = bounds[:, :, None] - w + k  # (S, D, W)
+    use = (idx >= 0) & (k[None, None, :] >= w - window[:, None, None])
+    rows = np.arange(resid.shape[0])[:, None, None]
+    vals = np.where(use, resid[rows, np.maximum(idx, 0)], np.nan)  # (S, D, W)
+    med, count = _nanmedian(vals)
+    dev = np.abs(vals - med[..., None])
+    mad = _nanmedian(dev)[0] * _MAD_TO_SD
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_dev = np.nansum(dev, axis=-1) / np.maximum(count, 1) * 1.2533
+        level = np.nansum(np.abs(resid), axis=1) / np.maximum(np.sum(np.isfinite(resid), axis=1), 1)
+    floor = 1e-9 * (1.0 + level)[:, None]  # (S, 1)
+    scale = np.where(mad > 0, mad, np.where(mean_dev > 0, mean_dev, floor))
+    return med, scale, count >= min_count
+
+
+def _frame_out(grid: Grid, vals, present, y_hat, med, scale, ok_hist, resid, bounds, days, threshold,
+               cluster):
+    """Gather the scored days' rows into the scores schema."""
+    S, T = vals.shape
+    t = np.arange(T)[None, :]
+    start = grid.start.astype(np.int64)[:, None]
+    ds = start + t * grid.step.astype(np.int64)[:, None]  # (S, T) ns
+    d = ds // _DAY_NS - days[0]  # (S, T) index into days
+    rows_mask = present & (d >= 0) & (d < len(days))
+    si, ti = np.nonzero(rows_mask)  # row-major: sorted by series then time
+    di = d[si, ti]
+    m, sc, okh = med[si, di], scale[si, di], ok_hist[si, di]
+    yv, r = vals[si, ti], resid[si, ti]
+    fc = y_hat[si, ti] + m
+    z = np.abs(r - m) / sc
+    status = np.where(np.isnan(yv), "missing_value",
+                      np.where(~okh | np.isnan(fc), "insufficient_history", "ok"))
+    good = status == "ok"
+    score = np.where(good, z, np.nan)
+    out = pd.DataFrame({
+        "unique_id": grid.ids[si],
+        "ds": ds[si, ti].astype("datetime64[ns]"),
+        "y": yv,
+        "y_hat": np.where(np.isnan(fc), np.nan, fc),
+        "lower": fc - threshold * sc,
+        "upper": fc + threshold * sc,
+        "score": score,
+        "is_anomaly": good & (score >= threshold),
+        "cluster": cluster[si],
+        "status": status,
+    })
+    if len(grid.off_grid):
+        off = grid.off_grid
+        off_d = off["ds"].to_numpy("datetime64[ns]").astype(np.int64) // _DAY_NS
+        off = off[(off_d >= days[0]) & (off_d <= days[-1])]
+        extra = pd.DataFrame({"unique_id": off["unique_id"].to_numpy(), "ds": off["ds"].to_numpy(),
+                              "y": off["y"].to_numpy(np.float64), "y_hat": np.nan, "lower": np.nan,
+                              "upper": np.nan, "score": np.nan, "is_anomaly": False,
+                              "cluster": "", "status": "off_grid"})
+        out = pd.concat([out, extra], ignore_index=True).sort_values(["unique_id", "ds"], ignore_index=True)
+    return out
+
+
+def _scored_days(grid: Grid, start, end) -> np.ndarray:
+    """(D,) days since epoch from start to end (dates, inclusive); default: the last day of data."""
+    last = grid.start.astype(np.int64) + (np.diff(grid.indptr) - 1) * grid.step.astype(np.int64)
+    last_day = int(last.max() // _DAY_NS)
+    lo = int(pd.Timestamp(start).value // _DAY_NS) if start is not None else None
+    hi = int(pd.Timestamp(end).value // _DAY_NS) if end is not None else last_day
+    lo = hi if lo is None else lo
+    if hi < lo:
+        raise InputError(f"the scored range is empty: start {start} is after end {end}")
+    return np.arange(lo, hi + 1, dtype=np.int64)
+
+
+def _window(period: np.ndarray, cfg: RobustZ) -> np.ndarray:
+    return np.clip(cfg.periods * np.maximum(period, 1), cfg.min_points, cfg.max_points)
+
+
+def seasonal_naive_scores(frame: pd.DataFrame, period: int | Mapping | pd.Series = 0, *, start=None,
+                          end=None, threshold: float = 3.5, robust: RobustZ = RobustZ()) -> pd.DataFrame:
+    """Seasonal naive forecast + robust z-score of its residual, for the days start..end."""
+    grid = to_grid(frame)
+    p = period_array(grid.ids, period)  # (S,)
+    vals, present = dense(grid)  # (S, T)
+    lag = seasonal_lag(vals, p)  # (S, T)
+    resid = vals - lag
+    days = _scored_days(grid, start, end)
+    bounds = day_bounds(grid, days)  # (S, D)
+    med, scale, ok = trailing_robust(resid, bounds, _window(p, robust), robust.min_count)
+    cluster = np.array([f"seasonal_naive_p{q}" for q in p], dtype=object)
+    return _frame_out(grid, vals, present, lag, med, scale, ok, resid, bounds, days, threshold, cluster)
+
+
+# Holt-Winters grid: (alpha, beta, gamma) with beta <= alpha and gamma <= 1 - alpha (admissible ETS).
+_HW_GRID = np.array([(a, b, g) for a in (0.05, 0.15, 0.35, 0.6, 0.9) for b in (0.0, 0.01)
+                     for g in (0.0, 0.05, 0.2) if b <= a and g <= 1 - a])  # (G, 3)
+_PHI = 0.98  # damped trend: keeps forecasts sane over gaps
+
+
+def holt_winters_filter(vals: np.ndarray, period: np.ndarray, params: np.ndarray,
+                        fit_end: np.ndarray | None = None):
+    """One-step forecasts of additive damped Holt-Winters, batched over series and parameter sets.
+
+    vals (S, T) with NaN for missing, period (S,), params (S, G, 3) -> y_hat (S, G, T) unless
+    fit_end (S,) is given, in which case -> sse (S, G) of one-step errors on t in [2p, fit_end).
+    A missing y leaves the states to run on their own (no innovation).
+    """
+    S, T = vals.shape
+    G = params.shape[1]
+    p = np.maximum(period, 1)  # (S,)
+    P = int(p.max(initial=1))
+    alpha, beta, gamma = (params[..., i] for i in range(3))  # (S, G)
+    first = vals[:, :P]  # initial level and season from the first cycle
+    in_cycle = np.arange(P)[None, :] < p[:, None]  # (S, P)
+    level0 = np.nanmean(np.where(in_cycle, first, np.nan), axis=1)  # (S,)
+    level0 = np.nan_to_num(level0, nan=np.nanmean(vals) if np.isfinite(vals).any() else 0.0)
+    season0 = np.where(in_cycle & np.isfinite(first), first - level0[:, None], 0.0)
+    season0 = np.where((period <= 1)[:, None], 0.0, season0)  # no period: no season
+    level = np.repeat(level0[:, None], G, axis=1)  # (S, G)
+    trend = np.zeros((S, G))
+    season = np.repeat(season0[:, None, :], G, axis=1)  # (S, G, P)
+    rows = np.arange(S)
+    has_season = (period > 1)[:, None]
+    sse = np.zeros((S, G))
+    y_hat = None if fit_end is not None else np.empty((S, G, T))
+    for t in range(T):  # time is sequential; series and parameter sets are batched
+        ph = t % p  # (S,)
+        s = season[rows, :, ph]  # (S, G)
+        f = level + _PHI * trend + s
+        y = vals[:, t][:, None]  # (S, 1)
+        e = np.where(np.isnan(y), 0.0, y - f)  # (S, G)
+        if fit_end is None:
+            y_hat[:, :, t] = f
+        else:
+            counted = ((t >= 2 * p) & (t < fit_end))[:, None]
+            sse += np.where(counted, e * e, 0.0)
+        level = level + _PHI * trend + alpha * e
+        trend = _PHI * trend + beta * e
+        season[rows, :, ph] = np.where(has_season, s + gamma * e, 0.0)
+    return y_hat if fit_end is None else sse
+
+
+def holt_winters_forecast(vals: np.ndarray, period: np.ndarray, fit_end: np.ndarray):
+    """Choose (alpha, beta, gamma) per series on [0, fit_end) by SSE, then filter: y_hat (S, T)."""
+    S = vals.shape[0]
+    grid = np.broadcast_to(_HW_GRID, (S,) + _HW_GRID.shape)  # (S, G, 3)
+    sse = holt_winters_filter(vals[:, : int(fit_end.max(initial=1))], period, grid, fit_end)  # (S, G)
+    best = grid[np.arange(S), np.argmin(sse, axis=1)][:, None, :]  # (S, 1, 3)
+    return holt_winters_filter(vals, period, best)[:, 0, :], best[:, 0, :]
+
+
+def holt_winters_scores(frame: pd.DataFrame, period: int | Mapping | pd.Series = 0, *, start=None,
+                        end=None, threshold: float = 3.5, robust: RobustZ = RobustZ()) -> pd.DataFrame:
+    """Holt-Winters one-step forecasts + robust z-score of their residuals, for the days start..end.
+
+    The smoothing parameters are fitted on each series' history before the first scored day.
+    """
+    grid = to_grid(frame)
+    p = period_array(grid.ids, period)
+    vals, present = dense(grid)
+    days = _scored_days(grid, start, end)
+    bounds = day_bounds(grid, days)  # (S, D)
+    y_hat, _ = holt_winters_forecast(vals, p, bounds[:, 0])
+    resid = vals - y_hat
+    med, scale, ok = trailing_robust(resid, bounds, _window(p, robust), robust.min_count)
+    cluster = np.array([f"holt_winters_p{q}" for q in p], dtype=object)
+    return _frame_out(grid, vals, present, y_hat, med, scale, ok, resid, bounds, days, threshold, cluster)
+
+
+BASELINES = {"seasonal_naive": seasonal_naive_scores, "holt_winters": holt_winters_scores}
+
+
+def seasonal_naive_reference(frame: pd.DataFrame, period: int | Mapping | pd.Series = 0, *,
+                             before=None) -> pd.DataFrame:
+    """Per present grid point: y_naive = y_{t-p}, and each series' MASE scale.
+
+    The scale is the mean absolute seasonal difference over points strictly before the day
+    `before` (the history; all points when None), as in M4's MASE.
+    Returns (unique_id, ds, y_naive, scale).
+    """
+    grid = to_grid(frame)
+    p = period_array(grid.ids, period)
+    vals, present = dense(grid)  # (S, T)
+    lag = seasonal_lag(vals, p, back=1)
+    T = vals.shape[1]
+    ds = grid.start.astype(np.int64)[:, None] + np.arange(T)[None, :] * grid.step.astype(np.int64)[:, None]
+    hist = present if before is None else present & (ds < pd.Timestamp(before).normalize().value)
+    diff = np.where(hist, np.abs(vals - lag), np.nan)
+    with np.errstate(invalid="ignore"):
+        scale = np.nansum(diff, axis=1) / np.sum(np.isfinite(diff), axis=1)  # (S,)
+    si, ti = np.nonzero(present)
+    return pd.DataFrame({"unique_id": grid.ids[si], "ds": ds[si, ti].astype("datetime64[ns]"),
+                         "y_naive": lag[si, ti], "scale": scale[si]})

@@ -128,7 +128,8 @@ def evaluate_scores(scores: pd.DataFrame, labels: pd.DataFrame, *, far: float = 
         "n_windows_outside_scores": int((~covered).sum()),
         "default": default,
         "at_far": {"target_far": far, "threshold": tau, **at_far},
-        "recall_by_kind": _recall_by_kind(windows, win, ok & (score > tau), covered),
+        "recall_by_kind": _recall_by_kind(windows, win, {"default": ok & flag, "at_far": ok & (score > tau)},
+                                          covered),
         "status_counts": {str(k): int(v) for k, v in scores["status"].value_counts().sort_index().items()},
     }
     if naive is not None:
@@ -136,13 +137,17 @@ def evaluate_scores(scores: pd.DataFrame, labels: pd.DataFrame, *, far: float = 
     return out
 
 
-def _recall_by_kind(windows: pd.DataFrame, win: np.ndarray, flag: np.ndarray, covered: np.ndarray) -> dict:
-    found = np.zeros(len(windows), dtype=bool)
-    found[win[flag & (win >= 0)]] = True
+def _recall_by_kind(windows: pd.DataFrame, win: np.ndarray, flags: dict, covered: np.ndarray) -> dict:
+    """{kind: {n, recall_<name>}} for each flag set in flags ({name: (R,) bool})."""
     kinds = windows["kind"].astype(str).to_numpy()
-    return {k: {"n": int((covered & (kinds == k)).sum()),
-                "recall": _safe_div((found & covered & (kinds == k)).sum(), (covered & (kinds == k)).sum())}
-            for k in sorted(set(kinds[covered])) if k}
+    out = {k: {"n": int((covered & (kinds == k)).sum())} for k in sorted(set(kinds[covered])) if k}
+    for name, flag in flags.items():
+        found = np.zeros(len(windows), dtype=bool)
+        found[win[flag & (win >= 0)]] = True
+        for k in out:
+            sel = covered & (kinds == k)
+            out[k][f"recall_{name}"] = _safe_div((found & sel).sum(), sel.sum())
+    return out
 
 
 def forecast_accuracy(scores: pd.DataFrame, naive: pd.DataFrame, *, clean: np.ndarray) -> dict:

@@ -125,63 +125,79 @@ def _nanmedian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(n > 0, (lo + hi) / 2, np.nan), n
 
 
-def day_bounds(grid: Grid, days: np.ndarray) -> np.ndarray:
-    """(S, D) grid index of the first point at or after the start of each day (days since epoch)."""
-    start = grid.start.astype(np.int64)[:, None]  # (S, 1)
-    step = grid.step.astype(np.int64)[:, None]
-    n = np.diff(grid.indptr)[:, None]
-    first = -((start - days[None, :] * _DAY_NS) // step)  # ceil division
-    return np.clip(first, 0, n)
+@dataclass(frozen=True)
+class ScoredPoints:
+    """Grid points of the scored days, and the (series, day) pairs they fall in."""
+
+    si: np.ndarray  # (R,) series index of each point
+    ti: np.ndarray  # (R,) grid index of each point
+    ds: np.ndarray  # (R,) int64 ns timestamps
+    pair: np.ndarray  # (R,) index of the point's (series, day) pair
+    pair_series: np.ndarray  # (M,) series of each pair
+    pair_bound: np.ndarray  # (M,) grid index of the first grid point of the pair's day
 
 
-def trailing_robust(resid: np.ndarray, bounds: np.ndarray, window: np.ndarray, min_count: int):
-    """Median and robust scale of the `window` residuals before each bound.
+def scored_points(grid: Grid, present: np.ndarray, days: tuple[int, int]) -> ScoredPoints:
+    """Present grid points whose calendar day (days since epoch) is in [days[0], days[1]]."""
+    S, T = present.shape
+    start = grid.start.astype(np.int64)  # (S,)
+    step = grid.step.astype(np.int64)
+    ds = start[:, None] + np.arange(T)[None, :] * step[:, None]  # (S, T) ns
+    day = ds // _DAY_NS
+    si, ti = np.nonzero(present & (day >= days[0]) & (day <= days[1]))  # sorted by series, time
+    span = days[1] - days[0] + 1
+    key = si * span + (day[si, ti] - days[0])
+    uniq, pair = np.unique(key, return_inverse=True)
+    ps, pday = uniq // span, uniq % span + days[0]
+    n = np.diff(grid.indptr)
+    bound = np.clip(-((start[ps] - pday * _DAY_NS) // step[ps]), 0, n[ps])  # ceil division
+    return ScoredPoints(si, ti, ds[si, ti], pair.reshape(-1), ps, bound.astype(np.int64))
 
-    resid (S, T), bounds (S, D) grid indices, window (S,) -> med (S, D), scale (S, D), ok (S, D).
-    A zero MAD (quantised or flat series) falls back to the mean absolute deviation, then to a
-    tiny floor, so a change on a flat series scores high instead of dividing by zero.
+
+def trailing_robust(resid: np.ndarray, vals: np.ndarray, series: np.ndarray, bound: np.ndarray,
+                    window: np.ndarray, min_count: int):
+    """Median and robust scale of the `window` residuals before each bound (strictly before a day).
+
+    resid, vals (S, T); series, bound (M,) pairs; window (S,) -> med (M,), scale (M,), ok (M,).
+    A zero MAD (quantised or flat series) falls back to the mean absolute deviation; the scale
+    never drops below 1e-4 of the mean |y| of the window, so a near-constant series does not
+    give scores of 1e13 that swamp every other series.
     """
     w = int(window.max(initial=1))
     k = np.arange(w)  # (W,)
-    idx = bounds[:, :, None] - w + k  # (S, D, W)
-    use = (idx >= 0) & (k[None, None, :] >= w - window[:, None, None])
-    rows = np.arange(resid.shape[0])[:, None, None]
-    vals = np.where(use, resid[rows, np.maximum(idx, 0)], np.nan)  # (S, D, W)
-    med, count = _nanmedian(vals)
-    dev = np.abs(vals - med[..., None])
+    idx = bound[:, None] - w + k  # (M, W)
+    use = (idx >= 0) & (k[None, :] >= w - window[series][:, None])
+    rows = series[:, None]
+    r = np.where(use, resid[rows, np.maximum(idx, 0)], np.nan)  # (M, W)
+    med, count = _nanmedian(r)
+    dev = np.abs(r - med[:, None])
     mad = _nanmedian(dev)[0] * _MAD_TO_SD
+    yabs = np.where(use, np.abs(vals[rows, np.maximum(idx, 0)]), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_dev = np.nansum(dev, axis=-1) / np.maximum(count, 1) * 1.2533
-        level = np.nansum(np.abs(resid), axis=1) / np.maximum(np.sum(np.isfinite(resid), axis=1), 1)
-    floor = 1e-9 * (1.0 + level)[:, None]  # (S, 1)
-    scale = np.where(mad > 0, mad, np.where(mean_dev > 0, mean_dev, floor))
+        level = np.nansum(yabs, axis=-1) / np.maximum(np.sum(np.isfinite(yabs), axis=-1), 1)
+    floor = 1e-4 * level + 1e-12
+    scale = np.maximum(np.where(mad > 0, mad, mean_dev), floor)
     return med, scale, count >= min_count
 
 
-def _frame_out(grid: Grid, vals, present, y_hat, med, scale, ok_hist, resid, bounds, days, threshold,
-               cluster):
-    """Gather the scored days' rows into the scores schema."""
-    S, T = vals.shape
-    t = np.arange(T)[None, :]
-    start = grid.start.astype(np.int64)[:, None]
-    ds = start + t * grid.step.astype(np.int64)[:, None]  # (S, T) ns
-    d = ds // _DAY_NS - days[0]  # (S, T) index into days
-    rows_mask = present & (d >= 0) & (d < len(days))
-    si, ti = np.nonzero(rows_mask)  # row-major: sorted by series then time
-    di = d[si, ti]
-    m, sc, okh = med[si, di], scale[si, di], ok_hist[si, di]
-    yv, r = vals[si, ti], resid[si, ti]
+def _frame_out(grid: Grid, sp: ScoredPoints, days: tuple[int, int], vals, y_hat, resid, med, scale, ok_hist,
+               threshold: float, cluster: np.ndarray) -> pd.DataFrame:
+    """The scored points in the scores schema (+ off-grid rows of the scored days, unscored)."""
+    si, ti, pr = sp.si, sp.ti, sp.pair
+    m, sc = med[pr], scale[pr]
+    yv = vals[si, ti]
     fc = y_hat[si, ti] + m
-    z = np.abs(r - m) / sc
+    z = np.abs(resid[si, ti] - m) / sc
     status = np.where(np.isnan(yv), "missing_value",
-                      np.where(~okh | np.isnan(fc), "insufficient_history", "ok"))
+                      np.where(~ok_hist[pr] | np.isnan(fc), "insufficient_history", "ok"))
     good = status == "ok"
     score = np.where(good, z, np.nan)
     out = pd.DataFrame({
         "unique_id": grid.ids[si],
-        "ds": ds[si, ti].astype("datetime64[ns]"),
+        "ds": sp.ds.astype("datetime64[ns]"),
         "y": yv,
-        "y_hat": np.where(np.isnan(fc), np.nan, fc),
+        "y_hat": fc,
         "lower": fc - threshold * sc,
         "upper": fc + threshold * sc,
         "score": score,
@@ -189,10 +205,10 @@ def _frame_out(grid: Grid, vals, present, y_hat, med, scale, ok_hist, resid, bou
         "cluster": cluster[si],
         "status": status,
     })
-    if len(grid.off_grid):
-        off = grid.off_grid
-        off_d = off["ds"].to_numpy("datetime64[ns]").astype(np.int64) // _DAY_NS
-        off = off[(off_d >= days[0]) & (off_d <= days[-1])]
+    off = grid.off_grid
+    if len(off):
+        off_day = off["ds"].to_numpy("datetime64[ns]").astype(np.int64) // _DAY_NS
+        off = off[(off_day >= days[0]) & (off_day <= days[1])]
         extra = pd.DataFrame({"unique_id": off["unique_id"].to_numpy(), "ds": off["ds"].to_numpy(),
                               "y": off["y"].to_numpy(np.float64), "y_hat": np.nan, "lower": np.nan,
                               "upper": np.nan, "score": np.nan, "is_anomaly": False,
@@ -201,16 +217,14 @@ def _frame_out(grid: Grid, vals, present, y_hat, med, scale, ok_hist, resid, bou
     return out
 
 
-def _scored_days(grid: Grid, start, end) -> np.ndarray:
-    """(D,) days since epoch from start to end (dates, inclusive); default: the last day of data."""
+def _scored_days(grid: Grid, start, end) -> tuple[int, int]:
+    """(first, last) scored day as days since epoch; default: the last day of the data."""
     last = grid.start.astype(np.int64) + (np.diff(grid.indptr) - 1) * grid.step.astype(np.int64)
-    last_day = int(last.max() // _DAY_NS)
-    lo = int(pd.Timestamp(start).value // _DAY_NS) if start is not None else None
-    hi = int(pd.Timestamp(end).value // _DAY_NS) if end is not None else last_day
-    lo = hi if lo is None else lo
+    hi = int(pd.Timestamp(end).value // _DAY_NS) if end is not None else int(last.max() // _DAY_NS)
+    lo = int(pd.Timestamp(start).value // _DAY_NS) if start is not None else hi
     if hi < lo:
         raise InputError(f"the scored range is empty: start {start} is after end {end}")
-    return np.arange(lo, hi + 1, dtype=np.int64)
+    return lo, hi
 
 
 def _window(period: np.ndarray, cfg: RobustZ) -> np.ndarray:
@@ -226,10 +240,11 @@ def seasonal_naive_scores(frame: pd.DataFrame, period: int | Mapping | pd.Series
     lag = seasonal_lag(vals, p)  # (S, T)
     resid = vals - lag
     days = _scored_days(grid, start, end)
-    bounds = day_bounds(grid, days)  # (S, D)
-    med, scale, ok = trailing_robust(resid, bounds, _window(p, robust), robust.min_count)
+    sp = scored_points(grid, present, days)
+    med, scale, ok = trailing_robust(resid, vals, sp.pair_series, sp.pair_bound, _window(p, robust),
+                                     robust.min_count)
     cluster = np.array([f"seasonal_naive_p{q}" for q in p], dtype=object)
-    return _frame_out(grid, vals, present, lag, med, scale, ok, resid, bounds, days, threshold, cluster)
+    return _frame_out(grid, sp, days, vals, lag, resid, med, scale, ok, threshold, cluster)
 
 
 # Holt-Winters grid: (alpha, beta, gamma) with beta <= alpha and gamma <= 1 - alpha (admissible ETS).
@@ -251,7 +266,7 @@ def holt_winters_filter(vals: np.ndarray, period: np.ndarray, params: np.ndarray
     p = np.maximum(period, 1)  # (S,)
     P = int(p.max(initial=1))
     alpha, beta, gamma = (params[..., i] for i in range(3))  # (S, G)
-    first = vals[:, :P]  # initial level and season from the first cycle
+    first = np.pad(vals[:, :P], ((0, 0), (0, max(P - T, 0))), constant_values=np.nan)  # first cycle (S, P)
     in_cycle = np.arange(P)[None, :] < p[:, None]  # (S, P)
     level0 = np.nanmean(np.where(in_cycle, first, np.nan), axis=1)  # (S,)
     level0 = np.nan_to_num(level0, nan=np.nanmean(vals) if np.isfinite(vals).any() else 0.0)
@@ -291,21 +306,42 @@ def holt_winters_forecast(vals: np.ndarray, period: np.ndarray, fit_end: np.ndar
 
 
 def holt_winters_scores(frame: pd.DataFrame, period: int | Mapping | pd.Series = 0, *, start=None,
-                        end=None, threshold: float = 3.5, robust: RobustZ = RobustZ()) -> pd.DataFrame:
+                        end=None, threshold: float = 3.5, robust: RobustZ = RobustZ(),
+                        fit_before=None) -> pd.DataFrame:
     """Holt-Winters one-step forecasts + robust z-score of their residuals, for the days start..end.
 
-    The smoothing parameters are fitted on each series' history before the first scored day.
+    The smoothing parameters are fitted on each series' history before `fit_before` (a
+    timestamp, or one per series as a mapping), by default before its first scored point.
     """
     grid = to_grid(frame)
     p = period_array(grid.ids, period)
     vals, present = dense(grid)
     days = _scored_days(grid, start, end)
-    bounds = day_bounds(grid, days)  # (S, D)
-    y_hat, _ = holt_winters_forecast(vals, p, bounds[:, 0])
+    sp = scored_points(grid, present, days)
+    y_hat, _ = holt_winters_forecast(vals, p, _fit_end(grid, sp, fit_before))
     resid = vals - y_hat
-    med, scale, ok = trailing_robust(resid, bounds, _window(p, robust), robust.min_count)
+    med, scale, ok = trailing_robust(resid, vals, sp.pair_series, sp.pair_bound, _window(p, robust),
+                                     robust.min_count)
     cluster = np.array([f"holt_winters_p{q}" for q in p], dtype=object)
-    return _frame_out(grid, vals, present, y_hat, med, scale, ok, resid, bounds, days, threshold, cluster)
+    return _frame_out(grid, sp, days, vals, y_hat, resid, med, scale, ok, threshold, cluster)
+
+
+def _fit_end(grid: Grid, sp: ScoredPoints, fit_before) -> np.ndarray:
+    """(S,) grid index where the parameter fit stops."""
+    n = np.diff(grid.indptr)
+    if fit_before is None:
+        end = n.copy()
+        np.minimum.at(end, sp.pair_series, sp.pair_bound)  # first scored day of each series
+        return end
+    if isinstance(fit_before, (Mapping, pd.Series)):
+        cut = pd.to_datetime(pd.Series(fit_before)).reindex(grid.ids).astype("datetime64[ns]")
+        cut = cut.fillna(pd.Timestamp.max).to_numpy().astype(np.int64)
+    else:
+        cut = np.full(len(n), pd.Timestamp(fit_before).value, dtype=np.int64)
+    start, step = grid.start.astype(np.int64), grid.step.astype(np.int64)
+    with np.errstate(over="ignore"):
+        idx = -((start - cut) // step)
+    return np.clip(idx, 0, n)
 
 
 BASELINES = {"seasonal_naive": seasonal_naive_scores, "holt_winters": holt_winters_scores}
@@ -315,8 +351,8 @@ def seasonal_naive_reference(frame: pd.DataFrame, period: int | Mapping | pd.Ser
                              before=None) -> pd.DataFrame:
     """Per present grid point: y_naive = y_{t-p}, and each series' MASE scale.
 
-    The scale is the mean absolute seasonal difference over points strictly before the day
-    `before` (the history; all points when None), as in M4's MASE.
+    The scale is the mean absolute seasonal difference over points strictly before `before` (a
+    timestamp, or one per series as a mapping; all points when None), as in M4's MASE.
     Returns (unique_id, ds, y_naive, scale).
     """
     grid = to_grid(frame)
@@ -325,7 +361,14 @@ def seasonal_naive_reference(frame: pd.DataFrame, period: int | Mapping | pd.Ser
     lag = seasonal_lag(vals, p, back=1)
     T = vals.shape[1]
     ds = grid.start.astype(np.int64)[:, None] + np.arange(T)[None, :] * grid.step.astype(np.int64)[:, None]
-    hist = present if before is None else present & (ds < pd.Timestamp(before).normalize().value)
+    if before is None:
+        hist = present
+    elif isinstance(before, (Mapping, pd.Series)):  # a cutoff timestamp per series
+        cut = pd.to_datetime(pd.Series(before)).reindex(grid.ids).astype("datetime64[ns]")
+        cut = cut.fillna(pd.Timestamp.max).to_numpy().astype(np.int64)  # (S,)
+        hist = present & (ds < cut[:, None])
+    else:
+        hist = present & (ds < pd.Timestamp(before).value)
     diff = np.where(hist, np.abs(vals - lag), np.nan)
     with np.errstate(invalid="ignore"):
         scale = np.nansum(diff, axis=1) / np.sum(np.isfinite(diff), axis=1)  # (S,)

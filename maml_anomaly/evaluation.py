@@ -52,9 +52,13 @@ def as_windows(labels: pd.DataFrame) -> pd.DataFrame:
 
 def window_of(ids: pd.Series, ds: pd.Series, windows: pd.DataFrame) -> np.ndarray:
     """(R,) index of the window holding each (id, ds), -1 outside every window."""
+    if len(windows) == 0 or len(ids) == 0:
+        return np.full(len(ids), -1, dtype=np.int64)
     left = pd.DataFrame({"unique_id": _key(ids), "ds": pd.to_datetime(ds).astype("datetime64[ns]").values,
                          "_row": np.arange(len(ids))})
-    right = windows.assign(unique_id=_key(windows["unique_id"]), _win=np.arange(len(windows)))
+    right = windows.assign(unique_id=pd.Series(_key(windows["unique_id"]), index=windows.index, dtype=object),
+                           _win=np.arange(len(windows)))
+    left["unique_id"] = left["unique_id"].astype(object)
     m = pd.merge_asof(left.sort_values("ds", kind="stable"), right.sort_values("start", kind="stable"),
                       left_on="ds", right_on="start", by="unique_id", direction="backward")
     inside = (m["end"] >= m["ds"]).to_numpy()

@@ -1,0 +1,88 @@
+"""Reader benchmark: time read_long + build_panel on a synthetic long parquet file.
+
+    python -m maml_anomaly.benchmarks.read --series 100000 --points 100
+
+writes ``series x points`` rows (string ids, hourly timestamps, rows shuffled by row group) to
+a temporary folder, then prints the seconds spent reading and building the panel and the peak
+resident memory of the process (which includes generating the data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from maml_anomaly.config import ColumnConfig
+from maml_anomaly.io import build_panel, read_long
+
+
+def write_synthetic(path: Path, n_series: int, n_points: int, seed: int = 0) -> int:
+    """Write a long parquet of hourly series (about 2% missing rows); returns the row count."""
+    rng = np.random.default_rng(seed)
+    ids = np.char.add("series_", np.arange(n_series).astype(str))  # (S,)
+    codes = np.repeat(np.arange(n_series), n_points)  # (N,)
+    j = np.tile(np.arange(n_points), n_series)  # (N,) grid index
+    keep = rng.random(codes.shape[0]) > 0.02  # drop 2% of the rows: missing timestamps
+    keep[j == 0] = True
+    codes, j = codes[keep], j[keep]
+    t0 = np.datetime64("2024-01-01T00:00:00", "ns")
+    ds = t0 + j * np.timedelta64(3600, "s").astype("m8[ns]")
+    y = np.sin(2 * np.pi * j / 24) + rng.normal(0, 0.1, j.shape[0])
+    perm = rng.permutation(codes.shape[0])  # rows in any order
+    table = pa.table(
+        {
+            "unique_id": pa.DictionaryArray.from_arrays(codes[perm], ids).cast(pa.string()),
+            "ds": pa.array(ds[perm]),
+            "y": pa.array(y[perm]),
+        }
+    )
+    pq.write_table(table, path, row_group_size=1_000_000)
+    return table.num_rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--series", type=int, default=100_000)
+    parser.add_argument("--points", type=int, default=100)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "long.parquet"
+        rows = write_synthetic(path, args.series, args.points)
+        t0 = time.perf_counter()
+        frame = read_long(path, ColumnConfig(), "error")
+        t1 = time.perf_counter()
+        panel, report = build_panel(frame)
+        t2 = time.perf_counter()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    result = {
+        "benchmark": "read",
+        "rows": rows,
+        "series": panel.n_series,
+        "read_long_s": round(t1 - t0, 3),
+        "build_panel_s": round(t2 - t1, 3),
+        "seconds": round(t2 - t0, 3),
+        "peak_rss_mb": round(peak_mb, 1),
+        "missing": report.missing,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"read {rows:,} rows ({panel.n_series:,} series) in {result['seconds']:.2f} s "
+            f"(read_long {result['read_long_s']:.2f} s + build_panel {result['build_panel_s']:.2f} s); "
+            f"peak RSS {peak_mb:,.0f} MB"
+        )
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""The panel: every series on its own regular grid, all values in one float64 buffer with offsets.
+
+Built without a Python loop per series: rows are sorted once by (series, ds); each series' step
+is the mode of its positive timestamp differences and its grid is anchored on the most common
+phase ``(ds - first ds) mod step``. Rows on the grid land by integer grid index in a NaN-filled
+buffer (missing timestamps and missing values are both NaN); rows off the grid are kept in
+``off_grid``, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from maml_anomaly.errors import InputError
+
+_INT64_MAX = np.iinfo(np.int64).max
+_INT64_MIN = np.iinfo(np.int64).min
+# A grid this much larger than the rows it holds means the step was mis-inferred (e.g. two
+# points a second apart in a yearly series); refuse rather than allocate gigabytes.
+_MAX_GRID_BLOWUP = 20
+_MAX_GRID_SLACK = 10_000_000
+
+
+@dataclass(frozen=True)
+class Panel:
+    """All series in one array plus offsets (see docs/architecture.md).
+
+    Grid point ``j`` of series ``i`` is at ``start[i] + j * step[i]`` and holds
+    ``values[indptr[i] + j]`` (NaN = missing).
+    """
+
+    ids: np.ndarray  # (S,) series ids in sorted order (object array of str, or int64)
+    indptr: np.ndarray  # (S+1,) int64; series i occupies values[indptr[i]:indptr[i+1]]
+    values: np.ndarray  # (N,) float64 on each series' regular grid; NaN = missing value
+    start: np.ndarray  # (S,) datetime64[ns]: each series' first grid timestamp
+    step: np.ndarray  # (S,) timedelta64[ns]: each series' step (NaT if it has one point)
+    off_grid: pd.DataFrame  # rows off their series' grid: series (int64 position), ds, y
+
+    # -- views --------------------------------------------------------------------------------
+
+    @property
+    def n_series(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(S,) int64 number of grid points per series."""
+        return np.diff(self.indptr)
+
+    @property
+    def end(self) -> np.ndarray:
+        """(S,) datetime64[ns] last grid timestamp per series (NaT for an empty series)."""
+        last = self.lengths - 1  # (S,)
+        step = np.where(np.isnat(self.step), np.timedelta64(0, "ns"), self.step)
+        end = self.start + last * step  # (S,)
+        return np.where(last >= 0, end, np.datetime64("NaT", "ns"))
+
+    @property
+    def step_seconds(self) -> np.ndarray:
+        """(S,) float64 step in seconds (NaN where the step is unknown)."""
+        out = self.step.astype("int64").astype(np.float64) / 1e9  # (S,)
+        out[np.isnat(self.step)] = np.nan
+        return out
+
+    def series_values(self, i: int) -> np.ndarray:
+        """(L_i,) the grid values of series ``i`` (a view, do not modify)."""
+        return self.values[self.indptr[i] : self.indptr[i + 1]]
+
+    def grid_timestamps(self, i: int) -> np.ndarray:
+        """(L_i,) datetime64[ns] grid timestamps of series ``i``."""
+        n = int(self.indptr[i + 1] - self.indptr[i])
+        step = self.step[i] if not np.isnat(self.step[i]) else np.timedelta64(0, "ns")
+        return self.start[i] + np.arange(n, dtype=np.int64) * step
+
+    def tail_matrix(self, n: int, series: np.ndarray | slice | None = None) -> np.ndarray:
+        """(S, n) float64 last ``n`` grid values per series, left-padded with NaN.
+
+        ``series`` selects rows (positions or a slice) so callers can stream in chunks.
+        """
+        rows = np.arange(self.n_series)[series] if series is not None else np.arange(self.n_series)
+        lo = self.indptr[rows]  # (B,)
+        hi = self.indptr[rows + 1]  # (B,)
+        pos = hi[:, None] - n + np.arange(n)[None, :]  # (B, n) buffer positions
+        valid = pos >= lo[:, None]  # (B, n)
+        out = np.full(pos.shape, np.nan)
+        out[valid] = self.values[pos[valid]]
+        return out
+
+    def positions(self, ids: np.ndarray | list) -> np.ndarray:
+        """(M,) int64 position of each id in ``self.ids``, -1 where the id is unknown."""
+        ids = np.asarray(ids, dtype=self.ids.dtype)
+        pos = np.searchsorted(self.ids, ids)  # (M,)
+        pos = np.clip(pos, 0, max(self.n_series - 1, 0))
+        found = (self.n_series > 0) & (self.ids[pos] == ids) if self.n_series else np.zeros(len(ids), bool)
+        return np.where(found, pos, -1).astype(np.int64)
+
+    def before(self, ts: np.datetime64 | str | pd.Timestamp) -> Panel:
+        """The panel cut to grid points strictly before ``ts`` (series keep their grid)."""
+        ts = np.datetime64(pd.Timestamp(ts).as_unit("ns").to_datetime64(), "ns")
+        delta = (ts - self.start).astype(np.int64)  # (S,) ns from start to ts
+        step = np.where(np.isnat(self.step), 1, self.step.astype(np.int64))  # (S,)
+        keep = np.clip(-(-delta // step), 0, self.lengths)  # (S,) ceil(delta / step) points
+        indptr = np.zeros(self.n_series + 1, np.int64)
+        np.cumsum(keep, out=indptr[1:])
+        take = _ranges(self.indptr[:-1], keep)
+        off = self.off_grid[self.off_grid["ds"].to_numpy() < ts].reset_index(drop=True)
+        return Panel(self.ids, indptr, self.values[take], self.start, self.step, off)
+
+    # -- building -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_sorted(cls, ids: np.ndarray, codes: np.ndarray, ds: np.ndarray, y: np.ndarray) -> Panel:
+        """Build from long rows sorted by (codes, ds), with no duplicate (code, ds) pair.
+
+        ids (S,) sorted ids; codes (N,) int64 position in ids of every row, every code present;
+        ds (N,) datetime64[ns] or int64 ns; y (N,) float64 (NaN = missing).
+        """
+        codes = np.asarray(codes, dtype=np.int64)
+        t = np.asarray(ds).view(np.int64) if np.asarray(ds).dtype.kind == "M" else np.asarray(ds, np.int64)
+        y = np.asarray(y, dtype=np.float64)
+        n_rows, n_series = t.shape[0], ids.shape[0]
+        if n_rows == 0:
+            return cls(ids, np.zeros(n_series + 1, np.int64), np.empty(0), np.empty(0, "M8[ns]"),
+                       np.empty(0, "m8[ns]"), _off_grid_frame(np.empty(0, np.int64), t, y))
+
+        first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # (S,) first row per series
+        if first.shape[0] != n_series:
+            raise ValueError("every id must own at least one row")
+        count = np.diff(np.r_[first, n_rows])  # (S,)
+        step = _mode_step(codes, t, first, count)  # (S,) int64 ns, 0 for one-point series
+        on, start = _anchor(codes, t, first, step)  # (N,) on-grid rows, (S,) start ns
+        safe_step = np.where(step > 0, step, 1)
+        gidx = (t - start[codes]) // safe_step[codes]  # (N,) grid index (valid where on)
+        length = _last_per_code(codes[on], gidx[on], n_series) + 1  # (S,)
+        _check_blowup(ids, count, length, step)
+
+        indptr = np.zeros(n_series + 1, np.int64)
+        np.cumsum(length, out=indptr[1:])
+        values = np.full(int(indptr[-1]), np.nan)  # (N_grid,)
+        values[indptr[codes[on]] + gidx[on]] = y[on]
+        step_td = np.where(step > 0, step, np.iinfo(np.int64).min).view("m8[ns]")
+        off = ~on
+        return cls(ids, indptr, values, start.view("M8[ns]"), step_td,
+                   _off_grid_frame(codes[off], t[off], y[off]))
+
+
+# -- building blocks (vectorised over series) ---------------------------------------------------
+
+
+def _mode_step(codes: np.ndarray, t: np.ndarray, first: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """(S,) int64 mode of each series' positive ds differences (ties: the smallest); 0 if one point."""
+    n_series = first.shape[0]
+    step = np.zeros(n_series, np.int64)
+    if t.shape[0] < 2:
+        return step
+    d = np.diff(t)  # (N-1,) difference to the next row
+    same = codes[1:] == codes[:-1]  # (N-1,) both rows in one series
+    multi = np.flatnonzero(count >= 2)  # series with at least one difference
+    if multi.shape[0] == 0:
+        return step
+    lo = np.where(same, d, _INT64_MAX)
+    hi = np.where(same, d, _INT64_MIN)
+    dmin = np.minimum.reduceat(lo, first[multi])  # (M,)
+    dmax = np.maximum.reduceat(hi, first[multi])  # (M,)
+    regular = dmin == dmax
+    step[multi[regular]] = dmin[regular]
+    irregular = multi[~regular]
+    if irregular.shape[0]:
+        keep = same & np.isin(codes[1:], irregular)
+        step[irregular] = _mode_per_code(codes[1:][keep], d[keep], n_series)[irregular]
+    return step
+
+
+def _mode_per_code(code: np.ndarray, value: np.ndarray, n_series: int) -> np.ndarray:
+    """(S,) most frequent value per code (ties: the smallest value), via sort + run lengths."""
+    order = np.lexsort((value, code))
+    c, v = code[order], value[order]  # (K,) sorted by (code, value)
+    starts = np.flatnonzero(np.r_[True, (c[1:] != c[:-1]) | (v[1:] != v[:-1])])  # run starts
+    run_len = np.diff(np.r_[starts, c.shape[0]])
+    run_code, run_value = c[starts], v[starts]
+    best = np.lexsort((-run_len, run_code))  # stable: equal lengths keep the smaller value first
+    first_of_code = best[np.r_[True, run_code[best][1:] != run_code[best][:-1]]]
+    out = np.zeros(n_series, np.int64)
+    out[run_code[first_of_code]] = run_value[first_of_code]
+    return out
+
+
+def _anchor(codes: np.ndarray, t: np.ndarray, first: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows lie on their series' grid, and each grid's start (int64 ns).
+
+    The grid is anchored on the most common phase ``(ds - first ds) mod step`` (ties: the
+    first row's phase); it starts at the earliest row with that phase.
+    """
+    n_series = first.shape[0]
+    safe_step = np.where(step > 0, step, 1)  # (S,)
+    t0 = t[first]  # (S,)
+    raw = (t - t0[codes]) % safe_step[codes]  # (N,) phase relative to the first row
+    best = np.zeros(n_series, np.int64)  # (S,) anchor phase
+    shifted = raw != 0
+    if shifted.any():
+        has_off = np.zeros(n_series, bool)
+        has_off[codes[shifted]] = True
+        sel = has_off[codes]
+        best[has_off] = _mode_per_code(codes[sel], raw[sel], n_series)[has_off]
+    on = raw == best[codes]  # (N,)
+    on_rows = np.flatnonzero(on)
+    oc = codes[on_rows]
+    firsts = on_rows[np.r_[True, oc[1:] != oc[:-1]]]  # (S,) earliest on-grid row per series
+    start = t0.copy()
+    start[codes[firsts]] = t[firsts]
+    return on, start
+
+
+def _last_per_code(code: np.ndarray, value: np.ndarray, n_series: int) -> np.ndarray:
+    """(S,) value of the last row of each code (rows sorted by code)."""
+    out = np.full(n_series, -1, np.int64)
+    if code.shape[0]:
+        last = np.flatnonzero(np.r_[code[1:] != code[:-1], True])
+        out[code[last]] = value[last]
+    return out
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(starts[i], starts[i] + counts[i]) for all i, vectorised."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.empty(0, np.int64)
+    offsets = np.repeat(starts - np.r_[0, np.cumsum(counts)[:-1]], counts)
+    return np.arange(total, dtype=np.int64) + offsets
+
+
+def _check_blowup(ids: np.ndarray, count: np.ndarray, length: np.ndarray, step: np.ndarray) -> None:
+    total = int(length.sum())
+    if total <= _MAX_GRID_BLOWUP * int(count.sum()) + _MAX_GRID_SLACK:
+        return
+    worst = np.argsort(-(length / count))[:3]
+    shown = "; ".join(
+        f"{ids[i]!r}: {count[i]} rows, step {pd.Timedelta(int(step[i]), 'ns')} -> {length[i]} grid points"
+        for i in worst
+    )
+    raise InputError(
+        f"the regular grids inferred from the timestamps would hold {total:,} points for "
+        f"{int(count.sum()):,} rows: some series have a step far smaller than their span ({shown}). "
+        "Expected each series to be sampled at a regular step; resample or aggregate those series "
+        "to a regular frequency, or remove them."
+    )
+
+
+def _off_grid_frame(codes: np.ndarray, t: np.ndarray, y: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "series": np.asarray(codes, np.int64),
+            "ds": np.asarray(t, np.int64).view("M8[ns]"),
+            "y": np.asarray(y, np.float64),
+        }
+    )

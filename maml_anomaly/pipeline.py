@@ -1,0 +1,414 @@
+"""The only place that sequences I/O, compute and artifacts: one keyword-only function per command.
+
+Each function takes a :class:`~maml_anomaly.config.Config` plus the command's paths, raises
+:class:`~maml_anomaly.errors.MamlAnomalyError` subclasses for anything the user can fix, and
+returns a JSON-ready summary dict. The key ``"summary"`` holds the one-line human summary that
+the CLI prints (with ``--json`` the CLI prints the whole dict instead).
+
+Order inside a command: check the cheap things first (model directory, output path), then read
+and validate the input, then compute, then write (atomically). Nothing is written before the
+input has been validated, so a bad input never leaves a partial output or a damaged model.
+
+Commands whose compute lands with later issues raise "not implemented yet" in their own block
+below, after the input and model-directory checks that are already final.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from maml_anomaly.artifacts import CLUSTERS, ModelDir, jsonable
+from maml_anomaly.config import Config
+from maml_anomaly.errors import ConfigError, InputError, MamlAnomalyError, ModelDirError
+from maml_anomaly.io import SCORE_COLUMNS, ReadReport, build_panel, read_long
+from maml_anomaly.panel import Panel
+
+log = logging.getLogger(__name__)
+
+DAY = np.timedelta64(1, "D")
+
+
+# -- shared steps ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedInput:
+    """A validated input: the long frame (sorted, deduplicated), its panel and what reading found."""
+
+    frame: pd.DataFrame  # unique_id, ds, y sorted by (unique_id, ds)
+    panel: Panel
+    report: ReadReport
+
+    @property
+    def window(self) -> dict[str, Any]:
+        """The data window, as stored in the manifest."""
+        ds = self.frame["ds"]
+        return {
+            "start": ds.min(),
+            "end": ds.max(),
+            "rows": self.report.rows,
+            "series": self.report.series,
+        }
+
+
+def load_input(config: Config, input: Path) -> LoadedInput:
+    """Read, validate and build the panel of an input (InputError on anything wrong)."""
+    frame = read_long(input, config.columns, config.input.on_duplicate)
+    panel, report = build_panel(frame)
+    log.info("read %s: %s", input, report.summary())
+    if report.off_grid:
+        log.warning(
+            "%d rows lie off their series' regular grid; they are kept (Panel.off_grid) and reported",
+            report.off_grid,
+        )
+    return LoadedInput(frame=frame, panel=panel, report=report)
+
+
+def setup_torch(config: Config) -> str:
+    """Set torch's thread count and resolve the device ("auto" -> cuda when available)."""
+    import torch
+
+    torch.set_num_threads(config.runtime.threads)
+    device = config.runtime.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda was asked for, but torch sees no CUDA device on this machine. "
+            "Use --device cpu (or auto)."
+        )
+    log.debug("torch: device %s, %d thread(s)", device, config.runtime.threads)
+    return device
+
+
+def parse_day(value: str, option: str) -> np.datetime64:
+    """A YYYY-MM-DD option as datetime64[ns] midnight (InputError with the fix otherwise)."""
+    try:
+        day = pd.Timestamp(pd.to_datetime(value, format="%Y-%m-%d"))
+    except (ValueError, TypeError):
+        raise InputError(f"{option} expects a date as YYYY-MM-DD; found {value!r}.") from None
+    return np.datetime64(day.as_unit("ns").to_datetime64(), "ns")
+
+
+def resolve_day(frame: pd.DataFrame, date: str | None) -> np.datetime64:
+    """The calendar day to score: ``date`` (which must have data) or the input's last day."""
+    ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
+    last = ds.max().astype("datetime64[D]").astype("datetime64[ns]")
+    if date is None:
+        return last
+    day = parse_day(date, "--date")
+    if not np.any((ds >= day) & (ds < day + DAY)):
+        first = ds.min().astype("datetime64[D]")
+        raise InputError(
+            f"the input has no data on {date}; it covers {first} to {last.astype('datetime64[D]')}. "
+            "Choose a --date inside that range, or leave --date out to score the last day."
+        )
+    return day
+
+
+def resolve_range(frame: pd.DataFrame, start: str | None, end: str | None) -> tuple[np.datetime64, np.datetime64]:
+    """Backtest days [first, last] (inclusive) within the input's data."""
+    ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
+    data_first = ds.min().astype("datetime64[D]").astype("datetime64[ns]")
+    data_last = ds.max().astype("datetime64[D]").astype("datetime64[ns]")
+    first = parse_day(start, "--start") if start else data_first
+    last = parse_day(end, "--end") if end else data_last
+    if first > last:
+        raise InputError(f"--start {start} is after --end {end}; give a start on or before the end.")
+    if not np.any((ds >= first) & (ds < last + DAY)):
+        raise InputError(
+            f"the input has no data between {first.astype('datetime64[D]')} and "
+            f"{last.astype('datetime64[D]')}; it covers {data_first.astype('datetime64[D]')} to "
+            f"{data_last.astype('datetime64[D]')}. Choose --start/--end inside that range."
+        )
+    return max(first, data_first), min(last, data_last)
+
+
+def check_output(output: Path) -> None:
+    """The scores output must be a file path whose folder can be made."""
+    if output.is_dir():
+        raise InputError(f"--output {output} is a directory; expected the path of a parquet file to write.")
+    parent = output.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"--output {output}: {parent} is a file, so the folder cannot be made.")
+
+
+def open_trained(model_dir: Path) -> ModelDir:
+    """A model directory with a valid manifest and clusters (ModelDirError otherwise)."""
+    md = ModelDir(model_dir)
+    md.read_manifest()
+    if not md.has(CLUSTERS):
+        raise ModelDirError(
+            f"model directory {md.path} has no {CLUSTERS}. Run fit-clusters with this --model-dir first."
+        )
+    return md
+
+
+@contextmanager
+def progress(description: str, total: int | None) -> Iterator[Any]:
+    """A rich progress bar on stderr when it is a terminal; a no-op otherwise.
+
+    Use as ``with progress("scoring", n_batches) as advance: ... advance(1)``.
+    """
+    if not sys.stderr.isatty() or not log.isEnabledFor(logging.INFO):
+        yield lambda n=1: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def _not_implemented(command: str, issue: int) -> MamlAnomalyError:
+    return MamlAnomalyError(
+        f"{command} is not implemented yet: it lands with issue #{issue}. The input and the "
+        "options were checked and are fine."
+    )
+
+
+def _summary(text: str, **fields: Any) -> dict[str, Any]:
+    return {"summary": text, **fields}
+
+
+# -- fit-clusters (compute: issue #4) -------------------------------------------------------------
+
+
+def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
+    """Detect each series' period, group the series and write clusters.parquet + manifest."""
+    md = ModelDir(model_dir)
+    md.check_fresh(overwrite)
+    data = load_input(config, input)
+    del data
+    raise _not_implemented("fit-clusters", 4)
+
+
+# -- meta-train (compute: issue #5) ---------------------------------------------------------------
+
+
+def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
+    """Meta-train one forecaster per cluster; write weights and the training report."""
+    md = open_trained(model_dir)
+    md.guard_overwrite(_weight_files(md), overwrite)
+    setup_torch(config)
+    data = load_input(config, input)
+    del data
+    raise _not_implemented("meta-train", 5)
+
+
+def _weight_files(md: ModelDir) -> list[str]:
+    return sorted(p.name for p in md.path.glob("*.safetensors"))
+
+
+# -- daily-score (compute: issue #5) --------------------------------------------------------------
+
+
+def daily_score(
+    *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None
+) -> dict[str, Any]:
+    """Score one calendar day (default: the input's last day); write the scores atomically."""
+    if date is not None:
+        parse_day(date, "--date")
+    check_output(output)
+    md = open_trained(model_dir)
+    setup_torch(config)
+    data = load_input(config, input)
+    day = resolve_day(data.frame, date)
+    log.info("scoring %s", day.astype("datetime64[D]"))
+    del md
+    raise _not_implemented("daily-score", 5)
+
+
+# -- backtest (compute: issue #5) -----------------------------------------------------------------
+
+
+def backtest(
+    *, config: Config, input: Path, model_dir: Path, output: Path, start: str | None = None, end: str | None = None
+) -> dict[str, Any]:
+    """daily-score for every day of [start, end], batched, one output."""
+    for value, option in ((start, "--start"), (end, "--end")):
+        if value is not None:
+            parse_day(value, option)
+    check_output(output)
+    md = open_trained(model_dir)
+    setup_torch(config)
+    data = load_input(config, input)
+    first, last = resolve_range(data.frame, start, end)
+    log.info("backtest %s to %s", first.astype("datetime64[D]"), last.astype("datetime64[D]"))
+    del md
+    raise _not_implemented("backtest", 5)
+
+
+# -- evaluate (compute: issue #5) -----------------------------------------------------------------
+
+
+def evaluate(*, config: Config, scores: Path, labels: Path) -> dict[str, Any]:
+    """Precision, recall, F1, false-alarm rate and forecast error of scores against labels."""
+    score_frame = _read_parquet_frame(scores, "--scores", list(SCORE_COLUMNS))
+    label_cols = _parquet_columns(labels, "--labels")
+    if {"unique_id", "start", "end"} <= set(label_cols):
+        label_kind = "windows"
+    elif {"unique_id", "ds"} <= set(label_cols):
+        label_kind = "points"
+    else:
+        raise InputError(
+            f"--labels {labels} has columns {label_cols}; expected labelled points (unique_id, ds) "
+            "or labelled windows (unique_id, start, end, both ends inclusive)."
+        )
+    log.info("evaluating %d scored points against %s labels", len(score_frame), label_kind)
+    raise _not_implemented("evaluate", 5)
+
+
+def _parquet_columns(path: Path, option: str) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    if not path.exists():
+        raise InputError(f"{option} {path} does not exist; expected a parquet file.")
+    try:
+        return list(pads.dataset(str(path), format="parquet").schema.names)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"could not read {option} {path} as parquet ({exc}); expected a complete parquet file.") from None
+
+
+def _read_parquet_frame(path: Path, option: str, required: list[str]) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    names = _parquet_columns(path, option)
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise InputError(
+            f"{option} {path} lacks the columns {missing}; found {names}. Expected a scores file "
+            "written by daily-score or backtest."
+        )
+    try:
+        return pads.dataset(str(path), format="parquet").to_table().to_pandas()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"could not read {option} {path} as parquet ({exc}).") from None
+
+
+# -- demo (compute: issue #5) ---------------------------------------------------------------------
+
+
+def demo(*, config: Config, workdir: Path, overwrite: bool = False) -> dict[str, Any]:
+    """Make sample data in workdir and run fit-clusters, meta-train, backtest and evaluate on it."""
+    if workdir.exists() and not workdir.is_dir():
+        raise InputError(f"--workdir {workdir} is a file; expected a folder to create or reuse.")
+    if workdir.is_dir() and any(workdir.iterdir()) and not overwrite:
+        raise InputError(
+            f"--workdir {workdir} is not empty; refusing to overwrite a previous demo. Pass "
+            "--overwrite, or choose a new folder."
+        )
+    raise _not_implemented("demo", 5)
+
+
+# -- plot (compute: issue #5) ---------------------------------------------------------------------
+
+
+def plot(
+    *, config: Config, input: Path, scores: Path, output: Path, series: list[str] | None = None, top: int = 5
+) -> dict[str, Any]:
+    """A PNG of series with their forecast band and flags (the named series, or the top anomalies)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise InputError(
+            "plot needs matplotlib, which is not installed. Install it with "
+            "`pip install 'maml-anomaly[plot]'` (or `pip install matplotlib`)."
+        ) from None
+    if top < 1:
+        raise InputError(f"--top must be at least 1; found {top}.")
+    score_frame = _read_parquet_frame(scores, "--scores", list(SCORE_COLUMNS))
+    data = load_input(config, input)
+    del score_frame, data
+    raise _not_implemented("plot", 5)
+
+
+# -- bench sine (compute: issue #3) --------------------------------------------------------------
+
+
+def bench_sine(
+    *,
+    config: Config,
+    k_shot: int | None,
+    iterations: int,
+    seed: int,
+    first_order: bool,
+    learn_inner_lr: bool,
+    eval_tasks: int,
+) -> dict[str, Any]:
+    """The paper's sine benchmark (maml_anomaly.benchmarks.sine.run_sine_benchmark)."""
+    setup_torch(config)
+    try:
+        from maml_anomaly.benchmarks.sine import run_sine_benchmark
+    except ModuleNotFoundError as exc:
+        if exc.name == "maml_anomaly.benchmarks.sine":
+            raise _not_implemented("bench sine", 3) from None
+        raise
+    result = run_sine_benchmark(
+        k_shot=k_shot,
+        iterations=iterations,
+        seed=seed,
+        first_order=first_order,
+        learn_inner_lr=learn_inner_lr,
+        eval_tasks=eval_tasks,
+    )
+    return {"summary": _sine_table(result), **result}
+
+
+def _sine_table(result: dict[str, Any]) -> str:
+    lines = [f"sine benchmark: {result.get('iterations')} iterations in {result.get('seconds', float('nan')):.0f} s"]
+    for row in result.get("results", []):
+        lines.append(
+            f"  K={row.get('k_shot'):>2} steps={row.get('inner_steps'):>2}  "
+            f"mse {row.get('mse', float('nan')):.3f} +- {row.get('ci95', float('nan')):.3f}"
+        )
+    return "\n".join(lines)
+
+
+# -- bench scale (compute: issue #6) --------------------------------------------------------------
+
+
+def bench_scale(*, config: Config, series: int, freq: str) -> dict[str, Any]:
+    """Synthetic daily-score at scale: series/s, seconds and peak memory."""
+    if series < 1:
+        raise InputError(f"--series must be at least 1; found {series}.")
+    if freq not in ("D", "h"):
+        raise InputError(f"--freq must be D (daily) or h (hourly); found {freq!r}.")
+    setup_torch(config)
+    raise _not_implemented("bench scale", 6)
+
+
+__all__ = [
+    "jsonable",
+    "LoadedInput",
+    "load_input",
+    "setup_torch",
+    "parse_day",
+    "resolve_day",
+    "resolve_range",
+    "check_output",
+    "open_trained",
+    "progress",
+    "fit_clusters",
+    "meta_train",
+    "daily_score",
+    "backtest",
+    "evaluate",
+    "demo",
+    "plot",
+    "bench_sine",
+    "bench_scale",
+]

@@ -13,8 +13,8 @@ Two baselines, both batched over series (numpy, no Python loop per series):
 Both return the scores schema of daily-score (unique_id, ds, y, y_hat, lower, upper, score,
 is_anomaly, cluster, status) for every input row of the scored days, so `evaluation` treats them
 like the detector. Input is a long frame (unique_id, ds, y) without duplicate (series, timestamp)
-pairs; each series is placed on its own regular grid (step = median positive time difference);
-rows off that grid are kept with status `off_grid`.
+pairs; each series is placed on its own regular grid by the tool's panel (io.build_panel: the
+same step and anchor as daily-score); rows off that grid are kept with status `off_grid`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ import numpy as np
 import pandas as pd
 
 from maml_anomaly.errors import InputError
+from maml_anomaly.io import SCORE_COLUMNS, build_panel
 
-SCORE_COLUMNS = ("unique_id", "ds", "y", "y_hat", "lower", "upper", "score", "is_anomaly", "cluster",
-                 "status")
 _DAY_NS = np.int64(86_400 * 10**9)
 _MAD_TO_SD = 1.4826  # MAD of a normal distribution times this is its standard deviation
 
@@ -57,32 +56,25 @@ class Grid:
 
 
 def to_grid(frame: pd.DataFrame) -> Grid:
-    """Place each series of a long frame on its regular grid (vectorised over rows)."""
-    df = frame[["unique_id", "ds", "y"]].sort_values(["unique_id", "ds"], kind="stable", ignore_index=True)
-    if df.duplicated(["unique_id", "ds"]).any():
-        raise InputError("duplicate (unique_id, ds) rows: resolve them first (e.g. --on-duplicate first)")
-    codes, ids = pd.factorize(df["unique_id"], sort=True)
-    ds = df["ds"].to_numpy("datetime64[ns]").astype(np.int64)  # (R,)
-    y = pd.to_numeric(df["y"], errors="coerce").to_numpy(np.float64)
-    first = np.r_[0, np.flatnonzero(np.diff(codes)) + 1]  # (S,) first row of each series
-    diff = np.diff(ds, prepend=ds[0])
-    diff[first] = 0
-    step = pd.Series(np.where(diff > 0, diff, np.nan)).groupby(codes).median().to_numpy()
-    step = np.nan_to_num(step, nan=float(_DAY_NS)).astype(np.int64)  # (S,) one-row series: a day
-    start = ds[first]  # (S,)
-    offset = ds - start[codes]
-    on_grid = offset % step[codes] == 0
-    j = offset // step[codes]  # (R,) grid index
-    length = np.zeros(len(ids), dtype=np.int64)
-    np.maximum.at(length, codes[on_grid], j[on_grid] + 1)
-    indptr = np.r_[0, np.cumsum(length)].astype(np.int64)
-    values = np.full(indptr[-1], np.nan)
-    present = np.zeros(indptr[-1], dtype=bool)
-    pos = indptr[codes[on_grid]] + j[on_grid]
-    values[pos], present[pos] = y[on_grid], True
-    off = df.loc[~on_grid, ["unique_id", "ds", "y"]].reset_index(drop=True)
-    return Grid(np.asarray(ids), indptr, values, present, start.astype("datetime64[ns]"),
-                step.astype("timedelta64[ns]"), off)
+    """Place each series of a long frame on its regular grid: the tool's own panel (same step,
+    anchor and off-grid rows as daily-score), plus which grid points were input rows."""
+    panel, _ = build_panel(frame)  # InputError on duplicates, like the tool
+    codes = panel.positions(frame["unique_id"].to_numpy())  # (R,)
+    t = pd.to_datetime(frame["ds"]).to_numpy("datetime64[ns]").astype(np.int64)
+    start = panel.start.astype(np.int64)[codes]
+    step = np.where(np.isnat(panel.step), 0, panel.step.astype(np.int64))[codes]
+    offset = t - start
+    safe = np.where(step > 0, step, 1)
+    j = np.where(step > 0, offset // safe, 0)
+    on = (offset >= 0) & np.where(step > 0, offset % safe == 0, offset == 0) & (j < panel.lengths[codes])
+    present = np.zeros(len(panel.values), dtype=bool)
+    present[panel.indptr[codes[on]] + j[on]] = True
+    off = panel.off_grid
+    off = pd.DataFrame({"unique_id": panel.ids[off["series"].to_numpy()], "ds": off["ds"].to_numpy(),
+                        "y": off["y"].to_numpy()})
+    step_all = np.where(np.isnat(panel.step), _DAY_NS, panel.step.astype(np.int64))  # one point: a day
+    return Grid(panel.ids, panel.indptr, panel.values, present, panel.start,
+                step_all.astype("timedelta64[ns]"), off)
 
 
 def dense(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -375,3 +367,14 @@ def seasonal_naive_reference(frame: pd.DataFrame, period: int | Mapping | pd.Ser
     si, ti = np.nonzero(present)
     return pd.DataFrame({"unique_id": grid.ids[si], "ds": ds[si, ti].astype("datetime64[ns]"),
                          "y_naive": lag[si, ti], "scale": scale[si]})
+
+
+def default_periods(frame: pd.DataFrame) -> pd.Series:
+    """Per series: a day of steps for sub-daily series, 7 for daily series, else 0 (no period).
+
+    The calendar guess used where no detected period is at hand (e.g. `evaluate` without a model).
+    """
+    grid = to_grid(frame)
+    step = grid.step.astype(np.int64)  # (S,)
+    p = np.where(step < _DAY_NS, np.round(_DAY_NS / step), np.where(step == _DAY_NS, 7, 0))
+    return pd.Series(p.astype(np.int64), index=grid.ids)

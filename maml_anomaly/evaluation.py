@@ -131,7 +131,7 @@ def evaluate_scores(scores: pd.DataFrame, labels: pd.DataFrame, *, far: float = 
         "n_windows": int(covered.sum()),
         "n_windows_outside_scores": int((~covered).sum()),
         "default": default,
-        "at_far": {"target_far": far, "threshold": tau, **at_far},
+        "at_far": {"target_far": far, "threshold": tau if np.isfinite(tau) else None, **at_far},
         "recall_by_kind": _recall_by_kind(windows, win, {"default": ok & flag, "at_far": ok & (score > tau)},
                                           covered),
         "status_counts": {str(k): int(v) for k, v in scores["status"].value_counts().sort_index().items()},
@@ -190,7 +190,7 @@ def format_summary(summary: dict, name: str = "") -> str:
              f"  at the default threshold: event recall {d['event_recall']:.3f}, point precision "
              f"{d['point_precision']:.3f}, F1 {d['f1']:.3f}, FAR {d['false_alarm_rate']:.4f} "
              f"({d['n_flags']} flags)",
-             f"  at FAR {f['target_far']:.2%} (threshold {f['threshold']:.3g}): event recall "
+             f"  at FAR {f['target_far']:.2%} (threshold {_num(f['threshold'])}): event recall "
              f"{f['event_recall']:.3f}, point precision {f['point_precision']:.3f}, F1 {f['f1']:.3f}"]
     if "forecast" in summary:
         fc = summary["forecast"]
@@ -198,3 +198,7 @@ def format_summary(summary: dict, name: str = "") -> str:
                      + (f", MASE {fc['mase']:.3f} (seasonal naive {fc['mase_naive']:.3f})"
                         if "mase" in fc else ""))
     return "\n".join(lines)
+
+
+def _num(v) -> str:
+    return "none" if v is None else f"{v:.3g}"

@@ -132,3 +132,83 @@ def test_threshold_at_far_never_exceeds_and_is_tight(clean, far):
     below = clean[clean < tau]  # any lower threshold taken from the data flags more than k
     if below.size:
         assert (clean > below.max()).sum() > k
+
+
+# -- the evaluate command and the demo's wiring ---------------------------------------------------
+
+import json  # noqa: E402
+
+from maml_anomaly import pipeline  # noqa: E402
+from maml_anomaly.baselines import seasonal_naive_scores  # noqa: E402
+from maml_anomaly.cli import app  # noqa: E402
+from maml_anomaly.sample import make_sample  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_sample():
+    return make_sample(seed=5, n_series=12, return_info=True)
+
+
+def test_evaluate_command_table_and_json(tmp_path, runner, small_sample):
+    values, windows, points, info = small_sample
+    last = values["ds"].max().normalize()
+    scores = seasonal_naive_scores(values, info.set_index("unique_id")["period"],
+                                   start=last - pd.Timedelta(days=13), end=last)
+    scores.to_parquet(tmp_path / "scores.parquet")
+    windows.to_parquet(tmp_path / "labels.parquet")
+    args = ["evaluate", "--scores", str(tmp_path / "scores.parquet"), "--labels", str(tmp_path / "labels.parquet")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "event recall" in res.output and "FAR" in res.output
+    res = runner.invoke(app, args + ["--json"])
+    out = json.loads(res.stdout)
+    direct = evaluate_scores(scores, windows)
+    assert out["default"]["event_recall"] == pytest.approx(direct["default"]["event_recall"])
+    assert out["labels"] == "windows" and 0 < out["forecast"]["mae_ratio_gmean"] < 2
+
+
+def test_evaluate_command_refuses_bad_labels(tmp_path, runner, small_sample):
+    values = small_sample[0]
+    scores = seasonal_naive_scores(values, 24)
+    scores.to_parquet(tmp_path / "scores.parquet")
+    pd.DataFrame({"series": ["a"], "when": [T0]}).to_parquet(tmp_path / "labels.parquet")
+    res = runner.invoke(app, ["evaluate", "--scores", str(tmp_path / "scores.parquet"),
+                              "--labels", str(tmp_path / "labels.parquet")])
+    assert res.exit_code == 1 and "expected labelled points" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_demo_wiring_with_a_stand_in_detector(tmp_path, monkeypatch):
+    """demo's sequence (sample -> fit-clusters -> meta-train -> backtest -> evaluate) with the
+    seasonal-naive baseline standing in for the detector's commands."""
+    calls = []
+
+    def fit_clusters(*, config, input, model_dir, overwrite=False):
+        calls.append("fit-clusters")
+        md = pipeline.ModelDir(model_dir)
+        md.prepare(overwrite)
+        hist = pd.read_parquet(input)
+        md.write_manifest(config, config.columns, {"rows": len(hist)})
+        md.save_clusters(pd.DataFrame({"unique_id": np.sort(hist["unique_id"].unique()), "cluster": "c0",
+                                       "period": 24}))
+        return {}
+
+    def meta_train(*, config, input, model_dir, overwrite=False):
+        calls.append("meta-train")
+        assert config.train.time_budget_s <= pipeline.DEMO_TRAIN_BUDGET_S
+        assert pd.read_parquet(input)["ds"].max() < pd.Timestamp("2024-03-18")  # history only
+        return {}
+
+    def backtest(*, config, input, model_dir, output, start=None, end=None):
+        calls.append("backtest")
+        seasonal_naive_scores(pd.read_parquet(input), 24, start=start, end=end).to_parquet(output)
+        return {}
+
+    for name, fn in (("fit_clusters", fit_clusters), ("meta_train", meta_train), ("backtest", backtest)):
+        monkeypatch.setattr(pipeline, name, fn)
+    out = pipeline.demo(config=pipeline.Config(), workdir=tmp_path / "demo")
+    assert calls == ["fit-clusters", "meta-train", "backtest"]
+    assert "top anomalies" in out["summary"] and str(tmp_path / "demo" / "scores.parquet") in out["summary"]
+    assert out["evaluation"]["n_windows"] > 100 and len(out["top_anomalies"]) == 10
+    with pytest.raises(pipeline.InputError, match="not empty"):
+        pipeline.demo(config=pipeline.Config(), workdir=tmp_path / "demo")

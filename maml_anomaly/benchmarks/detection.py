@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 
 from maml_anomaly import baselines
+from maml_anomaly.config import ColumnConfig
+from maml_anomaly.io import read_long
 from maml_anomaly.evaluation import evaluate_scores
 
 DATA = Path("/work/shared/data")
@@ -69,8 +71,8 @@ def load_sample(root: Path = SAMPLE_DIR, eval_days: int = 14) -> Dataset:
 
 
 def load_nab(root: Path = DATA / "nab", probation: float = 0.15) -> Dataset:
-    raw = pd.read_parquet(root / "values.parquet")
-    values = raw.groupby(["unique_id", "ds"], as_index=False, sort=True)["y"].mean()  # on-duplicate mean
+    values = read_long(root / "values.parquet", ColumnConfig(), on_duplicate="mean")  # the tool's policy
+    values["unique_id"] = values["unique_id"].astype(str)
     rank = values.groupby("unique_id").cumcount()
     n = values.groupby("unique_id")["ds"].transform("size")
     train_mask = rank < np.floor(probation * n)

@@ -212,3 +212,14 @@ def test_demo_wiring_with_a_stand_in_detector(tmp_path, monkeypatch):
     assert out["evaluation"]["n_windows"] > 100 and len(out["top_anomalies"]) == 10
     with pytest.raises(pipeline.InputError, match="not empty"):
         pipeline.demo(config=pipeline.Config(), workdir=tmp_path / "demo")
+
+
+def test_detection_benchmark_runs_the_baselines_on_the_sample():
+    from maml_anomaly.benchmarks.detection import markdown, run
+
+    report = run("sample", ("seasonal_naive",))
+    s = report["results"]["seasonal_naive"]
+    assert s["n_series"] == 200 and s["n_windows"] > 200  # the last 14 days hold most windows
+    assert 0 < s["at_far"]["event_recall"] <= 1 and s["at_far"]["false_alarm_rate"] <= 0.01
+    assert s["forecast"]["mae_ratio_gmean"] == pytest.approx(1.0, abs=0.05)  # it IS seasonal naive
+    assert markdown(report).count("\n") == 2

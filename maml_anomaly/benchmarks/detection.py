@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from maml_anomaly import baselines
-from maml_anomaly.config import ColumnConfig
+from maml_anomaly.config import ColumnConfig, Config
 from maml_anomaly.io import read_long
 from maml_anomaly.evaluation import evaluate_scores
 
@@ -108,29 +108,33 @@ def run_baseline(name: str, data: Dataset, period: pd.Series) -> pd.DataFrame:
     return baselines.BASELINES[name](data.values, period, start=data.start, end=data.end, **extra)
 
 
-def run_maml(data: Dataset, workdir: Path) -> tuple[pd.DataFrame, pd.Series]:
+def run_maml(data: Dataset, workdir: Path, config: Config) -> tuple[pd.DataFrame, pd.Series]:
     """fit-clusters and meta-train on the training part, backtest over the scored days."""
-    from maml_anomaly import pipeline  # the detector lands in the pipeline
+    from maml_anomaly import pipeline
 
     workdir.mkdir(parents=True, exist_ok=True)
     train_path, all_path = workdir / "train.parquet", workdir / "values.parquet"
     data.train.to_parquet(train_path, index=False)
     data.values.to_parquet(all_path, index=False)
     model_dir, scores_path = workdir / "model", workdir / "scores_maml.parquet"
-    pipeline.run_detector(train_path=train_path, input_path=all_path, model_dir=model_dir,
-                          output=scores_path, start=data.start, end=data.end)
+    pipeline.fit_clusters(config=config, input=train_path, model_dir=model_dir, overwrite=True)
+    pipeline.meta_train(config=config, input=train_path, model_dir=model_dir, overwrite=True)
+    pipeline.backtest(config=config, input=all_path, model_dir=model_dir, output=scores_path,
+                      start=str(data.start.date()), end=str(data.end.date()))
     clusters = pd.read_parquet(model_dir / "clusters.parquet")
     return pd.read_parquet(scores_path), clusters.set_index("unique_id")["period"]
 
 
-def run(data_name: str, methods=METHODS, workdir: Path = Path("/tmp/maml-bench"), far: float = 0.01) -> dict:
+def run(data_name: str, methods=METHODS, workdir: Path = Path("/tmp/maml-bench"), far: float = 0.01,
+        config: Config | None = None) -> dict:
     data = LOADERS[data_name]()
+    config = config or Config()
     period = data.period_hint
     results = {}
     for method in methods:
         t0 = time.perf_counter()
         if method == "maml":
-            scores, period = run_maml(data, workdir / data_name)
+            scores, period = run_maml(data, workdir / data_name, config)
         else:
             scores = run_baseline(method, data, period)
         seconds = time.perf_counter() - t0
@@ -139,7 +143,7 @@ def run(data_name: str, methods=METHODS, workdir: Path = Path("/tmp/maml-bench")
         summary = evaluate_scores(scores, data.labels, far=far, naive=naive)
         summary["seconds"] = seconds
         results[method] = summary
-    return {"data": data_name, "far": far, "results": results,
+    return {"data": data_name, "far": far, "config": config.to_dict(), "results": results,
             "periods": {str(k): int(v) for k, v in pd.Series(period).value_counts().sort_index().items()}}
 
 
@@ -170,8 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--far", type=float, default=0.01, help="false-alarm rate for recall at fixed FAR")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/maml-bench"))
     parser.add_argument("--json", type=Path, default=None, help="also write the full report here")
+    parser.add_argument("--config", type=Path, default=None, help="TOML configuration for the detector")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's)")
     args = parser.parse_args(argv)
-    report = run(args.data, tuple(args.methods.split(",")), args.workdir, args.far)
+    config = Config.load(args.config, {"threads": args.threads})
+    report = run(args.data, tuple(args.methods.split(",")), args.workdir, args.far, config)
     print(markdown(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=float))

@@ -38,6 +38,7 @@ class Panel:
     start: np.ndarray  # (S,) datetime64[ns]: each series' first grid timestamp
     step: np.ndarray  # (S,) timedelta64[ns]: each series' step (NaT if it has one point)
     off_grid: pd.DataFrame  # rows off their series' grid: series (int64 position), ds, y
+    snapped: int = 0  # rows moved to their nearest grid point (snap_tolerance > 0)
 
     # -- views --------------------------------------------------------------------------------
 
@@ -109,14 +110,32 @@ class Panel:
         off = self.off_grid[self.off_grid["ds"].to_numpy() < ts].reset_index(drop=True)
         return Panel(self.ids, indptr, self.values[take], self.start, self.step, off)
 
+    def take(self, series: np.ndarray | slice) -> Panel:
+        """The sub-panel of the given series (positions or a slice), e.g. one streaming batch."""
+        rows = np.arange(self.n_series)[series]  # (B,)
+        lengths = self.lengths[rows]
+        indptr = np.zeros(rows.shape[0] + 1, np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        values = self.values[_ranges(self.indptr[rows], lengths)]
+        new_pos = np.full(self.n_series, -1, np.int64)
+        new_pos[rows] = np.arange(rows.shape[0])
+        off = self.off_grid[new_pos[self.off_grid["series"].to_numpy()] >= 0].copy()
+        off["series"] = new_pos[off["series"].to_numpy()]
+        return Panel(self.ids[rows], indptr, values, self.start[rows], self.step[rows], off.reset_index(drop=True))
+
     # -- building -----------------------------------------------------------------------------
 
     @classmethod
-    def from_sorted(cls, ids: np.ndarray, codes: np.ndarray, ds: np.ndarray, y: np.ndarray) -> Panel:
+    def from_sorted(
+        cls, ids: np.ndarray, codes: np.ndarray, ds: np.ndarray, y: np.ndarray, snap_tolerance: float = 0.0
+    ) -> Panel:
         """Build from long rows sorted by (codes, ds), with no duplicate (code, ds) pair.
 
         ids (S,) sorted ids; codes (N,) int64 position in ids of every row, every code present;
         ds (N,) datetime64[ns] or int64 ns; y (N,) float64 (NaN = missing).
+        snap_tolerance: 0 keeps only rows exactly on the grid; f > 0 moves a row within
+        f * step of a free grid point onto it (0.5 = the nearest point; of rows competing for
+        one point the closest wins, the others stay off-grid).
         """
         codes = np.asarray(codes, dtype=np.int64)
         t = np.asarray(ds).view(np.int64) if np.asarray(ds).dtype.kind == "M" else np.asarray(ds, np.int64)
@@ -131,9 +150,13 @@ class Panel:
             raise ValueError("every id must own at least one row")
         count = np.diff(np.r_[first, n_rows])  # (S,)
         step = _mode_step(codes, t, first, count)  # (S,) int64 ns, 0 for one-point series
+        step = _widen_tiny_steps(codes, t, first, count, step)
         on, start = _anchor(codes, t, first, step)  # (N,) on-grid rows, (S,) start ns
         safe_step = np.where(step > 0, step, 1)
         gidx = (t - start[codes]) // safe_step[codes]  # (N,) grid index (valid where on)
+        n_exact = int(on.sum())
+        if snap_tolerance > 0:
+            on, gidx = _snap(codes, t, start, step, on, snap_tolerance)
         length = _last_per_code(codes[on], gidx[on], n_series) + 1  # (S,)
         _check_blowup(ids, count, length, step)
 
@@ -144,7 +167,7 @@ class Panel:
         step_td = np.where(step > 0, step, np.iinfo(np.int64).min).view("m8[ns]")
         off = ~on
         return cls(ids, indptr, values, start.view("M8[ns]"), step_td,
-                   _off_grid_frame(codes[off], t[off], y[off]))
+                   _off_grid_frame(codes[off], t[off], y[off]), int(on.sum()) - n_exact)
 
 
 # -- building blocks (vectorised over series) ---------------------------------------------------
@@ -165,12 +188,44 @@ def _mode_step(codes: np.ndarray, t: np.ndarray, first: np.ndarray, count: np.nd
     hi = np.where(same, d, _INT64_MIN)
     dmin = np.minimum.reduceat(lo, first[multi])  # (M,)
     dmax = np.maximum.reduceat(hi, first[multi])  # (M,)
-    regular = dmin == dmax
-    step[multi[regular]] = dmin[regular]
-    irregular = multi[~regular]
+    # The smallest difference is the mode (ties: the smallest) whenever it makes at least half
+    # of a series' differences: true of regular series, and of series with a few gaps.
+    owner = np.repeat(np.arange(n_series), count)[1:]  # (N-1,) series of each difference
+    dmin_full = np.zeros(n_series, np.int64)
+    dmin_full[multi] = dmin
+    at_min = np.add.reduceat((same & (d == dmin_full[owner])).astype(np.int64), first[multi])  # (M,)
+    majority = (dmin == dmax) | (2 * at_min >= count[multi] - 1)
+    step[multi[majority]] = dmin[majority]
+    irregular = multi[~majority]
     if irregular.shape[0]:
-        keep = same & np.isin(codes[1:], irregular)
+        is_irregular = np.zeros(n_series, bool)
+        is_irregular[irregular] = True
+        keep = same & is_irregular[codes[1:]]
         step[irregular] = _mode_per_code(codes[1:][keep], d[keep], n_series)[irregular]
+    return step
+
+
+def _widen_tiny_steps(
+    codes: np.ndarray, t: np.ndarray, first: np.ndarray, count: np.ndarray, step: np.ndarray
+) -> np.ndarray:
+    """Widen a mode step that would blow a series' grid up (say two rows a nanosecond apart in
+    a yearly series): use the series' smallest difference that keeps its grid within bounds."""
+    span = t[first + count - 1] - t[first]  # (S,)
+    bound = _MAX_GRID_BLOWUP * count + 1000  # (S,) grid points allowed per series
+    grid_len = span // np.where(step > 0, step, 1) + 1  # (S,)
+    odd = np.flatnonzero((step > 0) & (grid_len > bound))
+    if odd.shape[0] == 0:
+        return step
+    is_odd = np.zeros(first.shape[0], bool)
+    is_odd[odd] = True
+    d = np.diff(t)  # (N-1,)
+    keep = (codes[1:] == codes[:-1]) & is_odd[codes[1:]]  # rows sorted: c is sorted too
+    c, v = codes[1:][keep], d[keep]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    wide_enough = v >= -(-span[c] // (bound[c] - 1))  # differences that bound the grid
+    smallest_ok = np.minimum.reduceat(np.where(wide_enough, v, _INT64_MAX), starts)
+    step = step.copy()
+    step[c[starts]] = np.where(smallest_ok < _INT64_MAX, smallest_ok, np.maximum.reduceat(v, starts))
     return step
 
 
@@ -212,6 +267,25 @@ def _anchor(codes: np.ndarray, t: np.ndarray, first: np.ndarray, step: np.ndarra
     start = t0.copy()
     start[codes[firsts]] = t[firsts]
     return on, start
+
+
+def _snap(
+    codes: np.ndarray, t: np.ndarray, start: np.ndarray, step: np.ndarray, on: np.ndarray, tolerance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """On-grid mask and grid index after moving rows within tolerance * step to the nearest point."""
+    safe_step = np.where(step > 0, step, 1)[codes]  # (N,)
+    rel = t - start[codes]  # (N,) ns since the grid start
+    g = (rel + safe_step // 2) // safe_step  # (N,) nearest grid index
+    dev = np.abs(rel - g * safe_step)  # (N,) 0 for rows exactly on the grid
+    cand = np.flatnonzero(on | ((step[codes] > 0) & (g >= 0) & (dev <= tolerance * safe_step)))
+    c, gg, dv = codes[cand], g[cand], dev[cand]
+    # rows of one series competing for one grid point are adjacent (sorted by time)
+    run = np.cumsum(np.r_[True, (c[1:] != c[:-1]) | (gg[1:] != gg[:-1])]) - 1
+    order = np.lexsort((dv, run))  # closest first within each run (stable: earliest on ties)
+    winners = cand[order[np.r_[True, run[order][1:] != run[order][:-1]]]]
+    snapped_on = np.zeros_like(on)
+    snapped_on[winners] = True
+    return snapped_on, g
 
 
 def _last_per_code(code: np.ndarray, value: np.ndarray, n_series: int) -> np.ndarray:

@@ -118,6 +118,6 @@ def test_flat_series_spikes_and_perfect_cycles():
     const[:, 100] = 1000.0
     assert (detect_periods(const, HOUR).period == 0).all()
     rng = np.random.default_rng(4)
-    rare = np.zeros((20, t.size))                          # rare random events: no cycle
-    np.put_along_axis(rare, rng.integers(0, t.size, (20, 5)), 7.0, 1)
-    assert (detect_periods(rare, HOUR).period == 0).all()
+    rare = np.zeros((200, t.size))                         # rare random events: no cycle,
+    np.put_along_axis(rare, rng.integers(0, t.size, (200, 5)), 7.0, 1)
+    assert (detect_periods(rare, HOUR).period > 0).mean() <= 0.05   # but for coincidences

@@ -188,7 +188,7 @@ def fit_clusters(
     snap_tolerance: SnapOpt = None,
     min_cluster_size: Annotated[Optional[int], typer.Option(min=1, help="Smallest cluster; smaller groups merge (default: 50).")] = None,
     max_subclusters: Annotated[Optional[int], typer.Option(min=1, help="Most shape sub-clusters per period group (default: 8).")] = None,
-    min_strength: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Least periodic strength to keep a period (default: 0.3).")] = None,
+    min_strength: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Least periodic strength to keep a period (default: 0.2).")] = None,
     max_period: Annotated[Optional[int], typer.Option(min=0, help="Longest period tried, in steps; 0 = automatic (default: 0).")] = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,

@@ -71,7 +71,7 @@ class ClusterConfig:
 
     min_cluster_size: int = 50
     max_subclusters: int = 8
-    min_strength: float = 0.3
+    min_strength: float = 0.2
     max_period: int = 0  # 0 = automatic
 
     def __post_init__(self) -> None:

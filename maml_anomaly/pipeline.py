@@ -346,7 +346,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
     """Meta-train one forecaster per cluster; write weights and the training report."""
     import time
 
-    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step
+    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step, window_width
     from maml_anomaly.training import train_cluster
 
     md = open_trained(model_dir)
@@ -375,7 +375,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
             advance(1)
             if model is None:
                 reports[name] = {"skipped": "no series is long enough for one task window", "n_series": int(rows.size),
-                                 "window": spec.max_lag + settings.k_shot + query_len}
+                                 "window": window_width(spec, settings.k_shot, query_len)}
                 log.warning("cluster %s: skipped, no series holds a full task window", name)
                 continue
             file = f"cluster-{i:04d}.safetensors"
@@ -550,10 +550,11 @@ def _score_days(
         }
     )
     counts = {k: int(v) for k, v in pd.Series(res.status).value_counts().sort_index().items()}
-    failed = sum(counts.get(k, 0) for k in (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL))
-    if len(out) and failed / len(out) > config.score.max_failed_fraction:
+    failed_rows = np.isin(res.status, [STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL])
+    n_series, n_failed = np.unique(row_series).size, np.unique(row_series[failed_rows]).size
+    if n_series and n_failed / n_series > config.score.max_failed_fraction:
         raise MamlAnomalyError(
-            f"{failed:,} of {len(out):,} points could not be scored ({counts}), more than "
+            f"{n_failed:,} of {n_series:,} series could not be scored ({counts} points), more than "
             f"--max-failed-fraction {config.score.max_failed_fraction}; nothing was written. Check that "
             "the input holds enough history before the scored day(s) and that meta-train ran on these series."
         )

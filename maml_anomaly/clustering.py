@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from maml_anomaly.periodicity import cycle_profiles
+from maml_anomaly.periodicity import cycle_profiles, detect_periods
 
-__all__ = ["PeriodClusterer", "step_tag"]
+__all__ = ["PeriodClusterer", "assign_clusters", "step_tag"]
 
 FORMAT_VERSION = 1
 MAX_BINS = 48          # long cycles are compared on at most this many phase bins
 SPLIT_GAIN = 0.2       # an extra sub-cluster must cut the remaining inertia by 20%
 MIN_OWN_CLUSTER = 5    # a small period group keeps its own cluster from this many series
-FIT_SAMPLE = 20_000    # rows used to choose k and fit k-means in one period group
+FIT_SAMPLE = 10_000    # rows used to choose k and fit k-means in one period group
 
 
 def step_tag(step_seconds: float) -> str:
@@ -230,13 +230,35 @@ class PeriodClusterer:
         return self
 
 
+def assign_clusters(state: dict, matrix: np.ndarray, step_seconds: float, *, min_strength: float = 0.2,
+                    max_period: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(period (S,), cluster (S,)) for series of one step that fit-clusters never saw.
+
+    ``state`` is the model directory's clusterer.json ({"step_groups": [{"step_seconds",
+    "prefix", "clusterer"}]}); ``matrix`` the series' recent history (``Panel.tail_matrix``).
+    The period is detected from that history (0 when it is too short or has no cycle); a step
+    that was never fitted uses the group of the nearest step (on a log scale).
+    """
+    groups = state.get("step_groups", [])
+    if not groups:
+        raise ValueError("clusterer state has no step groups: fit-clusters saw no series with a step")
+    g = min(groups, key=lambda g: (abs(np.log(g["step_seconds"] / step_seconds)), g["step_seconds"]))
+    model = PeriodClusterer.from_dict(g["clusterer"])
+    found = detect_periods(matrix, step_seconds, max_period=max_period, min_strength=min_strength)
+    names = model.predict(matrix, found.period)
+    if g["prefix"]:
+        uniq, inverse = np.unique(names.astype(str), return_inverse=True)
+        names = np.asarray([g["prefix"] + n for n in uniq], dtype=object)[inverse]
+    return found.period, names
+
+
 def _nearest(prof: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid (squared Euclidean) for each profile row."""
     d = (prof * prof).sum(1)[:, None] - 2.0 * prof @ centroids.T + (centroids * centroids).sum(1)[None, :]
     return d.argmin(1)
 
 
-def _kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 3, max_iter: int = 50
+def _kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 2, max_iter: int = 30
             ) -> tuple[np.ndarray, float]:
     """Lloyd's k-means with k-means++ seeding, best of n_init; numpy only, deterministic.
 

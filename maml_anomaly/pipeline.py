@@ -15,6 +15,7 @@ below, after the input and model-directory checks that are already final.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from maml_anomaly.artifacts import CLUSTERS, ModelDir, jsonable
 from maml_anomaly.config import Config
 from maml_anomaly.errors import ConfigError, InputError, MamlAnomalyError, ModelDirError
 from maml_anomaly.io import SCORE_COLUMNS, ReadReport, build_panel, read_long, write_parquet_atomic
+from maml_anomaly.locking import command_locks
 from maml_anomaly.panel import Panel
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,31 @@ def progress(description: str, total: int | None) -> Iterator[Any]:
         yield lambda n=1: bar.advance(task, n)
 
 
+def locked(*, model_shared: bool, output: bool = False):
+    """Run a pipeline function holding its model-directory lock (shared for readers) and output lock.
+
+    A second run on the same model directory or output waits ``config.runtime.lock_timeout``
+    seconds at most, then stops with a message naming the holder (maml_anomaly.locking).
+    """
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*, config: Config, **kwargs: Any) -> dict[str, Any]:
+            model_dir = kwargs["model_dir"]
+            with command_locks(
+                model_dir=None if model_shared and not Path(model_dir).is_dir() else model_dir,
+                model_shared=model_shared,
+                output=kwargs["output"] if output else None,
+                timeout=config.runtime.lock_timeout,
+                command=fn.__name__.replace("_", "-"),
+            ):
+                return fn(config=config, **kwargs)
+
+        return run
+
+    return wrap
+
+
 def _not_implemented(command: str, issue: int) -> MamlAnomalyError:
     return MamlAnomalyError(
         f"{command} is not implemented yet: it lands with issue #{issue}. The input and the "
@@ -185,6 +212,7 @@ def _summary(text: str, **fields: Any) -> dict[str, Any]:
 # -- fit-clusters (compute: issue #4) -------------------------------------------------------------
 
 
+@locked(model_shared=False)
 def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
     """Detect each series' period, group the series and write clusters.parquet + manifest."""
     md = ModelDir(model_dir)
@@ -201,6 +229,7 @@ TRAINING_REPORT = "training_report.json"
 DETECTOR_FORMAT = 1
 
 
+@locked(model_shared=False)
 def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
     """Meta-train one forecaster per cluster; write weights and the training report."""
     import time
@@ -325,6 +354,7 @@ def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
 # -- daily-score and backtest (compute: issue #5) -------------------------------------------------
 
 
+@locked(model_shared=True, output=True)
 def daily_score(
     *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None
 ) -> dict[str, Any]:
@@ -340,6 +370,7 @@ def daily_score(
     return _score_days(config, md, data, day, day, output, device)
 
 
+@locked(model_shared=True, output=True)
 def backtest(
     *, config: Config, input: Path, model_dir: Path, output: Path, start: str | None = None, end: str | None = None
 ) -> dict[str, Any]:
@@ -362,7 +393,7 @@ def _score_days(
     """Score every input row of the days [first, last]: one task per (series, day), batched."""
     import time
 
-    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_OK, STATUS_UNKNOWN, score_rows
+    from maml_anomaly.scoring import STATUS_OK, score_rows
 
     started = time.perf_counter()
     names, models = _load_models(md)
@@ -410,14 +441,8 @@ def _score_days(
         }
     )
     counts = {k: int(v) for k, v in pd.Series(res.status).value_counts().sort_index().items()}
-    failed = sum(counts.get(k, 0) for k in (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL))
-    if len(out) and failed / len(out) > config.score.max_failed_fraction:
-        raise MamlAnomalyError(
-            f"{failed:,} of {len(out):,} points could not be scored ({counts}), more than "
-            f"--max-failed-fraction {config.score.max_failed_fraction}; nothing was written. Check that "
-            "the input holds enough history before the scored day(s) and that meta-train ran on these series."
-        )
     write_parquet_atomic(_scores_table(out), output)
+    _check_failed_fraction(res.status, row_series, counts, config.score.max_failed_fraction, output)
     n_flags = int(res.is_anomaly.sum())
     seconds = time.perf_counter() - started
     days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
@@ -436,6 +461,32 @@ def _score_days(
         threshold=config.score.threshold,
         seconds=round(seconds, 2),
     )
+
+
+FAILED_STATUSES = ("insufficient_history", "unknown_series", "no_model")  # the series could not be scored
+
+
+def _check_failed_fraction(
+    status: np.ndarray, row_series: np.ndarray, counts: dict[str, int], limit: float, output: Path
+) -> None:
+    """Fail (after writing) when more than ``limit`` of the scored series could not be scored.
+
+    A series counts as failed when any of its rows has a status in FAILED_STATUSES: it had no
+    model or too little history. missing_value and off_grid rows are not failures.
+    """
+    series = np.unique(row_series)
+    if series.size == 0:
+        return
+    failed = np.unique(row_series[np.isin(status, FAILED_STATUSES)]).size
+    if failed / series.size > limit:
+        shown = ", ".join(f"{k} {counts[k]:,} points" for k in FAILED_STATUSES if counts.get(k))
+        raise MamlAnomalyError(
+            f"{failed:,} of {series.size:,} series ({failed / series.size:.1%}) could not be scored "
+            f"({shown}), more than --max-failed-fraction {limit:g}. The scores were still written to "
+            f"{output} (see its status column). Check that the input holds enough history before the "
+            "scored day(s) and that fit-clusters and meta-train ran on these series, or raise "
+            "--max-failed-fraction."
+        )
 
 
 def _row_series(rows: pd.DataFrame, panel: Panel) -> np.ndarray:

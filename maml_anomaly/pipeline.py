@@ -124,7 +124,11 @@ def resolve_range(frame: pd.DataFrame, start: str | None, end: str | None) -> tu
     first = parse_day(start, "--start") if start else data_first
     last = parse_day(end, "--end") if end else data_last
     if first > last:
-        raise InputError(f"--start {start} is after --end {end}; give a start on or before the end.")
+        raise InputError(
+            f"the backtest would start on {first.astype('datetime64[D]')} (--start) after it ends on "
+            f"{last.astype('datetime64[D]')} ({'--end' if end else 'the last day of the input'}); give "
+            "a --start on or before the end."
+        )
     if not np.any((ds >= first) & (ds < last + DAY)):
         raise InputError(
             f"the input has no data between {first.astype('datetime64[D]')} and "
@@ -315,6 +319,7 @@ def _series_clusters(md: ModelDir, panel: Panel) -> tuple[list[str], np.ndarray,
     """Cluster names (sorted) and, per panel series, its cluster index (-1 unknown) and period."""
     clusters = md.load_clusters()
     names = sorted(clusters["cluster"].astype(str).unique().tolist())
+    _check_id_kinds(clusters["unique_id"], panel, md)
     pos = panel.positions(clusters["unique_id"].to_numpy())  # (C,) panel position of each row
     known = pos >= 0
     code = pd.Categorical(clusters["cluster"].astype(str), categories=names).codes.astype(np.int64)
@@ -323,6 +328,20 @@ def _series_clusters(md: ModelDir, panel: Panel) -> tuple[list[str], np.ndarray,
     period_of = np.zeros(panel.n_series, np.int64)
     period_of[pos[known]] = clusters["period"].to_numpy(np.int64)[known]
     return names, cluster_of, period_of
+
+
+def _check_id_kinds(model_ids: pd.Series, panel: Panel, md: ModelDir) -> None:
+    """Integer ids in one and string ids in the other can never match: say so instead of failing."""
+    model_int = pd.api.types.is_integer_dtype(model_ids.dtype)
+    input_int = panel.ids.dtype.kind in "iu"
+    if len(model_ids) and panel.n_series and model_int != input_int:
+        kind = {True: "integer", False: "string"}
+        raise InputError(
+            f"the input's series ids are {kind[input_int]}s (e.g. {panel.ids[0]!r}) but the model "
+            f"directory {md.path} was fit on {kind[model_int]} ids (e.g. {model_ids.iloc[0]!r}). "
+            "Give the id column the same type as when fit-clusters ran (cast it upstream), or "
+            "name the right column with --id-col."
+        )
 
 
 def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:

@@ -334,7 +334,15 @@ def _parse_strings(arr: pa.Array, name: str) -> np.ndarray:
             f"{examples}. Expected timestamps such as 2024-01-31 or 2024-01-31T13:00:00(+00:00); "
             "fix those values or store the column as a parquet timestamp."
         )
-    return parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]").view(np.int64)
+    naive = parsed.dt.tz_convert(None)
+    outside = ((naive < pd.Timestamp.min) | (naive > pd.Timestamp.max)).to_numpy()
+    if outside.any():  # the ns conversion below would wrap around silently
+        examples = ", ".join(repr(v) for v in pd.unique(text[outside])[:5])
+        raise InputError(
+            f"column {name!r} has {int(outside.sum()):,} timestamps outside the supported range "
+            f"1677-2262, e.g. {examples}. Fix or drop those rows."
+        )
+    return naive.to_numpy(dtype="datetime64[ns]").view(np.int64)
 
 
 def _values(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
@@ -346,7 +354,10 @@ def _values(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
     if pa.types.is_null(typ):
         return np.full(len(arr), np.nan), 0
     if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ)):
-        sample = pc.unique(arr.drop_null()).slice(0, 200).to_pylist()
+        try:
+            sample = pc.unique(arr.drop_null()).slice(0, 200).to_pylist()
+        except pa.ArrowNotImplementedError:  # lists, structs, ...: no unique kernel
+            sample = arr.drop_null().slice(0, 5).to_pylist()
         bad = [v for v in sample if not _is_number(v)][:5]
         found = f"values such as {', '.join(repr(v) for v in bad)}" if bad else "numbers stored as text"
         raise InputError(

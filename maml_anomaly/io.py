@@ -177,14 +177,16 @@ def _read_table(path: Path, columns: ColumnConfig) -> pa.Table:
             "parquet files; check the --input path."
         )
     files = _parquet_files(path)
+    wanted = [columns.id_col, columns.time_col, columns.value_col]
+    schema = _unified_schema(files, wanted, columns.time_col) if len(files) > 1 else None
     try:
         dataset = pads.dataset(
-            files, format="parquet", partitioning="hive", partition_base_dir=str(path) if path.is_dir() else None
+            files, format="parquet", partitioning="hive", partition_base_dir=str(path) if path.is_dir() else None,
+            schema=schema,
         )
         schema = dataset.schema
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise _unreadable(path, exc) from None
-    wanted = [columns.id_col, columns.time_col, columns.value_col]
     missing = [c for c in wanted if c not in schema.names]
     if missing:
         flags = {columns.id_col: "--id-col", columns.time_col: "--time-col", columns.value_col: "--value-col"}
@@ -197,6 +199,51 @@ def _read_table(path: Path, columns: ColumnConfig) -> pa.Table:
         return dataset.to_table(columns=wanted)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
         raise _unreadable(path, exc) from None
+
+
+def _unified_schema(files: list[str], wanted: list[str], time_col: str) -> pa.Schema | None:
+    """One schema for files whose column types differ (int and float values -> float), or None.
+
+    The dataset would otherwise take the first file's types and fail, or misread, on the others.
+    Timezone-aware timestamps in some files and naive ones in others are refused: naive values
+    would silently be taken as UTC.
+    """
+    types: dict[str, dict[pa.DataType, str]] = {c: {} for c in wanted}  # column -> type -> first file
+    for file in files:
+        try:
+            file_schema = pq.read_schema(file)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _unreadable(Path(file), exc) from None
+        for c in wanted:
+            if c in file_schema.names:
+                types[c].setdefault(file_schema.field(c).type, file)
+    if any(not t for t in types.values()) or all(len(t) == 1 for t in types.values()):
+        return None  # a column only in partition folders, or nothing to unify
+    fields = []
+    for c in wanted:
+        kinds = types[c]
+        aware = {t: f for t, f in kinds.items() if pa.types.is_timestamp(t) and t.tz is not None}
+        if c == time_col and aware and len(aware) < len(kinds):
+            naive = next(f for t, f in kinds.items() if t not in aware)
+            raise InputError(
+                f"column {c!r} has timezone-aware timestamps in some files (e.g. {next(iter(aware.values()))}: "
+                f"{next(iter(aware))}) and naive ones in others (e.g. {naive}: "
+                f"{next(t for t in kinds if t not in aware)}). Expected one kind; write every file with "
+                "timezone-aware timestamps, or every file with naive UTC timestamps."
+            )
+        if aware and len(aware) == len(kinds):
+            fields.append(pa.field(c, pa.timestamp("ns", tz="UTC")))  # instants in any zone
+            continue
+        try:
+            unified = pa.unify_schemas([pa.schema([pa.field(c, t)]) for t in kinds], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            shown = "; ".join(f"{Path(f).name}: {t}" for t, f in list(kinds.items())[:3])
+            raise InputError(
+                f"the input's files disagree on the type of column {c!r} ({shown}). Expected one type "
+                "in every file; rewrite the odd files with the same column types."
+            ) from None
+        fields.append(unified.field(c))
+    return pa.schema(fields)
 
 
 def _parquet_files(path: Path) -> list[str]:

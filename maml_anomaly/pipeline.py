@@ -246,6 +246,11 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
     setup_torch(config)
     data = load_input(config, input)
     panel = data.panel
+    if not np.isfinite(panel.values).any():
+        raise InputError(
+            f"input {input} has no observed values: every y is null, NaN or infinite, so there is "
+            "nothing to meta-train on. Check the --value-col column and the upstream job."
+        )
     names, cluster_of, period_of = _series_clusters(md, panel)
     settings = _train_settings(config)
     started = time.perf_counter()
@@ -440,6 +445,9 @@ def _score_days(
         threshold=config.score.threshold, batch_size=config.score.batch_size, device=device,
         unknown=still_unknown,
     )
+    # a series with a single point has no step, so score_rows sees it as off its grid: it is short
+    one_point = np.isnat(panel.step)[row_series] & (res.status == "off_grid")
+    res.status[one_point] = "insufficient_history"
     cluster_col = np.asarray(cluster_names + [None], dtype=object)[
         np.where(cluster_of >= 0, cluster_of, len(cluster_names))[row_series]
     ]

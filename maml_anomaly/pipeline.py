@@ -123,13 +123,9 @@ def resolve_range(frame: pd.DataFrame, start: str | None, end: str | None) -> tu
     data_last = ds.max().astype("datetime64[D]").astype("datetime64[ns]")
     first = parse_day(start, "--start") if start else data_first
     last = parse_day(end, "--end") if end else data_last
-    if first > last:
-        raise InputError(
-            f"the backtest would start on {first.astype('datetime64[D]')} (--start) after it ends on "
-            f"{last.astype('datetime64[D]')} ({'--end' if end else 'the last day of the input'}); give "
-            "a --start on or before the end."
-        )
-    if not np.any((ds >= first) & (ds < last + DAY)):
+    if start and end and first > last:
+        raise InputError(f"--start {start} is after --end {end}; give a start on or before the end.")
+    if first > last or not np.any((ds >= first) & (ds < last + DAY)):
         raise InputError(
             f"the input has no data between {first.astype('datetime64[D]')} and "
             f"{last.astype('datetime64[D]')}; it covers {data_first.astype('datetime64[D]')} to "

@@ -548,8 +548,7 @@ def _score_days(
     rows = frame.iloc[in_range]
     row_series = _row_series(rows, panel)
     cluster_names, cluster_of, _ = _series_clusters(md, panel)
-    unknown = cluster_of < 0
-    cluster_of = _assign_unknown(md, panel, cluster_of, cluster_names, first)
+    cluster_of = _assign_unknown(config, md, panel, cluster_of, cluster_names, first)
     model_index = {name: i for i, name in enumerate(names)}
     series_model = np.array(
         [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
@@ -649,9 +648,54 @@ def _plain_ids(col: pd.Series) -> np.ndarray:
     return col.to_numpy()
 
 
-def _assign_unknown(md: ModelDir, panel: Panel, cluster_of: np.ndarray, names: list[str], first: np.datetime64) -> np.ndarray:
-    """Series fit-clusters never saw get a cluster from their history before ``first`` (if possible)."""
-    return cluster_of
+CLUSTERER = "clusterer.json"  # PeriodClusterer state written by fit-clusters
+ASSIGN_MIN_POINTS = 28  # observed points before the scored day an unseen series needs to get a cluster
+ASSIGN_WINDOW = 4096  # at most this many recent points feed its period detection
+ASSIGN_CHUNK = 10_000
+
+
+def _assign_unknown(
+    config: Config, md: ModelDir, panel: Panel, cluster_of: np.ndarray, names: list[str], first: np.datetime64
+) -> np.ndarray:
+    """Series fit-clusters never saw get a cluster from their own history before ``first``.
+
+    Their period is detected and the fitted clusterer predicts the cluster, batched per step
+    and in chunks. Series with fewer than ASSIGN_MIN_POINTS observed points stay unknown.
+    """
+    from maml_anomaly.tasks import gather_windows
+
+    unknown = np.flatnonzero(cluster_of < 0)
+    if unknown.size == 0 or not md.has(CLUSTERER):
+        return cluster_of
+    from maml_anomaly.clustering import PeriodClusterer
+    from maml_anomaly.periodicity import detect_periods
+
+    clusterer = PeriodClusterer.from_dict(md.load_json(CLUSTERER))
+    code = {name: i for i, name in enumerate(names)}
+    out = cluster_of.copy()
+    steps = panel.step_seconds[unknown]
+    start, step = panel.start.view(np.int64)[unknown], panel.step.view(np.int64)[unknown]
+    safe = np.where(step > 0, step, 1)
+    stop = np.clip(-((start - first.astype(np.int64)) // safe), 0, panel.lengths[unknown])  # (U,) points before first
+    for value in np.unique(steps[np.isfinite(steps)]):
+        group = np.flatnonzero(steps == value)
+        width = int(min(max(stop[group].max(), 1), ASSIGN_WINDOW))
+        for lo in range(0, group.size, ASSIGN_CHUNK):
+            g = group[lo : lo + ASSIGN_CHUNK]
+            matrix = gather_windows(panel.values, panel.indptr, unknown[g], stop[g] - width, width)  # (B, width)
+            enough = np.isfinite(matrix).sum(axis=1) >= ASSIGN_MIN_POINTS
+            if not enough.any():
+                continue
+            periods = detect_periods(
+                matrix[enough], float(value), max_period=config.clusters.max_period,
+                min_strength=config.clusters.min_strength,
+            ).period
+            labels = clusterer.predict(matrix[enough], periods)
+            out[unknown[g[enough]]] = [code.get(str(label), -1) for label in labels]
+    assigned = int((out[unknown] >= 0).sum())
+    if assigned:
+        log.info("assigned %d of %d series unseen by fit-clusters to a cluster from their history", assigned, unknown.size)
+    return out
 
 
 def _scores_table(frame: pd.DataFrame):

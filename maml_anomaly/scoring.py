@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy.special import ndtr, ndtri
 
-from maml_anomaly.maml import adapt, predict
+from maml_anomaly.maml import adapt, expand_params, predict
 from maml_anomaly.model import Forecaster
 from maml_anomaly.tasks import LagSpec, Tasks, gather_windows, make_windows
 
@@ -198,14 +198,39 @@ def adapt_and_forecast(
     lrs = None if inner_lrs is None else _detach(inner_lrs, dev)
     with torch.no_grad():  # adapt still takes its inner gradients; no graph is kept
         task_params = adapt(
-            model, base, x_s, y_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs, weight=w_s, first_order=True
+            model, base, x_s, y_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs, weight=w_s,
+            first_order=True, loss_fn=huber_loss,
         )
         pred_q = predict(model, task_params, x_q)[..., 0]  # (B, Q)
         pred_s = predict(model, task_params, x_s)[..., 0]  # (B, K)
+        if inner_steps > 0:  # guard: a task whose support loss got worse keeps the meta-init
+            init = expand_params(base, x_s.shape[0])
+            pred_s0 = predict(model, init, x_s)[..., 0]  # (B, K)
+            worse = huber_loss(pred_s[..., None], y_s, w_s) > huber_loss(pred_s0[..., None], y_s, w_s)  # (B,)
+            if bool(worse.any()):
+                pred_q = torch.where(worse[:, None], predict(model, init, x_q)[..., 0], pred_q)
+                pred_s = torch.where(worse[:, None], pred_s0, pred_s)
         sq = ((pred_s - y_s) ** 2 * w_s).sum(dim=1)  # (B,)
         n = w_s.sum(dim=1)
         rmse = torch.where(n > 0, torch.sqrt(sq / n.clamp_min(1.0)), torch.full_like(sq, float("nan")))
     return Forecasts(query=pred_q.double().cpu().numpy(), support_rmse=rmse.double().cpu().numpy())
+
+
+def huber_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, delta: float = 1.0) -> torch.Tensor:
+    """Weighted Huber loss per task (x2, so it equals the squared error within ``delta``).
+
+    pred (B, K, n_out) (output 0 is scored), target (B, K), weight (B, K) or None -> (B,).
+
+    Quadratic within ``delta`` (normalised units), linear beyond: an outlier among the support
+    points (yesterday's spike, an outage) pulls the inner gradient step by at most ``delta``
+    instead of by its full size, which keeps adaptation from diverging on such windows.
+    """
+    err = pred[..., 0] - target  # (B, K)
+    a = err.abs()
+    loss = torch.where(a <= delta, err.square(), delta * (2.0 * a - delta))  # = squared error within delta
+    if weight is None:
+        return loss.mean(-1)
+    return (loss * weight).sum(-1) / weight.sum(-1).clamp_min(1e-12)
 
 
 def _detach(lrs, dev):

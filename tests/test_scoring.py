@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.special import ndtri
 
-from synth import seasonal_panel, to_buffer
+from synth import seasonal_panel, tiny_cluster, to_buffer  # noqa: F401 (fixture)
 
 from maml_anomaly.scoring import (
     Calibration,

@@ -659,8 +659,9 @@ def _assign_unknown(
 ) -> np.ndarray:
     """Series fit-clusters never saw get a cluster from their own history before ``first``.
 
-    Their period is detected and the fitted clusterer predicts the cluster, batched per step
-    and in chunks. Series with fewer than ASSIGN_MIN_POINTS observed points stay unknown.
+    Per step group that fit-clusters knows (clusterer.json), their period is detected and that
+    group's PeriodClusterer predicts the cluster, batched in chunks. Series with fewer than
+    ASSIGN_MIN_POINTS observed points, or with a step fit-clusters never saw, stay unknown.
     """
     from maml_anomaly.tasks import gather_windows
 
@@ -670,7 +671,7 @@ def _assign_unknown(
     from maml_anomaly.clustering import PeriodClusterer
     from maml_anomaly.periodicity import detect_periods
 
-    clusterer = PeriodClusterer.from_dict(md.load_json(CLUSTERER))
+    groups = {float(g["step_seconds"]): g for g in md.load_json(CLUSTERER).get("step_groups", [])}
     code = {name: i for i, name in enumerate(names)}
     out = cluster_of.copy()
     steps = panel.step_seconds[unknown]
@@ -678,6 +679,10 @@ def _assign_unknown(
     safe = np.where(step > 0, step, 1)
     stop = np.clip(-((start - first.astype(np.int64)) // safe), 0, panel.lengths[unknown])  # (U,) points before first
     for value in np.unique(steps[np.isfinite(steps)]):
+        state = groups.get(float(value))
+        if state is None:
+            continue
+        clusterer = PeriodClusterer.from_dict(state["clusterer"])
         group = np.flatnonzero(steps == value)
         width = int(min(max(stop[group].max(), 1), ASSIGN_WINDOW))
         for lo in range(0, group.size, ASSIGN_CHUNK):
@@ -691,7 +696,7 @@ def _assign_unknown(
                 min_strength=config.clusters.min_strength,
             ).period
             labels = clusterer.predict(matrix[enough], periods)
-            out[unknown[g[enough]]] = [code.get(str(label), -1) for label in labels]
+            out[unknown[g[enough]]] = [code.get(state.get("prefix", "") + str(label), -1) for label in labels]
     assigned = int((out[unknown] >= 0).sum())
     if assigned:
         log.info("assigned %d of %d series unseen by fit-clusters to a cluster from their history", assigned, unknown.size)

@@ -140,14 +140,35 @@ class ForkRunner:
 
     def run(self, args: list, env: dict[str, str] | None = None) -> tuple[int, int | None, str]:
         """(signal that ended it or 0, exit code or None, its stdout+stderr)."""
+        return self.finish(self.start(args, env))
+
+    def start(self, args: list, env: dict[str, str] | None = None) -> Path:
+        """Start one run (one at a time); returns its log file."""
         import json
 
         self._n += 1
         log = self._root / f"run-{self._n}.log"
         job = {"args": [str(a) for a in args], "env": env or {}, "log": str(log)}
-        assert self._proc.stdin is not None and self._proc.stdout is not None
+        assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps(job) + "\n")
         self._proc.stdin.flush()
+        return log
+
+    def wait_for_log(self, log: Path, text: str, timeout: float) -> bool:
+        """Poll the run's log until it shows ``text`` (bounded; the outcome does not depend on timing)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if log.exists() and text in log.read_text(errors="replace"):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def finish(self, log: Path) -> tuple[int, int | None, str]:
+        import json
+
+        assert self._proc.stdout is not None
         reply = json.loads(self._proc.stdout.readline())
         return reply["signal"], reply["code"], log.read_text(errors="replace")
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ from maml_anomaly.io import read_long
 from maml_anomaly.sample import make_sample
 from maml_anomaly.evaluation import evaluate_scores
 
+log = logging.getLogger(__name__)
 DATA = Path("/work/shared/data")
 METHODS = ("maml", "seasonal_naive", "holt_winters")
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data"
@@ -145,6 +148,7 @@ def run(data_name: str, methods=METHODS, workdir: Path = Path("/tmp/maml-bench")
         else:
             scores = run_baseline(method, data, period)
         seconds = time.perf_counter() - t0
+        log.info("%s on %s: scored in %.1f s", method, data.name, seconds)
         scores = _measured(scores, data.cutoff)
         naive = baselines.seasonal_naive_reference(data.values, period, before=data.cutoff)
         summary = evaluate_scores(scores, data.labels, far=far, naive=naive)
@@ -186,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="sample only: 0 = the committed sample_data, else a fresh draw (held out)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
     config = Config.load(args.config, {"threads": args.threads})
     report = run(args.data, tuple(args.methods.split(",")), args.workdir, args.far, config, args.seed)
     print(markdown(report))

@@ -75,6 +75,7 @@ class ReadReport:
     off_grid: int  # rows off their series' regular grid (kept in Panel.off_grid)
     duplicates: int  # rows sharing (unique_id, ds) with an earlier row (resolved by policy)
     non_finite: int  # +inf/-inf values, treated as missing
+    snapped: int = 0  # rows moved to their nearest grid point (snap_tolerance > 0)
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -84,6 +85,7 @@ class ReadReport:
             f"{self.rows:,} rows, {self.series:,} series, {self.grid_points:,} grid points "
             f"({self.missing:,} missing), {self.off_grid:,} off-grid rows, "
             f"{self.duplicates:,} duplicates resolved, {self.non_finite:,} non-finite values"
+            + (f", {self.snapped:,} rows snapped to their grid" if self.snapped else "")
         )
 
 
@@ -124,8 +126,11 @@ def read_long(path: str | Path, columns: ColumnConfig, on_duplicate: str = "erro
     return frame
 
 
-def build_panel(frame: pd.DataFrame) -> tuple[Panel, ReadReport]:
-    """Panel of a long frame (unique_id, ds, y), rows in any order; duplicates are an error here."""
+def build_panel(frame: pd.DataFrame, snap_tolerance: float = 0.0) -> tuple[Panel, ReadReport]:
+    """Panel of a long frame (unique_id, ds, y), rows in any order; duplicates are an error here.
+
+    snap_tolerance: see :meth:`Panel.from_sorted` (0 = rows must lie exactly on their grid).
+    """
     for col in ("unique_id", "ds", "y"):
         if col not in frame.columns:
             raise InputError(f"expected a column {col!r}; found {list(frame.columns)}.")
@@ -139,7 +144,7 @@ def build_panel(frame: pd.DataFrame) -> tuple[Panel, ReadReport]:
     if order is not None:
         codes, t, y = codes[order], t[order], y[order]
     codes, t, y, n_dup = _resolve_duplicates(ids, codes, t, y, "error", ColumnConfig())
-    panel = Panel.from_sorted(ids, codes, t, y)
+    panel = Panel.from_sorted(ids, codes, t, y, snap_tolerance)
     report = ReadReport(
         rows=int(counts.get("rows", len(frame))),
         series=panel.n_series,
@@ -148,13 +153,16 @@ def build_panel(frame: pd.DataFrame) -> tuple[Panel, ReadReport]:
         off_grid=len(panel.off_grid),
         duplicates=int(counts.get("duplicates", 0)),
         non_finite=int(counts.get("non_finite", int(inf.sum()))),
+        snapped=panel.snapped,
     )
     return panel, report
 
 
-def read_panel(path: str | Path, columns: ColumnConfig, on_duplicate: str = "error") -> tuple[Panel, ReadReport]:
+def read_panel(
+    path: str | Path, columns: ColumnConfig, on_duplicate: str = "error", snap_tolerance: float = 0.0
+) -> tuple[Panel, ReadReport]:
     """:func:`read_long` then :func:`build_panel`, logging what was found."""
-    panel, report = build_panel(read_long(path, columns, on_duplicate))
+    panel, report = build_panel(read_long(path, columns, on_duplicate), snap_tolerance)
     log.info("read %s: %s", path, report.summary())
     if report.off_grid:
         log.warning("%d rows are off their series' regular grid; they are kept and reported", report.off_grid)

@@ -470,24 +470,54 @@ def _scores_table(frame: pd.DataFrame):
     return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
 
-# -- evaluate (compute: issue #5) -----------------------------------------------------------------
+# -- evaluate ------------------------------------------------------------------------------------
 
 
-def evaluate(*, config: Config, scores: Path, labels: Path) -> dict[str, Any]:
-    """Precision, recall, F1, false-alarm rate and forecast error of scores against labels."""
+def evaluate(
+    *, config: Config, scores: Path, labels: Path, far: float = 0.01, model_dir: Path | None = None
+) -> dict[str, Any]:
+    """Precision, recall, F1, false-alarm rate and forecast error of scores against labels.
+
+    The forecast error compares y_hat with seasonal naive on the scored points whose lag is in the
+    scores too (period: the model directory's clusters when given, else a day at the series' step,
+    a week for daily series).
+    """
+    from maml_anomaly.evaluation import evaluate_scores, format_summary
+
+    if not 0.0 <= far < 1.0:
+        raise InputError(f"the target false-alarm rate must be in [0, 1); found {far}.")
     score_frame = _read_parquet_frame(scores, "--scores", list(SCORE_COLUMNS))
     label_cols = _parquet_columns(labels, "--labels")
     if {"unique_id", "start", "end"} <= set(label_cols):
-        label_kind = "windows"
+        label_kind, need = "windows", ["unique_id", "start", "end"]
     elif {"unique_id", "ds"} <= set(label_cols):
-        label_kind = "points"
+        label_kind, need = "points", ["unique_id", "ds"]
     else:
         raise InputError(
             f"--labels {labels} has columns {label_cols}; expected labelled points (unique_id, ds) "
             "or labelled windows (unique_id, start, end, both ends inclusive)."
         )
+    label_frame = _read_parquet_frame(labels, "--labels", need)
+    if label_kind == "points" and len(label_frame) > 0.5 * len(score_frame):
+        log.warning("--labels %s labels %d points for %d scored rows: is it a labels file?", labels,
+                    len(label_frame), len(score_frame))
     log.info("evaluating %d scored points against %s labels", len(score_frame), label_kind)
-    raise _not_implemented("evaluate", 5)
+    periods = open_trained(model_dir).load_clusters().set_index("unique_id")["period"] if model_dir else None
+    summary = evaluate_scores(score_frame, label_frame, far=far, naive=_naive_from_scores(score_frame, periods))
+    summary["labels"] = label_kind
+    return _summary(format_summary(summary, name=str(scores)), **summary)
+
+
+def _naive_from_scores(frame: pd.DataFrame, periods: pd.Series | None) -> pd.DataFrame | None:
+    """Seasonal-naive forecasts of the scored points from the scores' own y (no MASE scale)."""
+    from maml_anomaly.baselines import default_periods, seasonal_naive_reference
+
+    rows = frame.loc[frame["status"] != "off_grid", ["unique_id", "ds", "y"]]
+    rows = rows.drop_duplicates(["unique_id", "ds"])
+    if rows.empty:
+        return None
+    period = periods if periods is not None else default_periods(rows)
+    return seasonal_naive_reference(rows, period).drop(columns="scale")
 
 
 def _parquet_columns(path: Path, option: str) -> list[str]:
@@ -519,11 +549,23 @@ def _read_parquet_frame(path: Path, option: str, required: list[str]) -> pd.Data
         raise InputError(f"could not read {option} {path} as parquet ({exc}).") from None
 
 
-# -- demo (compute: issue #5) ---------------------------------------------------------------------
+# -- demo ----------------------------------------------------------------------------------------
+
+DEMO_EVAL_DAYS = 14  # the sample's labelled evaluation period: its last 14 days
+DEMO_TRAIN_BUDGET_S = 60.0  # meta-training time for all clusters together, so the demo stays short
 
 
 def demo(*, config: Config, workdir: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Make sample data in workdir and run fit-clusters, meta-train, backtest and evaluate on it."""
+    """Make sample data in workdir and run fit-clusters, meta-train, backtest and evaluate on it.
+
+    The model sees only the history before the evaluation period (the last 14 days); backtest
+    then scores every day of that period as daily-score would have, and evaluate measures the
+    flags against the sample's labelled windows.
+    """
+    import dataclasses
+
+    from maml_anomaly.sample import write_sample
+
     if workdir.exists() and not workdir.is_dir():
         raise InputError(f"--workdir {workdir} is a file; expected a folder to create or reuse.")
     if workdir.is_dir() and any(workdir.iterdir()) and not overwrite:
@@ -531,7 +573,44 @@ def demo(*, config: Config, workdir: Path, overwrite: bool = False) -> dict[str,
             f"--workdir {workdir} is not empty; refusing to overwrite a previous demo. Pass "
             "--overwrite, or choose a new folder."
         )
-    raise _not_implemented("demo", 5)
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = write_sample(workdir / "data")
+    values = pd.read_parquet(paths["values"])
+    last = values["ds"].max().normalize()
+    first = last - pd.Timedelta(days=DEMO_EVAL_DAYS - 1)
+    history = workdir / "data" / "history.parquet"
+    write_parquet_atomic(values[values["ds"] < first], history)
+    log.info("sample data in %s: %d series, evaluation period %s to %s", paths["values"].parent,
+             values["unique_id"].nunique(), first.date(), last.date())
+
+    model_dir, scores = workdir / "model", workdir / "scores.parquet"
+    fit_clusters(config=config, input=history, model_dir=model_dir, overwrite=overwrite)
+    n_clusters = max(1, ModelDir(model_dir).load_clusters()["cluster"].nunique())
+    budget = min(config.train.time_budget_s, DEMO_TRAIN_BUDGET_S / n_clusters)
+    train_config = dataclasses.replace(config, train=dataclasses.replace(config.train, time_budget_s=budget))
+    meta_train(config=train_config, input=history, model_dir=model_dir, overwrite=True)
+    backtest(config=config, input=paths["values"], model_dir=model_dir, output=scores,
+             start=str(first.date()), end=str(last.date()))
+    result = evaluate(config=config, scores=scores, labels=paths["labels"], model_dir=model_dir)
+    top = _top_anomalies(pd.read_parquet(scores))
+    files = {"data": paths["values"].parent, "model_dir": model_dir, "scores": scores}
+    text = "\n".join([
+        "top anomalies:",
+        top.to_string(index=False) if len(top) else "  (none flagged)",
+        "",
+        result["summary"],
+        "",
+        *(f"{name}: {path}" for name, path in files.items()),
+    ])
+    fields = {k: v for k, v in result.items() if k != "summary"}
+    return _summary(text, files=files, top_anomalies=top.to_dict(orient="records"), evaluation=fields)
+
+
+def _top_anomalies(scores: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The n highest-scoring flagged points, the columns an operator reads first."""
+    flagged = scores[scores["is_anomaly"].fillna(False).astype(bool)]
+    cols = ["unique_id", "ds", "y", "y_hat", "lower", "upper", "score"]
+    return flagged.nlargest(n, "score")[cols].reset_index(drop=True)
 
 
 # -- plot (compute: issue #5) ---------------------------------------------------------------------

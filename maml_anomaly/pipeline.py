@@ -326,38 +326,42 @@ def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
 
 
 def daily_score(
-    *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None
+    *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None, events: Path | None = None
 ) -> dict[str, Any]:
     """Score one calendar day (default: the input's last day); write the scores atomically."""
     if date is not None:
         parse_day(date, "--date")
     check_output(output)
+    _check_events_path(events, output)
     md = open_trained(model_dir)
     device = setup_torch(config)
     data = load_input(config, input)
     day = resolve_day(data.frame, date)
     log.info("scoring %s", day.astype("datetime64[D]"))
-    return _score_days(config, md, data, day, day, output, device)
+    return _score_days(config, md, data, day, day, output, device, events)
 
 
 def backtest(
-    *, config: Config, input: Path, model_dir: Path, output: Path, start: str | None = None, end: str | None = None
+    *, config: Config, input: Path, model_dir: Path, output: Path, start: str | None = None, end: str | None = None,
+    events: Path | None = None,
 ) -> dict[str, Any]:
     """daily-score for every day of [start, end], batched across days and series, one output."""
     for value, option in ((start, "--start"), (end, "--end")):
         if value is not None:
             parse_day(value, option)
     check_output(output)
+    _check_events_path(events, output)
     md = open_trained(model_dir)
     device = setup_torch(config)
     data = load_input(config, input)
     first, last = resolve_range(data.frame, start, end)
     log.info("backtest %s to %s", first.astype("datetime64[D]"), last.astype("datetime64[D]"))
-    return _score_days(config, md, data, first, last, output, device)
+    return _score_days(config, md, data, first, last, output, device, events)
 
 
 def _score_days(
-    config: Config, md: ModelDir, data: LoadedInput, first: np.datetime64, last: np.datetime64, output: Path, device: str
+    config: Config, md: ModelDir, data: LoadedInput, first: np.datetime64, last: np.datetime64, output: Path, device: str,
+    events: Path | None = None,
 ) -> dict[str, Any]:
     """Score every input row of the days [first, last]: one task per (series, day), batched."""
     import time
@@ -417,15 +421,24 @@ def _score_days(
             f"--max-failed-fraction {config.score.max_failed_fraction}; nothing was written. Check that "
             "the input holds enough history before the scored day(s) and that meta-train ran on these series."
         )
+    # -- alerts (issue #9): q-values, post-rules, alert budget, events: one call, see alerts.py --
+    from maml_anomaly.alerts import apply_alerts, summary_text
+
+    alerted = apply_alerts(out, config.alerts, step=panel.step[row_series], threshold=config.score.threshold)
+    out = alerted.scores
     write_parquet_atomic(_scores_table(out), output)
-    n_flags = int(res.is_anomaly.sum())
+    if events is not None:
+        write_parquet_atomic(_events_table(alerted.events, out), events)
+    # -- end of alerts --
+    n_flags = int(out["is_anomaly"].sum())
     seconds = time.perf_counter() - started
     days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
     return _summary(
         f"scored {len(out):,} points of {int(np.unique(row_series).size):,} series on {days}: "
         f"{n_flags:,} anomalies; {counts.get(STATUS_OK, 0):,} ok, "
         f"{len(out) - counts.get(STATUS_OK, 0):,} not scored ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != STATUS_OK) or 'none'}); "
-        f"wrote {output} in {seconds:.1f} s",
+        f"wrote {output} in {seconds:.1f} s\n" + summary_text(alerted),
+        **_alert_fields(alerted, events),
         output=str(output),
         first_day=str(first.astype("datetime64[D]")),
         last_day=str(last.astype("datetime64[D]")),
@@ -436,6 +449,33 @@ def _score_days(
         threshold=config.score.threshold,
         seconds=round(seconds, 2),
     )
+
+
+def _check_events_path(events: Path | None, output: Path) -> None:
+    """--events names a parquet file other than the scores output (alerts, issue #9)."""
+    if events is None:
+        return
+    if events.is_dir():
+        raise InputError(f"--events {events} is a directory; expected the path of a parquet file to write.")
+    if events.resolve() == output.resolve():
+        raise InputError(f"--events {events} is the same file as --output; give the events their own parquet path.")
+
+
+def _alert_fields(alerted: Any, events: Path | None) -> dict[str, Any]:
+    """JSON summary fields of the alerts step: counts and the top events by severity."""
+    from maml_anomaly.alerts import top_events
+
+    top = top_events(alerted.events, 10)
+    return {"alerts": alerted.counts, "events": str(events) if events else None, "top_events": top.to_dict(orient="records")}
+
+
+def _events_table(events: pd.DataFrame, scores: pd.DataFrame):
+    import pyarrow as pa
+
+    from maml_anomaly.alerts import events_schema
+
+    id_type = pa.int64() if scores["unique_id"].dtype.kind in "iu" else pa.string()
+    return pa.Table.from_pandas(events, schema=events_schema(id_type), preserve_index=False)
 
 
 def _row_series(rows: pd.DataFrame, panel: Panel) -> np.ndarray:
@@ -467,6 +507,7 @@ def _scores_table(frame: pd.DataFrame):
 
     id_type = pa.int64() if frame["unique_id"].dtype.kind in "iu" else pa.string()
     schema = scores_schema(id_type).append(pa.field("p_value", pa.float64()))
+    schema = schema.append(pa.field("q_value", pa.float64())).append(pa.field("suppressed", pa.string()))  # alerts
     return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
 

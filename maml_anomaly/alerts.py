@@ -51,15 +51,24 @@ def bh_qvalues(p: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q-values), NaN where p is NaN.
 
     q_i = min over j with p_j >= p_i of (m p_j / rank_j), m = finite p-values (of the group).
-    ``groups`` (N,) integer codes: BH within each group separately. Sorting once, a reversed
-    running minimum per group: offsets of 2 per group keep the running minimum from crossing a
-    group boundary (every adjusted value lies in [0, 1]).
+    ``groups`` (N,) integer codes: BH within each group separately. One sort by (group, p), then
+    a reversed running minimum within each group (pandas' grouped cummin, in C).
     """
     p = np.asarray(p, dtype=np.float64)  # (N,)
     q = np.full(p.shape, np.nan)
     ok = np.flatnonzero(np.isfinite(p))
     if ok.size == 0:
         return q
+    g = np.zeros(ok.size, np.int64) if groups is None else np.asarray(groups)[ok].astype(np.int64)
+    order = np.lexsort((p[ok], g))  # (M,) by group, then p
+    gs, ps = g[order], p[ok][order]
+    first = np.r_[0, np.flatnonzero(np.diff(gs)) + 1]  # (G,) start of each group
+    sizes = np.diff(np.r_[first, gs.size])  # (G,)
+    rank = np.arange(gs.size) - np.repeat(first, sizes) + 1  # (M,) 1-based rank within group
+    adj = np.minimum(ps * np.repeat(sizes, sizes) / rank, 1.0)  # (M,)
+    rev = pd.Series(adj[::-1]).groupby(gs[::-1], sort=False).cummin().to_numpy()[::-1]
+    q[ok[order]] = np.clip(rev, 0.0, 1.0)
+    return q
     g = np.zeros(ok.size, np.int64) if groups is None else np.asarray(groups)[ok].astype(np.int64)
     g = np.unique(g, return_inverse=True)[1].reshape(-1)  # dense 0..G-1
     order = np.lexsort((p[ok], g))  # (M,) by group, then p
@@ -187,6 +196,8 @@ def apply_alerts(
         drop(_short_runs(grid, flags, rules.min_consecutive), "min_consecutive")
     if rules.max_alerts > 0:
         drop(_over_budget(flags, p, out["score"].to_numpy(np.float64, na_value=np.nan), rules.max_alerts), "max_alerts")
+        if rules.min_consecutive > 1:  # runs the budget cut short
+            drop(_short_runs(grid, flags, rules.min_consecutive), "max_alerts")
 
     out["is_anomaly"] = flags
     out = _with_alert_columns(out, q, suppressed)

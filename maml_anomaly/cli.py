@@ -481,9 +481,9 @@ def demo(
 def plot(
     input: InputOpt,
     scores: Annotated[Path, typer.Option("--scores", "-s", help="Scores parquet written by daily-score or backtest.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file (one --series) or folder (--top N, or several --series) to write.")],
     series: Annotated[Optional[list[str]], typer.Option("--series", help="Series id to plot (repeat for several) (default: the top anomalies).")] = None,
-    top: Annotated[int, typer.Option("--top", min=1, help="Without --series: plot the series of the TOP highest scores.")] = 5,
+    top: Annotated[int, typer.Option("--top", min=1, help="Without --series: draw the TOP most significant flagged series, one PNG each, into the folder --output.")] = 5,
     id_col: IdColOpt = None,
     time_col: TimeColOpt = None,
     value_col: ValueColOpt = None,

@@ -28,7 +28,7 @@ import pandas as pd
 from maml_anomaly.artifacts import CLUSTERS, ModelDir, jsonable
 from maml_anomaly.config import Config
 from maml_anomaly.errors import ConfigError, InputError, MamlAnomalyError, ModelDirError
-from maml_anomaly.io import SCORE_COLUMNS, ReadReport, build_panel, read_long, write_parquet_atomic
+from maml_anomaly.io import SCORE_COLUMNS, ReadReport, build_panel, read_long, write_bytes_atomic, write_parquet_atomic
 from maml_anomaly.panel import Panel
 
 log = logging.getLogger(__name__)
@@ -654,26 +654,68 @@ def _top_anomalies(scores: pd.DataFrame, n: int = 10) -> pd.DataFrame:
     return flagged.nlargest(n, "score")[cols].reset_index(drop=True)
 
 
-# -- plot (compute: issue #5) ---------------------------------------------------------------------
+# -- plot (issue #9) -----------------------------------------------------------------------------
 
 
 def plot(
     *, config: Config, input: Path, scores: Path, output: Path, series: list[str] | None = None, top: int = 5
 ) -> dict[str, Any]:
-    """A PNG of series with their forecast band and flags (the named series, or the top anomalies)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise InputError(
-            "plot needs matplotlib, which is not installed. Install it with "
-            "`pip install 'maml-anomaly[plot]'` (or `pip install matplotlib`)."
-        ) from None
+    """PNGs of series with their forecast band, y_hat, flags and events.
+
+    ``--series ID --output FILE.png``: one picture. Several ``--series``, or none (then the
+    ``--top`` most significant flagged series): one PNG per series in the folder ``--output``.
+    """
+    from maml_anomaly import plotting
+    from maml_anomaly.alerts import build_events
+
+    plotting.require_matplotlib()
     if top < 1:
         raise InputError(f"--top must be at least 1; found {top}.")
+    single = series is not None and len(series) == 1 and output.suffix.lower() == ".png"
+    if not single and output.suffix.lower() == ".png":
+        raise InputError(
+            f"--output {output} is a PNG file, but this plot draws {'several series' if series else f'the top {top} series'}; "
+            "give --output a folder (one PNG per series), or name one --series."
+        )
+    if output.exists() and (output.is_dir() == single):
+        raise InputError(f"--output {output} exists and is a {'folder' if single else 'file'}; expected a {'PNG file' if single else 'folder'}.")
     score_frame = _read_parquet_frame(scores, "--scores", list(SCORE_COLUMNS))
     data = load_input(config, input)
-    del score_frame, data
-    raise _not_implemented("plot", 5)
+    ids = _plot_ids(score_frame, series, top)
+    frame = data.frame.assign(unique_id=_plain_ids(data.frame["unique_id"]))
+    events = build_events(score_frame)
+    written = []
+    for rank, uid in enumerate(ids, start=1):  # at most --top or the named series: a handful of pictures
+        fig = plotting.render(plotting.series_plot_data(frame, score_frame, events, uid))
+        path = output if single else output / f"{rank:02d}_{_file_safe(uid)}.png"
+        write_bytes_atomic(plotting.to_png(fig), path)
+        written.append(str(path))
+    text = f"drew {len(written)} series: " + ", ".join(written) if written else "no flagged series in the scores: nothing drawn"
+    return _summary(text, files=written, series=[str(i) for i in ids])
+
+
+def _plot_ids(scores: pd.DataFrame, series: list[str] | None, top: int) -> list[Any]:
+    """The ids to draw, typed as in the scores file (InputError naming unknown ids)."""
+    from maml_anomaly.plotting import most_significant_series
+
+    if not series:
+        return most_significant_series(scores, top)
+    known = pd.unique(scores["unique_id"])
+    by_text = {str(v): v for v in known}
+    missing = [s for s in series if s not in by_text]
+    if missing:
+        examples = ", ".join(repr(str(v)) for v in known[:5])
+        raise InputError(
+            f"--series {', '.join(missing)} not found in the scores file (it holds {len(known):,} series, e.g. "
+            f"{examples}); name series that daily-score or backtest scored."
+        )
+    return [by_text[s] for s in series]
+
+
+def _file_safe(uid: Any) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(uid))[:80] or "series"
 
 
 # -- bench sine (compute: issue #3) --------------------------------------------------------------

@@ -174,9 +174,15 @@ def _mode_step(codes: np.ndarray, t: np.ndarray, first: np.ndarray, count: np.nd
     hi = np.where(same, d, _INT64_MIN)
     dmin = np.minimum.reduceat(lo, first[multi])  # (M,)
     dmax = np.maximum.reduceat(hi, first[multi])  # (M,)
-    regular = dmin == dmax
-    step[multi[regular]] = dmin[regular]
-    irregular = multi[~regular]
+    # The smallest difference is the mode (ties: the smallest) whenever it makes at least half
+    # of a series' differences: true of regular series, and of series with a few gaps.
+    owner = np.repeat(np.arange(n_series), count)[1:]  # (N-1,) series of each difference
+    dmin_full = np.zeros(n_series, np.int64)
+    dmin_full[multi] = dmin
+    at_min = np.add.reduceat((same & (d == dmin_full[owner])).astype(np.int64), first[multi])  # (M,)
+    majority = (dmin == dmax) | (2 * at_min >= count[multi] - 1)
+    step[multi[majority]] = dmin[majority]
+    irregular = multi[~majority]
     if irregular.shape[0]:
         is_irregular = np.zeros(n_series, bool)
         is_irregular[irregular] = True

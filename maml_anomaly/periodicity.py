@@ -155,19 +155,21 @@ def _passes(cands: np.ndarray, stats: np.ndarray, min_strength: float, alpha) ->
 def _standardise(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Detrended, outlier-clipped, unit-variance rows (float32, 0 at gaps); ok = usable row."""
     n = mask.sum(1)                                         # (C,)
-    y = np.where(mask, x, 0.0)                              # (C, T)
-    y = _detrend(y, mask, n)
-    scale = 1.4826 * _masked_median(np.abs(y), mask, n)     # (C,) robust sd around the trend
+    y = _detrend(np.where(mask, x, 0.0), mask, n).astype(np.float32)   # (C, T)
+    med, q1, q3 = _masked_quantiles(y, mask, n)             # (C,) each, one sort
+    scale = (q3 - q1) / 1.349                               # robust sd around the trend
     std = np.sqrt((y * y).sum(1) / np.maximum(n, 1))
-    scale = np.where(scale > 1e-12 * np.maximum(std, 1e-300), scale, std)
+    scale = np.where(scale > 1e-6 * std, scale, std)
     ok = (n >= 2 * MIN_CYCLES + 2) & (scale > 0) & np.isfinite(scale)
-    scale = np.where(ok, scale, 1.0)
-    y = np.clip((y - _masked_median(y, mask, n)[:, None]) / scale[:, None], -CLIP_Z, CLIP_Z)
-    y = _detrend(np.where(mask, y, 0.0), mask, n)
+    scale = np.where(ok, scale, 1.0).astype(np.float32)
+    y = np.clip((y - med[:, None]) / scale[:, None], -CLIP_Z, CLIP_Z)
+    y *= mask
+    y -= (y.sum(1) / np.maximum(n, 1))[:, None]             # clipping moved the mean
+    y *= mask
     sd = np.sqrt((y * y).sum(1) / np.maximum(n, 1))
-    ok &= sd > 1e-9
+    ok &= sd > 1e-6
     y /= np.where(ok, sd, 1.0)[:, None]
-    return np.where(mask, y, 0.0).astype(np.float32), ok
+    return y, ok
 
 
 def _detrend(y: np.ndarray, mask: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -184,14 +186,22 @@ def _detrend(y: np.ndarray, mask: np.ndarray, n: np.ndarray) -> np.ndarray:
     return (y - fit) * m
 
 
-def _masked_median(y: np.ndarray, mask: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Row medians over observed points (np.nanmedian falls back to a Python loop per row)."""
-    srt = np.sort(np.where(mask, y, np.inf).astype(np.float32), axis=1)   # gaps sort last
-    lo = np.clip((n - 1) // 2, 0, y.shape[1] - 1)
-    hi = np.clip(n // 2, 0, y.shape[1] - 1)
+def _masked_quantiles(y: np.ndarray, mask: np.ndarray, n: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row median and quartiles over observed points (np.nanmedian loops over rows)."""
+    srt = np.sort(np.where(mask, y, np.inf), axis=1)        # gaps sort last
     rows = np.arange(y.shape[0])
-    med = 0.5 * (srt[rows, lo] + srt[rows, hi])
-    return np.where(n > 0, med, 0.0)
+    last = y.shape[1] - 1
+
+    def at(q: float) -> np.ndarray:
+        pos = q * np.maximum(n - 1, 0)
+        lo = np.clip(np.floor(pos).astype(np.int64), 0, last)
+        hi = np.clip(np.ceil(pos).astype(np.int64), 0, last)
+        with np.errstate(invalid="ignore"):                 # empty rows: inf - inf, dropped
+            v = srt[rows, lo] + (pos - lo) * (srt[rows, hi] - srt[rows, lo])
+        return np.where(n > 0, v, 0.0).astype(y.dtype)
+
+    return at(0.5), at(0.25), at(0.75)
 
 
 def _masked_acf(z: np.ndarray, mask: np.ndarray, max_lag: int, nfft: int
@@ -267,6 +277,18 @@ def _dedupe_rows(c: np.ndarray) -> np.ndarray:
     return np.where(dup, 0, srt)
 
 
+def _by_period(cands: np.ndarray):
+    """Yield (p, rows, slots) for every distinct period > 0 in cands (one sort, no rescans)."""
+    K = cands.shape[1]
+    flat = cands.ravel()
+    idx = np.flatnonzero(flat > 0)
+    idx = idx[np.argsort(flat[idx], kind="stable")]
+    bounds = np.flatnonzero(np.diff(flat[idx])) + 1
+    for seg in np.split(idx, bounds):
+        if seg.size:
+            yield int(flat[seg[0]]), seg // K, seg % K
+
+
 def _score_candidates(z: np.ndarray, mask: np.ndarray, cands: np.ndarray) -> np.ndarray:
     """The fold statistics of every candidate, (C, K, N_STATS) (empty slots: no strength).
 
@@ -274,12 +296,8 @@ def _score_candidates(z: np.ndarray, mask: np.ndarray, cands: np.ndarray) -> np.
     """
     stats = np.zeros(cands.shape + (N_STATS,))
     stats[..., LOO], stats[..., PVAL] = -1.0, 1.0
-    for p in np.unique(cands[cands > 0]):
-        hit = cands == p                                    # (C, K)
-        rows = np.flatnonzero(hit.any(1))
-        st = _fold_strength(z[rows], mask[rows], int(p))
-        where_r, where_k = np.nonzero(hit[rows])
-        stats[rows[where_r], where_k] = st[where_r]
+    for p, rows, slots in _by_period(cands):
+        stats[rows, slots] = _fold_strength(z[rows], mask[rows], p)   # rows are distinct
     return stats
 
 
@@ -317,33 +335,34 @@ def _nested_pvals(z: np.ndarray, mask: np.ndarray, cands: np.ndarray, stats: np.
     """
     C, K = cands.shape
     out = np.ones((C, K, K), np.float32)
-    for m in np.unique(cands[cands > 0]).tolist():
-        has_m = cands == m                                  # (C, K)
-        if m < 4 or not has_m.any():
-            continue
-        divs = np.unique(cands[has_m.any(1)])
-        divs = [d for d in divs.tolist() if 2 <= d < m and m % d == 0]
+    slot_of = {p: (rows, slots) for p, rows, slots in _by_period(cands)}
+    for m, (rows, a_idx) in slot_of.items():
+        divs = [d for d in slot_of if 2 <= d < m and m % d == 0]
         if not divs:
             continue
-        rows = np.flatnonzero(has_m.any(1))
-        a_idx = has_m[rows].argmax(1)                       # (r,) slot of m in each row
         _, ph_n, ph_sum, _ = _fold(z[rows], mask[rows], m)  # (r, m) each
         st = stats[rows, a_idx]                             # (r, N_STATS) of m
         sigma2 = st[:, SSR] / np.maximum(st[:, DFR], 1)
         prof = ph_sum / np.maximum(ph_n, 1)
+        pos = np.full(C, -1, np.int64)
+        pos[rows] = np.arange(rows.size)                    # row -> position in this batch
         for d in divs:
+            d_rows, d_slots = slot_of[d]
+            both = pos[d_rows] >= 0                         # rows holding both m and d
+            if not both.any():
+                continue
+            i = pos[d_rows[both]]
             k = m // d
-            w_d = ph_n.reshape(-1, k, d).sum(1)             # (r, d)
-            prof_d = ph_sum.reshape(-1, k, d).sum(1) / np.maximum(w_d, 1)
-            dev = prof - np.tile(prof_d, (1, k))            # (r, m)
-            chi = (ph_n * dev * dev).sum(1)
-            df1 = (ph_n > 0).sum(1) - (w_d > 0).sum(1)
-            ok = (df1 >= 1) & (st[:, DFR] >= 1) & (sigma2 > 0)
-            f = chi / np.maximum(df1, 1) / np.maximum(sigma2, 1e-300)
-            pv = np.where(ok, fdtrc(np.maximum(df1, 1), np.maximum(st[:, DFR], 1), f), 1.0)
-            hit_d = cands[rows] == d                        # (r, K)
-            rr, bb = np.nonzero(hit_d)
-            out[rows[rr], a_idx[rr], bb] = pv[rr]
+            w_d = ph_n[i].reshape(-1, k, d).sum(1)          # (b, d)
+            prof_d = ph_sum[i].reshape(-1, k, d).sum(1) / np.maximum(w_d, 1)
+            dev = prof[i] - np.tile(prof_d, (1, k))         # (b, m)
+            chi = (ph_n[i] * dev * dev).sum(1)
+            df1 = (ph_n[i] > 0).sum(1) - (w_d > 0).sum(1)
+            dfr = st[i, DFR]
+            ok = (df1 >= 1) & (dfr >= 1) & (sigma2[i] > 0)
+            f = chi / np.maximum(df1, 1) / np.maximum(sigma2[i], 1e-300)
+            pv = np.where(ok, fdtrc(np.maximum(df1, 1), np.maximum(dfr, 1), f), 1.0)
+            out[d_rows[both], a_idx[i], d_slots[both]] = pv
     return out
 
 

@@ -184,14 +184,134 @@ def _summary(text: str, **fields: Any) -> dict[str, Any]:
 
 # -- fit-clusters (compute: issue #4) -------------------------------------------------------------
 
+# Longest history used to find a period: 4 cycles of the longest calendar period (a week of
+# 5-minute steps: 8064 points), at least 1024 points; and a group's matrix stays under ~1.5 GB.
+_HISTORY_CYCLES = 4
+_MIN_HISTORY = 1024
+_MATRIX_BYTES = 1_500_000_000
+_DETECT_ROWS = 200_000  # rows per tail_matrix chunk while detecting periods
+
 
 def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
     """Detect each series' period, group the series and write clusters.parquet + manifest."""
+    import time
+
+    from maml_anomaly.clustering import PeriodClusterer, step_tag
+    from maml_anomaly.periodicity import calendar_periods, detect_periods
+
     md = ModelDir(model_dir)
     md.check_fresh(overwrite)
     data = load_input(config, input)
-    del data
-    raise _not_implemented("fit-clusters", 4)
+    panel, cc = data.panel, config.clusters
+    t0 = time.perf_counter()
+    step_ns = np.where(np.isnat(panel.step), 0, panel.step.astype(np.int64))  # (S,) 0 = no step
+    lengths = panel.lengths
+    n_obs = _observed_per_series(panel)  # (S,)
+    period = np.zeros(panel.n_series, np.int64)
+    strength = np.zeros(panel.n_series, np.float64)
+    second = np.zeros(panel.n_series, np.int64)
+    cluster = np.empty(panel.n_series, dtype=object)
+    too_short = np.zeros(panel.n_series, bool)
+    steps = [int(s) for s in np.unique(step_ns[step_ns > 0])]
+    groups = sorted(steps, key=lambda s: (-int((step_ns == s).sum()), s))  # largest group first
+    prefixed = len(groups) > 1  # names carry the step only when steps differ ("1h-p24")
+    states = []
+    for s in groups:
+        rows = np.flatnonzero(step_ns == s)  # (G,)
+        seconds = s / 1e9
+        cal = calendar_periods(seconds)
+        longest = max([*cal, cc.max_period, 1])
+        n_hist = int(min(lengths[rows].max(), max(_HISTORY_CYCLES * longest, _MIN_HISTORY)))
+        n_hist = int(max(8, min(n_hist, _MATRIX_BYTES // (8 * rows.size))))
+        matrix = np.empty((rows.size, n_hist))  # (G, n_hist)
+        for lo in range(0, rows.size, _DETECT_ROWS):
+            matrix[lo : lo + _DETECT_ROWS] = panel.tail_matrix(n_hist, rows[lo : lo + _DETECT_ROWS])
+        found = detect_periods(matrix, seconds, max_period=cc.max_period, min_strength=cc.min_strength)
+        period[rows], strength[rows], second[rows] = found.period, found.strength, found.second_period
+        too_short[rows] = n_obs[rows] < 2 * (min(cal) if cal else 3)
+        model = PeriodClusterer(
+            min_cluster_size=cc.min_cluster_size, max_subclusters=cc.max_subclusters, seed=0
+        ).fit(matrix, found.period)
+        del matrix
+        prefix = f"{step_tag(seconds)}-" if prefixed else ""
+        cluster[rows] = [prefix + c for c in model.labels_] if prefix else model.labels_
+        states.append({"step_seconds": seconds, "prefix": prefix, "clusterer": model.to_dict()})
+    no_step = step_ns == 0  # a single point: no step, no period
+    if no_step.any():
+        too_short |= no_step
+        cluster[no_step] = _fallback_cluster(states, cluster, step_ns, groups)
+    clusters = pd.DataFrame(
+        {
+            "unique_id": panel.ids,
+            "cluster": cluster.astype(str),
+            "period": period,
+            "strength": strength.round(6),
+            "second_period": second,
+            "step": panel.step,
+            "n_obs": n_obs,
+        }
+    )
+    table = _cluster_table(clusters)
+    seconds = time.perf_counter() - t0
+    md.prepare(overwrite)
+    md.save_clusters(clusters)
+    md.save_json("clusterer", {"format_version": 1, "step_groups": states})
+    summary = {
+        "series": int(panel.n_series),
+        "clusters": table,
+        "periodic": int((period > 0).sum()),
+        "aperiodic": int((period == 0).sum()),
+        "too_short": int(too_short.sum()),
+        "steps": [{"step": step_tag(s / 1e9), "series": int((step_ns == s).sum())} for s in groups],
+        "seconds": round(seconds, 2),
+    }
+    md.write_manifest(config, config.columns, data.window, extra={"fit_clusters": summary})
+    return _summary(_fit_clusters_text(summary, md.path), **summary)
+
+
+def _observed_per_series(panel: Panel) -> np.ndarray:
+    """(S,) non-missing grid values per series (one cumulative sum, no loop over series)."""
+    seen = np.concatenate([[0], np.cumsum(~np.isnan(panel.values))])  # (N+1,)
+    return (seen[panel.indptr[1:]] - seen[panel.indptr[:-1]]).astype(np.int64)
+
+
+def _fallback_cluster(states: list[dict[str, Any]], cluster: np.ndarray, step_ns: np.ndarray, groups: list[int]) -> str:
+    """Cluster for series without a step: the largest step group's aperiodic cluster (or its largest)."""
+    if not groups:
+        return "p0"
+    main = cluster[step_ns == groups[0]].astype(str)
+    aperiodic = f"{states[0]['prefix']}p0"
+    if (main == aperiodic).any():
+        return aperiodic
+    names, counts = np.unique(main, return_counts=True)
+    return str(names[np.argmax(counts)])
+
+
+def _cluster_table(clusters: pd.DataFrame) -> list[dict[str, Any]]:
+    """One row per cluster: name, most common period, size (largest first, then by name)."""
+    g = clusters.groupby("cluster", sort=True)
+    table = pd.DataFrame({"size": g.size(), "period": g["period"].agg(lambda p: int(p.mode().iloc[0]))})
+    table = table.reset_index().sort_values(["size", "cluster"], ascending=[False, True])
+    return [
+        {"cluster": str(r.cluster), "period": int(r.period), "size": int(r.size)} for r in table.itertuples(index=False)
+    ]
+
+
+def _fit_clusters_text(summary: dict[str, Any], path: Path, max_rows: int = 15) -> str:
+    lines = [
+        f"fit-clusters: {summary['series']:,} series in {len(summary['clusters'])} clusters -> {path}",
+        f"  periodic {summary['periodic']:,}, aperiodic {summary['aperiodic']:,} "
+        f"(too short to tell: {summary['too_short']:,}); steps: "
+        + ", ".join(f"{s['step']} x {s['series']:,}" for s in summary["steps"]),
+        f"  {'cluster':<16} {'period':>7} {'series':>10}",
+    ]
+    for row in summary["clusters"][:max_rows]:
+        lines.append(f"  {row['cluster']:<16} {row['period']:>7} {row['size']:>10,}")
+    if len(summary["clusters"]) > max_rows:
+        rest = summary["clusters"][max_rows:]
+        lines.append(f"  ... {len(rest)} more clusters, {sum(r['size'] for r in rest):,} series")
+    lines.append(f"  {summary['seconds']:.1f} s for periods and clusters")
+    return "\n".join(lines)
 
 
 # -- meta-train (compute: issue #5) ---------------------------------------------------------------
@@ -205,7 +325,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
     """Meta-train one forecaster per cluster; write weights and the training report."""
     import time
 
-    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step
+    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step, window_width
     from maml_anomaly.training import train_cluster
 
     md = open_trained(model_dir)
@@ -234,7 +354,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
             advance(1)
             if model is None:
                 reports[name] = {"skipped": "no series is long enough for one task window", "n_series": int(rows.size),
-                                 "window": spec.max_lag + settings.k_shot + query_len}
+                                 "window": window_width(spec, settings.k_shot, query_len)}
                 log.warning("cluster %s: skipped, no series holds a full task window", name)
                 continue
             file = f"cluster-{i:04d}.safetensors"
@@ -381,8 +501,7 @@ def _score_days(
     rows = frame.iloc[in_range]
     row_series = _row_series(rows, panel)
     cluster_names, cluster_of, _ = _series_clusters(md, panel)
-    unknown = cluster_of < 0
-    cluster_of = _assign_unknown(md, panel, cluster_of, cluster_names, first)
+    cluster_of = _assign_unknown(config, md, panel, cluster_of, cluster_names, first)
     model_index = {name: i for i, name in enumerate(names)}
     series_model = np.array(
         [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
@@ -495,9 +614,59 @@ def _plain_ids(col: pd.Series) -> np.ndarray:
     return col.to_numpy()
 
 
-def _assign_unknown(md: ModelDir, panel: Panel, cluster_of: np.ndarray, names: list[str], first: np.datetime64) -> np.ndarray:
-    """Series fit-clusters never saw get a cluster from their history before ``first`` (if possible)."""
-    return cluster_of
+CLUSTERER = "clusterer.json"  # PeriodClusterer state written by fit-clusters
+ASSIGN_MIN_POINTS = 28  # observed points before the scored day an unseen series needs to get a cluster
+ASSIGN_WINDOW = 4096  # at most this many recent points feed its period detection
+ASSIGN_CHUNK = 10_000
+
+
+def _assign_unknown(
+    config: Config, md: ModelDir, panel: Panel, cluster_of: np.ndarray, names: list[str], first: np.datetime64
+) -> np.ndarray:
+    """Series fit-clusters never saw get a cluster from their own history before ``first``.
+
+    Per step group that fit-clusters knows (clusterer.json), their period is detected and that
+    group's PeriodClusterer predicts the cluster, batched in chunks. Series with fewer than
+    ASSIGN_MIN_POINTS observed points, or with a step fit-clusters never saw, stay unknown.
+    """
+    from maml_anomaly.tasks import gather_windows
+
+    unknown = np.flatnonzero(cluster_of < 0)
+    if unknown.size == 0 or not md.has(CLUSTERER):
+        return cluster_of
+    from maml_anomaly.clustering import PeriodClusterer
+    from maml_anomaly.periodicity import detect_periods
+
+    groups = {float(g["step_seconds"]): g for g in md.load_json(CLUSTERER).get("step_groups", [])}
+    code = {name: i for i, name in enumerate(names)}
+    out = cluster_of.copy()
+    steps = panel.step_seconds[unknown]
+    start, step = panel.start.view(np.int64)[unknown], panel.step.view(np.int64)[unknown]
+    safe = np.where(step > 0, step, 1)
+    stop = np.clip(-((start - first.astype(np.int64)) // safe), 0, panel.lengths[unknown])  # (U,) points before first
+    for value in np.unique(steps[np.isfinite(steps)]):
+        state = groups.get(float(value))
+        if state is None:
+            continue
+        clusterer = PeriodClusterer.from_dict(state["clusterer"])
+        group = np.flatnonzero(steps == value)
+        width = int(min(max(stop[group].max(), 1), ASSIGN_WINDOW))
+        for lo in range(0, group.size, ASSIGN_CHUNK):
+            g = group[lo : lo + ASSIGN_CHUNK]
+            matrix = gather_windows(panel.values, panel.indptr, unknown[g], stop[g] - width, width)  # (B, width)
+            enough = np.isfinite(matrix).sum(axis=1) >= ASSIGN_MIN_POINTS
+            if not enough.any():
+                continue
+            periods = detect_periods(
+                matrix[enough], float(value), max_period=config.clusters.max_period,
+                min_strength=config.clusters.min_strength,
+            ).period
+            labels = clusterer.predict(matrix[enough], periods)
+            out[unknown[g[enough]]] = [code.get(state.get("prefix", "") + str(label), -1) for label in labels]
+    assigned = int((out[unknown] >= 0).sum())
+    if assigned:
+        log.info("assigned %d of %d series unseen by fit-clusters to a cluster from their history", assigned, unknown.size)
+    return out
 
 
 def _scores_table(frame: pd.DataFrame):

@@ -338,3 +338,27 @@ def test_empty_scores_frame_has_the_contract_columns(tmp_path):
     write_parquet_atomic(frame, tmp_path / "e.parquet")
     assert list(pd.read_parquet(tmp_path / "e.parquet").columns) == list(SCORE_COLUMNS)
     assert mio.scores_schema().names == list(SCORE_COLUMNS)
+
+
+def test_categorical_ids_with_unused_categories(tmp_path, long_frame):
+    frame = long_frame.copy()
+    frame["unique_id"] = pd.Categorical(frame["unique_id"], categories=["zz", "s2", "s0", "s1", "aa"])
+    frame.to_parquet(tmp_path / "c.parquet", index=False)
+    panel, _ = read_panel(tmp_path / "c.parquet", COLS)
+    assert list(panel.ids) == ["s0", "s1", "s2"]
+    expected = long_frame[long_frame["unique_id"] == "s1"]["y"].to_numpy()
+    np.testing.assert_array_equal(panel.series_values(1), expected)
+    ints = long_frame.assign(unique_id=pd.Categorical(long_frame["unique_id"].str[1:].astype(int) * 7))
+    ints.to_parquet(tmp_path / "i.parquet", index=False)
+    panel, _ = read_panel(tmp_path / "i.parquet", COLS)
+    assert panel.ids.tolist() == [0, 7, 14] and panel.ids.dtype == np.int64
+
+
+def test_ids_as_hive_partition_keys(tmp_path, long_frame):
+    for sid, part in long_frame.groupby("unique_id"):
+        folder = tmp_path / "data" / f"unique_id={sid}"
+        folder.mkdir(parents=True)
+        part.drop(columns="unique_id").to_parquet(folder / "part-0.parquet", index=False)
+    panel, report = read_panel(tmp_path / "data", COLS)
+    assert list(panel.ids) == ["s0", "s1", "s2"] and report.rows == len(long_frame)
+    np.testing.assert_array_equal(panel.series_values(2), long_frame["y"].to_numpy()[96:])

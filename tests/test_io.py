@@ -362,3 +362,11 @@ def test_ids_as_hive_partition_keys(tmp_path, long_frame):
     panel, report = read_panel(tmp_path / "data", COLS)
     assert list(panel.ids) == ["s0", "s1", "s2"] and report.rows == len(long_frame)
     np.testing.assert_array_equal(panel.series_values(2), long_frame["y"].to_numpy()[96:])
+
+
+def test_boolean_values_are_refused(tmp_path):
+    pd.DataFrame({"unique_id": ["a", "a"], "ds": pd.to_datetime(["2024-01-01", "2024-01-02"]), "y": [True, False]}).to_parquet(
+        tmp_path / "b.parquet", index=False
+    )
+    msg = _error(tmp_path / "b.parquet")
+    assert "bool" in msg and "numeric" in msg

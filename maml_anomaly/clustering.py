@@ -247,7 +247,8 @@ def assign_clusters(state: dict, matrix: np.ndarray, step_seconds: float, *, min
     found = detect_periods(matrix, step_seconds, max_period=max_period, min_strength=min_strength)
     names = model.predict(matrix, found.period)
     if g["prefix"]:
-        names = np.asarray([g["prefix"] + n for n in names], dtype=object)
+        uniq, inverse = np.unique(names.astype(str), return_inverse=True)
+        names = np.asarray([g["prefix"] + n for n in uniq], dtype=object)[inverse]
     return found.period, names
 
 

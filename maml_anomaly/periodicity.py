@@ -1,23 +1,24 @@
 """Dominant period per series, vectorised over series.
 
 The matrix holds one series per row on a shared step (``Panel.tail_matrix``): NaN is a missing
-value and shorter series are left-padded with NaN. Every stage works on blocks of rows at once:
+value and shorter series are left-padded with NaN. Every stage works on blocks of rows at once
+(the only Python loops run over candidate periods, never over series):
 
-1. robust standardisation: linear detrend, robust z (median / MAD), clip outliers, detrend again;
-2. mask-aware autocorrelation by FFT (values with zeros at the gaps, divided by the FFT of the
-   mask), which gives free candidate periods (ACF peaks ranked by a lower confidence bound);
+1. robust standardisation: linear detrend, robust z (median / quartiles), clip outliers;
+2. mask-aware autocorrelation by FFT (values with zeros at the gaps, divided by the FFT
+   autocorrelation of the mask): its peaks are the free candidate periods;
 3. calendar candidates for the step (hourly 24 and 168, daily 7, 5-minute 288 and 2016, ...);
    free peaks a step or two off a calendar period are snapped onto it;
-4. each candidate p is scored by folding the series by p: a two-way fit (cycle level + phase
-   profile) gives a seasonal strength (adjusted R^2 of the phase profile, in [0, 1]) and an
-   F test of the profile against the remainder;
-5. the strongest significant candidate wins, then harmonics are resolved: the smallest divisor
-   candidate that explains about as much is the real period (a 12-hour cycle also folds cleanly
-   at 24 and 168, so those multiples lose to it), and a multiple only wins when it explains
-   clearly more (a weekly profile beats its daily part).
+4. each candidate p is scored by folding the series by p (level per cycle + profile per phase):
+   adjusted share of variance explained (the reported strength), leave-one-out share (each
+   point predicted from the other cycles) and an F test, which gate it;
+5. the best leave-one-out candidate wins, then harmonics are resolved: a divisor (p/2, p/3,
+   p/4) that predicts about as well, or that p does not significantly beat (nested F test),
+   is the real period; a multiple wins only when it explains clearly more and passes that
+   nested test (a weekly profile over its daily part).
 
-A period needs ``min_cycles`` (2) full cycles within the observed span. Series with no
-significant cycle get period 0.
+A period needs ``MIN_CYCLES`` (2) full cycles within the observed span. Series with no
+significant cycle get period 0. docs/periods.md has the figures.
 """
 
 from __future__ import annotations

@@ -234,7 +234,7 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
         ).fit(matrix, found.period)
         del matrix
         prefix = f"{step_tag(seconds)}-" if prefixed else ""
-        cluster[rows] = [prefix + c for c in model.labels_] if prefix else model.labels_
+        cluster[rows] = _prefixed(model.labels_, prefix)
         states.append({"step_seconds": seconds, "prefix": prefix, "clusterer": model.to_dict()})
     no_step = step_ns == 0  # a single point: no step, no period
     if no_step.any():
@@ -267,6 +267,14 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
     }
     md.write_manifest(config, config.columns, data.window, extra={"fit_clusters": summary})
     return _summary(_fit_clusters_text(summary, md.path), **summary)
+
+
+def _prefixed(labels: np.ndarray, prefix: str) -> np.ndarray:
+    """Cluster names with a step prefix (one string per cluster, not per series)."""
+    if not prefix:
+        return labels
+    names, inverse = np.unique(labels.astype(str), return_inverse=True)
+    return np.asarray([prefix + n for n in names], dtype=object)[inverse]
 
 
 def _observed_per_series(panel: Panel) -> np.ndarray:

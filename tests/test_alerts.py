@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from synth import tiny_cluster  # noqa: F401 (fixture)
+
 from maml_anomaly.alerts import ALERT_COLUMNS, EVENT_COLUMNS, AlertRules, apply_alerts, bh_qvalues, build_events
 from maml_anomaly.config import Config
 from maml_anomaly.errors import ConfigError

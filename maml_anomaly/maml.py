@@ -1,10 +1,12 @@
 """MAML's inner loop (``adapt``) and meta-objective (``meta_loss``), batched over tasks.
 
 Every task gets its own copy of the weights along a leading task dimension B, and one call runs
-the inner loop for all tasks at once: the loss summed over tasks has, for each task's weights,
-exactly that task's gradient, so one ``autograd.grad`` gives every task's inner gradient. The
-forward pass is ``model.batched_forward`` when the model has one (plain batched matmuls, the
-fastest form measured here) and ``torch.func.vmap`` over ``functional_call`` otherwise.
+the inner loop for all tasks at once (no Python loop over tasks). The forward pass is
+``model.batched_forward`` when the model has one (plain batched matmuls, the fastest form
+measured here) and ``torch.func.vmap`` over ``functional_call`` otherwise. Inner gradients come
+from ``model.batched_mse_grads`` (hand-written backpropagation, differentiable) for the default
+loss, else from one ``autograd.grad`` of the loss summed over tasks, which gives each task's
+weights exactly that task's gradient.
 
 Second order (the default) keeps the graph of the inner gradients so the meta-gradient flows
 through them; ``first_order=True`` treats inner gradients as constants and never builds their
@@ -74,8 +76,26 @@ def _needs_graph(task_params: Params, inner_lrs: InnerLrs | None) -> bool:
     return any(t.requires_grad for t in tensors)
 
 
+def _support_grads(
+    model: nn.Module, leaves: Params, x: Tensor, y: Tensor, weight: Tensor | None, create_graph: bool, loss_fn: LossFn
+) -> list[Tensor]:
+    """Each task's gradient of its own support loss, in ``leaves`` order."""
+    manual = getattr(model, "batched_mse_grads", None)
+    if manual is not None and loss_fn is masked_mse:
+        if create_graph:
+            grads = manual(leaves, x, y, weight)
+        else:
+            with torch.no_grad():
+                grads = manual({k: v.detach() for k, v in leaves.items()}, x, y, weight)
+        return [grads[k] for k in leaves]
+    with torch.enable_grad():
+        # The loss summed over tasks: each task's weights get exactly that task's gradient.
+        loss = loss_fn(batched_forward_fn(model)(leaves, x), y, weight).sum()
+        return list(torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph))
+
+
 def sgd_step(
-    forward: Callable[[Params, Tensor], Tensor],
+    model: nn.Module,
     task_params: Params,
     x_support: Tensor,
     y_support: Tensor,
@@ -97,9 +117,7 @@ def sgd_step(
         leaves = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in task_params.items()}
     else:
         leaves = {k: v.detach().requires_grad_() for k, v in task_params.items()}
-    with torch.enable_grad():
-        loss = loss_fn(forward(leaves, x_support), y_support, weight).sum()  # sum over tasks
-        grads = torch.autograd.grad(loss, [leaves[k] for k in names], create_graph=second_order)
+    grads = _support_grads(model, leaves, x_support, y_support, weight, second_order, loss_fn)
     base = leaves if second_order else task_params
     if inner_lrs is None:
         return {k: base[k] - lr * g for k, g in zip(names, grads)}
@@ -120,11 +138,10 @@ def adapt_tasks(
     loss_fn: LossFn = masked_mse,
 ) -> Params:
     """``adapt`` for weights that already have a leading task dimension B (e.g. several models)."""
-    forward = batched_forward_fn(model)
     second_order = not first_order and _needs_graph(task_params, inner_lrs)
     for step in range(steps):
         task_params = sgd_step(
-            forward, task_params, x_support, y_support, lr=lr, inner_lrs=_lrs_at(inner_lrs, step),
+            model, task_params, x_support, y_support, lr=lr, inner_lrs=_lrs_at(inner_lrs, step),
             weight=weight, second_order=second_order, loss_fn=loss_fn,
         )
     return task_params
@@ -186,7 +203,7 @@ def task_query_losses(
     step_losses = []
     for step in range(steps):
         task_params = sgd_step(
-            forward, task_params, x_support, y_support, lr=lr, inner_lrs=_lrs_at(inner_lrs, step),
+            model, task_params, x_support, y_support, lr=lr, inner_lrs=_lrs_at(inner_lrs, step),
             weight=weight_support, second_order=second_order, loss_fn=loss_fn,
         )
         if multi_step:

@@ -38,12 +38,62 @@ class Forecaster(nn.Module):
         """
         last = len(self.layers) - 1
         for i in range(last + 1):
-            w = params[f"layers.{i}.weight"]  # (B, out, in)
-            b = params[f"layers.{i}.bias"]  # (B, out)
-            x = torch.baddbmm(b.unsqueeze(-2), x, w.transpose(-1, -2))  # (B, Q, out)
+            x = _batched_linear(x, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"])  # (B, Q, out)
             if i < last:
                 x = torch.relu(x)
         return x
+
+
+    def batched_mse_grads(self, params: dict[str, Tensor], x: Tensor, y: Tensor, weight: Tensor | None) -> dict[str, Tensor]:
+        """Per-task gradients of ``masked_mse`` (output 0) by hand-written backpropagation.
+
+        params with leading B, x (B, K, n_inputs), y and weight (B, K). Built from plain
+        differentiable ops, so autograd can go through it for second-order MAML; it costs
+        about half the operations of ``autograd.grad(create_graph=True)`` on these tiny layers.
+        """
+        last = len(self.layers) - 1
+        acts = [x]  # input of each layer, (B, K, fan_in)
+        h = x
+        for i in range(last + 1):
+            h = _batched_linear(h, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"])  # (B, K, out)
+            if i < last:
+                h = torch.relu(h)
+                acts.append(h)
+        err = h[..., 0] - y  # (B, K)
+        if weight is None:
+            d = err * (2.0 / err.shape[-1])
+        else:
+            d = err * weight * (2.0 / weight.sum(-1, keepdim=True).clamp_min(1e-12))
+        d = d.unsqueeze(-1)  # (B, K, 1): dLoss/dOutput
+        if self.n_outputs > 1:
+            d = torch.nn.functional.pad(d, (0, self.n_outputs - 1))  # other outputs are not scored
+        grads: dict[str, Tensor] = {}
+        for i in range(last, -1, -1):
+            a = acts[i]  # (B, K, in)
+            grads[f"layers.{i}.weight"] = torch.bmm(d.transpose(-1, -2), a)  # (B, out, in)
+            grads[f"layers.{i}.bias"] = d.sum(-2)  # (B, out)
+            if i > 0:
+                w = params[f"layers.{i}.weight"]  # (B, out, in)
+                shared = _shared(w)
+                d = (d @ shared if shared is not None else torch.bmm(d, w)) * (a > 0)  # (B, K, in), through ReLU
+        return grads
+
+
+def _shared(t: Tensor) -> Tensor | None:
+    """The one tensor behind a per-task tensor that is a view expanded over tasks (stride 0), else None."""
+    return t[0] if t.dim() >= 2 and t.stride(0) == 0 else None
+
+
+def _batched_linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """x (B, K, in), w (B, out, in), b (B, out) -> (B, K, out).
+
+    Before the first inner step every task still has the same weights (an expanded view): one
+    large matrix product over all B * K rows then runs several times faster than B tiny ones.
+    """
+    w0, b0 = _shared(w), _shared(b)
+    if w0 is not None and b0 is not None:
+        return torch.nn.functional.linear(x, w0, b0)
+    return torch.baddbmm(b.unsqueeze(-2), x, w.transpose(-1, -2))
 
 
 def init_params(model: nn.Module) -> dict[str, Tensor]:

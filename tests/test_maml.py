@@ -186,11 +186,12 @@ def test_same_seed_same_result():
 
 
 def test_vmap_fallback_matches_fast_path():
-    """A model without batched_forward is adapted through vmap(functional_call) to the same result."""
+    """A model without the fast paths is adapted through vmap(functional_call) + autograd, same result."""
     model = make_model()
 
     class Plain(Forecaster):
-        batched_forward = None  # forces the generic torch.func path
+        batched_forward = None  # forces the generic torch.func + autograd.grad path
+        batched_mse_grads = None
 
     plain = Plain(3, (16, 12), 1).to(torch.float64)
     plain.load_state_dict(model.state_dict())

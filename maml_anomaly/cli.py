@@ -79,6 +79,16 @@ OnDuplicateOpt = Annotated[
         rich_help_panel=_DATA,
     ),
 ]
+SnapOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--snap-tolerance",
+        min=0.0,
+        max=0.5,
+        help="Move rows within this fraction of the step onto their nearest grid point; 0 = exact grid only (default: 0).",
+        rich_help_panel=_DATA,
+    ),
+]
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="TOML configuration file; command-line flags override it.", rich_help_panel=_RUN)
 ]
@@ -175,6 +185,7 @@ def fit_clusters(
     time_col: TimeColOpt = None,
     value_col: ValueColOpt = None,
     on_duplicate: OnDuplicateOpt = None,
+    snap_tolerance: SnapOpt = None,
     min_cluster_size: Annotated[Optional[int], typer.Option(min=1, help="Smallest cluster; smaller groups merge (default: 50).")] = None,
     max_subclusters: Annotated[Optional[int], typer.Option(min=1, help="Most shape sub-clusters per period group (default: 8).")] = None,
     min_strength: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Least periodic strength to keep a period (default: 0.3).")] = None,
@@ -195,6 +206,7 @@ def fit_clusters(
             **_columns(id_col, time_col, value_col),
             **_runtime(device, threads),
             "on_duplicate": on_duplicate.value if on_duplicate else None,
+            "snap_tolerance": snap_tolerance,
             "min_cluster_size": min_cluster_size,
             "max_subclusters": max_subclusters,
             "min_strength": min_strength,
@@ -217,6 +229,7 @@ def meta_train(
     time_col: TimeColOpt = None,
     value_col: ValueColOpt = None,
     on_duplicate: OnDuplicateOpt = None,
+    snap_tolerance: SnapOpt = None,
     k_shot: Annotated[Optional[int], typer.Option(min=1, help="K: support pairs per task (and per series when scoring) (default: 24).")] = None,
     inner_steps: Annotated[Optional[int], typer.Option(min=0, help="Gradient steps of the inner loop (default: 5).")] = None,
     inner_lr: Annotated[Optional[float], typer.Option(min=0.0, help="Inner learning rate alpha (default: 0.01).")] = None,
@@ -244,6 +257,7 @@ def meta_train(
             **_columns(id_col, time_col, value_col),
             **_runtime(device, threads),
             "on_duplicate": on_duplicate.value if on_duplicate else None,
+            "snap_tolerance": snap_tolerance,
             "k_shot": k_shot,
             "inner_steps": inner_steps,
             "inner_lr": inner_lr,
@@ -275,6 +289,7 @@ def daily_score(
     time_col: TimeColOpt = None,
     value_col: ValueColOpt = None,
     on_duplicate: OnDuplicateOpt = None,
+    snap_tolerance: SnapOpt = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
@@ -290,6 +305,7 @@ def daily_score(
             **_columns(id_col, time_col, value_col),
             **_runtime(device, threads),
             "on_duplicate": on_duplicate.value if on_duplicate else None,
+            "snap_tolerance": snap_tolerance,
             "threshold": threshold,
             "max_failed_fraction": max_failed_fraction,
         },
@@ -316,6 +332,7 @@ def backtest(
     time_col: TimeColOpt = None,
     value_col: ValueColOpt = None,
     on_duplicate: OnDuplicateOpt = None,
+    snap_tolerance: SnapOpt = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
@@ -331,6 +348,7 @@ def backtest(
             **_columns(id_col, time_col, value_col),
             **_runtime(device, threads),
             "on_duplicate": on_duplicate.value if on_duplicate else None,
+            "snap_tolerance": snap_tolerance,
             "threshold": threshold,
             "max_failed_fraction": max_failed_fraction,
         },
@@ -396,6 +414,7 @@ def plot(
     time_col: TimeColOpt = None,
     value_col: ValueColOpt = None,
     on_duplicate: OnDuplicateOpt = None,
+    snap_tolerance: SnapOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -405,7 +424,11 @@ def plot(
     _run(
         pipeline.plot,
         config_path=config,
-        flags={**_columns(id_col, time_col, value_col), "on_duplicate": on_duplicate.value if on_duplicate else None},
+        flags={
+            **_columns(id_col, time_col, value_col),
+            "on_duplicate": on_duplicate.value if on_duplicate else None,
+            "snap_tolerance": snap_tolerance,
+        },
         quiet=quiet,
         verbose=verbose,
         as_json=as_json,

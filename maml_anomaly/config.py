@@ -51,12 +51,18 @@ class ColumnConfig:
 
 @dataclass(frozen=True)
 class InputConfig:
-    """How to read the input: the policy for duplicate (unique_id, ds) rows."""
+    """How to read the input: duplicate (unique_id, ds) rows, and rows slightly off their grid.
+
+    snap_tolerance: 0 keeps only rows exactly on a series' grid (others go to Panel.off_grid);
+    f in (0, 0.5] moves a row within f * step of a free grid point onto it.
+    """
 
     on_duplicate: str = "error"
+    snap_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("input.on_duplicate", self.on_duplicate, ON_DUPLICATE)
+        _check_range("input.snap_tolerance", self.snap_tolerance, 0.0, 0.5)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ class Panel:
     start: np.ndarray  # (S,) datetime64[ns]: each series' first grid timestamp
     step: np.ndarray  # (S,) timedelta64[ns]: each series' step (NaT if it has one point)
     off_grid: pd.DataFrame  # rows off their series' grid: series (int64 position), ds, y
+    snapped: int = 0  # rows moved to their nearest grid point (snap_tolerance > 0)
 
     # -- views --------------------------------------------------------------------------------
 
@@ -112,11 +113,16 @@ class Panel:
     # -- building -----------------------------------------------------------------------------
 
     @classmethod
-    def from_sorted(cls, ids: np.ndarray, codes: np.ndarray, ds: np.ndarray, y: np.ndarray) -> Panel:
+    def from_sorted(
+        cls, ids: np.ndarray, codes: np.ndarray, ds: np.ndarray, y: np.ndarray, snap_tolerance: float = 0.0
+    ) -> Panel:
         """Build from long rows sorted by (codes, ds), with no duplicate (code, ds) pair.
 
         ids (S,) sorted ids; codes (N,) int64 position in ids of every row, every code present;
         ds (N,) datetime64[ns] or int64 ns; y (N,) float64 (NaN = missing).
+        snap_tolerance: 0 keeps only rows exactly on the grid; f > 0 moves a row within
+        f * step of a free grid point onto it (0.5 = the nearest point; of rows competing for
+        one point the closest wins, the others stay off-grid).
         """
         codes = np.asarray(codes, dtype=np.int64)
         t = np.asarray(ds).view(np.int64) if np.asarray(ds).dtype.kind == "M" else np.asarray(ds, np.int64)
@@ -134,6 +140,9 @@ class Panel:
         on, start = _anchor(codes, t, first, step)  # (N,) on-grid rows, (S,) start ns
         safe_step = np.where(step > 0, step, 1)
         gidx = (t - start[codes]) // safe_step[codes]  # (N,) grid index (valid where on)
+        n_exact = int(on.sum())
+        if snap_tolerance > 0:
+            on, gidx = _snap(codes, t, start, step, on, snap_tolerance)
         length = _last_per_code(codes[on], gidx[on], n_series) + 1  # (S,)
         _check_blowup(ids, count, length, step)
 
@@ -144,7 +153,7 @@ class Panel:
         step_td = np.where(step > 0, step, np.iinfo(np.int64).min).view("m8[ns]")
         off = ~on
         return cls(ids, indptr, values, start.view("M8[ns]"), step_td,
-                   _off_grid_frame(codes[off], t[off], y[off]))
+                   _off_grid_frame(codes[off], t[off], y[off]), int(on.sum()) - n_exact)
 
 
 # -- building blocks (vectorised over series) ---------------------------------------------------
@@ -165,11 +174,19 @@ def _mode_step(codes: np.ndarray, t: np.ndarray, first: np.ndarray, count: np.nd
     hi = np.where(same, d, _INT64_MIN)
     dmin = np.minimum.reduceat(lo, first[multi])  # (M,)
     dmax = np.maximum.reduceat(hi, first[multi])  # (M,)
-    regular = dmin == dmax
-    step[multi[regular]] = dmin[regular]
-    irregular = multi[~regular]
+    # The smallest difference is the mode (ties: the smallest) whenever it makes at least half
+    # of a series' differences: true of regular series, and of series with a few gaps.
+    owner = np.repeat(np.arange(n_series), count)[1:]  # (N-1,) series of each difference
+    dmin_full = np.zeros(n_series, np.int64)
+    dmin_full[multi] = dmin
+    at_min = np.add.reduceat((same & (d == dmin_full[owner])).astype(np.int64), first[multi])  # (M,)
+    majority = (dmin == dmax) | (2 * at_min >= count[multi] - 1)
+    step[multi[majority]] = dmin[majority]
+    irregular = multi[~majority]
     if irregular.shape[0]:
-        keep = same & np.isin(codes[1:], irregular)
+        is_irregular = np.zeros(n_series, bool)
+        is_irregular[irregular] = True
+        keep = same & is_irregular[codes[1:]]
         step[irregular] = _mode_per_code(codes[1:][keep], d[keep], n_series)[irregular]
     return step
 
@@ -212,6 +229,25 @@ def _anchor(codes: np.ndarray, t: np.ndarray, first: np.ndarray, step: np.ndarra
     start = t0.copy()
     start[codes[firsts]] = t[firsts]
     return on, start
+
+
+def _snap(
+    codes: np.ndarray, t: np.ndarray, start: np.ndarray, step: np.ndarray, on: np.ndarray, tolerance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """On-grid mask and grid index after moving rows within tolerance * step to the nearest point."""
+    safe_step = np.where(step > 0, step, 1)[codes]  # (N,)
+    rel = t - start[codes]  # (N,) ns since the grid start
+    g = (rel + safe_step // 2) // safe_step  # (N,) nearest grid index
+    dev = np.abs(rel - g * safe_step)  # (N,) 0 for rows exactly on the grid
+    cand = np.flatnonzero(on | ((step[codes] > 0) & (g >= 0) & (dev <= tolerance * safe_step)))
+    c, gg, dv = codes[cand], g[cand], dev[cand]
+    # rows of one series competing for one grid point are adjacent (sorted by time)
+    run = np.cumsum(np.r_[True, (c[1:] != c[:-1]) | (gg[1:] != gg[:-1])]) - 1
+    order = np.lexsort((dv, run))  # closest first within each run (stable: earliest on ties)
+    winners = cand[order[np.r_[True, run[order][1:] != run[order][:-1]]]]
+    snapped_on = np.zeros_like(on)
+    snapped_on[winners] = True
+    return snapped_on, g
 
 
 def _last_per_code(code: np.ndarray, value: np.ndarray, n_series: int) -> np.ndarray:

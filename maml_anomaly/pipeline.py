@@ -62,7 +62,7 @@ class LoadedInput:
 def load_input(config: Config, input: Path) -> LoadedInput:
     """Read, validate and build the panel of an input (InputError on anything wrong)."""
     frame = read_long(input, config.columns, config.input.on_duplicate)
-    panel, report = build_panel(frame)
+    panel, report = build_panel(frame, config.input.snap_tolerance)
     log.info("read %s: %s", input, report.summary())
     if report.off_grid:
         log.warning(

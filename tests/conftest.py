@@ -1,11 +1,54 @@
+"""Shared fixtures: small long-format frames written as parquet, a CLI runner, a tiny trained cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from synth import seasonal_panel, to_buffer
 
 from maml_anomaly.tasks import lag_spec
 from maml_anomaly.training import TrainSettings, train_cluster
+
+
+def make_long(n_series: int = 3, n_points: int = 48, freq: str = "h", seed: int = 0) -> pd.DataFrame:
+    """A small long frame (unique_id, ds, y) of seasonal series, sorted by (unique_id, ds)."""
+    rng = np.random.default_rng(seed)
+    ds = pd.date_range("2024-01-01", periods=n_points, freq=freq)
+    frames = [
+        pd.DataFrame(
+            {
+                "unique_id": f"s{i}",
+                "ds": ds,
+                "y": 10 * i + np.sin(2 * np.pi * np.arange(n_points) / 24) + rng.normal(0, 0.1, n_points),
+            }
+        )
+        for i in range(n_series)
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture
+def long_frame() -> pd.DataFrame:
+    return make_long()
+
+
+@pytest.fixture
+def long_parquet(tmp_path: Path, long_frame: pd.DataFrame) -> Path:
+    path = tmp_path / "history.parquet"
+    long_frame.to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
 
 TINY = TrainSettings(
     k_shot=24, inner_steps=3, iterations=120, eval_every=40, hidden=(20, 20), n_val_tasks=128, max_series=60, seed=0

@@ -28,7 +28,16 @@ import pandas as pd
 from maml_anomaly.artifacts import CLUSTERS, ModelDir, jsonable
 from maml_anomaly.config import Config
 from maml_anomaly.errors import ConfigError, InputError, MamlAnomalyError, ModelDirError
-from maml_anomaly.io import SCORE_COLUMNS, ReadReport, build_panel, read_long, write_parquet_atomic
+from maml_anomaly.io import (
+    SCORE_COLUMNS,
+    AtomicParquetWriter,
+    ReadReport,
+    build_panel,
+    iter_series_frames,
+    read_long,
+    time_bounds,
+    write_parquet_atomic,
+)
 from maml_anomaly.panel import Panel
 
 log = logging.getLogger(__name__)
@@ -185,13 +194,129 @@ def _summary(text: str, **fields: Any) -> dict[str, Any]:
 # -- fit-clusters (compute: issue #4) -------------------------------------------------------------
 
 
+CLUSTERER = "clusterer.json"  # PeriodClusterer state: assigns series fit-clusters never saw
+PERIOD_WINDOW = 4096  # at most this many recent grid points feed a series' period detection
+CLUSTER_WINDOW = 512  # ... and the cycle shapes of clustering (kept for every series, float32)
+
+
 def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Detect each series' period, group the series and write clusters.parquet + manifest."""
+    """Detect each series' period, group the series and write clusters.parquet + manifest.
+
+    Streams the input in batches of whole series (:func:`maml_anomaly.io.iter_series_frames`):
+    periods are detected batch by batch, and only each series' last CLUSTER_WINDOW points are
+    kept (float32) for the cycle-shape clustering that needs all series at once.
+    """
+    import time
+
+    from maml_anomaly.clustering import PeriodClusterer
+
     md = ModelDir(model_dir)
     md.check_fresh(overwrite)
-    data = load_input(config, input)
-    del data
-    raise _not_implemented("fit-clusters", 4)
+    started = time.perf_counter()
+    parts, tails, totals = [], [], _ReadTotals()
+    for frame in iter_series_frames(input, config.columns, config.input.on_duplicate):
+        panel, report = build_panel(frame, config.input.snap_tolerance)
+        totals.add(report, frame)
+        part, tail = _detect_batch(config, panel)
+        parts.append(part)
+        tails.append(tail)
+    log.info("read %s: %s", input, totals.summary())
+    clusters = pd.concat(parts, ignore_index=True)
+    matrix = _right_aligned(tails)  # (S, W) float32
+    del tails
+    clusterer = PeriodClusterer(
+        min_cluster_size=config.clusters.min_cluster_size, max_subclusters=config.clusters.max_subclusters,
+        seed=config.train.seed,
+    ).fit(matrix, clusters["period"].to_numpy())
+    clusters["cluster"] = clusterer.labels_.astype(str)
+    del matrix
+    md.prepare(overwrite)
+    md.save_clusters(clusters[["unique_id", "cluster", "period", "strength", "step_seconds", "n_obs"]])
+    md.save_json(CLUSTERER, clusterer.to_dict())
+    seconds = time.perf_counter() - started
+    md.write_manifest(config, config.columns, totals.window(), extra={"fit_clusters": {"seconds": round(seconds, 2)}})
+    sizes = clusters["cluster"].value_counts().sort_index()
+    aperiodic = int((clusters["period"] == 0).sum())
+    table = ", ".join(f"{name} {int(n):,}" for name, n in sizes.items())
+    return _summary(
+        f"{len(clusters):,} series in {len(sizes)} clusters ({table}); {aperiodic:,} without a dominant "
+        f"period; {seconds:.1f} s",
+        series=len(clusters),
+        clusters={str(k): int(v) for k, v in sizes.items()},
+        aperiodic=aperiodic,
+        seconds=round(seconds, 2),
+    )
+
+
+class _ReadTotals:
+    """ReadReport counts and the data window summed over streamed batches."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.start: np.datetime64 | None = None
+        self.end: np.datetime64 | None = None
+
+    def add(self, report: ReadReport, frame: pd.DataFrame) -> None:
+        for key, value in report.to_dict().items():
+            self.counts[key] = self.counts.get(key, 0) + int(value)
+        if len(frame):
+            ds = frame["ds"].to_numpy()
+            lo, hi = ds.min(), ds.max()
+            self.start = lo if self.start is None else min(self.start, lo)
+            self.end = hi if self.end is None else max(self.end, hi)
+
+    def report(self) -> ReadReport:
+        return ReadReport(**self.counts)
+
+    def summary(self) -> str:
+        return self.report().summary() if self.counts else "no rows"
+
+    def window(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "rows": self.counts.get("rows", 0), "series": self.counts.get("series", 0)}
+
+
+def _detect_batch(config: Config, panel: Panel) -> tuple[pd.DataFrame, np.ndarray]:
+    """Period, strength, step and observed points of a batch's series; their last CLUSTER_WINDOW values."""
+    from maml_anomaly.periodicity import detect_periods
+    from maml_anomaly.tasks import gather_windows
+
+    n = panel.n_series
+    period, strength = np.zeros(n, np.int64), np.zeros(n, np.float64)
+    steps = panel.step_seconds  # (S,)
+    lengths = panel.lengths
+    for value in np.unique(steps[np.isfinite(steps)]):
+        group = np.flatnonzero(steps == value)
+        width = int(min(lengths[group].max(), PERIOD_WINDOW))
+        matrix = gather_windows(panel.values, panel.indptr, group, lengths[group] - width, width)  # (G, width)
+        res = detect_periods(
+            matrix, float(value), max_period=config.clusters.max_period, min_strength=config.clusters.min_strength
+        )
+        period[group], strength[group] = res.period, res.strength
+    width = int(min(max(int(lengths.max(initial=1)), 1), CLUSTER_WINDOW))
+    tail = gather_windows(panel.values, panel.indptr, np.arange(n), lengths - width, width).astype(np.float32)
+    n_obs = np.add.reduceat(np.isfinite(panel.values), panel.indptr[:-1]) if panel.values.size else np.zeros(n, np.int64)
+    n_obs = np.where(lengths > 0, n_obs, 0)
+    part = pd.DataFrame(
+        {
+            "unique_id": panel.ids,
+            "period": period,
+            "strength": strength,
+            "step_seconds": steps,
+            "n_obs": n_obs.astype(np.int64),
+        }
+    )
+    return part, tail
+
+
+def _right_aligned(tails: list[np.ndarray]) -> np.ndarray:
+    """Stack (B_i, W_i) blocks into (S, max W), right-aligned (the last columns line up), NaN-padded."""
+    width = max((t.shape[1] for t in tails), default=1)
+    out = np.full((sum(t.shape[0] for t in tails), width), np.nan, np.float32)
+    row = 0
+    for t in tails:
+        out[row : row + t.shape[0], width - t.shape[1] :] = t
+        row += t.shape[0]
+    return out
 
 
 # -- meta-train (compute: issue #5) ---------------------------------------------------------------

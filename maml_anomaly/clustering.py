@@ -25,13 +25,21 @@ from sklearn.cluster import MiniBatchKMeans
 
 from maml_anomaly.periodicity import cycle_profiles
 
-__all__ = ["PeriodClusterer"]
+__all__ = ["PeriodClusterer", "step_tag"]
 
 FORMAT_VERSION = 1
 MAX_BINS = 48          # long cycles are compared on at most this many phase bins
 SPLIT_GAIN = 0.2       # an extra sub-cluster must cut the remaining inertia by 20%
 MIN_OWN_CLUSTER = 5    # a small period group keeps its own cluster from this many series
 FIT_SAMPLE = 20_000    # rows used to choose k and fit k-means in one period group
+
+
+def step_tag(step_seconds: float) -> str:
+    """A short name for a sampling step, used to prefix cluster names when steps differ: 1h, 5min, 1D."""
+    for unit, secs in (("D", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if step_seconds >= secs and step_seconds % secs == 0:
+            return f"{int(step_seconds // secs)}{unit}"
+    return f"{step_seconds:g}s"
 
 
 def _name(period: int, sub: int | None = None) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import fft as sfft
+from scipy.special import fdtrc
 
 __all__ = ["PeriodResult", "calendar_periods", "cycle_profiles", "detect_periods"]
 
@@ -33,13 +34,18 @@ _MINUTE, _HOUR, _DAY, _WEEK = 60.0, 3600.0, 86400.0, 604800.0
 _YEAR = 365.25 * _DAY
 
 MIN_CYCLES = 2          # full cycles needed in the observed span to claim a period
-CLIP_Z = 5.0            # robust z beyond which a point is an outlier and is clipped
+CLIP_Z = 3.5            # robust z beyond which a point is an outlier and is clipped
+ALPHA = 0.01            # F-test level of a calendar period; free periods get ALPHA / lags tried
+NESTED_ALPHA = 0.001    # a multiple must beat its divisor at this level (weekly over daily)
 LOO_MIN = 0.1           # leave-one-out share a period must explain (noise scores <= 0)
 HARMONIC_SLACK = 0.15   # a divisor this close (share of the winner's unexplained part) wins
 HARMONIC_SLACK_MIN = 0.03
-MULTIPLE_MARGIN = 0.25  # a multiple must explain this much more of the unexplained part
+MULTIPLE_MARGIN = 0.12  # a multiple must explain this much more of the unexplained part
 MULTIPLE_MARGIN_MIN = 0.05
-MULTIPLE_LOO_SLACK = 0.05  # ... and predict held-out points about as well (few-cycle overfit)
+MULTIPLE_LOO_SLACK = 0.15  # ... and predict held-out points about as well (few-cycle overfit)
+ADJ, LOO, PVAL, SSR, DFR, N_STATS = range(6)   # fold statistics per candidate (last axis)
+FREE_ACF_MIN = 0.1      # free candidates need at least this autocorrelation at their lag
+SMOOTH_FROM_LAG = 16    # ACF peaks from this lag on are found on a 5-tap smoothed ACF
 N_FREE_PEAKS = 2        # ACF peaks taken as free candidates per series, besides the fundamental
 
 
@@ -120,57 +126,82 @@ def _detect_chunk(x: np.ndarray, calendar: list[int], max_lag: int, nfft: int,
     acf, pairs = _masked_acf(z, mask, max_lag, nfft)        # (C, max_lag + 1) each
     cands = _candidates(acf, pairs, lag_cap, calendar)      # (C, K) int64, 0 = empty slot
     cands[~ok] = 0
-    adj, loo = _score_candidates(z, mask, cands)            # (C, K) each
+    stats = _score_candidates(z, mask, cands)               # (C, K, N_STATS)
+    # a free period is one of ~lag_cap tried, a calendar one is a prior guess: Bonferroni
+    alpha = np.where(np.isin(cands, calendar), ALPHA, ALPHA / np.maximum(lag_cap, 1)[:, None])
+    good = _passes(cands, stats, min_strength, alpha)       # (C, K)
     # the fundamental of the leader may have no ACF peak of its own (a 12-hour cycle in
     # hourly data is found through 24): try its divisors too, then choose
-    lead = np.where(loo > -np.inf, loo, -np.inf).argmax(1)
-    p_lead = cands[np.arange(C), lead]                      # (C,)
+    lead = np.where(good, stats[..., LOO], -np.inf).argmax(1)
+    p_lead = np.where(good.any(1), cands[np.arange(C), lead], 0)   # (C,)
     divs = np.stack([np.where(p_lead % k == 0, p_lead // k, 0) for k in (2, 3, 4)], 1)
-    divs = np.where(divs >= 2, divs, 0)
+    divs = _snap(np.where(divs >= 2, divs, 0), calendar)
     divs = np.where((divs[:, :, None] == cands[:, None, :]).any(2), 0, divs)
-    adj2, loo2 = _score_candidates(z, mask, divs)
+    stats2 = _score_candidates(z, mask, divs)
+    good2 = _passes(divs, stats2, min_strength, ALPHA / np.maximum(lag_cap, 1)[:, None])
     cands = np.concatenate([cands, divs], 1)
-    adj, loo = np.concatenate([adj, adj2], 1), np.concatenate([loo, loo2], 1)
-    return _select(cands, adj, loo, min_strength)
+    stats = np.concatenate([stats, stats2], 1)
+    good = np.concatenate([good, good2], 1)
+    nested = _nested_pvals(z, mask, np.where(good, cands, 0), stats)   # (C, K, K)
+    return _select(cands, stats, good, nested)
+
+
+def _passes(cands: np.ndarray, stats: np.ndarray, min_strength: float, alpha) -> np.ndarray:
+    """Candidates strong enough, predictive out of sample, and significant."""
+    return (cands > 0) & (stats[..., ADJ] >= min_strength) & (stats[..., LOO] >= LOO_MIN) \
+        & (stats[..., PVAL] < alpha)
 
 
 def _standardise(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Detrended, outlier-clipped, unit-variance rows (float32, 0 at gaps); ok = usable row."""
     n = mask.sum(1)                                         # (C,)
-    y = np.where(mask, x, 0.0)                              # (C, T)
-    y = _detrend(y, mask, n)
-    scale = 1.4826 * _masked_median(np.abs(y), mask, n)     # (C,) robust sd around the trend
+    y = _detrend(np.where(mask, x, 0.0), mask, n).astype(np.float32)   # (C, T)
+    med, q1, q3 = _masked_quantiles(y, mask, n)             # (C,) each, one sort
+    scale = (q3 - q1) / 1.349                               # robust sd around the trend
     std = np.sqrt((y * y).sum(1) / np.maximum(n, 1))
-    scale = np.where(scale > 1e-12 * np.maximum(std, 1e-300), scale, std)
+    scale = np.where(scale > 1e-6 * std, scale, std)
     ok = (n >= 2 * MIN_CYCLES + 2) & (scale > 0) & np.isfinite(scale)
-    scale = np.where(ok, scale, 1.0)
-    y = np.clip((y - _masked_median(y, mask, n)[:, None]) / scale[:, None], -CLIP_Z, CLIP_Z)
-    y = _detrend(np.where(mask, y, 0.0), mask, n)
+    scale = np.where(ok, scale, 1.0).astype(np.float32)
+    y = np.clip((y - med[:, None]) / scale[:, None], -CLIP_Z, CLIP_Z)
+    y *= mask
+    y -= (y.sum(1) / np.maximum(n, 1))[:, None]             # clipping moved the mean
+    y *= mask
     sd = np.sqrt((y * y).sum(1) / np.maximum(n, 1))
-    ok &= sd > 1e-9
+    ok &= sd > 1e-6
     y /= np.where(ok, sd, 1.0)[:, None]
-    return np.where(mask, y, 0.0).astype(np.float32), ok
+    return y, ok
 
 
 def _detrend(y: np.ndarray, mask: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Remove each row's least-squares line through its observed points (y is 0 at gaps)."""
     t = np.arange(y.shape[1], dtype=np.float64)             # (T,)
+    m = mask.astype(np.float64)                             # (C, T)
     nn = np.maximum(n, 1)
-    t_mean = (mask * t).sum(1) / nn                         # (C,)
+    t_mean = (m @ t) / nn                                   # (C,) sums as matrix products
     y_mean = y.sum(1) / nn
-    tc = np.where(mask, t - t_mean[:, None], 0.0)           # (C, T)
-    slope = (tc * y).sum(1) / np.maximum((tc * tc).sum(1), 1e-12)
-    return np.where(mask, y - y_mean[:, None] - slope[:, None] * tc, 0.0)
+    sxx = m @ (t * t) - nn * t_mean * t_mean
+    sxy = y @ t - t_mean * y.sum(1)
+    slope = sxy / np.maximum(sxx, 1e-12)
+    fit = (y_mean - slope * t_mean)[:, None] + slope[:, None] * t[None, :]
+    return (y - fit) * m
 
 
-def _masked_median(y: np.ndarray, mask: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Row medians over observed points (np.nanmedian falls back to a Python loop per row)."""
+def _masked_quantiles(y: np.ndarray, mask: np.ndarray, n: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row median and quartiles over observed points (np.nanmedian loops over rows)."""
     srt = np.sort(np.where(mask, y, np.inf), axis=1)        # gaps sort last
-    lo = np.clip((n - 1) // 2, 0, y.shape[1] - 1)
-    hi = np.clip(n // 2, 0, y.shape[1] - 1)
     rows = np.arange(y.shape[0])
-    med = 0.5 * (srt[rows, lo] + srt[rows, hi])
-    return np.where(n > 0, med, 0.0)
+    last = y.shape[1] - 1
+
+    def at(q: float) -> np.ndarray:
+        pos = q * np.maximum(n - 1, 0)
+        lo = np.clip(np.floor(pos).astype(np.int64), 0, last)
+        hi = np.clip(np.ceil(pos).astype(np.int64), 0, last)
+        with np.errstate(invalid="ignore"):                 # empty rows: inf - inf, dropped
+            v = srt[rows, lo] + (pos - lo) * (srt[rows, hi] - srt[rows, lo])
+        return np.where(n > 0, v, 0.0).astype(y.dtype)
+
+    return at(0.5), at(0.25), at(0.75)
 
 
 def _masked_acf(z: np.ndarray, mask: np.ndarray, max_lag: int, nfft: int
@@ -191,6 +222,12 @@ def _candidates(acf: np.ndarray, pairs: np.ndarray, lag_cap: np.ndarray,
     """Candidate periods per row: calendar periods, the best ACF peaks and their fundamental."""
     C, L = acf.shape
     k = np.arange(L)                                        # (L,)
+    raw = acf
+    if L > 5:   # noise splits the broad peak of a long period: find peaks on a smoothed ACF
+        smooth = acf.copy()
+        smooth[:, 2:-2] = (acf[:, :-4] + 2 * acf[:, 1:-3] + 3 * acf[:, 2:-2]
+                           + 2 * acf[:, 3:-1] + acf[:, 4:]) / 9.0
+        acf = np.where(k >= SMOOTH_FROM_LAG, smooth, acf)
     inner = acf[:, 1:-1]
     peak = np.zeros((C, L), bool)
     peak[:, 1:-1] = (inner >= acf[:, :-2]) & (inner > acf[:, 2:]) & (inner > 0)
@@ -206,19 +243,30 @@ def _candidates(acf: np.ndarray, pairs: np.ndarray, lag_cap: np.ndarray,
     fund_mask = peak & (acf >= 0.7 * best_acf)
     fund = np.where(fund_mask.any(1) & top_ok[:, 0], fund_mask.argmax(1), 0)
     free.append(fund)
-    for base in (top[:, 0], fund):                          # noise moves a peak by a step
+    for base in (top[:, 0], fund):                          # noise moves a long peak by a step
         for d in (-1, 1):
-            nb = np.where(top_ok[:, 0], base + d, 0)
+            nb = np.where(top_ok[:, 0] & (base >= SMOOTH_FROM_LAG), base + d, 0)
             free.append(np.where((nb >= 2) & (nb <= lag_cap), nb, 0))
     free = np.stack(free, 1).astype(np.int64)              # (C, n_free)
-    for c in calendar:                                      # snap near-misses onto the calendar
-        tol = _snap_tolerance(c)
-        if tol:
-            free = np.where((free > 0) & (np.abs(free - c) <= tol), c, free)
+    # a period whose autocorrelation is this low cannot reach the strength gate: skip it
+    # (and a noise peak at a long lag, resting on few pairs, is not worth a fold either)
+    floor = np.clip(3.0 / np.sqrt(np.maximum(np.take_along_axis(pairs, free, 1), 1)),
+                    FREE_ACF_MIN, 0.2)                      # (C, n_free)
+    free = np.where(np.take_along_axis(raw, free, 1) >= floor, free, 0)
+    free = _snap(free, calendar)
     cal = np.array(calendar, np.int64)[None, :].repeat(C, 0)          # (C, n_cal)
     cal = np.where(cal <= lag_cap[:, None], cal, 0)
     cands = np.concatenate([cal, free], 1)
     return _dedupe_rows(cands)
+
+
+def _snap(periods: np.ndarray, calendar: list[int]) -> np.ndarray:
+    """Move periods a step or two off a calendar period onto it."""
+    for c in calendar:
+        tol = _snap_tolerance(c)
+        if tol:
+            periods = np.where((periods > 0) & (np.abs(periods - c) <= tol), c, periods)
+    return periods
 
 
 def _dedupe_rows(c: np.ndarray) -> np.ndarray:
@@ -229,59 +277,131 @@ def _dedupe_rows(c: np.ndarray) -> np.ndarray:
     return np.where(dup, 0, srt)
 
 
-def _score_candidates(z: np.ndarray, mask: np.ndarray, cands: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Adjusted and leave-one-out strength of every candidate (one batch per distinct period)."""
-    adj = np.zeros(cands.shape, np.float64)
-    loo = np.full(cands.shape, -1.0)
-    for p in np.unique(cands[cands > 0]):
-        hit = cands == p                                    # (C, K)
-        rows = np.flatnonzero(hit.any(1))
-        a, cv = _fold_strength(z[rows], mask[rows], int(p))
-        where_r, where_k = np.nonzero(hit[rows])
-        adj[rows[where_r], where_k] = a[where_r]
-        loo[rows[where_r], where_k] = cv[where_r]
-    return adj, loo
+def _by_period(cands: np.ndarray):
+    """Yield (p, rows, slots) for every distinct period > 0 in cands (one sort, no rescans)."""
+    K = cands.shape[1]
+    flat = cands.ravel()
+    idx = np.flatnonzero(flat > 0)
+    idx = idx[np.argsort(flat[idx], kind="stable")]
+    bounds = np.flatnonzero(np.diff(flat[idx])) + 1
+    for seg in np.split(idx, bounds):
+        if seg.size:
+            yield int(flat[seg[0]]), seg // K, seg % K
 
 
-def _fold_strength(z: np.ndarray, mask: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fold rows by p (aligned on the last point): level per cycle, then profile per phase.
+def _score_candidates(z: np.ndarray, mask: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """The fold statistics of every candidate, (C, K, N_STATS) (empty slots: no strength).
 
-    Returns, per row, the adjusted share of variance the phase profile explains beyond the
-    cycle levels (about 0 for noise, whatever p) and its leave-one-out share: each point
-    predicted by the mean of the same phase in the other cycles. The second one does not
-    reward a long period folded over few cycles, which makes it the one to compare periods by.
+    One batch per distinct period: a Python loop over periods, never over series.
+    """
+    stats = np.zeros(cands.shape + (N_STATS,))
+    stats[..., LOO], stats[..., PVAL] = -1.0, 1.0
+    for p, rows, slots in _by_period(cands):
+        stats[rows, slots] = _fold_strength(z[rows], mask[rows], p)   # rows are distinct
+    return stats
+
+
+def _fold(z: np.ndarray, mask: np.ndarray, p: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fold rows by p, aligned on the last column, and remove each cycle's level.
+
+    Returns points per cycle (r, n_cyc), and per phase (r, p): points, sum, sum of squares.
     """
     r, T = z.shape
     n_cyc = -(-T // p)
     pad = n_cyc * p - T
-    zz = np.zeros((r, n_cyc * p), np.float64)
-    mm = np.zeros((r, n_cyc * p), np.float64)
+    zz = np.zeros((r, n_cyc * p), np.float32)
+    mm = np.zeros((r, n_cyc * p), np.float32)
     zz[:, pad:] = z
     mm[:, pad:] = mask
     zz = zz.reshape(r, n_cyc, p)                            # (r, n_cyc, p)
     mm = mm.reshape(r, n_cyc, p)
     cyc_n = mm.sum(2)                                       # (r, n_cyc)
     level = zz.sum(2) / np.maximum(cyc_n, 1)
-    y = (zz - level[:, :, None]) * mm                       # (r, n_cyc, p) cycle-centred
+    zz -= level[:, :, None]
+    zz *= mm                                                # cycle-centred, 0 at gaps
     ph_n = mm.sum(1)                                        # (r, p)
-    profile = y.sum(1) / np.maximum(ph_n, 1)
-    resid = (y - profile[:, None, :]) * mm                  # (r, n_cyc, p)
-    ss_tot = (y * y).sum((1, 2))                            # (r,)
-    ss_res = (resid * resid).sum((1, 2))
+    ph_sum = zz.sum(1)
+    zz *= zz
+    return cyc_n, ph_n, ph_sum, zz.sum(1)
+
+
+def _nested_pvals(z: np.ndarray, mask: np.ndarray, cands: np.ndarray, stats: np.ndarray
+                  ) -> np.ndarray:
+    """P[i, a, b]: F-test p-value that period cands[i, a] beats its exact divisor cands[i, b].
+
+    Within the fold by the multiple m, the profile is tested against its own average over the
+    m / d repeats of the divisor d (nested models with the same cycle levels). 1 elsewhere.
+    """
+    C, K = cands.shape
+    out = np.ones((C, K, K), np.float32)
+    slot_of = {p: (rows, slots) for p, rows, slots in _by_period(cands)}
+    for m, (rows, a_idx) in slot_of.items():
+        divs = [d for d in slot_of if 2 <= d < m and m % d == 0]
+        if not divs:
+            continue
+        _, ph_n, ph_sum, _ = _fold(z[rows], mask[rows], m)  # (r, m) each
+        st = stats[rows, a_idx]                             # (r, N_STATS) of m
+        sigma2 = st[:, SSR] / np.maximum(st[:, DFR], 1)
+        prof = ph_sum / np.maximum(ph_n, 1)
+        pos = np.full(C, -1, np.int64)
+        pos[rows] = np.arange(rows.size)                    # row -> position in this batch
+        for d in divs:
+            d_rows, d_slots = slot_of[d]
+            both = pos[d_rows] >= 0                         # rows holding both m and d
+            if not both.any():
+                continue
+            i = pos[d_rows[both]]
+            k = m // d
+            w_d = ph_n[i].reshape(-1, k, d).sum(1)          # (b, d)
+            prof_d = ph_sum[i].reshape(-1, k, d).sum(1) / np.maximum(w_d, 1)
+            dev = prof[i] - np.tile(prof_d, (1, k))         # (b, m)
+            chi = (ph_n[i] * dev * dev).sum(1)
+            df1 = (ph_n[i] > 0).sum(1) - (w_d > 0).sum(1)
+            dfr = st[i, DFR]
+            ok = (df1 >= 1) & (dfr >= 1) & (sigma2[i] > 0)
+            f = chi / np.maximum(df1, 1) / np.maximum(sigma2[i], 1e-300)
+            pv = np.where(ok, fdtrc(np.maximum(df1, 1), np.maximum(dfr, 1), f), 1.0)
+            out[d_rows[both], a_idx[i], d_slots[both]] = pv
+    return out
+
+
+def _fold_strength(z: np.ndarray, mask: np.ndarray, p: int) -> np.ndarray:
+    """Fold rows by p (aligned on the last point): level per cycle, then profile per phase.
+
+    Returns, per row, the adjusted share of variance the phase profile explains beyond the
+    cycle levels (about 0 for noise, whatever p), its leave-one-out share (each point
+    predicted by the mean of the same phase in the other cycles: it does not reward a long
+    period folded over few cycles, which makes it the one to compare periods by) and the
+    F-test p-value of the profile (the significance gate), plus the residual sum of squares
+    and its degrees of freedom (to test a multiple against its divisor). Returns (r, N_STATS).
+    """
+    r = z.shape[0]
+    cyc_n, ph_n, ph_sum, ph_sq = _fold(z, mask, p)
+    ph_ssw = np.maximum(ph_sq - ph_sum * ph_sum / np.maximum(ph_n, 1), 0.0)   # within phase
+    ss_tot = ph_sq.sum(1).astype(np.float64)                # (r,)
+    ss_res = ph_ssw.sum(1).astype(np.float64)
     # leave-one-out residual = n / (n - 1) x in-sample residual; lone points cannot be predicted
-    infl = np.where(ph_n > 1, ph_n / np.maximum(ph_n - 1, 1), 0.0)       # (r, p)
-    ss_loo = (resid * resid * (infl * infl)[:, None, :]).sum((1, 2))
-    ss_lone = ((y * y) * (ph_n <= 1)[:, None, :]).sum((1, 2))
-    n = mm.sum((1, 2))
+    infl = np.where(ph_n > 1, ph_n / np.maximum(ph_n - 1, 1), 0.0)
+    ss_loo = (ph_ssw * infl * infl + ph_sq * (ph_n <= 1)).sum(1).astype(np.float64)
+    n = ph_n.sum(1)
     k_cyc = (cyc_n > 0).sum(1)
     k_ph = (ph_n > 0).sum(1)
     df_res = n - k_ph - k_cyc + 1
     valid = (df_res >= 2) & (ss_tot > 0) & (k_cyc >= MIN_CYCLES)
     tot = np.maximum(ss_tot, 1e-300)
     adj = 1.0 - (ss_res / np.maximum(df_res, 1)) / (tot / np.maximum(n - k_cyc, 1))
-    loo = 1.0 - (ss_loo + ss_lone) / tot
-    return np.where(valid, np.clip(adj, 0.0, 1.0), 0.0), np.where(valid, loo, -1.0)
+    loo = 1.0 - ss_loo / tot
+    df_ph = np.maximum(k_ph - 1, 1)
+    f = ((ss_tot - ss_res) / df_ph) / np.maximum(ss_res / np.maximum(df_res, 1), 1e-300)
+    pval = fdtrc(df_ph, np.maximum(df_res, 1), f)           # F test of the phase profile
+    out = np.empty((r, N_STATS))                            # (r, N_STATS)
+    out[:, ADJ] = np.where(valid, np.clip(adj, 0.0, 1.0), 0.0)
+    out[:, LOO] = np.where(valid, loo, -1.0)
+    out[:, PVAL] = np.where(valid, pval, 1.0)
+    out[:, SSR] = ss_res
+    out[:, DFR] = np.where(valid, df_res, 0.0)
+    return out
 
 
 def _is_multiple(big: np.ndarray, small: np.ndarray) -> np.ndarray:
@@ -291,12 +411,12 @@ def _is_multiple(big: np.ndarray, small: np.ndarray) -> np.ndarray:
     return (q >= 2) & (np.abs(big - q * small) <= np.maximum(1.0, 0.02 * big))
 
 
-def _select(cands: np.ndarray, adj: np.ndarray, loo: np.ndarray, min_strength: float
+def _select(cands: np.ndarray, stats: np.ndarray, good: np.ndarray, nested: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pick the period per row: best leave-one-out candidate, then resolve harmonics."""
+    """Pick the period per row among the good candidates: best leave-one-out, then harmonics."""
     C, K = cands.shape
     rows = np.arange(C)
-    good = (cands > 0) & (adj >= min_strength) & (loo >= LOO_MIN)      # (C, K)
+    adj, loo = stats[..., ADJ], stats[..., LOO]
     s = np.where(good, loo, -np.inf)
     best = s.argmax(1)
     has = good[rows, best]
@@ -305,8 +425,10 @@ def _select(cands: np.ndarray, adj: np.ndarray, loo: np.ndarray, min_strength: f
     slack = np.maximum(HARMONIC_SLACK_MIN, HARMONIC_SLACK * (1.0 - s_best))       # (C,)
     a_best = adj[rows, best]
     slack_adj = np.maximum(HARMONIC_SLACK_MIN, HARMONIC_SLACK * (1.0 - a_best))
-    divides = good & _is_multiple(p_best[:, None], cands) & (s >= (s_best - slack)[:, None]) \
-        & (adj >= (a_best - slack_adj)[:, None])
+    close = (s >= (s_best - slack)[:, None]) & (adj >= (a_best - slack_adj)[:, None])
+    # ... or one the winner does not beat significantly (nested F test)
+    not_beaten = nested[rows, best, :] >= NESTED_ALPHA                                # (C, K)
+    divides = good & _is_multiple(p_best[:, None], cands) & (close | not_beaten)
     j = np.where(divides, cands, np.iinfo(np.int64).max).argmin(1)
     j = np.where(divides[rows, j], j, best)
     # a multiple whose profile explains clearly more is the real period (weekly over daily);
@@ -314,7 +436,8 @@ def _select(cands: np.ndarray, adj: np.ndarray, loo: np.ndarray, min_strength: f
     a_j = adj[rows, j]
     margin = np.maximum(MULTIPLE_MARGIN_MIN, MULTIPLE_MARGIN * (1.0 - a_j))
     wider = good & _is_multiple(cands, cands[rows, j][:, None]) & (adj >= (a_j + margin)[:, None]) \
-        & (loo >= (loo[rows, j] - MULTIPLE_LOO_SLACK)[:, None])
+        & (loo >= (loo[rows, j] - MULTIPLE_LOO_SLACK)[:, None]) \
+        & (nested[rows, :, j] < NESTED_ALPHA)
     jm = np.where(wider, adj, -np.inf).argmax(1)
     j = np.where(wider[rows, jm], jm, j)
     period = np.where(has, cands[rows, j], 0)

@@ -193,130 +193,134 @@ def _summary(text: str, **fields: Any) -> dict[str, Any]:
 
 # -- fit-clusters (compute: issue #4) -------------------------------------------------------------
 
-
-CLUSTERER = "clusterer.json"  # PeriodClusterer state: assigns series fit-clusters never saw
-PERIOD_WINDOW = 4096  # at most this many recent grid points feed a series' period detection
-CLUSTER_WINDOW = 512  # ... and the cycle shapes of clustering (kept for every series, float32)
+# Longest history used to find a period: 4 cycles of the longest calendar period (a week of
+# 5-minute steps: 8064 points), at least 1024 points; and a group's matrix stays under ~1.5 GB.
+_HISTORY_CYCLES = 4
+_MIN_HISTORY = 1024
+_MATRIX_BYTES = 1_500_000_000
+_DETECT_ROWS = 200_000  # rows per tail_matrix chunk while detecting periods
 
 
 def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Detect each series' period, group the series and write clusters.parquet + manifest.
-
-    Streams the input in batches of whole series (:func:`maml_anomaly.io.iter_series_frames`):
-    periods are detected batch by batch, and only each series' last CLUSTER_WINDOW points are
-    kept (float32) for the cycle-shape clustering that needs all series at once.
-    """
+    """Detect each series' period, group the series and write clusters.parquet + manifest."""
     import time
 
-    from maml_anomaly.clustering import PeriodClusterer
+    from maml_anomaly.clustering import PeriodClusterer, step_tag
+    from maml_anomaly.periodicity import calendar_periods, detect_periods
 
     md = ModelDir(model_dir)
     md.check_fresh(overwrite)
-    started = time.perf_counter()
-    parts, tails, totals = [], [], _ReadTotals()
-    for frame in iter_series_frames(input, config.columns, config.input.on_duplicate):
-        panel, report = build_panel(frame, config.input.snap_tolerance)
-        totals.add(report, frame)
-        part, tail = _detect_batch(config, panel)
-        parts.append(part)
-        tails.append(tail)
-    log.info("read %s: %s", input, totals.summary())
-    clusters = pd.concat(parts, ignore_index=True)
-    matrix = _right_aligned(tails)  # (S, W) float32
-    del tails
-    clusterer = PeriodClusterer(
-        min_cluster_size=config.clusters.min_cluster_size, max_subclusters=config.clusters.max_subclusters,
-        seed=config.train.seed,
-    ).fit(matrix, clusters["period"].to_numpy())
-    clusters["cluster"] = clusterer.labels_.astype(str)
-    del matrix
-    md.prepare(overwrite)
-    md.save_clusters(clusters[["unique_id", "cluster", "period", "strength", "step_seconds", "n_obs"]])
-    md.save_json(CLUSTERER, clusterer.to_dict())
-    seconds = time.perf_counter() - started
-    md.write_manifest(config, config.columns, totals.window(), extra={"fit_clusters": {"seconds": round(seconds, 2)}})
-    sizes = clusters["cluster"].value_counts().sort_index()
-    aperiodic = int((clusters["period"] == 0).sum())
-    table = ", ".join(f"{name} {int(n):,}" for name, n in sizes.items())
-    return _summary(
-        f"{len(clusters):,} series in {len(sizes)} clusters ({table}); {aperiodic:,} without a dominant "
-        f"period; {seconds:.1f} s",
-        series=len(clusters),
-        clusters={str(k): int(v) for k, v in sizes.items()},
-        aperiodic=aperiodic,
-        seconds=round(seconds, 2),
-    )
-
-
-class _ReadTotals:
-    """ReadReport counts and the data window summed over streamed batches."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.start: np.datetime64 | None = None
-        self.end: np.datetime64 | None = None
-
-    def add(self, report: ReadReport, frame: pd.DataFrame) -> None:
-        for key, value in report.to_dict().items():
-            self.counts[key] = self.counts.get(key, 0) + int(value)
-        if len(frame):
-            ds = frame["ds"].to_numpy()
-            lo, hi = ds.min(), ds.max()
-            self.start = lo if self.start is None else min(self.start, lo)
-            self.end = hi if self.end is None else max(self.end, hi)
-
-    def report(self) -> ReadReport:
-        return ReadReport(**self.counts)
-
-    def summary(self) -> str:
-        return self.report().summary() if self.counts else "no rows"
-
-    def window(self) -> dict[str, Any]:
-        return {"start": self.start, "end": self.end, "rows": self.counts.get("rows", 0), "series": self.counts.get("series", 0)}
-
-
-def _detect_batch(config: Config, panel: Panel) -> tuple[pd.DataFrame, np.ndarray]:
-    """Period, strength, step and observed points of a batch's series; their last CLUSTER_WINDOW values."""
-    from maml_anomaly.periodicity import detect_periods
-    from maml_anomaly.tasks import gather_windows
-
-    n = panel.n_series
-    period, strength = np.zeros(n, np.int64), np.zeros(n, np.float64)
-    steps = panel.step_seconds  # (S,)
+    data = load_input(config, input)
+    panel, cc = data.panel, config.clusters
+    t0 = time.perf_counter()
+    step_ns = np.where(np.isnat(panel.step), 0, panel.step.astype(np.int64))  # (S,) 0 = no step
     lengths = panel.lengths
-    for value in np.unique(steps[np.isfinite(steps)]):
-        group = np.flatnonzero(steps == value)
-        width = int(min(lengths[group].max(), PERIOD_WINDOW))
-        matrix = gather_windows(panel.values, panel.indptr, group, lengths[group] - width, width)  # (G, width)
-        res = detect_periods(
-            matrix, float(value), max_period=config.clusters.max_period, min_strength=config.clusters.min_strength
-        )
-        period[group], strength[group] = res.period, res.strength
-    width = int(min(max(int(lengths.max(initial=1)), 1), CLUSTER_WINDOW))
-    tail = gather_windows(panel.values, panel.indptr, np.arange(n), lengths - width, width).astype(np.float32)
-    n_obs = np.add.reduceat(np.isfinite(panel.values), panel.indptr[:-1]) if panel.values.size else np.zeros(n, np.int64)
-    n_obs = np.where(lengths > 0, n_obs, 0)
-    part = pd.DataFrame(
+    n_obs = _observed_per_series(panel)  # (S,)
+    period = np.zeros(panel.n_series, np.int64)
+    strength = np.zeros(panel.n_series, np.float64)
+    second = np.zeros(panel.n_series, np.int64)
+    cluster = np.empty(panel.n_series, dtype=object)
+    too_short = np.zeros(panel.n_series, bool)
+    steps = [int(s) for s in np.unique(step_ns[step_ns > 0])]
+    groups = sorted(steps, key=lambda s: (-int((step_ns == s).sum()), s))  # largest group first
+    prefixed = len(groups) > 1  # names carry the step only when steps differ ("1h-p24")
+    states = []
+    for s in groups:
+        rows = np.flatnonzero(step_ns == s)  # (G,)
+        seconds = s / 1e9
+        cal = calendar_periods(seconds)
+        longest = max([*cal, cc.max_period, 1])
+        n_hist = int(min(lengths[rows].max(), max(_HISTORY_CYCLES * longest, _MIN_HISTORY)))
+        n_hist = int(max(8, min(n_hist, _MATRIX_BYTES // (8 * rows.size))))
+        matrix = np.empty((rows.size, n_hist))  # (G, n_hist)
+        for lo in range(0, rows.size, _DETECT_ROWS):
+            matrix[lo : lo + _DETECT_ROWS] = panel.tail_matrix(n_hist, rows[lo : lo + _DETECT_ROWS])
+        found = detect_periods(matrix, seconds, max_period=cc.max_period, min_strength=cc.min_strength)
+        period[rows], strength[rows], second[rows] = found.period, found.strength, found.second_period
+        too_short[rows] = n_obs[rows] < 2 * (min(cal) if cal else 3)
+        model = PeriodClusterer(
+            min_cluster_size=cc.min_cluster_size, max_subclusters=cc.max_subclusters, seed=0
+        ).fit(matrix, found.period)
+        del matrix
+        prefix = f"{step_tag(seconds)}-" if prefixed else ""
+        cluster[rows] = [prefix + c for c in model.labels_] if prefix else model.labels_
+        states.append({"step_seconds": seconds, "prefix": prefix, "clusterer": model.to_dict()})
+    no_step = step_ns == 0  # a single point: no step, no period
+    if no_step.any():
+        too_short |= no_step
+        cluster[no_step] = _fallback_cluster(states, cluster, step_ns, groups)
+    clusters = pd.DataFrame(
         {
             "unique_id": panel.ids,
+            "cluster": cluster.astype(str),
             "period": period,
-            "strength": strength,
-            "step_seconds": steps,
-            "n_obs": n_obs.astype(np.int64),
+            "strength": strength.round(6),
+            "second_period": second,
+            "step": panel.step,
+            "n_obs": n_obs,
         }
     )
-    return part, tail
+    table = _cluster_table(clusters)
+    seconds = time.perf_counter() - t0
+    md.prepare(overwrite)
+    md.save_clusters(clusters)
+    md.save_json("clusterer", {"format_version": 1, "step_groups": states})
+    summary = {
+        "series": int(panel.n_series),
+        "clusters": table,
+        "periodic": int((period > 0).sum()),
+        "aperiodic": int((period == 0).sum()),
+        "too_short": int(too_short.sum()),
+        "steps": [{"step": step_tag(s / 1e9), "series": int((step_ns == s).sum())} for s in groups],
+        "seconds": round(seconds, 2),
+    }
+    md.write_manifest(config, config.columns, data.window, extra={"fit_clusters": summary})
+    return _summary(_fit_clusters_text(summary, md.path), **summary)
 
 
-def _right_aligned(tails: list[np.ndarray]) -> np.ndarray:
-    """Stack (B_i, W_i) blocks into (S, max W), right-aligned (the last columns line up), NaN-padded."""
-    width = max((t.shape[1] for t in tails), default=1)
-    out = np.full((sum(t.shape[0] for t in tails), width), np.nan, np.float32)
-    row = 0
-    for t in tails:
-        out[row : row + t.shape[0], width - t.shape[1] :] = t
-        row += t.shape[0]
-    return out
+def _observed_per_series(panel: Panel) -> np.ndarray:
+    """(S,) non-missing grid values per series (one cumulative sum, no loop over series)."""
+    seen = np.concatenate([[0], np.cumsum(~np.isnan(panel.values))])  # (N+1,)
+    return (seen[panel.indptr[1:]] - seen[panel.indptr[:-1]]).astype(np.int64)
+
+
+def _fallback_cluster(states: list[dict[str, Any]], cluster: np.ndarray, step_ns: np.ndarray, groups: list[int]) -> str:
+    """Cluster for series without a step: the largest step group's aperiodic cluster (or its largest)."""
+    if not groups:
+        return "p0"
+    main = cluster[step_ns == groups[0]].astype(str)
+    aperiodic = f"{states[0]['prefix']}p0"
+    if (main == aperiodic).any():
+        return aperiodic
+    names, counts = np.unique(main, return_counts=True)
+    return str(names[np.argmax(counts)])
+
+
+def _cluster_table(clusters: pd.DataFrame) -> list[dict[str, Any]]:
+    """One row per cluster: name, most common period, size (largest first, then by name)."""
+    g = clusters.groupby("cluster", sort=True)
+    table = pd.DataFrame({"size": g.size(), "period": g["period"].agg(lambda p: int(p.mode().iloc[0]))})
+    table = table.reset_index().sort_values(["size", "cluster"], ascending=[False, True])
+    return [
+        {"cluster": str(r.cluster), "period": int(r.period), "size": int(r.size)} for r in table.itertuples(index=False)
+    ]
+
+
+def _fit_clusters_text(summary: dict[str, Any], path: Path, max_rows: int = 15) -> str:
+    lines = [
+        f"fit-clusters: {summary['series']:,} series in {len(summary['clusters'])} clusters -> {path}",
+        f"  periodic {summary['periodic']:,}, aperiodic {summary['aperiodic']:,} "
+        f"(too short to tell: {summary['too_short']:,}); steps: "
+        + ", ".join(f"{s['step']} x {s['series']:,}" for s in summary["steps"]),
+        f"  {'cluster':<16} {'period':>7} {'series':>10}",
+    ]
+    for row in summary["clusters"][:max_rows]:
+        lines.append(f"  {row['cluster']:<16} {row['period']:>7} {row['size']:>10,}")
+    if len(summary["clusters"]) > max_rows:
+        rest = summary["clusters"][max_rows:]
+        lines.append(f"  ... {len(rest)} more clusters, {sum(r['size'] for r in rest):,} series")
+    lines.append(f"  {summary['seconds']:.1f} s for periods and clusters")
+    return "\n".join(lines)
 
 
 # -- meta-train (compute: issue #5) ---------------------------------------------------------------

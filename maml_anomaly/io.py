@@ -758,9 +758,15 @@ class AtomicParquetWriter:
 
     def __init__(self, path: str | Path, schema: pa.Schema) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.schema = schema
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            clean_stale_temps(self.path)
+            # .NAME.PID.XXXX.tmp like _replace_atomic: a killed run's file is cleaned by the next
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.{os.getpid()}.", suffix=_TMP_SUFFIX, dir=self.path.parent)
+        except OSError as exc:
+            raise _write_error(self.path, exc) from None
+        os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
         self._tmp = Path(tmp)
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, schema)
@@ -777,7 +783,9 @@ class AtomicParquetWriter:
         self._writer = None
         with open(self._tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        crash_point("parquet:before-rename")
         os.replace(self._tmp, self.path)
+        crash_point("parquet:after-rename")
         _fsync_dir(self.path.parent)
         return self.path
 

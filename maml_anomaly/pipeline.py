@@ -1174,14 +1174,15 @@ def _score_stream(
         log.info("read %s: %s", input, totals.summary())
         if points == 0:
             raise _no_data_error(date_option, first, last, data_first, data_last)
+        writer.commit()  # the scores are written even when too many failed (docs/operations.md)
         failed = sum(counts.get(k, 0) for k in (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL))
         if failed / points > config.score.max_failed_fraction:
             raise MamlAnomalyError(
                 f"{failed:,} of {points:,} points could not be scored ({dict(sorted(counts.items()))}), more than "
-                f"--max-failed-fraction {config.score.max_failed_fraction}; nothing was written. Check that "
-                "the input holds enough history before the scored day(s) and that meta-train ran on these series."
+                f"--max-failed-fraction {config.score.max_failed_fraction}. The scores were still written to "
+                f"{output} (see its status column). Check that the input holds enough history before the "
+                "scored day(s) and that meta-train ran on these series."
             )
-        writer.commit()
     finally:
         if writer is not None:
             writer.abort()

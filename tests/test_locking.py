@@ -20,12 +20,14 @@ from pathlib import Path
 import pytest
 from reliability_data import ForkRunner, history, invoke, sha256, snapshot, trained_model
 
+from maml_anomaly.errors import MamlAnomalyError
 from maml_anomaly.locking import FileLock, LockBusyError, command_locks, lock_path, read_holder
 
 ROOT = Path(__file__).resolve().parents[1]
 
 _HOLDER = r"""
 import sys
+from maml_anomaly.errors import MamlAnomalyError
 from maml_anomaly.locking import FileLock
 lock = FileLock(sys.argv[1], shared=sys.argv[2] == "shared", what="test", command="test-holder")
 lock.acquire()
@@ -224,3 +226,16 @@ def test_daily_score_waits_with_lock_timeout_and_then_succeeds(scored, tmp_path)
     fork.close()
     assert (sig, code) == (0, 0), log
     assert out.exists() and "scored" in log
+
+
+def test_a_reader_of_a_read_only_model_directory_goes_on_without_a_lock(tmp_path, monkeypatch, caplog):
+    def read_only(self):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(FileLock, "_try_once", read_only)
+    with caplog.at_level(logging.WARNING, logger="maml_anomaly.locking"):
+        with command_locks(model_dir=tmp_path / "m", model_shared=True):
+            pass
+    assert "without a lock" in caplog.text
+    with pytest.raises(MamlAnomalyError, match="Read-only"):
+        FileLock(tmp_path / "m").acquire()  # a writer does not go on

@@ -172,6 +172,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_by_kind(report: dict) -> str:
+    """Event recall per anomaly kind at the fixed FAR (labels with a kind column only)."""
+    kinds = sorted({k for s in report["results"].values() for k in s["recall_by_kind"]})
+    if not kinds:
+        return ""
+    first = next(iter(report["results"].values()))["recall_by_kind"]
+    lines = ["| method | " + " | ".join(f"{k} ({first.get(k, {}).get('n', 0)})" for k in kinds) + " |",
+             "|" + " --- |" * (len(kinds) + 1)]
+    for method, s in report["results"].items():
+        row = [_fmt(s["recall_by_kind"].get(k, {}).get("recall_at_far")) for k in kinds]
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "-"
@@ -195,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     config = Config.load(args.config, {"threads": args.threads})
     report = run(args.data, tuple(args.methods.split(",")), args.workdir, args.far, config, args.seed)
     print(markdown(report))
+    if by_kind := markdown_by_kind(report):
+        print(f"\nevent recall by kind at FAR {report['far']:.0%} (windows in brackets):\n{by_kind}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=float))
 

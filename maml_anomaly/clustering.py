@@ -2,7 +2,7 @@
 
 1. Every distinct period is a group; aperiodic series (period 0) form cluster ``p0``.
 2. A period group of at least ``2 * min_cluster_size`` series whose cycle shapes vary is split
-   by MiniBatchKMeans (fixed seed) on the z-normalised mean cycle (``cycle_profiles``; long
+   by k-means (k-means++ seeding with a fixed seed, numpy) on the z-normalised mean cycle (``cycle_profiles``; long
    periods averaged into at most ``MAX_BINS`` bins). k grows from 2 while each extra cluster
    cuts the remaining inertia by at least ``SPLIT_GAIN``, up to ``max_subclusters`` and at most
    one cluster per ``min_cluster_size`` series. Sub-clusters smaller than ``min_cluster_size``
@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import MiniBatchKMeans
+from maml_anomaly.periodicity import cycle_profiles, detect_periods
 
-from maml_anomaly.periodicity import cycle_profiles
-
-__all__ = ["PeriodClusterer", "step_tag"]
+__all__ = ["PeriodClusterer", "assign_clusters", "step_tag"]
 
 FORMAT_VERSION = 1
 MAX_BINS = 48          # long cycles are compared on at most this many phase bins
@@ -103,15 +101,14 @@ class PeriodClusterer:
         inertia_prev = float(((sample - sample.mean(0)) ** 2).sum())
         model = None
         for k in range(2, k_max + 1):
-            km = MiniBatchKMeans(n_clusters=k, random_state=self.seed, n_init=3,
-                                 batch_size=4096).fit(sample)
-            if km.inertia_ > (1.0 - SPLIT_GAIN) * inertia_prev:
+            centers, inertia = _kmeans(sample, k, seed=self.seed)
+            if inertia > (1.0 - SPLIT_GAIN) * inertia_prev:
                 break
-            model, inertia_prev = km, km.inertia_
+            model, inertia_prev = centers, inertia
         if model is None:
             self.assign_[p] = _name(p)
             return np.full(len(x), _name(p), dtype=object)
-        centroids = model.cluster_centers_.astype(np.float64)     # (k, bins)
+        centroids = model                                   # (k, bins)
         lab = _nearest(prof, centroids)
         centroids, lab = self._merge_small(prof, centroids, lab)
         order = self._stable_order(centroids, lab)
@@ -233,7 +230,71 @@ class PeriodClusterer:
         return self
 
 
+def assign_clusters(state: dict, matrix: np.ndarray, step_seconds: float, *, min_strength: float = 0.2,
+                    max_period: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(period (S,), cluster (S,)) for series of one step that fit-clusters never saw.
+
+    ``state`` is the model directory's clusterer.json ({"step_groups": [{"step_seconds",
+    "prefix", "clusterer"}]}); ``matrix`` the series' recent history (``Panel.tail_matrix``).
+    The period is detected from that history (0 when it is too short or has no cycle); a step
+    that was never fitted uses the group of the nearest step (on a log scale).
+    """
+    groups = state.get("step_groups", [])
+    if not groups:
+        raise ValueError("clusterer state has no step groups: fit-clusters saw no series with a step")
+    g = min(groups, key=lambda g: (abs(np.log(g["step_seconds"] / step_seconds)), g["step_seconds"]))
+    model = PeriodClusterer.from_dict(g["clusterer"])
+    found = detect_periods(matrix, step_seconds, max_period=max_period, min_strength=min_strength)
+    names = model.predict(matrix, found.period)
+    if g["prefix"]:
+        names = np.asarray([g["prefix"] + n for n in names], dtype=object)
+    return found.period, names
+
+
 def _nearest(prof: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid (squared Euclidean) for each profile row."""
     d = (prof * prof).sum(1)[:, None] - 2.0 * prof @ centroids.T + (centroids * centroids).sum(1)[None, :]
     return d.argmin(1)
+
+
+def _kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 3, max_iter: int = 50
+            ) -> tuple[np.ndarray, float]:
+    """Lloyd's k-means with k-means++ seeding, best of n_init; numpy only, deterministic.
+
+    (scikit-learn's OpenMP k-means busy-waits on a shared 2-core machine; these inputs are at
+    most FIT_SAMPLE x MAX_BINS, so plain numpy is fast enough.) Returns (centers (k, d), inertia).
+    """
+    x = np.asarray(x, np.float64)                           # (n, d)
+    rng = np.random.default_rng(seed)
+    sq = (x * x).sum(1)                                     # (n,)
+    best, best_inertia = None, np.inf
+    for _ in range(n_init):
+        centers = _kmeans_pp(x, sq, k, rng)
+        for _ in range(max_iter):
+            d = sq[:, None] - 2.0 * x @ centers.T + (centers * centers).sum(1)[None, :]   # (n, k)
+            lab = d.argmin(1)
+            onehot = np.eye(k)[lab]                         # (n, k)
+            counts = onehot.sum(0)
+            sums = onehot.T @ x                             # (k, d)
+            new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centers)
+            shift = float(np.abs(new - centers).max())
+            centers = new
+            if shift < 1e-6:
+                break
+        d = sq[:, None] - 2.0 * x @ centers.T + (centers * centers).sum(1)[None, :]
+        inertia = float(np.maximum(d.min(1), 0.0).sum())
+        if inertia < best_inertia:
+            best, best_inertia = centers, inertia
+    return best, best_inertia
+
+
+def _kmeans_pp(x: np.ndarray, sq: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding: each next center drawn with probability proportional to distance^2."""
+    centers = [x[rng.integers(len(x))]]
+    d2 = np.maximum(sq - 2.0 * x @ centers[0] + centers[0] @ centers[0], 0.0)   # (n,)
+    for _ in range(1, k):
+        total = d2.sum()
+        i = rng.integers(len(x)) if total <= 0 else rng.choice(len(x), p=d2 / total)
+        centers.append(x[i])
+        d2 = np.minimum(d2, np.maximum(sq - 2.0 * x @ x[i] + x[i] @ x[i], 0.0))
+    return np.stack(centers)

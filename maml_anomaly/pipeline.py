@@ -358,7 +358,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
     """Meta-train one forecaster per cluster; write weights and the training report."""
     import time
 
-    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step
+    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step, window_width
     from maml_anomaly.training import train_cluster
 
     md = open_trained(model_dir)
@@ -387,7 +387,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
             advance(1)
             if model is None:
                 reports[name] = {"skipped": "no series is long enough for one task window", "n_series": int(rows.size),
-                                 "window": spec.max_lag + settings.k_shot + query_len}
+                                 "window": window_width(spec, settings.k_shot, query_len)}
                 log.warning("cluster %s: skipped, no series holds a full task window", name)
                 continue
             file = f"cluster-{i:04d}.safetensors"
@@ -530,8 +530,7 @@ def _score_days(
     rows = frame.iloc[in_range]
     row_series = _row_series(rows, panel)
     cluster_names, cluster_of, _ = _series_clusters(md, panel)
-    unknown = cluster_of < 0
-    cluster_of = _assign_unknown(md, panel, cluster_of, cluster_names, first)
+    cluster_of = _assign_unknown(config, md, panel, cluster_of, cluster_names, first)
     model_index = {name: i for i, name in enumerate(names)}
     series_model = np.array(
         [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
@@ -563,10 +562,11 @@ def _score_days(
         }
     )
     counts = {k: int(v) for k, v in pd.Series(res.status).value_counts().sort_index().items()}
-    failed = sum(counts.get(k, 0) for k in (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL))
-    if len(out) and failed / len(out) > config.score.max_failed_fraction:
+    failed_rows = np.isin(res.status, [STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL])
+    n_series, n_failed = np.unique(row_series).size, np.unique(row_series[failed_rows]).size
+    if n_series and n_failed / n_series > config.score.max_failed_fraction:
         raise MamlAnomalyError(
-            f"{failed:,} of {len(out):,} points could not be scored ({counts}), more than "
+            f"{n_failed:,} of {n_series:,} series could not be scored ({counts} points), more than "
             f"--max-failed-fraction {config.score.max_failed_fraction}; nothing was written. Check that "
             "the input holds enough history before the scored day(s) and that meta-train ran on these series."
         )
@@ -608,9 +608,59 @@ def _plain_ids(col: pd.Series) -> np.ndarray:
     return col.to_numpy()
 
 
-def _assign_unknown(md: ModelDir, panel: Panel, cluster_of: np.ndarray, names: list[str], first: np.datetime64) -> np.ndarray:
-    """Series fit-clusters never saw get a cluster from their history before ``first`` (if possible)."""
-    return cluster_of
+CLUSTERER = "clusterer.json"  # PeriodClusterer state written by fit-clusters
+ASSIGN_MIN_POINTS = 28  # observed points before the scored day an unseen series needs to get a cluster
+ASSIGN_WINDOW = 4096  # at most this many recent points feed its period detection
+ASSIGN_CHUNK = 10_000
+
+
+def _assign_unknown(
+    config: Config, md: ModelDir, panel: Panel, cluster_of: np.ndarray, names: list[str], first: np.datetime64
+) -> np.ndarray:
+    """Series fit-clusters never saw get a cluster from their own history before ``first``.
+
+    Per step group that fit-clusters knows (clusterer.json), their period is detected and that
+    group's PeriodClusterer predicts the cluster, batched in chunks. Series with fewer than
+    ASSIGN_MIN_POINTS observed points, or with a step fit-clusters never saw, stay unknown.
+    """
+    from maml_anomaly.tasks import gather_windows
+
+    unknown = np.flatnonzero(cluster_of < 0)
+    if unknown.size == 0 or not md.has(CLUSTERER):
+        return cluster_of
+    from maml_anomaly.clustering import PeriodClusterer
+    from maml_anomaly.periodicity import detect_periods
+
+    groups = {float(g["step_seconds"]): g for g in md.load_json(CLUSTERER).get("step_groups", [])}
+    code = {name: i for i, name in enumerate(names)}
+    out = cluster_of.copy()
+    steps = panel.step_seconds[unknown]
+    start, step = panel.start.view(np.int64)[unknown], panel.step.view(np.int64)[unknown]
+    safe = np.where(step > 0, step, 1)
+    stop = np.clip(-((start - first.astype(np.int64)) // safe), 0, panel.lengths[unknown])  # (U,) points before first
+    for value in np.unique(steps[np.isfinite(steps)]):
+        state = groups.get(float(value))
+        if state is None:
+            continue
+        clusterer = PeriodClusterer.from_dict(state["clusterer"])
+        group = np.flatnonzero(steps == value)
+        width = int(min(max(stop[group].max(), 1), ASSIGN_WINDOW))
+        for lo in range(0, group.size, ASSIGN_CHUNK):
+            g = group[lo : lo + ASSIGN_CHUNK]
+            matrix = gather_windows(panel.values, panel.indptr, unknown[g], stop[g] - width, width)  # (B, width)
+            enough = np.isfinite(matrix).sum(axis=1) >= ASSIGN_MIN_POINTS
+            if not enough.any():
+                continue
+            periods = detect_periods(
+                matrix[enough], float(value), max_period=config.clusters.max_period,
+                min_strength=config.clusters.min_strength,
+            ).period
+            labels = clusterer.predict(matrix[enough], periods)
+            out[unknown[g[enough]]] = [code.get(state.get("prefix", "") + str(label), -1) for label in labels]
+    assigned = int((out[unknown] >= 0).sum())
+    if assigned:
+        log.info("assigned %d of %d series unseen by fit-clusters to a cluster from their history", assigned, unknown.size)
+    return out
 
 
 def _scores_table(frame: pd.DataFrame):

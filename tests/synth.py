@@ -1,6 +1,7 @@
 """Small seeded synthetic panels for the detector's tests (test helper, not product code)."""
 
 import numpy as np
+import pytest
 
 
 def seasonal_panel(n_series=40, length=24 * 21, period=24, seed=0):
@@ -60,3 +61,21 @@ def inject(matrix, first, n_query, seed=0, size=6.0):
             out[i, p:p + 3] = matrix[i, p - 12:p - 9]
             labels[i, p:p + 3] = True
     return out, labels
+
+
+TINY_SETTINGS = dict(
+    k_shot=24, inner_steps=3, iterations=120, eval_every=40, hidden=(20, 20), n_val_tasks=128, max_series=60, seed=0
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_cluster():
+    """A cluster forecaster meta-trained briefly on 60 hourly daily-seasonal series."""
+    import torch
+
+    from maml_anomaly.tasks import lag_spec
+    from maml_anomaly.training import TrainSettings, train_cluster
+
+    torch.set_num_threads(1)
+    values, indptr = to_buffer(seasonal_panel(60, 24 * 21, seed=0))
+    return train_cluster(values, indptr, np.arange(60), lag_spec(24), 24, TrainSettings(**TINY_SETTINGS))

@@ -108,3 +108,25 @@ def test_fit_clusters_single_step_names_have_no_prefix(runner, tmp_path):
     assert result.exit_code == 0, result.output
     clusters = ModelDir(tmp_path / "m").load_clusters()
     assert set(clusters["cluster"]) == {"p24"} and (clusters["period"] == 24).all()
+
+
+def test_unseen_series_are_assigned_from_their_history(runner, history, tmp_path):
+    from maml_anomaly.clustering import assign_clusters
+
+    model = tmp_path / "model"
+    result = _invoke(runner, ["fit-clusters", "-i", history, "-m", model, "--min-cluster-size", "20"])
+    assert result.exit_code == 0, result.output
+    md = ModelDir(model)
+    clusters = md.load_clusters().set_index("unique_id")
+    state = md.load_json("clusterer")
+    rng = np.random.default_rng(5)
+    new = [_series(f"new-{s}", "2024-02-01", "h", 24 * 14, 24, s, rng) for s in ("sine", "square", "none")]
+    matrix = np.full((3, 24 * 14), np.nan)  # (S, T) on the hourly grid, NaN = missing
+    for i, f in enumerate(new):
+        j = ((f["ds"] - pd.Timestamp("2024-02-01")) // pd.Timedelta("1h")).to_numpy()
+        matrix[i, j] = f["y"].to_numpy()
+    period, names = assign_clusters(state, matrix, 3600.0)
+    assert period[0] == 24 and period[1] == 24 and period[2] == 0
+    assert names[0] == clusters.filter(like="h-sine", axis=0)["cluster"].mode()[0]
+    assert names[1] == clusters.filter(like="h-square", axis=0)["cluster"].mode()[0]
+    assert names[2] == "1h-p0"

@@ -2,6 +2,7 @@
 
     python -m maml_anomaly.benchmarks.periods [--n 400] [--seed 1] [--speed/--no-speed] [--json]
     python -m maml_anomaly.benchmarks.periods --nab /work/shared/data/nab/values.parquet
+    python -m maml_anomaly.benchmarks.periods --end-to-end 1000000 56 D   # fit-clusters from parquet
 
 Accuracy: series of several steps and periods (hourly 24 / 168 / 12 / 48, half-hourly 48,
 daily 7, 5-minute 288, monthly 12) and aperiodic ones (white noise, AR(1), random walk, trend,
@@ -276,6 +277,60 @@ def nab_listing(path: str) -> list[dict]:
     return sorted(out, key=lambda r: r["unique_id"])
 
 
+def write_history(path: str, n_series: int, n_points: int, freq: str, seed: int = 0) -> int:
+    """A long parquet for the end-to-end check: half the series seasonal (a week for daily data,
+    a day otherwise), 2% missing rows, rows in series order; returns the row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    step = {"D": DAY, "h": HOUR}[freq]
+    period = 7 if freq == "D" else 24
+    rng = np.random.default_rng(seed)
+    writer = None
+    rows = 0
+    ids = np.char.add("series_", np.char.zfill(np.arange(n_series).astype(str), 7))
+    for lo in range(0, n_series, 100_000):                               # bounded memory
+        hi = min(n_series, lo + 100_000)
+        codes = np.repeat(np.arange(lo, hi), n_points)                   # (N,)
+        j = np.tile(np.arange(n_points), hi - lo)                        # (N,) grid index
+        amp = np.where(rng.uniform(size=hi - lo) < 0.5, rng.uniform(0.5, 3, hi - lo), 0.0)
+        phase = rng.uniform(0, 2 * np.pi, hi - lo)
+        y = amp[codes - lo] * np.sin(2 * np.pi * j / period + phase[codes - lo]) + rng.normal(size=j.size)
+        keep = rng.uniform(size=j.size) > 0.02
+        ds = np.datetime64("2024-01-01", "ns") + (j[keep] * step * 1e9).astype("m8[ns]")
+        table = pa.table({"unique_id": pa.array(ids[codes[keep]]), "ds": pa.array(ds), "y": pa.array(y[keep])})
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=1_000_000)
+        rows += table.num_rows
+    writer.close()
+    return rows
+
+
+def end_to_end(n_series: int, n_points: int, freq: str) -> dict:
+    """Time `maml-anomaly fit-clusters` (a child process) on a synthetic long parquet."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "history.parquet")
+        rows = write_history(path, n_series, n_points, freq)
+        cmd = [sys.executable, "-m", "maml_anomaly", "fit-clusters", "-i", path, "-m",
+               os.path.join(tmp, "model"), "--json", "--quiet"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        secs = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary = json.loads(out.stdout)
+    return {"case": f"fit-clusters end to end, {freq}", "series": n_series, "points": n_points,
+            "rows": rows, "seconds": round(secs, 1),
+            "cpu_seconds": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+            "peak_rss_mb": round(after.ru_maxrss / 1024), "clusters": len(summary["clusters"]),
+            "periodic": summary["periodic"], "compute_seconds": summary["seconds"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m maml_anomaly.benchmarks.periods")
     ap.add_argument("--n", type=int, default=400, help="series per kind for the accuracy check")
@@ -283,7 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--nab", metavar="PARQUET", help="only list the periods found in this file")
+    ap.add_argument("--end-to-end", nargs=3, metavar=("SERIES", "POINTS", "FREQ"),
+                    help="only time fit-clusters from parquet, e.g. 1000000 56 D or 100000 672 h")
     args = ap.parse_args(argv)
+    if args.end_to_end:
+        n, t, freq = args.end_to_end
+        print(json.dumps(end_to_end(int(n), int(t), freq)))
+        return 0
     if args.nab:
         rows = nab_listing(args.nab)
         if args.json:

@@ -951,11 +951,12 @@ def _sorted_stream(groups, schema, wanted, flt, id_col: str, batch_rows: int) ->
         # cut before the last series: it may continue in the next row group
         last = ids[-1]
         cut = pc.index(ids, last).as_py()  # first row of the last series in this table
-        head, tail = table.slice(0, cut), table.slice(cut)
-        done = pa.concat_tables(pending[:-1] + [head]) if cut or len(pending) > 1 else None
-        pending, n_pending = [tail], tail.num_rows
-        if done is not None and done.num_rows:
-            yield done
+        if cut == 0:  # the table is one series that may have begun earlier: keep accumulating
+            continue
+        done = pa.concat_tables(pending[:-1] + [table.slice(0, cut)])
+        pending = [table.slice(cut)]
+        n_pending = pending[0].num_rows
+        yield done
     if pending:
         yield pa.concat_tables(pending)
 

@@ -1394,14 +1394,26 @@ class _ReadTotals:
 # -- bench scale (compute: issue #6) --------------------------------------------------------------
 
 
-def bench_scale(*, config: Config, series: int, freq: str) -> dict[str, Any]:
-    """Synthetic daily-score at scale: series/s, seconds and peak memory."""
+def bench_scale(
+    *, config: Config, series: int, freq: str, seed: int = 0, workdir: Path | None = None, autoets_series: int = 300,
+    nice: int = 0,
+) -> dict[str, Any]:
+    """fit-clusters, meta-train and daily-score on N synthetic series, each step in its own process,
+    beside StatsForecast AutoETS on a sample (maml_anomaly.benchmarks.scale)."""
+    from maml_anomaly.benchmarks.scale import format_report, run_scale_benchmark
+
     if series < 1:
         raise InputError(f"--series must be at least 1; found {series}.")
     if freq not in ("D", "h"):
         raise InputError(f"--freq must be D (daily) or h (hourly); found {freq!r}.")
+    if autoets_series < 1:
+        raise InputError(f"--autoets-series must be at least 1; found {autoets_series}.")
     setup_torch(config)
-    raise _not_implemented("bench scale", 6)
+    report = run_scale_benchmark(
+        config_dict=config.to_dict(), series=series, freq=freq, seed=seed, workdir=workdir,
+        autoets_series=autoets_series, nice=nice, log=lambda msg: log.info("%s", msg),
+    )
+    return {"summary": format_report(report), **report}
 
 
 __all__ = [

@@ -541,10 +541,11 @@ def _score_days(
         }
     )
     counts = {k: int(v) for k, v in pd.Series(res.status).value_counts().sort_index().items()}
-    failed = sum(counts.get(k, 0) for k in (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL))
-    if len(out) and failed / len(out) > config.score.max_failed_fraction:
+    failed_rows = np.isin(res.status, [STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL])
+    n_series, n_failed = np.unique(row_series).size, np.unique(row_series[failed_rows]).size
+    if n_series and n_failed / n_series > config.score.max_failed_fraction:
         raise MamlAnomalyError(
-            f"{failed:,} of {len(out):,} points could not be scored ({counts}), more than "
+            f"{n_failed:,} of {n_series:,} series could not be scored ({counts} points), more than "
             f"--max-failed-fraction {config.score.max_failed_fraction}; nothing was written. Check that "
             "the input holds enough history before the scored day(s) and that meta-train ran on these series."
         )

@@ -645,7 +645,9 @@ def _score_days(
     # -- alerts (issue #9): q-values, post-rules, alert budget, events: one call, see alerts.py --
     from maml_anomaly.alerts import apply_alerts, summary_text
 
-    alerted = apply_alerts(out, config.alerts, step=panel.step[row_series], threshold=config.score.threshold)
+    alerted = apply_alerts(
+        out, config.alerts, step=panel.step[row_series], series=row_series, threshold=config.score.threshold
+    )
     out = alerted.scores
     write_parquet_atomic(_scores_table(out), output)
     if events is not None:

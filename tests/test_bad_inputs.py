@@ -274,8 +274,13 @@ def test_error_case_exits_1_with_a_message_and_writes_nothing(case, tmp_path, mo
     assert snapshot(tmp_path) == before  # nothing written, changed or left behind (locks, temps)
 
 
-def test_there_are_at_least_30_distinct_error_cases():
+def test_there_are_at_least_30_distinct_error_cases_across_the_four_commands(tmp_path):
     assert len({c.id for c in ERROR_CASES}) == len(ERROR_CASES) >= 30
+    commands = set()
+    for i, c in enumerate(ERROR_CASES):
+        (tmp_path / str(i)).mkdir()
+        commands.add(str(c.build(Work(tmp_path / str(i)))[0]))
+    assert commands == {"fit-clusters", "meta-train", "daily-score", "backtest"}
 
 
 # -- cases that succeed with a documented per-series status ------------------------------------------

@@ -771,16 +771,19 @@ class AtomicParquetWriter:
         self._tmp = Path(tmp)
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, schema)
         self.rows = 0
+        crash_point("parquet:tmp-created")
 
     def write(self, table: pa.Table) -> None:
         assert self._writer is not None, "writer already closed"
         self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
         self.rows += table.num_rows
+        crash_point("parquet:partial")  # a row group out, no footer yet
 
     def commit(self) -> Path:
         assert self._writer is not None, "writer already closed"
         self._writer.close()
         self._writer = None
+        crash_point("parquet:tmp-written")
         with open(self._tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         crash_point("parquet:before-rename")

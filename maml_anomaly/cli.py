@@ -103,6 +103,15 @@ OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Scores parquet 
 ThresholdOpt = Annotated[
     Optional[float], typer.Option("--threshold", min=0.0, help="Flag points whose score is at or above this (default: 3.0).")
 ]
+LockTimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--lock-timeout",
+        min=0.0,
+        help="Seconds to wait when another run holds the model directory or output (default: 0, stop at once).",
+        rich_help_panel=_RUN,
+    ),
+]
 MaxFailedOpt = Annotated[
     Optional[float],
     typer.Option(
@@ -112,6 +121,60 @@ MaxFailedOpt = Annotated[
         help="Fail (exit 1) when more than this fraction of series cannot be scored (default: 1.0).",
     ),
 ]
+
+_ALERTS = "Alerts (each rule only removes flags; see docs/alerts.md)"
+EventsOpt = Annotated[
+    Optional[Path],
+    typer.Option("--events", help="Also write the events (runs of consecutive flagged points) to this parquet file.", rich_help_panel=_ALERTS),
+]
+FdrOpt = Annotated[
+    Optional[float],
+    typer.Option("--fdr", min=0.0, max=1.0, help="Keep a flag only if its Benjamini-Hochberg q_value is at most this (default: 0 = off).", rich_help_panel=_ALERTS),
+]
+QPerClusterOpt = Annotated[
+    Optional[bool],
+    typer.Option("--q-per-cluster/--q-per-run", help="Benjamini-Hochberg q-values per cluster instead of over the whole run (default: per run).", show_default=False, rich_help_panel=_ALERTS),
+]
+MaxAlertsOpt = Annotated[
+    Optional[int],
+    typer.Option("--max-alerts", min=0, help="Alert budget: keep the N most significant flagged points (default: 0 = no budget).", rich_help_panel=_ALERTS),
+]
+MinAbsOpt = Annotated[
+    Optional[float],
+    typer.Option("--min-abs-deviation", min=0.0, help="Drop flags with |y - y_hat| below this, in the series' units (default: 0).", rich_help_panel=_ALERTS),
+]
+MinRelOpt = Annotated[
+    Optional[float],
+    typer.Option("--min-rel-deviation", min=0.0, help="Drop flags with |y - y_hat| / |y_hat| below this, e.g. 0.1 = 10% (default: 0).", rich_help_panel=_ALERTS),
+]
+
+
+class Direction(str, Enum):
+    both = "both"
+    up = "up"
+    down = "down"
+
+
+DirectionOpt = Annotated[
+    Optional[Direction],
+    typer.Option("--direction", help="Keep flags above the forecast (up), below it (down) or both (default: both).", rich_help_panel=_ALERTS),
+]
+MinConsecutiveOpt = Annotated[
+    Optional[int],
+    typer.Option("--min-consecutive", min=1, help="Keep only runs of at least N consecutive flagged grid points (default: 1).", rich_help_panel=_ALERTS),
+]
+
+
+def _alert_flags(fdr, q_per_cluster, max_alerts, min_abs_deviation, min_rel_deviation, direction, min_consecutive) -> dict[str, Any]:
+    return {
+        "fdr": fdr,
+        "q_per_cluster": q_per_cluster,
+        "max_alerts": max_alerts,
+        "min_abs_deviation": min_abs_deviation,
+        "min_rel_deviation": min_rel_deviation,
+        "direction": direction.value if direction else None,
+        "min_consecutive": min_consecutive,
+    }
 
 
 def _columns(id_col: Optional[str], time_col: Optional[str], value_col: Optional[str]) -> dict[str, Any]:
@@ -193,6 +256,7 @@ def fit_clusters(
     config: ConfigOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    lock_timeout: LockTimeoutOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -205,6 +269,7 @@ def fit_clusters(
         flags={
             **_columns(id_col, time_col, value_col),
             **_runtime(device, threads),
+            "lock_timeout": lock_timeout,
             "on_duplicate": on_duplicate.value if on_duplicate else None,
             "snap_tolerance": snap_tolerance,
             "min_cluster_size": min_cluster_size,
@@ -244,6 +309,7 @@ def meta_train(
     config: ConfigOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    lock_timeout: LockTimeoutOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -256,6 +322,7 @@ def meta_train(
         flags={
             **_columns(id_col, time_col, value_col),
             **_runtime(device, threads),
+            "lock_timeout": lock_timeout,
             "on_duplicate": on_duplicate.value if on_duplicate else None,
             "snap_tolerance": snap_tolerance,
             "k_shot": k_shot,
@@ -285,6 +352,14 @@ def daily_score(
     date: DateOpt = None,
     threshold: ThresholdOpt = None,
     max_failed_fraction: MaxFailedOpt = None,
+    events: EventsOpt = None,
+    fdr: FdrOpt = None,
+    q_per_cluster: QPerClusterOpt = None,
+    max_alerts: MaxAlertsOpt = None,
+    min_abs_deviation: MinAbsOpt = None,
+    min_rel_deviation: MinRelOpt = None,
+    direction: DirectionOpt = None,
+    min_consecutive: MinConsecutiveOpt = None,
     id_col: IdColOpt = None,
     time_col: TimeColOpt = None,
     value_col: ValueColOpt = None,
@@ -293,6 +368,7 @@ def daily_score(
     config: ConfigOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    lock_timeout: LockTimeoutOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
@@ -304,10 +380,12 @@ def daily_score(
         flags={
             **_columns(id_col, time_col, value_col),
             **_runtime(device, threads),
+            "lock_timeout": lock_timeout,
             "on_duplicate": on_duplicate.value if on_duplicate else None,
             "snap_tolerance": snap_tolerance,
             "threshold": threshold,
             "max_failed_fraction": max_failed_fraction,
+            **_alert_flags(fdr, q_per_cluster, max_alerts, min_abs_deviation, min_rel_deviation, direction, min_consecutive),
         },
         quiet=quiet,
         verbose=verbose,
@@ -315,6 +393,7 @@ def daily_score(
         input=input,
         model_dir=model_dir,
         output=output,
+        events=events,
         date=date,
     )
 
@@ -328,6 +407,14 @@ def backtest(
     end: Annotated[Optional[str], typer.Option("--end", help="Last day (inclusive), YYYY-MM-DD (default: the input's last day).")] = None,
     threshold: ThresholdOpt = None,
     max_failed_fraction: MaxFailedOpt = None,
+    events: EventsOpt = None,
+    fdr: FdrOpt = None,
+    q_per_cluster: QPerClusterOpt = None,
+    max_alerts: MaxAlertsOpt = None,
+    min_abs_deviation: MinAbsOpt = None,
+    min_rel_deviation: MinRelOpt = None,
+    direction: DirectionOpt = None,
+    min_consecutive: MinConsecutiveOpt = None,
     id_col: IdColOpt = None,
     time_col: TimeColOpt = None,
     value_col: ValueColOpt = None,
@@ -336,6 +423,7 @@ def backtest(
     config: ConfigOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    lock_timeout: LockTimeoutOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
@@ -347,10 +435,12 @@ def backtest(
         flags={
             **_columns(id_col, time_col, value_col),
             **_runtime(device, threads),
+            "lock_timeout": lock_timeout,
             "on_duplicate": on_duplicate.value if on_duplicate else None,
             "snap_tolerance": snap_tolerance,
             "threshold": threshold,
             "max_failed_fraction": max_failed_fraction,
+            **_alert_flags(fdr, q_per_cluster, max_alerts, min_abs_deviation, min_rel_deviation, direction, min_consecutive),
         },
         quiet=quiet,
         verbose=verbose,
@@ -358,6 +448,7 @@ def backtest(
         input=input,
         model_dir=model_dir,
         output=output,
+        events=events,
         start=start,
         end=end,
     )
@@ -407,9 +498,9 @@ def demo(
 def plot(
     input: InputOpt,
     scores: Annotated[Path, typer.Option("--scores", "-s", help="Scores parquet written by daily-score or backtest.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file (one --series) or folder (--top N, or several --series) to write.")],
     series: Annotated[Optional[list[str]], typer.Option("--series", help="Series id to plot (repeat for several) (default: the top anomalies).")] = None,
-    top: Annotated[int, typer.Option("--top", min=1, help="Without --series: plot the series of the TOP highest scores.")] = 5,
+    top: Annotated[int, typer.Option("--top", min=1, help="Without --series: draw the TOP most significant flagged series, one PNG each, into the folder --output.")] = 5,
     id_col: IdColOpt = None,
     time_col: TimeColOpt = None,
     value_col: ValueColOpt = None,
@@ -475,6 +566,10 @@ def bench_sine(
 def bench_scale(
     series: Annotated[int, typer.Option("--series", min=1, help="Synthetic series to score.")] = 2_000_000,
     freq: Annotated[Freq, typer.Option("--freq", help="D (daily) or h (hourly) series.")] = Freq.D,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the synthetic data.")] = 0,
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Folder for the cached data and the run (default: a folder in the system temp dir).")] = None,
+    autoets_series: Annotated[int, typer.Option("--autoets-series", min=1, help="Series scored by StatsForecast AutoETS for the comparison.")] = 300,
+    nice: Annotated[int, typer.Option("--nice", min=0, max=19, help="Run the steps at this nice level (shared machines).")] = 0,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
@@ -482,7 +577,8 @@ def bench_scale(
     verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """daily-score on synthetic series at scale: seconds, series per second and peak memory."""
+    """fit-clusters, meta-train and daily-score on N synthetic series: seconds, series/s and peak memory
+    of each step, beside StatsForecast AutoETS on a sample of the same series."""
     _run(
         pipeline.bench_scale,
         config_path=config,
@@ -492,6 +588,10 @@ def bench_scale(
         as_json=as_json,
         series=series,
         freq=freq.value,
+        seed=seed,
+        workdir=workdir,
+        autoets_series=autoets_series,
+        nice=nice,
     )
 
 

@@ -15,7 +15,9 @@ below, after the input and model-directory checks that are already final.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +30,18 @@ import pandas as pd
 from maml_anomaly.artifacts import CLUSTERS, ModelDir, jsonable
 from maml_anomaly.config import Config
 from maml_anomaly.errors import ConfigError, InputError, MamlAnomalyError, ModelDirError
-from maml_anomaly.io import SCORE_COLUMNS, ReadReport, build_panel, read_long, write_parquet_atomic
+from maml_anomaly.io import (
+    SCORE_COLUMNS,
+    AtomicParquetWriter,
+    ReadReport,
+    build_panel,
+    iter_series_frames,
+    read_long,
+    time_bounds,
+    write_bytes_atomic,
+    write_parquet_atomic,
+)
+from maml_anomaly.locking import command_locks
 from maml_anomaly.panel import Panel
 
 log = logging.getLogger(__name__)
@@ -76,6 +89,7 @@ def setup_torch(config: Config) -> str:
     """Set torch's thread count and resolve the device ("auto" -> cuda when available)."""
     import torch
 
+    tune_allocator()
     torch.set_num_threads(config.runtime.threads)
     device = config.runtime.device
     if device == "auto":
@@ -87,6 +101,28 @@ def setup_torch(config: Config) -> str:
         )
     log.debug("torch: device %s, %d thread(s)", device, config.runtime.threads)
     return device
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process instead of returning it to the kernel (glibc only).
+
+    With glibc's defaults every large intermediate of batched adaptation (tens of MB) is a fresh
+    mmap, page-faulted on first touch and unmapped on free; raising the mmap and trim thresholds
+    to their maximum (2 GiB, the same as MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ in the
+    environment) made scoring about 2.5x faster per CPU second (docs/performance.md). Returns
+    whether the settings took.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    limit = ctypes.c_int(2**31 - 1)
+    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
 
 
 def parse_day(value: str, option: str) -> np.datetime64:
@@ -171,6 +207,31 @@ def progress(description: str, total: int | None) -> Iterator[Any]:
         yield lambda n=1: bar.advance(task, n)
 
 
+def locked(*, model_shared: bool, output: bool = False):
+    """Run a pipeline function holding its model-directory lock (shared for readers) and output lock.
+
+    A second run on the same model directory or output waits ``config.runtime.lock_timeout``
+    seconds at most, then stops with a message naming the holder (maml_anomaly.locking).
+    """
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*, config: Config, **kwargs: Any) -> dict[str, Any]:
+            model_dir = kwargs["model_dir"]
+            with command_locks(
+                model_dir=None if model_shared and not Path(model_dir).is_dir() else model_dir,
+                model_shared=model_shared,
+                output=kwargs["output"] if output else None,
+                timeout=config.runtime.lock_timeout,
+                command=fn.__name__.replace("_", "-"),
+            ):
+                return fn(config=config, **kwargs)
+
+        return run
+
+    return wrap
+
+
 def _not_implemented(command: str, issue: int) -> MamlAnomalyError:
     return MamlAnomalyError(
         f"{command} is not implemented yet: it lands with issue #{issue}. The input and the "
@@ -192,6 +253,7 @@ _MATRIX_BYTES = 1_500_000_000
 _DETECT_ROWS = 200_000  # rows per tail_matrix chunk while detecting periods
 
 
+@locked(model_shared=False)
 def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
     """Detect each series' period, group the series and write clusters.parquet + manifest."""
     import time
@@ -342,6 +404,7 @@ TRAINING_REPORT = "training_report.json"
 DETECTOR_FORMAT = 1
 
 
+@locked(model_shared=False)
 def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
     """Meta-train one forecaster per cluster; write weights and the training report."""
     import time
@@ -354,6 +417,11 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
     setup_torch(config)
     data = load_input(config, input)
     panel = data.panel
+    if not np.isfinite(panel.values).any():
+        raise InputError(
+            f"input {input} has no observed values: every y is null, NaN or infinite, so there is "
+            "nothing to meta-train on. Check the --value-col column and the upstream job."
+        )
     names, cluster_of, period_of = _series_clusters(md, panel)
     settings = _train_settings(config)
     started = time.perf_counter()
@@ -427,6 +495,7 @@ def _series_clusters(md: ModelDir, panel: Panel) -> tuple[list[str], np.ndarray,
     """Cluster names (sorted) and, per panel series, its cluster index (-1 unknown) and period."""
     clusters = md.load_clusters()
     names = sorted(clusters["cluster"].astype(str).unique().tolist())
+    _check_id_kinds(clusters["unique_id"], panel, md)
     pos = panel.positions(clusters["unique_id"].to_numpy())  # (C,) panel position of each row
     known = pos >= 0
     code = pd.Categorical(clusters["cluster"].astype(str), categories=names).codes.astype(np.int64)
@@ -435,6 +504,20 @@ def _series_clusters(md: ModelDir, panel: Panel) -> tuple[list[str], np.ndarray,
     period_of = np.zeros(panel.n_series, np.int64)
     period_of[pos[known]] = clusters["period"].to_numpy(np.int64)[known]
     return names, cluster_of, period_of
+
+
+def _check_id_kinds(model_ids: pd.Series, panel: Panel, md: ModelDir) -> None:
+    """Integer ids in one and string ids in the other can never match: say so instead of failing."""
+    model_int = pd.api.types.is_integer_dtype(model_ids.dtype)
+    input_int = panel.ids.dtype.kind in "iu"
+    if len(model_ids) and panel.n_series and model_int != input_int:
+        kind = {True: "integer", False: "string"}
+        raise InputError(
+            f"the input's series ids are {kind[input_int]}s (e.g. {panel.ids[0]!r}) but the model "
+            f"directory {md.path} was fit on {kind[model_int]} ids (e.g. {model_ids.iloc[0]!r}). "
+            "Give the id column the same type as when fit-clusters ran (cast it upstream), or "
+            "name the right column with --id-col."
+        )
 
 
 def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
@@ -466,44 +549,50 @@ def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
 # -- daily-score and backtest (compute: issue #5) -------------------------------------------------
 
 
+@locked(model_shared=True, output=True)
 def daily_score(
-    *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None
+    *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None, events: Path | None = None
 ) -> dict[str, Any]:
     """Score one calendar day (default: the input's last day); write the scores atomically."""
     if date is not None:
         parse_day(date, "--date")
     check_output(output)
+    _check_events_path(events, output)
     md = open_trained(model_dir)
     device = setup_torch(config)
     data = load_input(config, input)
     day = resolve_day(data.frame, date)
     log.info("scoring %s", day.astype("datetime64[D]"))
-    return _score_days(config, md, data, day, day, output, device)
+    return _score_days(config, md, data, day, day, output, device, events)
 
 
+@locked(model_shared=True, output=True)
 def backtest(
-    *, config: Config, input: Path, model_dir: Path, output: Path, start: str | None = None, end: str | None = None
+    *, config: Config, input: Path, model_dir: Path, output: Path, start: str | None = None, end: str | None = None,
+    events: Path | None = None,
 ) -> dict[str, Any]:
     """daily-score for every day of [start, end], batched across days and series, one output."""
     for value, option in ((start, "--start"), (end, "--end")):
         if value is not None:
             parse_day(value, option)
     check_output(output)
+    _check_events_path(events, output)
     md = open_trained(model_dir)
     device = setup_torch(config)
     data = load_input(config, input)
     first, last = resolve_range(data.frame, start, end)
     log.info("backtest %s to %s", first.astype("datetime64[D]"), last.astype("datetime64[D]"))
-    return _score_days(config, md, data, first, last, output, device)
+    return _score_days(config, md, data, first, last, output, device, events)
 
 
 def _score_days(
-    config: Config, md: ModelDir, data: LoadedInput, first: np.datetime64, last: np.datetime64, output: Path, device: str
+    config: Config, md: ModelDir, data: LoadedInput, first: np.datetime64, last: np.datetime64, output: Path, device: str,
+    events: Path | None = None,
 ) -> dict[str, Any]:
     """Score every input row of the days [first, last]: one task per (series, day), batched."""
     import time
 
-    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_OK, STATUS_UNKNOWN, score_rows
+    from maml_anomaly.scoring import STATUS_OK, score_rows
 
     started = time.perf_counter()
     names, models = _load_models(md)
@@ -530,6 +619,9 @@ def _score_days(
         threshold=config.score.threshold, batch_size=config.score.batch_size, device=device,
         unknown=still_unknown,
     )
+    # a series with a single point has no step, so score_rows sees it as off its grid: it is short
+    one_point = np.isnat(panel.step)[row_series] & (res.status == "off_grid")
+    res.status[one_point] = "insufficient_history"
     cluster_col = np.asarray(cluster_names + [None], dtype=object)[
         np.where(cluster_of >= 0, cluster_of, len(cluster_names))[row_series]
     ]
@@ -550,23 +642,27 @@ def _score_days(
         }
     )
     counts = {k: int(v) for k, v in pd.Series(res.status).value_counts().sort_index().items()}
-    failed_rows = np.isin(res.status, [STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL])
-    n_series, n_failed = np.unique(row_series).size, np.unique(row_series[failed_rows]).size
-    if n_series and n_failed / n_series > config.score.max_failed_fraction:
-        raise MamlAnomalyError(
-            f"{n_failed:,} of {n_series:,} series could not be scored ({counts} points), more than "
-            f"--max-failed-fraction {config.score.max_failed_fraction}; nothing was written. Check that "
-            "the input holds enough history before the scored day(s) and that meta-train ran on these series."
-        )
+    # -- alerts (issue #9): q-values, post-rules, alert budget, events: one call, see alerts.py --
+    from maml_anomaly.alerts import apply_alerts, summary_text
+
+    alerted = apply_alerts(
+        out, config.alerts, step=panel.step[row_series], series=row_series, threshold=config.score.threshold
+    )
+    out = alerted.scores
     write_parquet_atomic(_scores_table(out), output)
-    n_flags = int(res.is_anomaly.sum())
+    if events is not None:
+        write_parquet_atomic(_events_table(alerted.events, out), events)
+    # -- end of alerts --
+    _check_failed_fraction(res.status, row_series, counts, config.score.max_failed_fraction, output)
+    n_flags = int(out["is_anomaly"].sum())
     seconds = time.perf_counter() - started
     days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
     return _summary(
         f"scored {len(out):,} points of {int(np.unique(row_series).size):,} series on {days}: "
         f"{n_flags:,} anomalies; {counts.get(STATUS_OK, 0):,} ok, "
         f"{len(out) - counts.get(STATUS_OK, 0):,} not scored ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != STATUS_OK) or 'none'}); "
-        f"wrote {output} in {seconds:.1f} s",
+        f"wrote {output} in {seconds:.1f} s\n" + summary_text(alerted),
+        **_alert_fields(alerted, events),
         output=str(output),
         first_day=str(first.astype("datetime64[D]")),
         last_day=str(last.astype("datetime64[D]")),
@@ -577,6 +673,59 @@ def _score_days(
         threshold=config.score.threshold,
         seconds=round(seconds, 2),
     )
+
+
+FAILED_STATUSES = ("insufficient_history", "unknown_series", "no_model")  # the series could not be scored
+
+
+def _check_failed_fraction(
+    status: np.ndarray, row_series: np.ndarray, counts: dict[str, int], limit: float, output: Path
+) -> None:
+    """Fail (after writing) when more than ``limit`` of the scored series could not be scored.
+
+    A series counts as failed when any of its rows has a status in FAILED_STATUSES: it had no
+    model or too little history. missing_value and off_grid rows are not failures.
+    """
+    series = np.unique(row_series)
+    if series.size == 0:
+        return
+    failed = np.unique(row_series[np.isin(status, FAILED_STATUSES)]).size
+    if failed / series.size > limit:
+        shown = ", ".join(f"{k} {counts[k]:,} points" for k in FAILED_STATUSES if counts.get(k))
+        raise MamlAnomalyError(
+            f"{failed:,} of {series.size:,} series ({failed / series.size:.1%}) could not be scored "
+            f"({shown}), more than --max-failed-fraction {limit:g}. The scores were still written to "
+            f"{output} (see its status column). Check that the input holds enough history before the "
+            "scored day(s) and that fit-clusters and meta-train ran on these series, or raise "
+            "--max-failed-fraction."
+        )
+
+
+def _check_events_path(events: Path | None, output: Path) -> None:
+    """--events names a parquet file other than the scores output (alerts, issue #9)."""
+    if events is None:
+        return
+    if events.is_dir():
+        raise InputError(f"--events {events} is a directory; expected the path of a parquet file to write.")
+    if events.resolve() == output.resolve():
+        raise InputError(f"--events {events} is the same file as --output; give the events their own parquet path.")
+
+
+def _alert_fields(alerted: Any, events: Path | None) -> dict[str, Any]:
+    """JSON summary fields of the alerts step: counts and the top events by severity."""
+    from maml_anomaly.alerts import top_events
+
+    top = top_events(alerted.events, 10)
+    return {"alerts": alerted.counts, "events": str(events) if events else None, "top_events": top.to_dict(orient="records")}
+
+
+def _events_table(events: pd.DataFrame, scores: pd.DataFrame):
+    import pyarrow as pa
+
+    from maml_anomaly.alerts import events_schema
+
+    id_type = pa.int64() if scores["unique_id"].dtype.kind in "iu" else pa.string()
+    return pa.Table.from_pandas(events, schema=events_schema(id_type), preserve_index=False)
 
 
 def _row_series(rows: pd.DataFrame, panel: Panel) -> np.ndarray:
@@ -658,6 +807,7 @@ def _scores_table(frame: pd.DataFrame):
 
     id_type = pa.int64() if frame["unique_id"].dtype.kind in "iu" else pa.string()
     schema = scores_schema(id_type).append(pa.field("p_value", pa.float64()))
+    schema = schema.append(pa.field("q_value", pa.float64())).append(pa.field("suppressed", pa.string()))  # alerts
     return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
 
@@ -804,26 +954,68 @@ def _top_anomalies(scores: pd.DataFrame, n: int = 10) -> pd.DataFrame:
     return flagged.nlargest(n, "score")[cols].reset_index(drop=True)
 
 
-# -- plot (compute: issue #5) ---------------------------------------------------------------------
+# -- plot (issue #9) -----------------------------------------------------------------------------
 
 
 def plot(
     *, config: Config, input: Path, scores: Path, output: Path, series: list[str] | None = None, top: int = 5
 ) -> dict[str, Any]:
-    """A PNG of series with their forecast band and flags (the named series, or the top anomalies)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise InputError(
-            "plot needs matplotlib, which is not installed. Install it with "
-            "`pip install 'maml-anomaly[plot]'` (or `pip install matplotlib`)."
-        ) from None
+    """PNGs of series with their forecast band, y_hat, flags and events.
+
+    ``--series ID --output FILE.png``: one picture. Several ``--series``, or none (then the
+    ``--top`` most significant flagged series): one PNG per series in the folder ``--output``.
+    """
+    from maml_anomaly import plotting
+    from maml_anomaly.alerts import build_events
+
+    plotting.require_matplotlib()
     if top < 1:
         raise InputError(f"--top must be at least 1; found {top}.")
+    single = series is not None and len(series) == 1 and output.suffix.lower() == ".png"
+    if not single and output.suffix.lower() == ".png":
+        raise InputError(
+            f"--output {output} is a PNG file, but this plot draws {'several series' if series else f'the top {top} series'}; "
+            "give --output a folder (one PNG per series), or name one --series."
+        )
+    if output.exists() and (output.is_dir() == single):
+        raise InputError(f"--output {output} exists and is a {'folder' if single else 'file'}; expected a {'PNG file' if single else 'folder'}.")
     score_frame = _read_parquet_frame(scores, "--scores", list(SCORE_COLUMNS))
     data = load_input(config, input)
-    del score_frame, data
-    raise _not_implemented("plot", 5)
+    ids = _plot_ids(score_frame, series, top)
+    frame = data.frame.assign(unique_id=_plain_ids(data.frame["unique_id"]))
+    events = build_events(score_frame)
+    written = []
+    for rank, uid in enumerate(ids, start=1):  # at most --top or the named series: a handful of pictures
+        fig = plotting.render(plotting.series_plot_data(frame, score_frame, events, uid))
+        path = output if single else output / f"{rank:02d}_{_file_safe(uid)}.png"
+        write_bytes_atomic(plotting.to_png(fig), path)
+        written.append(str(path))
+    text = f"drew {len(written)} series: " + ", ".join(written) if written else "no flagged series in the scores: nothing drawn"
+    return _summary(text, files=written, series=[str(i) for i in ids])
+
+
+def _plot_ids(scores: pd.DataFrame, series: list[str] | None, top: int) -> list[Any]:
+    """The ids to draw, typed as in the scores file (InputError naming unknown ids)."""
+    from maml_anomaly.plotting import most_significant_series
+
+    if not series:
+        return most_significant_series(scores, top)
+    known = pd.unique(scores["unique_id"])
+    by_text = {str(v): v for v in known}
+    missing = [s for s in series if s not in by_text]
+    if missing:
+        examples = ", ".join(repr(str(v)) for v in known[:5])
+        raise InputError(
+            f"--series {', '.join(missing)} not found in the scores file (it holds {len(known):,} series, e.g. "
+            f"{examples}); name series that daily-score or backtest scored."
+        )
+    return [by_text[s] for s in series]
+
+
+def _file_safe(uid: Any) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(uid))[:80] or "series"
 
 
 # -- bench sine (compute: issue #3) --------------------------------------------------------------
@@ -868,17 +1060,362 @@ def _sine_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- streamed daily-score and backtest (issue #6) ---------------------------------------------------
+
+HISTORY_MARGIN_STEPS = 2  # grid steps read beyond the lags + K support points a task needs
+NS_PER_DAY = 86_400 * 10**9
+STREAM_ROWS = 2_000_000  # input rows per streamed batch (about 55,000 daily series of 36 points)
+
+
+@dataclass(frozen=True)
+class ClusterIndex:
+    """clusters.parquet loaded once, looked up per batch of series by hashing (no per-batch reread)."""
+
+    names: list[str]  # sorted cluster names
+    index: pd.Index  # (C,) unique_id of every clustered series
+    code: np.ndarray  # (C,) int64 position of each series' cluster in ``names``
+    period: np.ndarray  # (C,) int64
+    max_step_ns: int  # the largest step among clustered series (0 when unknown)
+
+    @classmethod
+    def load(cls, md: ModelDir) -> ClusterIndex:
+        clusters = md.load_clusters()
+        names = sorted(clusters["cluster"].astype(str).unique().tolist())
+        code = pd.Categorical(clusters["cluster"].astype(str), categories=names).codes.astype(np.int64)
+        max_step = 0
+        if "step" in clusters.columns and clusters["step"].dtype.kind == "m":
+            steps = clusters["step"].to_numpy("m8[ns]").view(np.int64)
+            max_step = int(steps[steps > 0].max(initial=0))
+        elif "step_seconds" in clusters.columns:
+            steps = clusters["step_seconds"].to_numpy(np.float64)
+            max_step = int(np.nanmax(steps, initial=0.0) * 1e9) if np.isfinite(steps).any() else 0
+        return cls(names, pd.Index(clusters["unique_id"].to_numpy()), code, clusters["period"].to_numpy(np.int64), max_step)
+
+    def lookup(self, panel: Panel) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """As ``_series_clusters``: names, (S,) cluster index per panel series (-1 unknown), (S,) period."""
+        ids, index = panel.ids, self.index
+        if (index.dtype.kind in "iu") != (ids.dtype.kind in "iu"):  # int ids on one side only: compare as text
+            ids, index = ids.astype(str).astype(object), index.astype(str)
+        pos = index.get_indexer(ids)  # (S,) -1 where unseen
+        known = pos >= 0
+        cluster_of = np.where(known, self.code[np.maximum(pos, 0)], -1)
+        period_of = np.where(known, self.period[np.maximum(pos, 0)], 0)
+        return self.names, cluster_of, period_of
+
+
+def history_span(models: list[Any], max_step_ns: int) -> np.timedelta64 | None:
+    """How far before the first scored day a batch must read: lags + K support points (+ margin).
+
+    None when a model scores series whose step is not bounded (a day or longer and no step
+    recorded in clusters.parquet): then all history is read.
+    """
+    span = 0
+    for m in models:
+        if m.query_len > 1:  # query_len = ceil(day / step), so step < day / (query_len - 1)
+            step = -(-NS_PER_DAY // (m.query_len - 1))
+        elif max_step_ns > 0:
+            step = max_step_ns
+        else:
+            return None
+        span = max(span, (m.spec.max_lag + m.k_shot + HISTORY_MARGIN_STEPS) * step)
+    return np.timedelta64(span + NS_PER_DAY, "ns")
+
+
+def _score_stream(
+    config: Config, md: ModelDir, input: Path, output: Path, device: str, *, first: np.datetime64 | None,
+    last: np.datetime64 | None, date_option: str | None, backtest: bool = False,
+) -> dict[str, Any]:
+    """Score the days [first, last] reading the input in batches of whole series; append the output.
+
+    ``first``/``last`` None: the input's last day (daily-score) or its first/last day (backtest).
+    Peak memory is set by the batch size, not by the number of series. The output goes to a
+    temporary file that replaces ``output`` only once every batch was scored and the failure
+    budget holds.
+    """
+    import time
+
+    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_OK, STATUS_UNKNOWN
+
+    started = time.perf_counter()
+    names, models = _load_models(md)
+    lookup = ClusterIndex.load(md)
+    data_first, data_last = (v.astype("datetime64[D]").astype("datetime64[ns]") for v in time_bounds(input, config.columns))
+    if backtest:
+        first = data_first if first is None else max(first, data_first)
+        last = data_last if last is None else min(last, data_last)
+    elif first is None:
+        first = last = data_last
+    span = history_span(models, lookup.max_step_ns)
+    ds_min = None if span is None else first - span
+    log.info(
+        "scoring %s%s; reading %s", first.astype("datetime64[D]"),
+        "" if first == last else f" to {last.astype('datetime64[D]')}",
+        "all history" if ds_min is None else f"from {ds_min.astype('datetime64[D]')}",
+    )
+    totals = _ReadTotals()
+    counts: dict[str, int] = {}
+    points = series = anomalies = 0
+    writer = None
+    frames = iter_series_frames(
+        input, config.columns, config.input.on_duplicate, ds_min=ds_min, ds_end=last + DAY, batch_rows=STREAM_ROWS
+    )
+    job = _ScoreJob(config, md.path, first, last, device)
+    try:
+        with progress("scoring", None) as advance, _batch_scorer(job, names, models, lookup) as score:
+            for frame, report, table, n_series, batch_counts in score(frames):
+                totals.add(report, frame)
+                if writer is None:
+                    writer = AtomicParquetWriter(output, table.schema)
+                writer.write(table)
+                points += table.num_rows
+                series += n_series
+                anomalies += batch_counts.pop("_anomalies")
+                for k, v in batch_counts.items():
+                    counts[k] = counts.get(k, 0) + v
+                advance(1)
+        log.info("read %s: %s", input, totals.summary())
+        if points == 0:
+            raise _no_data_error(date_option, first, last, data_first, data_last)
+        writer.commit()  # the scores are written even when too many failed (docs/operations.md)
+        failed = sum(counts.get(k, 0) for k in (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL))
+        if failed / points > config.score.max_failed_fraction:
+            raise MamlAnomalyError(
+                f"{failed:,} of {points:,} points could not be scored ({dict(sorted(counts.items()))}), more than "
+                f"--max-failed-fraction {config.score.max_failed_fraction}. The scores were still written to "
+                f"{output} (see its status column). Check that the input holds enough history before the "
+                "scored day(s) and that meta-train ran on these series."
+            )
+    finally:
+        if writer is not None:
+            writer.abort()
+    counts = dict(sorted(counts.items()))
+    seconds = time.perf_counter() - started
+    days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
+    return _summary(
+        f"scored {points:,} points of {series:,} series on {days}: "
+        f"{anomalies:,} anomalies; {counts.get(STATUS_OK, 0):,} ok, "
+        f"{points - counts.get(STATUS_OK, 0):,} not scored ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != STATUS_OK) or 'none'}); "
+        f"wrote {output} in {seconds:.1f} s",
+        output=str(output),
+        first_day=str(first.astype("datetime64[D]")),
+        last_day=str(last.astype("datetime64[D]")),
+        points=points,
+        series=series,
+        anomalies=anomalies,
+        statuses=counts,
+        threshold=config.score.threshold,
+        seconds=round(seconds, 2),
+    )
+
+
+
+@dataclass(frozen=True)
+class _ScoreJob:
+    """What every batch of a streamed scoring run shares (picklable: sent once to each worker)."""
+
+    config: Config
+    model_dir: Path
+    first: np.datetime64
+    last: np.datetime64
+    device: str
+
+
+_WORKER: dict[str, Any] = {}  # per worker process: the job, models and cluster index, loaded once
+
+
+def score_processes(config: Config, device: str) -> int:
+    """Worker processes for streamed scoring: one per core at ``threads`` torch threads each (CPU only).
+
+    On these 2-core machines two processes of one thread beat one process of two threads on the
+    tiny batched matmuls of adaptation (docs/performance.md); a GPU is driven by one process.
+    """
+    if device != "cpu":
+        return 1
+    return max(1, (os.cpu_count() or 1) // config.runtime.threads)
+
+
+def _score_one(job: _ScoreJob, names, models, lookup, frame: pd.DataFrame):
+    """Panel, scores and counts of one batch of whole series (runs in a worker or in-process)."""
+    panel, report = build_panel(frame, job.config.input.snap_tolerance)
+    out, n_series = _score_frame(
+        job.config, ModelDir(job.model_dir), names, models, lookup, frame, panel, job.first, job.last, job.device
+    )
+    counts = {str(k): int(v) for k, v in pd.Series(out["status"]).value_counts().items()}
+    counts["_anomalies"] = int(out["is_anomaly"].sum())
+    return report, _scores_table(out), n_series, counts
+
+
+def _worker_init(job: _ScoreJob) -> None:
+    tune_allocator()
+    import torch
+
+    torch.set_num_threads(job.config.runtime.threads)
+    md = ModelDir(job.model_dir)
+    names, models = _load_models(md)
+    _WORKER.update(job=job, names=names, models=models, lookup=ClusterIndex.load(md))
+
+
+def _worker_score(frame: pd.DataFrame):
+    w = _WORKER
+    return _score_one(w["job"], w["names"], w["models"], w["lookup"], frame)
+
+
+@contextmanager
+def _batch_scorer(job: _ScoreJob, names, models, lookup):
+    """``score(frames)`` yields (frame, read report, scores table, series, counts) per batch, in input order.
+
+    The first batch is scored in this process; when there is a second one and more than one core,
+    the rest go to a pool of worker processes (spawned: no forked torch state), with at most
+    two batches per worker in flight so memory stays bounded.
+    """
+    import itertools
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool: list[Any] = []
+
+    def score(frames):
+        frames = iter(frames)
+        head = list(itertools.islice(frames, 2))
+        n_proc = score_processes(job.config, job.device)
+        if len(head) < 2 or n_proc < 2:
+            for frame in itertools.chain(head, frames):
+                yield (frame, *_score_one(job, names, models, lookup, frame))
+            return
+        ex = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(job,))
+        pool.append(ex)
+        pending: list[tuple[pd.DataFrame, Any]] = []
+        for frame in itertools.chain(head, frames):
+            pending.append((frame, ex.submit(_worker_score, frame)))
+            while len(pending) > 2 * n_proc:
+                done, fut = pending.pop(0)
+                yield (done, *fut.result())
+        for done, fut in pending:
+            yield (done, *fut.result())
+
+    try:
+        yield score
+    finally:
+        for ex in pool:
+            ex.shutdown(wait=True, cancel_futures=True)
+
+def _no_data_error(date_option, first, last, data_first, data_last) -> InputError:
+    cover = f"it covers {data_first.astype('datetime64[D]')} to {data_last.astype('datetime64[D]')}"
+    if date_option is not None:
+        return InputError(
+            f"the input has no data on {date_option}; {cover}. Choose a --date inside that range, or "
+            "leave --date out to score the last day."
+        )
+    return InputError(
+        f"the input has no data between {first.astype('datetime64[D]')} and {last.astype('datetime64[D]')}; "
+        f"{cover}. Choose --start/--end inside that range."
+    )
+
+
+def _score_frame(
+    config: Config, md: ModelDir, names: list[str], models: list[Any], lookup: ClusterIndex, frame: pd.DataFrame,
+    panel: Panel, first: np.datetime64, last: np.datetime64, device: str,
+) -> tuple[pd.DataFrame, int]:
+    """Scores of the rows of days [first, last] in one batch of whole series (no data after ``last``)."""
+    from maml_anomaly.scoring import score_rows
+
+    ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
+    in_range = np.flatnonzero((ds >= first) & (ds < last + DAY))
+    rows = frame.iloc[in_range]
+    row_series = _row_series(rows, panel)
+    cluster_names, cluster_of, _ = lookup.lookup(panel)
+    cluster_of = _assign_unknown(md, panel, cluster_of, cluster_names, first)
+    model_index = {name: i for i, name in enumerate(names)}
+    series_model = np.array(
+        [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
+    )[np.where(cluster_of >= 0, cluster_of, len(cluster_names))]  # (S,) model per series, -1 none
+    y = rows["y"].to_numpy(np.float64, na_value=np.nan)
+    res = score_rows(
+        models, panel.values, panel.indptr, panel.start.view(np.int64), panel.step.view(np.int64), series_model,
+        row_series, ds[in_range].view(np.int64), y,
+        threshold=config.score.threshold, batch_size=config.score.batch_size, device=device,
+        unknown=cluster_of < 0,
+    )
+    cluster_col = np.asarray(cluster_names + [None], dtype=object)[
+        np.where(cluster_of >= 0, cluster_of, len(cluster_names))[row_series]
+    ]
+    out = pd.DataFrame(
+        {
+            "unique_id": _plain_ids(rows["unique_id"]),
+            "ds": ds[in_range],
+            "y": np.where(np.isfinite(y), y, np.nan),
+            "y_hat": res.y_hat,
+            "lower": res.lower,
+            "upper": res.upper,
+            "score": res.score,
+            "is_anomaly": res.is_anomaly,
+            "cluster": cluster_col,
+            "status": res.status,
+            "p_value": res.p_value,
+        }
+    )
+    return out, int(np.unique(row_series).size)
+
+
+def _scores_schema(out: pd.DataFrame):
+    import pyarrow as pa
+
+    from maml_anomaly.io import scores_schema
+
+    id_type = pa.int64() if out["unique_id"].dtype.kind in "iu" else pa.string()
+    return scores_schema(id_type).append(pa.field("p_value", pa.float64()))
+
+
+class _ReadTotals:
+    """ReadReport counts and the data window summed over streamed batches."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.start: np.datetime64 | None = None
+        self.end: np.datetime64 | None = None
+
+    def add(self, report: ReadReport, frame: pd.DataFrame) -> None:
+        for key, value in report.to_dict().items():
+            self.counts[key] = self.counts.get(key, 0) + int(value)
+        if len(frame):
+            ds = frame["ds"].to_numpy()
+            lo, hi = ds.min(), ds.max()
+            self.start = lo if self.start is None else min(self.start, lo)
+            self.end = hi if self.end is None else max(self.end, hi)
+
+    def report(self) -> ReadReport:
+        return ReadReport(**self.counts)
+
+    def summary(self) -> str:
+        return self.report().summary() if self.counts else "no rows"
+
+    def window(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "rows": self.counts.get("rows", 0), "series": self.counts.get("series", 0)}
+
+
 # -- bench scale (compute: issue #6) --------------------------------------------------------------
 
 
-def bench_scale(*, config: Config, series: int, freq: str) -> dict[str, Any]:
-    """Synthetic daily-score at scale: series/s, seconds and peak memory."""
+def bench_scale(
+    *, config: Config, series: int, freq: str, seed: int = 0, workdir: Path | None = None, autoets_series: int = 300,
+    nice: int = 0,
+) -> dict[str, Any]:
+    """fit-clusters, meta-train and daily-score on N synthetic series, each step in its own process,
+    beside StatsForecast AutoETS on a sample (maml_anomaly.benchmarks.scale)."""
+    from maml_anomaly.benchmarks.scale import format_report, run_scale_benchmark
+
     if series < 1:
         raise InputError(f"--series must be at least 1; found {series}.")
     if freq not in ("D", "h"):
         raise InputError(f"--freq must be D (daily) or h (hourly); found {freq!r}.")
+    if autoets_series < 1:
+        raise InputError(f"--autoets-series must be at least 1; found {autoets_series}.")
     setup_torch(config)
-    raise _not_implemented("bench scale", 6)
+    report = run_scale_benchmark(
+        config_dict=config.to_dict(), series=series, freq=freq, seed=seed, workdir=workdir,
+        autoets_series=autoets_series, nice=nice, log=lambda msg: log.info("%s", msg),
+    )
+    return {"summary": format_report(report), **report}
 
 
 __all__ = [

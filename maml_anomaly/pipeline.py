@@ -364,7 +364,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
     md = open_trained(model_dir)
     md.guard_overwrite(_weight_files(md) + [n for n in (DETECTOR, TRAINING_REPORT) if md.has(n)], overwrite)
     setup_torch(config)
-    data = load_input(config, input)
+    data = load_training_input(config, md, input)
     panel = data.panel
     names, cluster_of, period_of = _series_clusters(md, panel)
     settings = _train_settings(config)
@@ -481,114 +481,30 @@ def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
 def daily_score(
     *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None
 ) -> dict[str, Any]:
-    """Score one calendar day (default: the input's last day); write the scores atomically."""
-    if date is not None:
-        parse_day(date, "--date")
+    """Score one calendar day (default: the input's last day); write the scores atomically.
+
+    The input is streamed in batches of whole series (see ``_score_stream``): memory does not
+    grow with the number of series, and only the history the forecasters need is read.
+    """
+    day = parse_day(date, "--date") if date is not None else None
     check_output(output)
     md = open_trained(model_dir)
     device = setup_torch(config)
-    data = load_input(config, input)
-    day = resolve_day(data.frame, date)
-    log.info("scoring %s", day.astype("datetime64[D]"))
-    return _score_days(config, md, data, day, day, output, device)
+    return _score_stream(config, md, input, output, device, first=day, last=day, date_option=date)
 
 
 def backtest(
     *, config: Config, input: Path, model_dir: Path, output: Path, start: str | None = None, end: str | None = None
 ) -> dict[str, Any]:
     """daily-score for every day of [start, end], batched across days and series, one output."""
-    for value, option in ((start, "--start"), (end, "--end")):
-        if value is not None:
-            parse_day(value, option)
+    first = parse_day(start, "--start") if start is not None else None
+    last = parse_day(end, "--end") if end is not None else None
+    if first is not None and last is not None and first > last:
+        raise InputError(f"--start {start} is after --end {end}; give a start on or before the end.")
     check_output(output)
     md = open_trained(model_dir)
     device = setup_torch(config)
-    data = load_input(config, input)
-    first, last = resolve_range(data.frame, start, end)
-    log.info("backtest %s to %s", first.astype("datetime64[D]"), last.astype("datetime64[D]"))
-    return _score_days(config, md, data, first, last, output, device)
-
-
-def _score_days(
-    config: Config, md: ModelDir, data: LoadedInput, first: np.datetime64, last: np.datetime64, output: Path, device: str
-) -> dict[str, Any]:
-    """Score every input row of the days [first, last]: one task per (series, day), batched."""
-    import time
-
-    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_OK, STATUS_UNKNOWN, score_rows
-
-    started = time.perf_counter()
-    names, models = _load_models(md)
-    frame, panel = data.frame, data.panel
-    end = last + DAY
-    ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
-    if ds.max() >= end:  # data after the scored days must not change anything: rebuild without it
-        frame = frame[ds < end]
-        panel, _ = build_panel(frame)
-        ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
-    in_range = np.flatnonzero(ds >= first)
-    rows = frame.iloc[in_range]
-    row_series = _row_series(rows, panel)
-    cluster_names, cluster_of, _ = _series_clusters(md, panel)
-    cluster_of = _assign_unknown(config, md, panel, cluster_of, cluster_names, first)
-    model_index = {name: i for i, name in enumerate(names)}
-    series_model = np.array(
-        [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
-    )[np.where(cluster_of >= 0, cluster_of, len(cluster_names))]  # (S,) model per series, -1 none
-    still_unknown = cluster_of < 0
-    res = score_rows(
-        models, panel.values, panel.indptr, panel.start.view(np.int64), panel.step.view(np.int64), series_model,
-        row_series, ds[in_range].view(np.int64), rows["y"].to_numpy(np.float64, na_value=np.nan),
-        threshold=config.score.threshold, batch_size=config.score.batch_size, device=device,
-        unknown=still_unknown,
-    )
-    cluster_col = np.asarray(cluster_names + [None], dtype=object)[
-        np.where(cluster_of >= 0, cluster_of, len(cluster_names))[row_series]
-    ]
-    y = rows["y"].to_numpy(np.float64, na_value=np.nan)
-    out = pd.DataFrame(
-        {
-            "unique_id": _plain_ids(rows["unique_id"]),
-            "ds": ds[in_range],
-            "y": np.where(np.isfinite(y), y, np.nan),
-            "y_hat": res.y_hat,
-            "lower": res.lower,
-            "upper": res.upper,
-            "score": res.score,
-            "is_anomaly": res.is_anomaly,
-            "cluster": cluster_col,
-            "status": res.status,
-            "p_value": res.p_value,
-        }
-    )
-    counts = {k: int(v) for k, v in pd.Series(res.status).value_counts().sort_index().items()}
-    failed_rows = np.isin(res.status, [STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL])
-    n_series, n_failed = np.unique(row_series).size, np.unique(row_series[failed_rows]).size
-    if n_series and n_failed / n_series > config.score.max_failed_fraction:
-        raise MamlAnomalyError(
-            f"{n_failed:,} of {n_series:,} series could not be scored ({counts} points), more than "
-            f"--max-failed-fraction {config.score.max_failed_fraction}; nothing was written. Check that "
-            "the input holds enough history before the scored day(s) and that meta-train ran on these series."
-        )
-    write_parquet_atomic(_scores_table(out), output)
-    n_flags = int(res.is_anomaly.sum())
-    seconds = time.perf_counter() - started
-    days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
-    return _summary(
-        f"scored {len(out):,} points of {int(np.unique(row_series).size):,} series on {days}: "
-        f"{n_flags:,} anomalies; {counts.get(STATUS_OK, 0):,} ok, "
-        f"{len(out) - counts.get(STATUS_OK, 0):,} not scored ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != STATUS_OK) or 'none'}); "
-        f"wrote {output} in {seconds:.1f} s",
-        output=str(output),
-        first_day=str(first.astype("datetime64[D]")),
-        last_day=str(last.astype("datetime64[D]")),
-        points=len(out),
-        series=int(np.unique(row_series).size),
-        anomalies=n_flags,
-        statuses=counts,
-        threshold=config.score.threshold,
-        seconds=round(seconds, 2),
-    )
+    return _score_stream(config, md, input, output, device, first=first, last=last, date_option=None, backtest=True)
 
 
 def _row_series(rows: pd.DataFrame, panel: Panel) -> np.ndarray:
@@ -875,17 +791,24 @@ def _score_stream(
     """
     import time
 
-    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_OK, STATUS_UNKNOWN
+    from maml_anomaly.scoring import STATUS_OK
 
     started = time.perf_counter()
-    names, models = _load_models(md)
-    lookup = ClusterIndex.load(md)
     data_first, data_last = (v.astype("datetime64[D]").astype("datetime64[ns]") for v in time_bounds(input, config.columns))
     if backtest:
         first = data_first if first is None else max(first, data_first)
         last = data_last if last is None else min(last, data_last)
     elif first is None:
         first = last = data_last
+    if first > data_last or last < data_first:  # nothing to score: say so before reading anything
+        raise _no_data_error(date_option, first, last, data_first, data_last)
+    try:
+        names, models = _load_models(md)
+    except ModelDirError:
+        # a bad input is reported before a missing model (fix the data first): check a batch
+        next(iter_series_frames(input, config.columns, config.input.on_duplicate, batch_rows=STREAM_ROWS), None)
+        raise
+    lookup = ClusterIndex.load(md)
     span = history_span(models, lookup.max_step_ns)
     ds_min = None if span is None else first - span
     log.info(
@@ -895,7 +818,7 @@ def _score_stream(
     )
     totals = _ReadTotals()
     counts: dict[str, int] = {}
-    points = series = anomalies = 0
+    points = series = anomalies = failed_series = 0
     writer = None
     frames = iter_series_frames(
         input, config.columns, config.input.on_duplicate, ds_min=ds_min, ds_end=last + DAY, batch_rows=STREAM_ROWS
@@ -911,16 +834,16 @@ def _score_stream(
                 points += table.num_rows
                 series += n_series
                 anomalies += batch_counts.pop("_anomalies")
+                failed_series += batch_counts.pop("_failed_series")
                 for k, v in batch_counts.items():
                     counts[k] = counts.get(k, 0) + v
                 advance(1)
         log.info("read %s: %s", input, totals.summary())
         if points == 0:
             raise _no_data_error(date_option, first, last, data_first, data_last)
-        failed = sum(counts.get(k, 0) for k in (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL))
-        if failed / points > config.score.max_failed_fraction:
+        if failed_series / max(series, 1) > config.score.max_failed_fraction:
             raise MamlAnomalyError(
-                f"{failed:,} of {points:,} points could not be scored ({dict(sorted(counts.items()))}), more than "
+                f"{failed_series:,} of {series:,} series could not be scored ({dict(sorted(counts.items()))} points), more than "
                 f"--max-failed-fraction {config.score.max_failed_fraction}; nothing was written. Check that "
                 "the input holds enough history before the scored day(s) and that meta-train ran on these series."
             )
@@ -980,8 +903,12 @@ def _score_one(job: _ScoreJob, names, models, lookup, frame: pd.DataFrame):
     out, n_series = _score_frame(
         job.config, ModelDir(job.model_dir), names, models, lookup, frame, panel, job.first, job.last, job.device
     )
+    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_UNKNOWN
+
     counts = {str(k): int(v) for k, v in pd.Series(out["status"]).value_counts().items()}
     counts["_anomalies"] = int(out["is_anomaly"].sum())
+    failed = out["status"].isin([STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL]).to_numpy()
+    counts["_failed_series"] = int(pd.unique(out["unique_id"].to_numpy()[failed]).size)  # batches hold whole series
     return report, _scores_table(out), n_series, counts
 
 
@@ -1064,7 +991,7 @@ def _score_frame(
     rows = frame.iloc[in_range]
     row_series = _row_series(rows, panel)
     cluster_names, cluster_of, _ = lookup.lookup(panel)
-    cluster_of = _assign_unknown(md, panel, cluster_of, cluster_names, first)
+    cluster_of = _assign_unknown(config, md, panel, cluster_of, cluster_names, first)
     model_index = {name: i for i, name in enumerate(names)}
     series_model = np.array(
         [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
@@ -1131,6 +1058,41 @@ class _ReadTotals:
 
     def window(self) -> dict[str, Any]:
         return {"start": self.start, "end": self.end, "rows": self.counts.get("rows", 0), "series": self.counts.get("series", 0)}
+
+
+# -- meta-train on a sample of series (issue #6) ----------------------------------------------------
+
+TRAIN_SAMPLE_MIN_SERIES = 200_000  # inputs with more clustered series are sampled before meta-training
+TRAIN_SAMPLE_PER_CLUSTER = 4_000  # series read per cluster (training itself draws at most max_series)
+
+
+def load_training_input(config: Config, md: ModelDir, input: Path) -> LoadedInput:
+    """The input meta-train needs: all of it when small, else a seeded sample of each cluster's series.
+
+    Meta-training draws its tasks from at most a few thousand series per cluster, so reading
+    2,000,000 series to train would only cost time and memory: above TRAIN_SAMPLE_MIN_SERIES
+    series, up to TRAIN_SAMPLE_PER_CLUSTER series per cluster are picked (seeded, uniform within
+    each cluster) and only their rows are read, streamed in batches.
+    """
+    clusters = md.load_clusters()
+    if len(clusters) <= TRAIN_SAMPLE_MIN_SERIES:
+        return load_input(config, input)
+    rng = np.random.default_rng(config.train.seed)
+    code = pd.factorize(clusters["cluster"].astype(str), sort=True)[0]  # (C,)
+    order = np.lexsort((rng.random(code.size), code))  # clusters together, random order inside each
+    starts = np.r_[0, np.flatnonzero(np.diff(code[order])) + 1]  # first position of each cluster
+    rank = np.arange(code.size) - np.repeat(starts, np.diff(np.r_[starts, code.size]))  # (C,) rank within cluster
+    picked = np.sort(order[rank < TRAIN_SAMPLE_PER_CLUSTER])
+    ids = clusters["unique_id"].to_numpy()[picked]
+    frames = [
+        f.assign(unique_id=_plain_ids(f["unique_id"]))
+        for f in iter_series_frames(input, config.columns, config.input.on_duplicate, ids=ids)
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    panel, report = build_panel(frame, config.input.snap_tolerance)
+    log.info("meta-train reads a sample of %d of %d series (%d per cluster at most): %s",
+             panel.n_series, len(clusters), TRAIN_SAMPLE_PER_CLUSTER, report.summary())
+    return LoadedInput(frame=frame, panel=panel, report=report)
 
 
 # -- bench scale (compute: issue #6) --------------------------------------------------------------

@@ -711,6 +711,7 @@ def iter_series_frames(
     ds_end: np.datetime64 | None = None,
     batch_rows: int = STREAM_BATCH_ROWS,
     spill_dir: str | Path | None = None,
+    ids: np.ndarray | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Read the input as a stream of frames, each holding whole series, in bounded memory.
 
@@ -725,12 +726,16 @@ def iter_series_frames(
     through one spill pass that hashes ids into buckets of about ``batch_rows`` rows as
     temporary parquet files under ``spill_dir`` (default: the system temp folder), then
     streams bucket by bucket (output then comes bucket by bucket, sorted within each bucket).
+    ``ids`` keeps only those series (meta-train reads a sample of series this way).
     """
     if on_duplicate not in ON_DUPLICATE:
         raise InputError(f"--on-duplicate must be one of {', '.join(ON_DUPLICATE)}; found {on_duplicate!r}.")
     path = Path(path)
     dataset, _ = _stream_dataset(path, columns)
     flt = _time_filter(dataset.schema.field(columns.time_col).type, columns.time_col, ds_min, ds_end)
+    if ids is not None:
+        keep = pc.field(columns.id_col).isin(pa.array(np.asarray(ids).tolist()))
+        flt = keep if flt is None else flt & keep
     wanted = [columns.id_col, columns.time_col, columns.value_col]
     groups = _ordered_row_groups(dataset, columns.id_col, flt)
     if groups is not None:
@@ -890,6 +895,8 @@ def _time_filter(typ: pa.DataType, col: str, ds_min, ds_end) -> pc.Expression | 
             day = ts.normalize()
             day = day + pd.Timedelta(days=1) if upper and day != ts else day
             return pa.scalar(day.date(), type=typ)
+        unit = {"s": "s", "ms": "ms", "us": "us", "ns": "ns"}[typ.unit]
+        ts = ts.ceil(unit) if upper else ts.floor(unit)  # whole units of the column: a bound never cuts a row
         if typ.tz is not None:
             ts = ts.tz_localize("UTC")
         return pa.scalar(ts, type=pa.timestamp("ns", tz=typ.tz)).cast(typ)

@@ -32,7 +32,6 @@ from maml_anomaly.config import Config
 from maml_anomaly.errors import ConfigError, InputError, MamlAnomalyError, ModelDirError
 from maml_anomaly.io import (
     SCORE_COLUMNS,
-    AtomicParquetWriter,
     ReadReport,
     build_panel,
     iter_series_frames,
@@ -415,7 +414,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
     md = open_trained(model_dir)
     md.guard_overwrite(_weight_files(md) + [n for n in (DETECTOR, TRAINING_REPORT) if md.has(n)], overwrite)
     setup_torch(config)
-    data = load_input(config, input)
+    data = load_training_input(config, md, input)
     panel = data.panel
     if not np.isfinite(panel.values).any():
         raise InputError(
@@ -553,17 +552,17 @@ def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
 def daily_score(
     *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None, events: Path | None = None
 ) -> dict[str, Any]:
-    """Score one calendar day (default: the input's last day); write the scores atomically."""
-    if date is not None:
-        parse_day(date, "--date")
+    """Score one calendar day (default: the input's last day); write the scores atomically.
+
+    The input is streamed in batches of whole series (see ``_score_stream``): memory does not
+    grow with the number of series, and only the history the forecasters need is read.
+    """
+    day = parse_day(date, "--date") if date is not None else None
     check_output(output)
     _check_events_path(events, output)
     md = open_trained(model_dir)
     device = setup_torch(config)
-    data = load_input(config, input)
-    day = resolve_day(data.frame, date)
-    log.info("scoring %s", day.astype("datetime64[D]"))
-    return _score_days(config, md, data, day, day, output, device, events)
+    return _score_stream(config, md, input, output, device, first=day, last=day, date_option=date, events=events)
 
 
 @locked(model_shared=True, output=True)
@@ -572,106 +571,16 @@ def backtest(
     events: Path | None = None,
 ) -> dict[str, Any]:
     """daily-score for every day of [start, end], batched across days and series, one output."""
-    for value, option in ((start, "--start"), (end, "--end")):
-        if value is not None:
-            parse_day(value, option)
+    first = parse_day(start, "--start") if start is not None else None
+    last = parse_day(end, "--end") if end is not None else None
+    if first is not None and last is not None and first > last:
+        raise InputError(f"--start {start} is after --end {end}; give a start on or before the end.")
     check_output(output)
     _check_events_path(events, output)
     md = open_trained(model_dir)
     device = setup_torch(config)
-    data = load_input(config, input)
-    first, last = resolve_range(data.frame, start, end)
-    log.info("backtest %s to %s", first.astype("datetime64[D]"), last.astype("datetime64[D]"))
-    return _score_days(config, md, data, first, last, output, device, events)
-
-
-def _score_days(
-    config: Config, md: ModelDir, data: LoadedInput, first: np.datetime64, last: np.datetime64, output: Path, device: str,
-    events: Path | None = None,
-) -> dict[str, Any]:
-    """Score every input row of the days [first, last]: one task per (series, day), batched."""
-    import time
-
-    from maml_anomaly.scoring import STATUS_OK, score_rows
-
-    started = time.perf_counter()
-    names, models = _load_models(md)
-    frame, panel = data.frame, data.panel
-    end = last + DAY
-    ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
-    if ds.max() >= end:  # data after the scored days must not change anything: rebuild without it
-        frame = frame[ds < end]
-        panel, _ = build_panel(frame)
-        ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
-    in_range = np.flatnonzero(ds >= first)
-    rows = frame.iloc[in_range]
-    row_series = _row_series(rows, panel)
-    cluster_names, cluster_of, _ = _series_clusters(md, panel)
-    cluster_of = _assign_unknown(config, md, panel, cluster_of, cluster_names, first)
-    model_index = {name: i for i, name in enumerate(names)}
-    series_model = np.array(
-        [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
-    )[np.where(cluster_of >= 0, cluster_of, len(cluster_names))]  # (S,) model per series, -1 none
-    still_unknown = cluster_of < 0
-    res = score_rows(
-        models, panel.values, panel.indptr, panel.start.view(np.int64), panel.step.view(np.int64), series_model,
-        row_series, ds[in_range].view(np.int64), rows["y"].to_numpy(np.float64, na_value=np.nan),
-        threshold=config.score.threshold, batch_size=config.score.batch_size, device=device,
-        unknown=still_unknown,
-    )
-    # a series with a single point has no step, so score_rows sees it as off its grid: it is short
-    one_point = np.isnat(panel.step)[row_series] & (res.status == "off_grid")
-    res.status[one_point] = "insufficient_history"
-    cluster_col = np.asarray(cluster_names + [None], dtype=object)[
-        np.where(cluster_of >= 0, cluster_of, len(cluster_names))[row_series]
-    ]
-    y = rows["y"].to_numpy(np.float64, na_value=np.nan)
-    out = pd.DataFrame(
-        {
-            "unique_id": _plain_ids(rows["unique_id"]),
-            "ds": ds[in_range],
-            "y": np.where(np.isfinite(y), y, np.nan),
-            "y_hat": res.y_hat,
-            "lower": res.lower,
-            "upper": res.upper,
-            "score": res.score,
-            "is_anomaly": res.is_anomaly,
-            "cluster": cluster_col,
-            "status": res.status,
-            "p_value": res.p_value,
-        }
-    )
-    counts = {k: int(v) for k, v in pd.Series(res.status).value_counts().sort_index().items()}
-    # -- alerts (issue #9): q-values, post-rules, alert budget, events: one call, see alerts.py --
-    from maml_anomaly.alerts import apply_alerts, summary_text
-
-    alerted = apply_alerts(
-        out, config.alerts, step=panel.step[row_series], series=row_series, threshold=config.score.threshold
-    )
-    out = alerted.scores
-    write_parquet_atomic(_scores_table(out), output)
-    if events is not None:
-        write_parquet_atomic(_events_table(alerted.events, out), events)
-    # -- end of alerts --
-    _check_failed_fraction(res.status, row_series, counts, config.score.max_failed_fraction, output)
-    n_flags = int(out["is_anomaly"].sum())
-    seconds = time.perf_counter() - started
-    days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
-    return _summary(
-        f"scored {len(out):,} points of {int(np.unique(row_series).size):,} series on {days}: "
-        f"{n_flags:,} anomalies; {counts.get(STATUS_OK, 0):,} ok, "
-        f"{len(out) - counts.get(STATUS_OK, 0):,} not scored ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != STATUS_OK) or 'none'}); "
-        f"wrote {output} in {seconds:.1f} s\n" + summary_text(alerted),
-        **_alert_fields(alerted, events),
-        output=str(output),
-        first_day=str(first.astype("datetime64[D]")),
-        last_day=str(last.astype("datetime64[D]")),
-        points=len(out),
-        series=int(np.unique(row_series).size),
-        anomalies=n_flags,
-        statuses=counts,
-        threshold=config.score.threshold,
-        seconds=round(seconds, 2),
+    return _score_stream(
+        config, md, input, output, device, first=first, last=last, date_option=None, backtest=True, events=events
     )
 
 
@@ -800,14 +709,16 @@ def _assign_unknown(
     return out
 
 
-def _scores_table(frame: pd.DataFrame):
+def _scores_table(frame: pd.DataFrame, *, alerts: bool = True):
+    """The scores frame as Arrow with the output schema; ``alerts=False`` for a batch before the alerts step."""
     import pyarrow as pa
 
     from maml_anomaly.io import scores_schema
 
     id_type = pa.int64() if frame["unique_id"].dtype.kind in "iu" else pa.string()
     schema = scores_schema(id_type).append(pa.field("p_value", pa.float64()))
-    schema = schema.append(pa.field("q_value", pa.float64())).append(pa.field("suppressed", pa.string()))  # alerts
+    if alerts:
+        schema = schema.append(pa.field("q_value", pa.float64())).append(pa.field("suppressed", pa.string()))
     return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
 
@@ -1123,28 +1034,36 @@ def history_span(models: list[Any], max_step_ns: int) -> np.timedelta64 | None:
 
 def _score_stream(
     config: Config, md: ModelDir, input: Path, output: Path, device: str, *, first: np.datetime64 | None,
-    last: np.datetime64 | None, date_option: str | None, backtest: bool = False,
+    last: np.datetime64 | None, date_option: str | None, backtest: bool = False, events: Path | None = None,
 ) -> dict[str, Any]:
-    """Score the days [first, last] reading the input in batches of whole series; append the output.
+    """Score the days [first, last] reading the input in batches of whole series.
 
     ``first``/``last`` None: the input's last day (daily-score) or its first/last day (backtest).
-    Peak memory is set by the batch size, not by the number of series. The output goes to a
-    temporary file that replaces ``output`` only once every batch was scored and the failure
-    budget holds.
+    The history is streamed, so its memory is set by the batch size; only the scored points are
+    kept (compact Arrow tables) until the alerts step, which needs the whole run for its q-values
+    and alert budget. The output is written atomically once every batch was scored.
     """
     import time
 
-    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_OK, STATUS_UNKNOWN
+    from maml_anomaly.alerts import summary_text
+    from maml_anomaly.scoring import STATUS_OK
 
     started = time.perf_counter()
-    names, models = _load_models(md)
-    lookup = ClusterIndex.load(md)
     data_first, data_last = (v.astype("datetime64[D]").astype("datetime64[ns]") for v in time_bounds(input, config.columns))
     if backtest:
         first = data_first if first is None else max(first, data_first)
         last = data_last if last is None else min(last, data_last)
     elif first is None:
         first = last = data_last
+    if first > data_last or last < data_first:  # nothing to score: say so before reading anything
+        raise _no_data_error(date_option, first, last, data_first, data_last)
+    try:
+        names, models = _load_models(md)
+    except ModelDirError:
+        # a bad input is reported before a missing model (fix the data first): check a batch
+        next(iter_series_frames(input, config.columns, config.input.on_duplicate, batch_rows=STREAM_ROWS), None)
+        raise
+    lookup = ClusterIndex.load(md)
     span = history_span(models, lookup.max_step_ns)
     ds_min = None if span is None else first - span
     log.info(
@@ -1154,48 +1073,46 @@ def _score_stream(
     )
     totals = _ReadTotals()
     counts: dict[str, int] = {}
-    points = series = anomalies = 0
-    writer = None
+    points = series = failed_series = 0
+    tables: list[Any] = []  # pyarrow Tables of scored points
+    steps: list[np.ndarray] = []
     frames = iter_series_frames(
         input, config.columns, config.input.on_duplicate, ds_min=ds_min, ds_end=last + DAY, batch_rows=STREAM_ROWS
     )
     job = _ScoreJob(config, md.path, first, last, device)
-    try:
-        with progress("scoring", None) as advance, _batch_scorer(job, names, models, lookup) as score:
-            for frame, report, table, n_series, batch_counts in score(frames):
-                totals.add(report, frame)
-                if writer is None:
-                    writer = AtomicParquetWriter(output, table.schema)
-                writer.write(table)
-                points += table.num_rows
-                series += n_series
-                anomalies += batch_counts.pop("_anomalies")
-                for k, v in batch_counts.items():
-                    counts[k] = counts.get(k, 0) + v
-                advance(1)
-        log.info("read %s: %s", input, totals.summary())
-        if points == 0:
-            raise _no_data_error(date_option, first, last, data_first, data_last)
-        writer.commit()  # the scores are written even when too many failed (docs/operations.md)
-        failed = sum(counts.get(k, 0) for k in (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL))
-        if failed / points > config.score.max_failed_fraction:
-            raise MamlAnomalyError(
-                f"{failed:,} of {points:,} points could not be scored ({dict(sorted(counts.items()))}), more than "
-                f"--max-failed-fraction {config.score.max_failed_fraction}. The scores were still written to "
-                f"{output} (see its status column). Check that the input holds enough history before the "
-                "scored day(s) and that meta-train ran on these series."
-            )
-    finally:
-        if writer is not None:
-            writer.abort()
+    with progress("scoring", None) as advance, _batch_scorer(job, names, models, lookup) as score:
+        for frame, report, table, step, n_series, batch_counts in score(frames):
+            totals.add(report, frame)
+            tables.append(table)
+            steps.append(step)
+            points += table.num_rows
+            series += n_series
+            batch_counts.pop("_anomalies")
+            failed_series += batch_counts.pop("_failed_series")
+            for k, v in batch_counts.items():
+                counts[k] = counts.get(k, 0) + v
+            advance(1)
+    log.info("read %s: %s", input, totals.summary())
+    if points == 0:
+        raise _no_data_error(date_option, first, last, data_first, data_last)
+    alerted = _write_scores(tables, steps, config, output, events)
+    if failed_series / max(series, 1) > config.score.max_failed_fraction:
+        raise MamlAnomalyError(
+            f"{failed_series:,} of {series:,} series could not be scored ({dict(sorted(counts.items()))} points), "
+            f"more than --max-failed-fraction {config.score.max_failed_fraction:g}. The scores were still written "
+            f"to {output} (see its status column). Check that the input holds enough history before the "
+            "scored day(s) and that fit-clusters and meta-train ran on these series, or raise --max-failed-fraction."
+        )
     counts = dict(sorted(counts.items()))
+    anomalies = int(alerted.scores["is_anomaly"].sum())
     seconds = time.perf_counter() - started
     days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
     return _summary(
         f"scored {points:,} points of {series:,} series on {days}: "
         f"{anomalies:,} anomalies; {counts.get(STATUS_OK, 0):,} ok, "
         f"{points - counts.get(STATUS_OK, 0):,} not scored ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != STATUS_OK) or 'none'}); "
-        f"wrote {output} in {seconds:.1f} s",
+        f"wrote {output} in {seconds:.1f} s\n" + summary_text(alerted),
+        **_alert_fields(alerted, events),
         output=str(output),
         first_day=str(first.astype("datetime64[D]")),
         last_day=str(last.astype("datetime64[D]")),
@@ -1207,6 +1124,20 @@ def _score_stream(
         seconds=round(seconds, 2),
     )
 
+
+def _write_scores(tables: list[Any], steps: list[np.ndarray], config: Config, output: Path, events: Path | None):
+    """Alerts over the whole run (q-values, rules, budget, events), then the scores and events files."""
+    import pyarrow as pa
+
+    from maml_anomaly.alerts import apply_alerts
+
+    scores = pa.concat_tables(tables).to_pandas()
+    tables.clear()  # the frame holds the rows now
+    alerted = apply_alerts(scores, config.alerts, step=np.concatenate(steps), threshold=config.score.threshold)
+    write_parquet_atomic(_scores_table(alerted.scores), output)
+    if events is not None:
+        write_parquet_atomic(_events_table(alerted.events, alerted.scores), events)
+    return alerted
 
 
 @dataclass(frozen=True)
@@ -1240,9 +1171,14 @@ def _score_one(job: _ScoreJob, names, models, lookup, frame: pd.DataFrame):
     out, n_series = _score_frame(
         job.config, ModelDir(job.model_dir), names, models, lookup, frame, panel, job.first, job.last, job.device
     )
+    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_UNKNOWN
+
     counts = {str(k): int(v) for k, v in pd.Series(out["status"]).value_counts().items()}
     counts["_anomalies"] = int(out["is_anomaly"].sum())
-    return report, _scores_table(out), n_series, counts
+    failed = out["status"].isin([STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL]).to_numpy()
+    counts["_failed_series"] = int(pd.unique(out["unique_id"].to_numpy()[failed]).size)  # batches hold whole series
+    step = panel.step[np.maximum(panel.positions(_plain_ids(out["unique_id"])), 0)]  # (N,) grid step per row
+    return report, _scores_table(out, alerts=False), step, n_series, counts
 
 
 def _worker_init(job: _ScoreJob) -> None:
@@ -1262,7 +1198,7 @@ def _worker_score(frame: pd.DataFrame):
 
 @contextmanager
 def _batch_scorer(job: _ScoreJob, names, models, lookup):
-    """``score(frames)`` yields (frame, read report, scores table, series, counts) per batch, in input order.
+    """``score(frames)`` yields (frame, read report, scores table, row steps, series, counts) per batch, in input order.
 
     The first batch is scored in this process; when there is a second one and more than one core,
     the rest go to a pool of worker processes (spawned: no forked torch state), with at most
@@ -1324,7 +1260,7 @@ def _score_frame(
     rows = frame.iloc[in_range]
     row_series = _row_series(rows, panel)
     cluster_names, cluster_of, _ = lookup.lookup(panel)
-    cluster_of = _assign_unknown(md, panel, cluster_of, cluster_names, first)
+    cluster_of = _assign_unknown(config, md, panel, cluster_of, cluster_names, first)
     model_index = {name: i for i, name in enumerate(names)}
     series_model = np.array(
         [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
@@ -1391,6 +1327,41 @@ class _ReadTotals:
 
     def window(self) -> dict[str, Any]:
         return {"start": self.start, "end": self.end, "rows": self.counts.get("rows", 0), "series": self.counts.get("series", 0)}
+
+
+# -- meta-train on a sample of series (issue #6) ----------------------------------------------------
+
+TRAIN_SAMPLE_MIN_SERIES = 200_000  # inputs with more clustered series are sampled before meta-training
+TRAIN_SAMPLE_PER_CLUSTER = 4_000  # series read per cluster (training itself draws at most max_series)
+
+
+def load_training_input(config: Config, md: ModelDir, input: Path) -> LoadedInput:
+    """The input meta-train needs: all of it when small, else a seeded sample of each cluster's series.
+
+    Meta-training draws its tasks from at most a few thousand series per cluster, so reading
+    2,000,000 series to train would only cost time and memory: above TRAIN_SAMPLE_MIN_SERIES
+    series, up to TRAIN_SAMPLE_PER_CLUSTER series per cluster are picked (seeded, uniform within
+    each cluster) and only their rows are read, streamed in batches.
+    """
+    clusters = md.load_clusters()
+    if len(clusters) <= TRAIN_SAMPLE_MIN_SERIES:
+        return load_input(config, input)
+    rng = np.random.default_rng(config.train.seed)
+    code = pd.factorize(clusters["cluster"].astype(str), sort=True)[0]  # (C,)
+    order = np.lexsort((rng.random(code.size), code))  # clusters together, random order inside each
+    starts = np.r_[0, np.flatnonzero(np.diff(code[order])) + 1]  # first position of each cluster
+    rank = np.arange(code.size) - np.repeat(starts, np.diff(np.r_[starts, code.size]))  # (C,) rank within cluster
+    picked = np.sort(order[rank < TRAIN_SAMPLE_PER_CLUSTER])
+    ids = clusters["unique_id"].to_numpy()[picked]
+    frames = [
+        f.assign(unique_id=_plain_ids(f["unique_id"]))
+        for f in iter_series_frames(input, config.columns, config.input.on_duplicate, ids=ids)
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    panel, report = build_panel(frame, config.input.snap_tolerance)
+    log.info("meta-train reads a sample of %d of %d series (%d per cluster at most): %s",
+             panel.n_series, len(clusters), TRAIN_SAMPLE_PER_CLUSTER, report.summary())
+    return LoadedInput(frame=frame, panel=panel, report=report)
 
 
 # -- bench scale (compute: issue #6) --------------------------------------------------------------

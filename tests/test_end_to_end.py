@@ -131,7 +131,8 @@ def test_backtest_matches_daily_score(trained):
     assert list(bt.columns) == list(daily.columns)
     assert bt["ds"].min() >= LAST_DAY - pd.Timedelta(days=2)
     last = bt[bt["ds"] >= LAST_DAY].reset_index(drop=True)
-    pd.testing.assert_frame_equal(last, daily, check_exact=False, rtol=1e-6)
+    run_wide = ["q_value"]  # Benjamini-Hochberg over the run: a 3-day run ranks more points than one day
+    pd.testing.assert_frame_equal(last.drop(columns=run_wide), daily.drop(columns=run_wide), check_exact=False, rtol=1e-6)
 
 
 def test_failure_budget_fails_after_writing(trained):

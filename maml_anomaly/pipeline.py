@@ -16,6 +16,7 @@ below, after the input and model-directory checks that are already final.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +29,16 @@ import pandas as pd
 from maml_anomaly.artifacts import CLUSTERS, ModelDir, jsonable
 from maml_anomaly.config import Config
 from maml_anomaly.errors import ConfigError, InputError, MamlAnomalyError, ModelDirError
-from maml_anomaly.io import SCORE_COLUMNS, ReadReport, build_panel, read_long, write_parquet_atomic
+from maml_anomaly.io import (
+    SCORE_COLUMNS,
+    AtomicParquetWriter,
+    ReadReport,
+    build_panel,
+    iter_series_frames,
+    read_long,
+    time_bounds,
+    write_parquet_atomic,
+)
 from maml_anomaly.panel import Panel
 
 log = logging.getLogger(__name__)
@@ -76,6 +86,7 @@ def setup_torch(config: Config) -> str:
     """Set torch's thread count and resolve the device ("auto" -> cuda when available)."""
     import torch
 
+    tune_allocator()
     torch.set_num_threads(config.runtime.threads)
     device = config.runtime.device
     if device == "auto":
@@ -87,6 +98,28 @@ def setup_torch(config: Config) -> str:
         )
     log.debug("torch: device %s, %d thread(s)", device, config.runtime.threads)
     return device
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process instead of returning it to the kernel (glibc only).
+
+    With glibc's defaults every large intermediate of batched adaptation (tens of MB) is a fresh
+    mmap, page-faulted on first touch and unmapped on free; raising the mmap and trim thresholds
+    to their maximum (2 GiB, the same as MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ in the
+    environment) made scoring about 2.5x faster per CPU second (docs/performance.md). Returns
+    whether the settings took.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    limit = ctypes.c_int(2**31 - 1)
+    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
 
 
 def parse_day(value: str, option: str) -> np.datetime64:
@@ -346,13 +379,13 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
     """Meta-train one forecaster per cluster; write weights and the training report."""
     import time
 
-    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step
+    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step, window_width
     from maml_anomaly.training import train_cluster
 
     md = open_trained(model_dir)
     md.guard_overwrite(_weight_files(md) + [n for n in (DETECTOR, TRAINING_REPORT) if md.has(n)], overwrite)
     setup_torch(config)
-    data = load_input(config, input)
+    data = load_training_input(config, md, input)
     panel = data.panel
     names, cluster_of, period_of = _series_clusters(md, panel)
     settings = _train_settings(config)
@@ -375,7 +408,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
             advance(1)
             if model is None:
                 reports[name] = {"skipped": "no series is long enough for one task window", "n_series": int(rows.size),
-                                 "window": spec.max_lag + settings.k_shot + query_len}
+                                 "window": window_width(spec, settings.k_shot, query_len)}
                 log.warning("cluster %s: skipped, no series holds a full task window", name)
                 continue
             file = f"cluster-{i:04d}.safetensors"
@@ -469,113 +502,30 @@ def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
 def daily_score(
     *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None
 ) -> dict[str, Any]:
-    """Score one calendar day (default: the input's last day); write the scores atomically."""
-    if date is not None:
-        parse_day(date, "--date")
+    """Score one calendar day (default: the input's last day); write the scores atomically.
+
+    The input is streamed in batches of whole series (see ``_score_stream``): memory does not
+    grow with the number of series, and only the history the forecasters need is read.
+    """
+    day = parse_day(date, "--date") if date is not None else None
     check_output(output)
     md = open_trained(model_dir)
     device = setup_torch(config)
-    data = load_input(config, input)
-    day = resolve_day(data.frame, date)
-    log.info("scoring %s", day.astype("datetime64[D]"))
-    return _score_days(config, md, data, day, day, output, device)
+    return _score_stream(config, md, input, output, device, first=day, last=day, date_option=date)
 
 
 def backtest(
     *, config: Config, input: Path, model_dir: Path, output: Path, start: str | None = None, end: str | None = None
 ) -> dict[str, Any]:
     """daily-score for every day of [start, end], batched across days and series, one output."""
-    for value, option in ((start, "--start"), (end, "--end")):
-        if value is not None:
-            parse_day(value, option)
+    first = parse_day(start, "--start") if start is not None else None
+    last = parse_day(end, "--end") if end is not None else None
+    if first is not None and last is not None and first > last:
+        raise InputError(f"--start {start} is after --end {end}; give a start on or before the end.")
     check_output(output)
     md = open_trained(model_dir)
     device = setup_torch(config)
-    data = load_input(config, input)
-    first, last = resolve_range(data.frame, start, end)
-    log.info("backtest %s to %s", first.astype("datetime64[D]"), last.astype("datetime64[D]"))
-    return _score_days(config, md, data, first, last, output, device)
-
-
-def _score_days(
-    config: Config, md: ModelDir, data: LoadedInput, first: np.datetime64, last: np.datetime64, output: Path, device: str
-) -> dict[str, Any]:
-    """Score every input row of the days [first, last]: one task per (series, day), batched."""
-    import time
-
-    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_OK, STATUS_UNKNOWN, score_rows
-
-    started = time.perf_counter()
-    names, models = _load_models(md)
-    frame, panel = data.frame, data.panel
-    end = last + DAY
-    ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
-    if ds.max() >= end:  # data after the scored days must not change anything: rebuild without it
-        frame = frame[ds < end]
-        panel, _ = build_panel(frame)
-        ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
-    in_range = np.flatnonzero(ds >= first)
-    rows = frame.iloc[in_range]
-    row_series = _row_series(rows, panel)
-    cluster_names, cluster_of, _ = _series_clusters(md, panel)
-    cluster_of = _assign_unknown(config, md, panel, cluster_of, cluster_names, first)
-    model_index = {name: i for i, name in enumerate(names)}
-    series_model = np.array(
-        [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
-    )[np.where(cluster_of >= 0, cluster_of, len(cluster_names))]  # (S,) model per series, -1 none
-    still_unknown = cluster_of < 0
-    res = score_rows(
-        models, panel.values, panel.indptr, panel.start.view(np.int64), panel.step.view(np.int64), series_model,
-        row_series, ds[in_range].view(np.int64), rows["y"].to_numpy(np.float64, na_value=np.nan),
-        threshold=config.score.threshold, batch_size=config.score.batch_size, device=device,
-        unknown=still_unknown,
-    )
-    cluster_col = np.asarray(cluster_names + [None], dtype=object)[
-        np.where(cluster_of >= 0, cluster_of, len(cluster_names))[row_series]
-    ]
-    y = rows["y"].to_numpy(np.float64, na_value=np.nan)
-    out = pd.DataFrame(
-        {
-            "unique_id": _plain_ids(rows["unique_id"]),
-            "ds": ds[in_range],
-            "y": np.where(np.isfinite(y), y, np.nan),
-            "y_hat": res.y_hat,
-            "lower": res.lower,
-            "upper": res.upper,
-            "score": res.score,
-            "is_anomaly": res.is_anomaly,
-            "cluster": cluster_col,
-            "status": res.status,
-            "p_value": res.p_value,
-        }
-    )
-    counts = {k: int(v) for k, v in pd.Series(res.status).value_counts().sort_index().items()}
-    failed = sum(counts.get(k, 0) for k in (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL))
-    if len(out) and failed / len(out) > config.score.max_failed_fraction:
-        raise MamlAnomalyError(
-            f"{failed:,} of {len(out):,} points could not be scored ({counts}), more than "
-            f"--max-failed-fraction {config.score.max_failed_fraction}; nothing was written. Check that "
-            "the input holds enough history before the scored day(s) and that meta-train ran on these series."
-        )
-    write_parquet_atomic(_scores_table(out), output)
-    n_flags = int(res.is_anomaly.sum())
-    seconds = time.perf_counter() - started
-    days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
-    return _summary(
-        f"scored {len(out):,} points of {int(np.unique(row_series).size):,} series on {days}: "
-        f"{n_flags:,} anomalies; {counts.get(STATUS_OK, 0):,} ok, "
-        f"{len(out) - counts.get(STATUS_OK, 0):,} not scored ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != STATUS_OK) or 'none'}); "
-        f"wrote {output} in {seconds:.1f} s",
-        output=str(output),
-        first_day=str(first.astype("datetime64[D]")),
-        last_day=str(last.astype("datetime64[D]")),
-        points=len(out),
-        series=int(np.unique(row_series).size),
-        anomalies=n_flags,
-        statuses=counts,
-        threshold=config.score.threshold,
-        seconds=round(seconds, 2),
-    )
+    return _score_stream(config, md, input, output, device, first=first, last=last, date_option=None, backtest=True)
 
 
 def _row_series(rows: pd.DataFrame, panel: Panel) -> np.ndarray:
@@ -867,17 +817,407 @@ def _sine_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- streamed daily-score and backtest (issue #6) ---------------------------------------------------
+
+HISTORY_MARGIN_STEPS = 2  # grid steps read beyond the lags + K support points a task needs
+NS_PER_DAY = 86_400 * 10**9
+STREAM_ROWS = 2_000_000  # input rows per streamed batch (about 55,000 daily series of 36 points)
+
+
+@dataclass(frozen=True)
+class ClusterIndex:
+    """clusters.parquet loaded once, looked up per batch of series by hashing (no per-batch reread)."""
+
+    names: list[str]  # sorted cluster names
+    index: pd.Index  # (C,) unique_id of every clustered series
+    code: np.ndarray  # (C,) int64 position of each series' cluster in ``names``
+    period: np.ndarray  # (C,) int64
+    max_step_ns: int  # the largest step among clustered series (0 when unknown)
+
+    @classmethod
+    def load(cls, md: ModelDir) -> ClusterIndex:
+        clusters = md.load_clusters()
+        names = sorted(clusters["cluster"].astype(str).unique().tolist())
+        code = pd.Categorical(clusters["cluster"].astype(str), categories=names).codes.astype(np.int64)
+        max_step = 0
+        if "step" in clusters.columns and clusters["step"].dtype.kind == "m":
+            steps = clusters["step"].to_numpy("m8[ns]").view(np.int64)
+            max_step = int(steps[steps > 0].max(initial=0))
+        elif "step_seconds" in clusters.columns:
+            steps = clusters["step_seconds"].to_numpy(np.float64)
+            max_step = int(np.nanmax(steps, initial=0.0) * 1e9) if np.isfinite(steps).any() else 0
+        return cls(names, pd.Index(clusters["unique_id"].to_numpy()), code, clusters["period"].to_numpy(np.int64), max_step)
+
+    def lookup(self, panel: Panel) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """As ``_series_clusters``: names, (S,) cluster index per panel series (-1 unknown), (S,) period."""
+        ids, index = panel.ids, self.index
+        if (index.dtype.kind in "iu") != (ids.dtype.kind in "iu"):  # int ids on one side only: compare as text
+            ids, index = ids.astype(str).astype(object), index.astype(str)
+        pos = index.get_indexer(ids)  # (S,) -1 where unseen
+        known = pos >= 0
+        cluster_of = np.where(known, self.code[np.maximum(pos, 0)], -1)
+        period_of = np.where(known, self.period[np.maximum(pos, 0)], 0)
+        return self.names, cluster_of, period_of
+
+
+def history_span(models: list[Any], max_step_ns: int) -> np.timedelta64 | None:
+    """How far before the first scored day a batch must read: lags + K support points (+ margin).
+
+    None when a model scores series whose step is not bounded (a day or longer and no step
+    recorded in clusters.parquet): then all history is read.
+    """
+    span = 0
+    for m in models:
+        if m.query_len > 1:  # query_len = ceil(day / step), so step < day / (query_len - 1)
+            step = -(-NS_PER_DAY // (m.query_len - 1))
+        elif max_step_ns > 0:
+            step = max_step_ns
+        else:
+            return None
+        span = max(span, (m.spec.max_lag + m.k_shot + HISTORY_MARGIN_STEPS) * step)
+    return np.timedelta64(span + NS_PER_DAY, "ns")
+
+
+def _score_stream(
+    config: Config, md: ModelDir, input: Path, output: Path, device: str, *, first: np.datetime64 | None,
+    last: np.datetime64 | None, date_option: str | None, backtest: bool = False,
+) -> dict[str, Any]:
+    """Score the days [first, last] reading the input in batches of whole series; append the output.
+
+    ``first``/``last`` None: the input's last day (daily-score) or its first/last day (backtest).
+    Peak memory is set by the batch size, not by the number of series. The output goes to a
+    temporary file that replaces ``output`` only once every batch was scored and the failure
+    budget holds.
+    """
+    import time
+
+    from maml_anomaly.scoring import STATUS_OK
+
+    started = time.perf_counter()
+    data_first, data_last = (v.astype("datetime64[D]").astype("datetime64[ns]") for v in time_bounds(input, config.columns))
+    if backtest:
+        first = data_first if first is None else max(first, data_first)
+        last = data_last if last is None else min(last, data_last)
+    elif first is None:
+        first = last = data_last
+    if first > data_last or last < data_first:  # nothing to score: say so before reading anything
+        raise _no_data_error(date_option, first, last, data_first, data_last)
+    try:
+        names, models = _load_models(md)
+    except ModelDirError:
+        # a bad input is reported before a missing model (fix the data first): check a batch
+        next(iter_series_frames(input, config.columns, config.input.on_duplicate, batch_rows=STREAM_ROWS), None)
+        raise
+    lookup = ClusterIndex.load(md)
+    span = history_span(models, lookup.max_step_ns)
+    ds_min = None if span is None else first - span
+    log.info(
+        "scoring %s%s; reading %s", first.astype("datetime64[D]"),
+        "" if first == last else f" to {last.astype('datetime64[D]')}",
+        "all history" if ds_min is None else f"from {ds_min.astype('datetime64[D]')}",
+    )
+    totals = _ReadTotals()
+    counts: dict[str, int] = {}
+    points = series = anomalies = failed_series = 0
+    writer = None
+    frames = iter_series_frames(
+        input, config.columns, config.input.on_duplicate, ds_min=ds_min, ds_end=last + DAY, batch_rows=STREAM_ROWS
+    )
+    job = _ScoreJob(config, md.path, first, last, device)
+    try:
+        with progress("scoring", None) as advance, _batch_scorer(job, names, models, lookup) as score:
+            for frame, report, table, n_series, batch_counts in score(frames):
+                totals.add(report, frame)
+                if writer is None:
+                    writer = AtomicParquetWriter(output, table.schema)
+                writer.write(table)
+                points += table.num_rows
+                series += n_series
+                anomalies += batch_counts.pop("_anomalies")
+                failed_series += batch_counts.pop("_failed_series")
+                for k, v in batch_counts.items():
+                    counts[k] = counts.get(k, 0) + v
+                advance(1)
+        log.info("read %s: %s", input, totals.summary())
+        if points == 0:
+            raise _no_data_error(date_option, first, last, data_first, data_last)
+        if failed_series / max(series, 1) > config.score.max_failed_fraction:
+            raise MamlAnomalyError(
+                f"{failed_series:,} of {series:,} series could not be scored ({dict(sorted(counts.items()))} points), more than "
+                f"--max-failed-fraction {config.score.max_failed_fraction}; nothing was written. Check that "
+                "the input holds enough history before the scored day(s) and that meta-train ran on these series."
+            )
+        writer.commit()
+    finally:
+        if writer is not None:
+            writer.abort()
+    counts = dict(sorted(counts.items()))
+    seconds = time.perf_counter() - started
+    days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
+    return _summary(
+        f"scored {points:,} points of {series:,} series on {days}: "
+        f"{anomalies:,} anomalies; {counts.get(STATUS_OK, 0):,} ok, "
+        f"{points - counts.get(STATUS_OK, 0):,} not scored ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != STATUS_OK) or 'none'}); "
+        f"wrote {output} in {seconds:.1f} s",
+        output=str(output),
+        first_day=str(first.astype("datetime64[D]")),
+        last_day=str(last.astype("datetime64[D]")),
+        points=points,
+        series=series,
+        anomalies=anomalies,
+        statuses=counts,
+        threshold=config.score.threshold,
+        seconds=round(seconds, 2),
+    )
+
+
+
+@dataclass(frozen=True)
+class _ScoreJob:
+    """What every batch of a streamed scoring run shares (picklable: sent once to each worker)."""
+
+    config: Config
+    model_dir: Path
+    first: np.datetime64
+    last: np.datetime64
+    device: str
+
+
+_WORKER: dict[str, Any] = {}  # per worker process: the job, models and cluster index, loaded once
+
+
+def score_processes(config: Config, device: str) -> int:
+    """Worker processes for streamed scoring: one per core at ``threads`` torch threads each (CPU only).
+
+    On these 2-core machines two processes of one thread beat one process of two threads on the
+    tiny batched matmuls of adaptation (docs/performance.md); a GPU is driven by one process.
+    """
+    if device != "cpu":
+        return 1
+    return max(1, (os.cpu_count() or 1) // config.runtime.threads)
+
+
+def _score_one(job: _ScoreJob, names, models, lookup, frame: pd.DataFrame):
+    """Panel, scores and counts of one batch of whole series (runs in a worker or in-process)."""
+    panel, report = build_panel(frame, job.config.input.snap_tolerance)
+    out, n_series = _score_frame(
+        job.config, ModelDir(job.model_dir), names, models, lookup, frame, panel, job.first, job.last, job.device
+    )
+    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_UNKNOWN
+
+    counts = {str(k): int(v) for k, v in pd.Series(out["status"]).value_counts().items()}
+    counts["_anomalies"] = int(out["is_anomaly"].sum())
+    failed = out["status"].isin([STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL]).to_numpy()
+    counts["_failed_series"] = int(pd.unique(out["unique_id"].to_numpy()[failed]).size)  # batches hold whole series
+    return report, _scores_table(out), n_series, counts
+
+
+def _worker_init(job: _ScoreJob) -> None:
+    tune_allocator()
+    import torch
+
+    torch.set_num_threads(job.config.runtime.threads)
+    md = ModelDir(job.model_dir)
+    names, models = _load_models(md)
+    _WORKER.update(job=job, names=names, models=models, lookup=ClusterIndex.load(md))
+
+
+def _worker_score(frame: pd.DataFrame):
+    w = _WORKER
+    return _score_one(w["job"], w["names"], w["models"], w["lookup"], frame)
+
+
+@contextmanager
+def _batch_scorer(job: _ScoreJob, names, models, lookup):
+    """``score(frames)`` yields (frame, read report, scores table, series, counts) per batch, in input order.
+
+    The first batch is scored in this process; when there is a second one and more than one core,
+    the rest go to a pool of worker processes (spawned: no forked torch state), with at most
+    two batches per worker in flight so memory stays bounded.
+    """
+    import itertools
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool: list[Any] = []
+
+    def score(frames):
+        frames = iter(frames)
+        head = list(itertools.islice(frames, 2))
+        n_proc = score_processes(job.config, job.device)
+        if len(head) < 2 or n_proc < 2:
+            for frame in itertools.chain(head, frames):
+                yield (frame, *_score_one(job, names, models, lookup, frame))
+            return
+        ex = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(job,))
+        pool.append(ex)
+        pending: list[tuple[pd.DataFrame, Any]] = []
+        for frame in itertools.chain(head, frames):
+            pending.append((frame, ex.submit(_worker_score, frame)))
+            while len(pending) > 2 * n_proc:
+                done, fut = pending.pop(0)
+                yield (done, *fut.result())
+        for done, fut in pending:
+            yield (done, *fut.result())
+
+    try:
+        yield score
+    finally:
+        for ex in pool:
+            ex.shutdown(wait=True, cancel_futures=True)
+
+def _no_data_error(date_option, first, last, data_first, data_last) -> InputError:
+    cover = f"it covers {data_first.astype('datetime64[D]')} to {data_last.astype('datetime64[D]')}"
+    if date_option is not None:
+        return InputError(
+            f"the input has no data on {date_option}; {cover}. Choose a --date inside that range, or "
+            "leave --date out to score the last day."
+        )
+    return InputError(
+        f"the input has no data between {first.astype('datetime64[D]')} and {last.astype('datetime64[D]')}; "
+        f"{cover}. Choose --start/--end inside that range."
+    )
+
+
+def _score_frame(
+    config: Config, md: ModelDir, names: list[str], models: list[Any], lookup: ClusterIndex, frame: pd.DataFrame,
+    panel: Panel, first: np.datetime64, last: np.datetime64, device: str,
+) -> tuple[pd.DataFrame, int]:
+    """Scores of the rows of days [first, last] in one batch of whole series (no data after ``last``)."""
+    from maml_anomaly.scoring import score_rows
+
+    ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
+    in_range = np.flatnonzero((ds >= first) & (ds < last + DAY))
+    rows = frame.iloc[in_range]
+    row_series = _row_series(rows, panel)
+    cluster_names, cluster_of, _ = lookup.lookup(panel)
+    cluster_of = _assign_unknown(config, md, panel, cluster_of, cluster_names, first)
+    model_index = {name: i for i, name in enumerate(names)}
+    series_model = np.array(
+        [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
+    )[np.where(cluster_of >= 0, cluster_of, len(cluster_names))]  # (S,) model per series, -1 none
+    y = rows["y"].to_numpy(np.float64, na_value=np.nan)
+    res = score_rows(
+        models, panel.values, panel.indptr, panel.start.view(np.int64), panel.step.view(np.int64), series_model,
+        row_series, ds[in_range].view(np.int64), y,
+        threshold=config.score.threshold, batch_size=config.score.batch_size, device=device,
+        unknown=cluster_of < 0,
+    )
+    cluster_col = np.asarray(cluster_names + [None], dtype=object)[
+        np.where(cluster_of >= 0, cluster_of, len(cluster_names))[row_series]
+    ]
+    out = pd.DataFrame(
+        {
+            "unique_id": _plain_ids(rows["unique_id"]),
+            "ds": ds[in_range],
+            "y": np.where(np.isfinite(y), y, np.nan),
+            "y_hat": res.y_hat,
+            "lower": res.lower,
+            "upper": res.upper,
+            "score": res.score,
+            "is_anomaly": res.is_anomaly,
+            "cluster": cluster_col,
+            "status": res.status,
+            "p_value": res.p_value,
+        }
+    )
+    return out, int(np.unique(row_series).size)
+
+
+def _scores_schema(out: pd.DataFrame):
+    import pyarrow as pa
+
+    from maml_anomaly.io import scores_schema
+
+    id_type = pa.int64() if out["unique_id"].dtype.kind in "iu" else pa.string()
+    return scores_schema(id_type).append(pa.field("p_value", pa.float64()))
+
+
+class _ReadTotals:
+    """ReadReport counts and the data window summed over streamed batches."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.start: np.datetime64 | None = None
+        self.end: np.datetime64 | None = None
+
+    def add(self, report: ReadReport, frame: pd.DataFrame) -> None:
+        for key, value in report.to_dict().items():
+            self.counts[key] = self.counts.get(key, 0) + int(value)
+        if len(frame):
+            ds = frame["ds"].to_numpy()
+            lo, hi = ds.min(), ds.max()
+            self.start = lo if self.start is None else min(self.start, lo)
+            self.end = hi if self.end is None else max(self.end, hi)
+
+    def report(self) -> ReadReport:
+        return ReadReport(**self.counts)
+
+    def summary(self) -> str:
+        return self.report().summary() if self.counts else "no rows"
+
+    def window(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "rows": self.counts.get("rows", 0), "series": self.counts.get("series", 0)}
+
+
+# -- meta-train on a sample of series (issue #6) ----------------------------------------------------
+
+TRAIN_SAMPLE_MIN_SERIES = 200_000  # inputs with more clustered series are sampled before meta-training
+TRAIN_SAMPLE_PER_CLUSTER = 4_000  # series read per cluster (training itself draws at most max_series)
+
+
+def load_training_input(config: Config, md: ModelDir, input: Path) -> LoadedInput:
+    """The input meta-train needs: all of it when small, else a seeded sample of each cluster's series.
+
+    Meta-training draws its tasks from at most a few thousand series per cluster, so reading
+    2,000,000 series to train would only cost time and memory: above TRAIN_SAMPLE_MIN_SERIES
+    series, up to TRAIN_SAMPLE_PER_CLUSTER series per cluster are picked (seeded, uniform within
+    each cluster) and only their rows are read, streamed in batches.
+    """
+    clusters = md.load_clusters()
+    if len(clusters) <= TRAIN_SAMPLE_MIN_SERIES:
+        return load_input(config, input)
+    rng = np.random.default_rng(config.train.seed)
+    code = pd.factorize(clusters["cluster"].astype(str), sort=True)[0]  # (C,)
+    order = np.lexsort((rng.random(code.size), code))  # clusters together, random order inside each
+    starts = np.r_[0, np.flatnonzero(np.diff(code[order])) + 1]  # first position of each cluster
+    rank = np.arange(code.size) - np.repeat(starts, np.diff(np.r_[starts, code.size]))  # (C,) rank within cluster
+    picked = np.sort(order[rank < TRAIN_SAMPLE_PER_CLUSTER])
+    ids = clusters["unique_id"].to_numpy()[picked]
+    frames = [
+        f.assign(unique_id=_plain_ids(f["unique_id"]))
+        for f in iter_series_frames(input, config.columns, config.input.on_duplicate, ids=ids)
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    panel, report = build_panel(frame, config.input.snap_tolerance)
+    log.info("meta-train reads a sample of %d of %d series (%d per cluster at most): %s",
+             panel.n_series, len(clusters), TRAIN_SAMPLE_PER_CLUSTER, report.summary())
+    return LoadedInput(frame=frame, panel=panel, report=report)
+
+
 # -- bench scale (compute: issue #6) --------------------------------------------------------------
 
 
-def bench_scale(*, config: Config, series: int, freq: str) -> dict[str, Any]:
-    """Synthetic daily-score at scale: series/s, seconds and peak memory."""
+def bench_scale(
+    *, config: Config, series: int, freq: str, seed: int = 0, workdir: Path | None = None, autoets_series: int = 300,
+    nice: int = 0,
+) -> dict[str, Any]:
+    """fit-clusters, meta-train and daily-score on N synthetic series, each step in its own process,
+    beside StatsForecast AutoETS on a sample (maml_anomaly.benchmarks.scale)."""
+    from maml_anomaly.benchmarks.scale import format_report, run_scale_benchmark
+
     if series < 1:
         raise InputError(f"--series must be at least 1; found {series}.")
     if freq not in ("D", "h"):
         raise InputError(f"--freq must be D (daily) or h (hourly); found {freq!r}.")
+    if autoets_series < 1:
+        raise InputError(f"--autoets-series must be at least 1; found {autoets_series}.")
     setup_torch(config)
-    raise _not_implemented("bench scale", 6)
+    report = run_scale_benchmark(
+        config_dict=config.to_dict(), series=series, freq=freq, seed=seed, workdir=workdir,
+        autoets_series=autoets_series, nice=nice, log=lambda msg: log.info("%s", msg),
+    )
+    return {"summary": format_report(report), **report}
 
 
 __all__ = [

@@ -110,21 +110,31 @@ def read_long(path: str | Path, columns: ColumnConfig, on_duplicate: str = "erro
             f"input {path} has no rows. Expected a long-format table with one row per "
             f"({columns.id_col}, {columns.time_col}); check the path or the upstream job."
         )
+    # Convert one column at a time and drop it from the table at once: the arrow copy and the
+    # numpy copy of the whole input never coexist.
     ids, codes = _encode_ids(table.column(columns.id_col), columns.id_col)
+    table = table.drop_columns([columns.id_col])
     t = _timestamps_ns(table.column(columns.time_col), columns.time_col)
+    table = table.drop_columns([columns.time_col])
     y, non_finite = _values(table.column(columns.value_col), columns.value_col)
     del table
+    pa.default_memory_pool().release_unused()
 
     order = _sort_order(codes, t)
-    if order is not None:
-        codes, t, y = codes[order], t[order], y[order]
+    if order is not None:  # one permuted copy at a time, each original freed at once
+        codes = codes[order]
+        t = t[order]
+        y = y[order]
+        del order
     codes, t, y, n_dup = _resolve_duplicates(ids, codes, t, y, on_duplicate, columns)
 
+    # The frame wraps the arrays without copying them (build_panel reads them back as views).
     if ids.dtype == np.int64:
         id_col = pd.Series(ids[codes], name="unique_id")
     else:
-        id_col = pd.Series(pd.Categorical.from_codes(codes, categories=pd.Index(ids, dtype=object)))
-    frame = pd.DataFrame({"unique_id": id_col, "ds": t.view("M8[ns]"), "y": y})
+        dtype = pd.CategoricalDtype(pd.Index(ids, dtype=object))
+        id_col = pd.Series(pd.Categorical.from_codes(codes, dtype=dtype, validate=False))
+    frame = pd.DataFrame({"unique_id": id_col, "ds": t.view("M8[ns]"), "y": y}, copy=False)
     frame.attrs[_READ_ATTR] = {"rows": n_rows, "duplicates": n_dup, "non_finite": non_finite}
     return frame
 
@@ -140,12 +150,18 @@ def build_panel(frame: pd.DataFrame, snap_tolerance: float = 0.0) -> tuple[Panel
     counts = frame.attrs.get(_READ_ATTR, {})
     ids, codes = _factorize(frame["unique_id"])
     t = pd.to_datetime(frame["ds"]).to_numpy(dtype="datetime64[ns]").view(np.int64)
-    y = frame["y"].to_numpy(dtype=np.float64, na_value=np.nan)
-    inf = ~np.isfinite(y) & ~np.isnan(y)
-    y = np.where(inf, np.nan, y)
+    y = frame["y"].to_numpy(dtype=np.float64, na_value=np.nan)  # a view when already float64
+    inf = np.isinf(y)  # (N,)
+    n_inf = int(inf.sum())
+    if n_inf:
+        y = np.where(inf, np.nan, y)
+    del inf
     order = _sort_order(codes, t)
-    if order is not None:
-        codes, t, y = codes[order], t[order], y[order]
+    if order is not None:  # one permuted copy at a time, each original freed at once
+        codes = codes[order]
+        t = t[order]
+        y = y[order]
+        del order
     codes, t, y, n_dup = _resolve_duplicates(ids, codes, t, y, "error", ColumnConfig())
     panel = Panel.from_sorted(ids, codes, t, y, snap_tolerance)
     report = ReadReport(
@@ -155,7 +171,7 @@ def build_panel(frame: pd.DataFrame, snap_tolerance: float = 0.0) -> tuple[Panel
         missing=int(np.isnan(panel.values).sum()),
         off_grid=len(panel.off_grid),
         duplicates=int(counts.get("duplicates", 0)),
-        non_finite=int(counts.get("non_finite", int(inf.sum()))),
+        non_finite=int(counts.get("non_finite", n_inf)),
         snapped=panel.snapped,
     )
     return panel, report
@@ -263,10 +279,15 @@ def _unified_schema(files: list[str], wanted: list[str], time_col: str) -> pa.Sc
 
 
 def _file_columns(dataset: pads.Dataset) -> set[str]:
-    """Columns stored in the files (not hive partition keys)."""
-    partitioning = getattr(dataset, "partitioning", None)
-    keys = set(partitioning.schema.names) if partitioning is not None else set()
-    return set(dataset.schema.names) - keys
+    """Columns stored in the files (not hive partition keys).
+
+    From the first file's own schema: a dataset's partitioning schema is not reliable here (for
+    a single file without partition folders it lists every column, which turned the dictionary
+    read of string ids off).
+    """
+    for fragment in dataset.get_fragments():
+        return set(fragment.physical_schema.names)
+    return set()
 
 
 def _parquet_files(path: Path) -> list[str]:
@@ -297,10 +318,12 @@ def _unreadable(path: Path, exc: Exception) -> InputError:
 
 
 def _encode_ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique ids (S,) (object str or int64) and each row's code (N,) int64.
+    """Sorted unique ids (S,) (object str or int64) and each row's code (N,) int32 (int64 past 2**31 ids).
 
     String ids are read from parquet as dictionaries (see _read_table): hashing one dictionary
-    per chunk is far cheaper than hashing every row's string.
+    per chunk is far cheaper than hashing every row's string. Rows are mapped chunk by chunk
+    into one preallocated array, with a single lookup table from dictionary index to sorted
+    position, so no row-sized temporary is made.
     """
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     if isinstance(column, pa.ChunkedArray) and pa.types.is_dictionary(column.type):
@@ -313,14 +336,15 @@ def _encode_ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarr
         )
     if chunks and pa.types.is_dictionary(chunks[0].type):
         values = chunks[0].dictionary  # (D,) shared after unify_dictionaries
-        base = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks]).astype(np.int64)
+        parts = [c.indices.to_numpy(zero_copy_only=False) for c in chunks]  # views of the indices
     else:
         arr = pa.chunked_array(chunks, type=column.type).combine_chunks()
         if pa.types.is_string(arr.type) or pa.types.is_string_view(arr.type):
             arr = arr.cast(pa.large_string())
         encoded = pc.dictionary_encode(arr)
+        del arr
         values = encoded.dictionary
-        base = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        parts = [encoded.indices.to_numpy(zero_copy_only=False)]
     typ = values.type
     if pa.types.is_integer(typ):
         values, kind = values.cast(pa.int64()), "int"
@@ -332,19 +356,26 @@ def _encode_ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarr
             "cast the column, or name another column with --id-col."
         )
     # Keep the dictionary values that rows use, once each, in sorted order.
-    used = np.flatnonzero(np.bincount(base, minlength=len(values)))  # (U,)
+    used_mask = np.zeros(max(len(values), 1), bool)  # (D,)
+    for part in parts:
+        used_mask[part] = True
+    used = np.flatnonzero(used_mask)  # (U,)
     values = values.take(pa.array(used))
-    remap = np.full(max(int(base.max(initial=-1)) + 1, 1), -1, np.int64)
-    remap[used] = np.arange(used.shape[0])
     encoded = pc.dictionary_encode(values)  # merges repeated dictionary values (rare)
     unique = encoded.dictionary
     if unique.null_count:
         raise InputError(f"column {name!r} has null ids. Expected every row to name its series; drop or fill those rows.")
     sort = pc.sort_indices(unique).to_numpy()  # (S,) unique order -> sorted order
-    rank = np.empty_like(sort)
-    rank[sort] = np.arange(sort.shape[0])
-    to_sorted = rank[encoded.indices.to_numpy(zero_copy_only=False)]  # (U,)
-    codes = to_sorted[remap[base]].astype(np.int64)  # (N,)
+    code_type = np.int32 if sort.shape[0] < np.iinfo(np.int32).max else np.int64
+    rank = np.empty(sort.shape[0], code_type)
+    rank[sort] = np.arange(sort.shape[0], dtype=code_type)
+    lookup = np.zeros(used_mask.shape[0], code_type)  # (D,) dictionary index -> sorted position
+    lookup[used] = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    codes = np.empty(sum(part.shape[0] for part in parts), code_type)  # (N,)
+    at = 0
+    for part in parts:
+        np.take(lookup, part, out=codes[at : at + part.shape[0]])
+        at += part.shape[0]
     ids = unique.take(pa.array(sort)).to_numpy(zero_copy_only=False)
     ids = ids.astype(np.int64) if kind == "int" else ids.astype(object)
     return ids, codes
@@ -353,7 +384,7 @@ def _encode_ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarr
 def _factorize(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(ids.dtype, pd.CategoricalDtype):
         cats = ids.cat.categories.to_numpy()
-        codes = ids.cat.codes.to_numpy().astype(np.int64)
+        codes = ids.cat.codes.to_numpy()  # (N,) a view, int8..int32 (Panel.from_sorted takes any int)
         if (codes < 0).any():
             raise InputError("column 'unique_id' has null ids; expected every row to name its series.")
         if not (len(cats) < 2 or np.all(cats[1:] > cats[:-1])):
@@ -378,6 +409,8 @@ def _factorize(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 def _timestamps_ns(column: pa.ChunkedArray, name: str) -> np.ndarray:
     """(N,) int64 ns since the epoch, naive UTC."""
+    if isinstance(column, pa.ChunkedArray) and _is_time_type(column.type) and not column.null_count:
+        return _chunks_to_numpy(column, np.int64, lambda c: _timestamps_ns(c, name))
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_dictionary(arr.type):
         arr = arr.cast(arr.type.value_type)
@@ -406,7 +439,22 @@ def _timestamps_ns(column: pa.ChunkedArray, name: str) -> np.ndarray:
             f"column {name!r} has {out.null_count:,} null timestamps. Expected every row to have "
             "a timestamp (a missing value is a null y, not a null ds); drop those rows."
         )
-    return out.to_numpy(zero_copy_only=False).astype(np.int64)
+    return out.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def _is_time_type(typ: pa.DataType) -> bool:
+    return pa.types.is_timestamp(typ) or pa.types.is_date(typ)
+
+
+def _chunks_to_numpy(column: pa.ChunkedArray, dtype: type, convert) -> np.ndarray:
+    """(N,) convert(chunk) of each chunk written into one preallocated array: no combined
+    arrow copy of the whole column."""
+    out = np.empty(len(column), dtype)  # (N,)
+    at = 0
+    for chunk in column.chunks:
+        out[at : at + len(chunk)] = convert(chunk)
+        at += len(chunk)
+    return out
 
 
 def _parse_strings(arr: pa.Array, name: str) -> np.ndarray:
@@ -442,6 +490,10 @@ def _parse_strings(arr: pa.Array, name: str) -> np.ndarray:
 
 def _values(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
     """(N,) float64 values (NaN = missing) and the count of +-inf turned into NaN."""
+    typ = column.type
+    if isinstance(column, pa.ChunkedArray) and (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
+        y = _chunks_to_numpy(column, np.float64, _float_chunk)
+        return y, _inf_to_nan(y, name)
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_dictionary(arr.type):
         arr = arr.cast(arr.type.value_type)
@@ -463,14 +515,27 @@ def _values(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
             "float; null or NaN for a missing value); cast the column to float, or name another "
             "column with --value-col."
         )
-    y = pc.fill_null(arr.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
-    y = np.array(y, dtype=np.float64, copy=True)
-    inf = np.isinf(y)
-    n_inf = int(inf.sum())
+    y = np.array(_float_chunk(arr), dtype=np.float64, copy=True)
+    return y, _inf_to_nan(y, name)
+
+
+def _float_chunk(arr: pa.Array) -> np.ndarray:
+    """(n,) float64 of a numeric arrow array, null -> NaN (read-only when zero-copy)."""
+    return pc.fill_null(arr.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+
+
+def _inf_to_nan(y: np.ndarray, name: str) -> int:
+    """Turn +-inf into NaN in place; the count."""
+    n_inf = 0
+    for lo in range(0, y.shape[0], _BLOCK):
+        block = y[lo : lo + _BLOCK]
+        inf = np.isinf(block)
+        if inf.any():
+            block[inf] = np.nan
+            n_inf += int(inf.sum())
     if n_inf:
-        y[inf] = np.nan
         log.warning("column %r: %d infinite values treated as missing", name, n_inf)
-    return y, n_inf
+    return n_inf
 
 
 def _is_number(v: object) -> bool:
@@ -481,19 +546,59 @@ def _is_number(v: object) -> bool:
     return True
 
 
+#: Rows per block in the checks below: bounds their temporaries at a few MB.
+_BLOCK = 1 << 20
+
+
 def _sort_order(codes: np.ndarray, t: np.ndarray) -> np.ndarray | None:
-    """Permutation sorting rows by (code, ds), or None when they already are."""
-    if codes.shape[0] < 2:
+    """Permutation sorting rows by (code, ds) (stable: first/last policies keep input order),
+    or None when they already are."""
+    n = codes.shape[0]
+    if n < 2:
         return None
-    dc = np.diff(codes)
-    if (dc >= 0).all() and ((dc > 0) | (np.diff(t) >= 0)).all():
+    if _is_sorted(codes, t):
         return None
-    if (np.diff(t) >= 0).all():  # time-ordered input (daily appends): a stable sort by series suffices
+    if _is_monotonic(t):  # time-ordered input (daily appends): a stable sort by series suffices
         return np.argsort(codes, kind="stable")  # timsort: fast on the runs such input has
-    # Arrow's multi-key sort is stable (equal keys keep input order: first/last policies) and
-    # about twice as fast as np.lexsort on 10M rows.
+    key = _combined_key(codes, t)
+    if key is not None:  # one int64 key: numpy's stable argsort beats arrow's two-key sort
+        return np.argsort(key, kind="stable")
     keys = pa.table({"code": codes, "t": t})
     return pc.sort_indices(keys, sort_keys=[("code", "ascending"), ("t", "ascending")]).to_numpy()
+
+
+def _is_sorted(codes: np.ndarray, t: np.ndarray) -> bool:
+    """Whether rows are sorted by (code, ds), checked block by block (no row-sized temporary)."""
+    n = codes.shape[0]
+    for lo in range(0, n - 1, _BLOCK):
+        hi = min(n, lo + _BLOCK + 1)  # blocks overlap by one row
+        dc = np.diff(codes[lo:hi])
+        if not ((dc >= 0).all() and ((dc > 0) | (np.diff(t[lo:hi]) >= 0)).all()):
+            return False
+    return True
+
+
+def _is_monotonic(t: np.ndarray) -> bool:
+    n = t.shape[0]
+    return all((np.diff(t[lo : min(n, lo + _BLOCK + 1)]) >= 0).all() for lo in range(0, n - 1, _BLOCK))
+
+
+def _combined_key(codes: np.ndarray, t: np.ndarray) -> np.ndarray | None:
+    """(N,) int64 code * span + (ds - first ds) / g, ordered like (code, ds); None if it would
+    overflow. g is the gcd of all ds offsets (a day for daily data), which keeps the span small."""
+    t0 = int(t.min())
+    g = 0
+    for lo in range(0, t.shape[0], _BLOCK):
+        g = int(np.gcd(g, np.gcd.reduce(t[lo : lo + _BLOCK] - t0)))
+    g = max(g, 1)
+    span = (int(t.max()) - t0) // g + 1
+    if (int(codes.max()) + 1) * span >= np.iinfo(np.int64).max:
+        return None
+    key = codes.astype(np.int64)  # (N,)
+    key *= span
+    for lo in range(0, t.shape[0], _BLOCK):
+        key[lo : lo + _BLOCK] += (t[lo : lo + _BLOCK] - t0) // g
+    return key
 
 
 def _resolve_duplicates(

@@ -137,7 +137,9 @@ class Panel:
         f * step of a free grid point onto it (0.5 = the nearest point; of rows competing for
         one point the closest wins, the others stay off-grid).
         """
-        codes = np.asarray(codes, dtype=np.int64)
+        codes = np.asarray(codes)
+        if codes.dtype.kind not in "iu":
+            codes = codes.astype(np.int64)
         t = np.asarray(ds).view(np.int64) if np.asarray(ds).dtype.kind == "M" else np.asarray(ds, np.int64)
         y = np.asarray(y, dtype=np.float64)
         n_rows, n_series = t.shape[0], ids.shape[0]
@@ -149,25 +151,54 @@ class Panel:
         if first.shape[0] != n_series:
             raise ValueError("every id must own at least one row")
         count = np.diff(np.r_[first, n_rows])  # (S,)
-        step = _mode_step(codes, t, first, count)  # (S,) int64 ns, 0 for one-point series
-        step = _widen_tiny_steps(codes, t, first, count, step)
-        on, start = _anchor(codes, t, first, step)  # (N,) on-grid rows, (S,) start ns
-        safe_step = np.where(step > 0, step, 1)
-        gidx = (t - start[codes]) // safe_step[codes]  # (N,) grid index (valid where on)
-        n_exact = int(on.sum())
-        if snap_tolerance > 0:
-            on, gidx = _snap(codes, t, start, step, on, snap_tolerance)
-        length = _last_per_code(codes[on], gidx[on], n_series) + 1  # (S,)
+        # Series are independent: work on blocks of whole series so that the row-sized
+        # temporaries of the steps below stay a few MB, whatever the number of rows.
+        step = np.zeros(n_series, np.int64)  # (S,) ns, 0 for one-point series
+        start = np.zeros(n_series, np.int64)  # (S,) ns
+        length = np.zeros(n_series, np.int64)  # (S,) grid points
+        on = np.empty(n_rows, bool)  # (N,) row lies on (or was snapped to) its grid
+        # grid index per row; int32 fits whenever the grid passes _check_blowup
+        gidx = np.empty(n_rows, np.int32 if _MAX_GRID_BLOWUP * n_rows + _MAX_GRID_SLACK < 2**31 else np.int64)
+        blocks = _series_blocks(first, n_rows)
+        n_exact = 0
+        for s_lo, s_hi, r_lo, r_hi in blocks:
+            c = codes[r_lo:r_hi].astype(np.int64) - s_lo  # (B,) codes local to the block
+            tb, fb, cb = t[r_lo:r_hi], first[s_lo:s_hi] - r_lo, count[s_lo:s_hi]
+            st = _mode_step(c, tb, fb, cb)
+            st = _widen_tiny_steps(c, tb, fb, cb, st)
+            ob, sa = _anchor(c, tb, fb, st)
+            gb = (tb - sa[c]) // np.where(st > 0, st, 1)[c]  # (B,) grid index (valid where on)
+            n_exact += int(ob.sum())
+            if snap_tolerance > 0:
+                ob, gb = _snap(c, tb, sa, st, ob, snap_tolerance)
+            length[s_lo:s_hi] = _last_per_code(c[ob], gb[ob], s_hi - s_lo) + 1
+            step[s_lo:s_hi], start[s_lo:s_hi] = st, sa
+            on[r_lo:r_hi], gidx[r_lo:r_hi] = ob, gb  # gidx may wrap only where _check_blowup raises
         _check_blowup(ids, count, length, step)
 
         indptr = np.zeros(n_series + 1, np.int64)
         np.cumsum(length, out=indptr[1:])
         values = np.full(int(indptr[-1]), np.nan)  # (N_grid,)
-        values[indptr[codes[on]] + gidx[on]] = y[on]
+        for _, _, r_lo, r_hi in blocks:
+            ob = on[r_lo:r_hi]
+            values[indptr[codes[r_lo:r_hi][ob]] + gidx[r_lo:r_hi][ob]] = y[r_lo:r_hi][ob]
+        del gidx
         step_td = np.where(step > 0, step, np.iinfo(np.int64).min).view("m8[ns]")
-        off = ~on
+        off = np.flatnonzero(~on)  # (M,) usually few
         return cls(ids, indptr, values, start.view("M8[ns]"), step_td,
                    _off_grid_frame(codes[off], t[off], y[off]), int(on.sum()) - n_exact)
+
+
+#: Rows per block in Panel.from_sorted (a series longer than this is a block of its own).
+_BLOCK_ROWS = 1 << 21
+
+
+def _series_blocks(first: np.ndarray, n_rows: int) -> list[tuple[int, int, int, int]]:
+    """(series lo, series hi, row lo, row hi) of consecutive blocks of whole series, each of
+    about _BLOCK_ROWS rows; first (S,) is each series' first row."""
+    cuts = np.unique(np.r_[0, np.searchsorted(first, np.arange(_BLOCK_ROWS, n_rows, _BLOCK_ROWS)), first.shape[0]])
+    rows = np.r_[first, n_rows][cuts]
+    return [(int(cuts[i]), int(cuts[i + 1]), int(rows[i]), int(rows[i + 1])) for i in range(cuts.shape[0] - 1)]
 
 
 # -- building blocks (vectorised over series) ---------------------------------------------------

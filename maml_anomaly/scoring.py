@@ -12,7 +12,7 @@ cycle dominates that deviation); dividing by the adapted model's support error d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -342,18 +342,46 @@ def score_tasks(
     for lo in range(0, n, size):
         idx = np.arange(lo, lo + size).clip(max=n - 1)  # (size,) padded with the last task
         raw = gather_windows(values, indptr, rows[idx], first[idx] - (width - n_query), width)
-        tasks = make_windows(raw, spec, k, n_query)
-        forecasts = adapt_and_forecast(
-            model, cluster.params, tasks, inner_steps=cluster.inner_steps, inner_lr=cluster.inner_lr,
-            inner_lrs=cluster.inner_lrs, device=device,
-        )
-        pts = score_points(tasks, forecasts, cluster.calibration, threshold=threshold)
+        tasks, pts = _score_without_echoes(cluster, model, raw, n_query, threshold=threshold, device=device)
         m = min(size, n - lo)
         for name in out:
             out[name][lo : lo + m] = getattr(pts, name)[:m]
         flags[lo : lo + m] = pts.is_anomaly[:m]
         enough[lo : lo + m] = tasks.n_support_observed[:m] >= min_support_observed(k)
     return TaskScores(**out, is_anomaly=flags, enough_history=enough)
+
+
+ECHO_PASSES = 4  # rescoring passes that replace flagged lags; a run of anomalies needs one per point at most
+
+
+def _score_without_echoes(
+    cluster: ClusterModel, model: torch.nn.Module, raw: np.ndarray, n_query: int, *, threshold: float, device: str
+) -> tuple[Tasks, PointScores]:
+    """Score the query of raw windows (B, W); a flagged point is read by later lags as its forecast.
+
+    One-step forecasts read the day's observed values as lags, so an anomaly would otherwise
+    drag the next few forecasts with it and flag normal points after it ("echoes"). Each pass
+    replaces the points flagged so far by their forecasts in the inputs only: every point is still
+    scored against its own observed value, so a lasting anomaly (a burst, an outage) stays flagged.
+    """
+    spec, k = cluster.spec, cluster.k_shot
+    observed = make_windows(raw, spec, k, n_query).query_values  # (B, Q) what each point is scored on
+    inputs = raw
+    for _ in range(ECHO_PASSES if n_query > 1 else 1):
+        tasks = make_windows(inputs, spec, k, n_query)
+        tasks = replace(tasks, query_values=observed)
+        forecasts = adapt_and_forecast(
+            model, cluster.params, tasks, inner_steps=cluster.inner_steps, inner_lr=cluster.inner_lr,
+            inner_lrs=cluster.inner_lrs, device=device,
+        )
+        pts = score_points(tasks, forecasts, cluster.calibration, threshold=threshold)
+        lagged = pts.is_anomaly[:, :-1]  # (B, Q-1) flags that later points read as lags
+        cleaned = raw.copy()
+        cleaned[:, -n_query:-1] = np.where(lagged, pts.y_hat[:, :-1], raw[:, -n_query:-1])
+        if np.array_equal(cleaned, inputs, equal_nan=True):
+            break
+        inputs = cleaned
+    return tasks, pts
 
 
 # -- scoring the input rows of one or many days ---------------------------------------------------

@@ -102,3 +102,22 @@ def test_deterministic_and_chunking_does_not_change_results(tiny_cluster):
     c = score_tasks(tiny_cluster, values, indptr, rows, first, batch_size=30, **kw)
     assert a.score.tobytes() == b.score.tobytes() and a.y_hat.tobytes() == b.y_hat.tobytes()
     np.testing.assert_allclose(a.score, c.score, rtol=1e-4, atol=1e-4)
+
+
+def test_a_spike_does_not_flag_the_normal_points_after_it(tiny_cluster):
+    clean = seasonal_panel(40, 24 * 21, seed=5)
+    spiked = clean.copy()
+    spread = np.std(np.diff(clean[:, : 20 * 24], axis=1), axis=1)
+    spiked[:, 20 * 24 + 10] += 8 * spread  # the spike is read as lag 1..6 by the next six forecasts
+    out = _score(tiny_cluster, spiked, [20])
+    assert out.is_anomaly[:, 10].mean() >= 0.9
+    assert out.is_anomaly[:, 11:17].mean() < 0.02  # echoes: normal points after it stay unflagged
+
+
+def test_a_lasting_outage_stays_flagged_at_every_point(tiny_cluster):
+    clean = seasonal_panel(40, 24 * 21, seed=5)
+    out_day = clean.copy()
+    low = clean[:, : 20 * 24].min(axis=1) - 6 * np.std(np.diff(clean[:, : 20 * 24], axis=1), axis=1)
+    out_day[:, 20 * 24 + 8 : 20 * 24 + 14] = low[:, None]  # six hours far below the normal range
+    out = _score(tiny_cluster, out_day, [20])
+    assert out.is_anomaly[:, 8:14].mean() >= 0.9

@@ -333,7 +333,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
     """Meta-train one forecaster per cluster; write weights and the training report."""
     import time
 
-    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step
+    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step, window_width
     from maml_anomaly.training import train_cluster
 
     md = open_trained(model_dir)
@@ -362,7 +362,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
             advance(1)
             if model is None:
                 reports[name] = {"skipped": "no series is long enough for one task window", "n_series": int(rows.size),
-                                 "window": spec.max_lag + settings.k_shot + query_len}
+                                 "window": window_width(spec, settings.k_shot, query_len)}
                 log.warning("cluster %s: skipped, no series holds a full task window", name)
                 continue
             file = f"cluster-{i:04d}.safetensors"

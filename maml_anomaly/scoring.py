@@ -20,10 +20,11 @@ from scipy.special import ndtr, ndtri
 
 from maml_anomaly.maml import adapt, expand_params, predict
 from maml_anomaly.model import Forecaster
-from maml_anomaly.tasks import LagSpec, Tasks, gather_windows, make_windows
+from maml_anomaly.tasks import MAD_TO_SD, LagSpec, Tasks, gather_windows, make_windows, nan_median_rows, window_width
 
 # upper-tail probabilities at which the calibration stores quantiles of |u|
-TAIL_LEVELS = (0.5, 0.25, 0.1, 0.05, 0.02, 0.01, 0.005)
+# (only the bulk: held-out history holds anomalies too, which would inflate rarer quantiles)
+TAIL_LEVELS = (0.5, 0.25, 0.1, 0.05)
 MIN_P = 1e-300
 MAX_SCORE = float(-ndtri(MIN_P / 2))  # about 37
 
@@ -47,13 +48,13 @@ class Calibration:
 
     levels: tuple[float, ...]  # decreasing tail probabilities
     quantiles: tuple[float, ...]  # increasing |u| values
-    rmse_floor: float  # support RMSE floor (normalised units) in u = residual / support RMSE
+    scale_floor: float  # floor of the residual scale (normalised units) in u = residual / scale
     n_residuals: int
 
     def _tail_decay(self) -> float:
+        """Exponential decay of the tail, fitted from the second to the last stored quantile."""
         lv, q = np.log(self.levels), np.asarray(self.quantiles)
-        j = max(0, int(np.searchsorted(-lv, -(lv[-1] + np.log(10.0)))))  # a decade above the end
-        j = min(j, len(q) - 2)
+        j = min(1, len(q) - 2)
         return max((q[-1] - q[j]) / max(lv[j] - lv[-1], 1e-12), 1e-6)
 
     def tail_probability(self, u_abs: np.ndarray) -> np.ndarray:
@@ -79,7 +80,7 @@ class Calibration:
         return {
             "levels": list(self.levels),
             "quantiles": list(self.quantiles),
-            "rmse_floor": self.rmse_floor,
+            "scale_floor": self.scale_floor,
             "n_residuals": self.n_residuals,
         }
 
@@ -88,12 +89,12 @@ class Calibration:
         return cls(
             levels=tuple(float(v) for v in data["levels"]),
             quantiles=tuple(float(v) for v in data["quantiles"]),
-            rmse_floor=float(data["rmse_floor"]),
+            scale_floor=float(data["scale_floor"]),
             n_residuals=int(data["n_residuals"]),
         )
 
 
-def fit_calibration(u_abs: np.ndarray, *, rmse_floor: float) -> Calibration:
+def fit_calibration(u_abs: np.ndarray, *, scale_floor: float) -> Calibration:
     """Quantiles of held-out |u| at :data:`TAIL_LEVELS` (only levels the sample supports)."""
     u = np.asarray(u_abs, dtype=np.float64)
     u = u[np.isfinite(u)]
@@ -107,7 +108,7 @@ def fit_calibration(u_abs: np.ndarray, *, rmse_floor: float) -> Calibration:
     return Calibration(
         levels=tuple(float(v) for v in levels),
         quantiles=tuple(float(v) for v in q),
-        rmse_floor=float(rmse_floor),
+        scale_floor=float(scale_floor),
         n_residuals=int(u.size),
     )
 
@@ -158,11 +159,6 @@ class ClusterModel:
         )
 
 
-def window_width(spec: LagSpec, k_shot: int, query_len: int) -> int:
-    """Columns of a task window: lag history, K support targets, the query."""
-    return spec.max_lag + k_shot + query_len
-
-
 def p_to_score(p: np.ndarray) -> np.ndarray:
     """Two-sided tail probability -> normal-equivalent z (larger = more anomalous)."""
     return np.minimum(-ndtri(np.clip(p, MIN_P, 1.0) / 2.0), MAX_SCORE)
@@ -177,7 +173,7 @@ class Forecasts:
     """Adapted forecasts of a batch of tasks, in normalised units."""
 
     query: np.ndarray  # (B, Q) one-step-ahead forecasts of the query points
-    support_rmse: np.ndarray  # (B,) adapted model's RMSE on its own support points (NaN if none)
+    resid_scale: np.ndarray  # (B,) robust scale of the adapted model's recent residuals (NaN if none)
 
 
 def adapt_and_forecast(
@@ -203,6 +199,7 @@ def adapt_and_forecast(
         )
         pred_q = predict(model, task_params, x_q)[..., 0]  # (B, Q)
         pred_s = predict(model, task_params, x_s)[..., 0]  # (B, K)
+        worse = None
         if inner_steps > 0:  # guard: a task whose support loss got worse keeps the meta-init
             init = expand_params(base, x_s.shape[0])
             pred_s0 = predict(model, init, x_s)[..., 0]  # (B, K)
@@ -210,10 +207,15 @@ def adapt_and_forecast(
             if bool(worse.any()):
                 pred_q = torch.where(worse[:, None], predict(model, init, x_q)[..., 0], pred_q)
                 pred_s = torch.where(worse[:, None], pred_s0, pred_s)
-        sq = ((pred_s - y_s) ** 2 * w_s).sum(dim=1)  # (B,)
-        n = w_s.sum(dim=1)
-        rmse = torch.where(n > 0, torch.sqrt(sq / n.clamp_min(1.0)), torch.full_like(sq, float("nan")))
-    return Forecasts(query=pred_q.double().cpu().numpy(), support_rmse=rmse.double().cpu().numpy())
+        # residual scale: 1.4826 x median |residual| over the R recent points (a day, >= K)
+        x_r = to(tasks.x_recent)
+        pred_r = predict(model, task_params, x_r)[..., 0]  # (B, R)
+        if worse is not None and bool(worse.any()):
+            pred_r = torch.where(worse[:, None], predict(model, init, x_r)[..., 0], pred_r)
+    resid = np.abs(pred_r.double().cpu().numpy() - tasks.y_recent)  # (B, R)
+    resid[tasks.w_recent == 0] = np.nan
+    scale = nan_median_rows(resid) * MAD_TO_SD
+    return Forecasts(query=pred_q.double().cpu().numpy(), resid_scale=scale)
 
 
 def huber_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, delta: float = 1.0) -> torch.Tensor:
@@ -241,9 +243,9 @@ def _detach(lrs, dev):
     return lrs.detach().to(dev)
 
 
-def normalised_residuals(tasks: Tasks, forecasts: Forecasts, rmse_floor: float) -> np.ndarray:
-    """u = (observed - forecast) / max(support RMSE, floor), normalised units, NaN where missing."""
-    denom = np.maximum(np.nan_to_num(forecasts.support_rmse, nan=np.inf), rmse_floor)  # (B,)
+def normalised_residuals(tasks: Tasks, forecasts: Forecasts, scale_floor: float) -> np.ndarray:
+    """u = (observed - forecast) / max(residual scale, floor), normalised units, NaN where missing."""
+    denom = np.maximum(np.nan_to_num(forecasts.resid_scale, nan=np.inf), scale_floor)  # (B,)
     return (tasks.query_values - forecasts.query) / denom[:, None]  # (B, Q)
 
 
@@ -263,11 +265,11 @@ def score_points(
     tasks: Tasks, forecasts: Forecasts, calibration: Calibration, *, threshold: float
 ) -> PointScores:
     """Residuals -> calibrated tail probability -> score, band and flag (NaN where y missing)."""
-    u = normalised_residuals(tasks, forecasts, calibration.rmse_floor)  # (B, Q)
+    u = normalised_residuals(tasks, forecasts, calibration.scale_floor)  # (B, Q)
     p = calibration.tail_probability(np.abs(u))
     score = np.where(np.isfinite(u), p_to_score(p), np.nan)
     half = calibration.quantile(score_to_p(threshold))  # |u| at the threshold
-    denom = np.maximum(np.nan_to_num(forecasts.support_rmse, nan=np.inf), calibration.rmse_floor)
+    denom = np.maximum(np.nan_to_num(forecasts.resid_scale, nan=np.inf), calibration.scale_floor)
     width = half * denom * tasks.scale  # (B,) band half-width in the series' units
     y_hat = tasks.denormalise(forecasts.query)
     return PointScores(
@@ -328,8 +330,8 @@ def score_tasks(
     size = max(1, min(batch_size, n))
     for lo in range(0, n, size):
         idx = np.arange(lo, lo + size).clip(max=n - 1)  # (size,) padded with the last task
-        raw = gather_windows(values, indptr, rows[idx], first[idx] - spec.max_lag - k, width)
-        tasks = make_windows(raw, spec, k)
+        raw = gather_windows(values, indptr, rows[idx], first[idx] - (width - n_query), width)
+        tasks = make_windows(raw, spec, k, n_query)
         forecasts = adapt_and_forecast(
             model, cluster.params, tasks, inner_steps=cluster.inner_steps, inner_lr=cluster.inner_lr,
             inner_lrs=cluster.inner_lrs, device=device,

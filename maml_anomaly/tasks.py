@@ -1,13 +1,13 @@
 """Support/query windows and per-task normalisation, shared by meta-training and scoring.
 
-A *window* is a contiguous run of one series' grid values, ``max_lag + k_shot + query_len`` long:
+A *window* is a contiguous run of one series' grid values, ``max_lag + R + Q`` long:
 
-    [ lag history | K support targets | query targets ]
-      max_lag       k_shot              query_len (one calendar day of points)
+    [ lag history | R recent targets, the last K = support | query targets ]
+      max_lag       R = max(K, Q)                            Q = one calendar day of points
 
-Support pair j has the target at column ``max_lag + j`` and as inputs the values ``lags`` steps
-before it; query point q likewise at ``max_lag + k_shot + q``, with inputs taken from the OBSERVED
-values (one-step-ahead, exactly as daily scoring forecasts a day). Training cuts windows at random
+Each target's inputs are the values ``lags`` steps before it; query inputs are the OBSERVED
+values (one-step-ahead, exactly as daily scoring forecasts a day). The recent targets give the
+adapted model's residual scale (scoring divides residuals by it). Training cuts windows at random
 places in history; scoring cuts the window that ends with the scored day. Both go through
 :func:`make_windows`, so normalisation and imputation are the same code path.
 """
@@ -76,7 +76,7 @@ def choose_lag_spec(
     candidates = [lag_spec(period, n_recent=n_recent), lag_spec(period, n_recent=n_recent, history=0)]
     candidates.append(lag_spec(0, n_recent=n_recent))
     for spec in candidates:
-        if typical >= spec.max_lag + k_shot + 2 * query_len:
+        if typical >= window_width(spec, k_shot, query_len) + query_len:
             return spec
     return candidates[-1]
 
@@ -94,7 +94,9 @@ class Tasks:
 
     Targets are normalised and clipped; a missing target has weight 0 (and value 0 so it cannot
     poison a masked loss with NaN). ``query_values`` keeps the unclipped normalised query values
-    (NaN where missing) for residuals and scores.
+    (NaN where missing) for residuals and scores. The ``recent`` pairs are the R >= K targets just
+    before the query (the support is their last K): scoring measures the adapted model's
+    residual scale on them.
     """
 
     x_support: np.ndarray  # (B, K, D) float32
@@ -104,6 +106,9 @@ class Tasks:
     y_query: np.ndarray  # (B, Q) float32
     w_query: np.ndarray  # (B, Q) float32
     query_values: np.ndarray  # (B, Q) float64, normalised, unclipped, NaN = missing
+    x_recent: np.ndarray  # (B, R, D) float32
+    y_recent: np.ndarray  # (B, R) float32
+    w_recent: np.ndarray  # (B, R) float32
     centre: np.ndarray  # (B,) float64
     scale: np.ndarray  # (B,) float64, > 0 where the support window had data
     n_support_observed: np.ndarray  # (B,) int64, observed support targets
@@ -116,6 +121,16 @@ class Tasks:
         """Map normalised values (B, ...) back to the series' own units."""
         shape = (-1,) + (1,) * (z.ndim - 1)
         return self.centre.reshape(shape) + self.scale.reshape(shape) * z
+
+
+def recent_len(k_shot: int, query_len: int) -> int:
+    """R: targets before the query whose residuals give the residual scale (a day, at least K)."""
+    return max(k_shot, query_len)
+
+
+def window_width(spec: LagSpec, k_shot: int, query_len: int) -> int:
+    """Columns of a task window: lag history, R recent targets (support = their last K), query."""
+    return spec.max_lag + recent_len(k_shot, query_len) + query_len
 
 
 def nan_median_rows(a: np.ndarray) -> np.ndarray:
@@ -161,45 +176,51 @@ def _forward_fill(a: np.ndarray) -> np.ndarray:
 
 
 def make_windows(
-    windows: np.ndarray, spec: LagSpec, k_shot: int, *, clip: float = 10.0
+    windows: np.ndarray, spec: LagSpec, k_shot: int, n_query: int | None = None, *, clip: float = 10.0
 ) -> Tasks:
-    """Cut (support, query) tasks from raw windows of shape (B, max_lag + k_shot + Q).
+    """Cut (support, query) tasks from raw windows (B, W), W = max_lag + R + Q.
 
-    Centre and scale come from the support window (the first ``max_lag + k_shot`` columns) only.
-    Missing inputs are imputed by carrying the last observed value forward inside the window,
-    and by the centre (0 after normalisation) before the first observation: causal, so a
-    forecast never sees the future, and identical in training and scoring.
+    ``n_query`` = Q (default: everything after max_lag + K, i.e. R = K). Centre and scale come
+    from the support window (the ``max_lag + K`` values before the query) only. Missing inputs
+    are imputed by carrying the last observed value forward inside the window, and by the
+    centre (0 after normalisation) before the first observation: causal, so a forecast never
+    sees the future, and identical in training and scoring.
     """
     windows = np.asarray(windows, dtype=np.float64)
     n_tasks, width = windows.shape
-    lead = spec.max_lag + k_shot
-    n_query = width - lead
-    if k_shot < 1 or n_query < 1:
-        raise ValueError(f"window width {width} leaves no query for max_lag={spec.max_lag}, k={k_shot}")
-    centre, scale = robust_centre_scale(windows[:, :lead])  # (B,), (B,)
+    n_query = width - spec.max_lag - k_shot if n_query is None else n_query
+    lead = width - n_query  # columns before the query
+    n_recent = lead - spec.max_lag
+    if k_shot < 1 or n_query < 1 or n_recent < k_shot:
+        raise ValueError(f"window width {width} does not fit max_lag={spec.max_lag}, k={k_shot}, q={n_query}")
+    centre, scale = robust_centre_scale(windows[:, lead - spec.max_lag - k_shot : lead])  # (B,), (B,)
     safe_centre = np.where(np.isfinite(centre), centre, 0.0)
     z = (windows - safe_centre[:, None]) / scale[:, None]  # (B, W) normalised, NaN = missing
     z_in = np.nan_to_num(_forward_fill(z), nan=0.0)  # (B, W) imputed for inputs
     np.clip(z_in, -clip, clip, out=z_in)
 
-    targets = np.arange(spec.max_lag, width)  # (K+Q,) columns of the targets
+    targets = np.arange(spec.max_lag, width)  # (R+Q,) columns of the targets
     lags = np.asarray(spec.lags)  # (D,)
-    x = z_in[:, targets[:, None] - lags[None, :]].astype(np.float32)  # (B, K+Q, D)
-    y_raw = z[:, targets]  # (B, K+Q)
+    x = z_in[:, targets[:, None] - lags[None, :]].astype(np.float32)  # (B, R+Q, D)
+    y_raw = z[:, targets]  # (B, R+Q)
     observed = np.isfinite(y_raw)
     y = np.clip(np.where(observed, y_raw, 0.0), -clip, clip).astype(np.float32)
     w = observed.astype(np.float32)
+    r, k = n_recent, k_shot
     return Tasks(
-        x_support=np.ascontiguousarray(x[:, :k_shot]),
-        y_support=np.ascontiguousarray(y[:, :k_shot]),
-        w_support=np.ascontiguousarray(w[:, :k_shot]),
-        x_query=np.ascontiguousarray(x[:, k_shot:]),
-        y_query=np.ascontiguousarray(y[:, k_shot:]),
-        w_query=np.ascontiguousarray(w[:, k_shot:]),
-        query_values=np.ascontiguousarray(y_raw[:, k_shot:]),
+        x_support=np.ascontiguousarray(x[:, r - k : r]),
+        y_support=np.ascontiguousarray(y[:, r - k : r]),
+        w_support=np.ascontiguousarray(w[:, r - k : r]),
+        x_query=np.ascontiguousarray(x[:, r:]),
+        y_query=np.ascontiguousarray(y[:, r:]),
+        w_query=np.ascontiguousarray(w[:, r:]),
+        query_values=np.ascontiguousarray(y_raw[:, r:]),
+        x_recent=np.ascontiguousarray(x[:, :r]),
+        y_recent=np.ascontiguousarray(y[:, :r]),
+        w_recent=np.ascontiguousarray(w[:, :r]),
         centre=centre,
         scale=scale,
-        n_support_observed=observed[:, :k_shot].sum(axis=1).astype(np.int64),
+        n_support_observed=observed[:, r - k : r].sum(axis=1).astype(np.int64),
     )
 
 

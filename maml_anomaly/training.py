@@ -26,9 +26,8 @@ from maml_anomaly.scoring import (
     fit_calibration,
     huber_loss,
     normalised_residuals,
-    window_width,
 )
-from maml_anomaly.tasks import LagSpec, Tasks, gather_windows, make_windows, sample_window_starts
+from maml_anomaly.tasks import LagSpec, Tasks, gather_windows, make_windows, sample_window_starts, window_width
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class TrainSettings:
     eval_every: int = 100
     patience: int = 4
     time_budget_s: float = 120.0
-    rmse_floor: float = 0.05
+    scale_floor: float = 0.05
     learn_inner_lr: bool = True
     seed: int = 0
 
@@ -60,11 +59,13 @@ def _tensors(t: Tasks) -> tuple[torch.Tensor, ...]:
     return f(t.x_support), f(t.y_support), f(t.w_support), f(t.x_query), f(t.y_query), f(t.w_query)
 
 
-def _sample_tasks(values, indptr, lengths, rows, spec, k_shot, width, n, rng) -> Tasks | None:
+def _sample_tasks(values, indptr, lengths, rows, spec, k_shot, query_len, n, rng) -> Tasks | None:
+    """``n`` tasks cut at uniformly drawn places of series ``rows`` (None if none fits)."""
+    width = window_width(spec, k_shot, query_len)
     picked, starts = sample_window_starts(lengths, width, n, rng, rows=rows)
     if picked.size == 0:
         return None
-    return make_windows(gather_windows(values, indptr, picked, starts, width), spec, k_shot)
+    return make_windows(gather_windows(values, indptr, picked, starts, width), spec, k_shot, query_len)
 
 
 def _query_errors(pred_q: np.ndarray, t: Tasks) -> dict:
@@ -99,14 +100,14 @@ def _seasonal_naive(t: Tasks, spec: LagSpec) -> np.ndarray:
     return t.x_query[..., spec.lags.index(lag)].astype(np.float64)  # (B, Q) the observed value a period ago
 
 
-def _pretrain_jointly(model, params, values, indptr, lengths, rows, spec, k_shot, width, settings, rng, iterations):
+def _pretrain_jointly(model, params, values, indptr, lengths, rows, spec, k_shot, query_len, settings, rng, iterations):
     """The transfer baseline: one net fit by plain regression on all pairs of the cluster's tasks."""
     params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     opt = torch.optim.Adam(params.values(), lr=settings.meta_lr)
     from torch.func import functional_call
 
     for _ in range(iterations):
-        t = _sample_tasks(values, indptr, lengths, rows, spec, k_shot, width, settings.meta_batch_size, rng)
+        t = _sample_tasks(values, indptr, lengths, rows, spec, k_shot, query_len, settings.meta_batch_size, rng)
         x = torch.cat([torch.from_numpy(t.x_support), torch.from_numpy(t.x_query)], dim=1)  # (B, K+Q, D)
         y = torch.cat([torch.from_numpy(t.y_support), torch.from_numpy(t.y_query)], dim=1)  # (B, K+Q)
         w = torch.cat([torch.from_numpy(t.w_support), torch.from_numpy(t.w_query)], dim=1)
@@ -145,7 +146,7 @@ def train_cluster(
     usable = rng.permutation(usable)[: settings.max_series]
     n_val = 0 if usable.size < 2 else max(1, int(round(settings.val_fraction * usable.size)))
     val_rows, train_rows = (usable[:n_val], usable[n_val:]) if n_val else (usable, usable)
-    sample = lambda r, n: _sample_tasks(values, indptr, lengths, r, spec, k, width, n, rng)  # noqa: E731
+    sample = lambda r, n: _sample_tasks(values, indptr, lengths, r, spec, k, query_len, n, rng)  # noqa: E731
     val_tasks = sample(val_rows, settings.n_val_tasks)
     calib_tasks = sample(val_rows, settings.n_val_tasks)
 
@@ -192,11 +193,11 @@ def train_cluster(
     forecasts = adapt_and_forecast(
         model, meta_params, calib_tasks, inner_steps=settings.inner_steps, inner_lr=settings.inner_lr, inner_lrs=meta_lrs
     )
-    u = normalised_residuals(calib_tasks, forecasts, settings.rmse_floor)
-    calibration = fit_calibration(np.abs(u[np.isfinite(u)]), rmse_floor=settings.rmse_floor)
+    u = normalised_residuals(calib_tasks, forecasts, settings.scale_floor)
+    calibration = fit_calibration(np.abs(u[np.isfinite(u)]), scale_floor=settings.scale_floor)
 
     report = _report(
-        model, init, meta_params, meta_lrs, values, indptr, lengths, train_rows, val_tasks, spec, k, width, settings, rng,
+        model, init, meta_params, meta_lrs, values, indptr, lengths, train_rows, val_tasks, spec, k, query_len, settings, rng,
         pretrain_iterations=it,
     )
     report.update(
@@ -220,12 +221,12 @@ def train_cluster(
     )
 
 
-def _report(model, init, meta_params, meta_lrs, values, indptr, lengths, train_rows, val_tasks, spec, k, width, settings, rng, *, pretrain_iterations):
+def _report(model, init, meta_params, meta_lrs, values, indptr, lengths, train_rows, val_tasks, spec, k, query_len, settings, rng, *, pretrain_iterations):
     """Query errors on held-out series: adapted beside the baselines the paper compares with."""
     s, lr = settings.inner_steps, settings.inner_lr
     scratch = {k_: v.detach() for k_, v in init_params(Forecaster(spec.n_inputs, settings.hidden, 1)).items()}
     transfer = _pretrain_jointly(
-        model, init, values, indptr, lengths, train_rows, spec, k, width, settings, rng, pretrain_iterations
+        model, init, values, indptr, lengths, train_rows, spec, k, query_len, settings, rng, pretrain_iterations
     )
     rows = {
         "maml_adapted": _adapted_query(model, meta_params, val_tasks, s, lr, meta_lrs),

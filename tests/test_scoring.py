@@ -17,15 +17,18 @@ THRESHOLD = 3.5
 
 def test_calibration_of_gaussian_residuals_gives_gaussian_scores():
     u = np.abs(ndtri(np.linspace(0.00005, 0.99995, 20001)))  # |N(0, 1)| quantiles
-    cal = fit_calibration(u, rmse_floor=0.05)
-    p = cal.tail_probability(np.array([0.0, 1.0, 2.0, 2.5]))
-    np.testing.assert_allclose(p, [1.0, 0.3173, 0.0455, 0.0124], rtol=0.05)
-    np.testing.assert_allclose(p_to_score(p)[1:], [1.0, 2.0, 2.5], atol=0.05)
+    cal = fit_calibration(u, scale_floor=0.05)
+    p = cal.tail_probability(np.array([0.0, 1.0, 1.5, 1.9]))
+    np.testing.assert_allclose(p, [1.0, 0.3173, 0.1336, 0.0574], rtol=0.05)
+    np.testing.assert_allclose(p_to_score(p)[1:], [1.0, 1.5, 1.9], atol=0.05)
+    # beyond the stored quantiles the exponential tail is heavier than the Gaussian: fewer flags
+    far = cal.tail_probability(np.array([3.0, 4.0, 6.0]))
+    assert np.all(far >= [0.0027, 6.3e-5, 2e-9]) and np.all(far < [0.02, 0.002, 1e-4])
 
 
 def test_tail_probability_monotone_and_quantile_inverts_it():
     rng = np.random.default_rng(0)
-    cal = fit_calibration(np.abs(rng.standard_t(3, 5000)), rmse_floor=0.05)
+    cal = fit_calibration(np.abs(rng.standard_t(3, 5000)), scale_floor=0.05)
     u = np.linspace(0, 50, 2001)
     p = cal.tail_probability(u)
     assert np.all(np.diff(p) <= 0) and p[0] == 1.0 and p[-1] < 1e-6

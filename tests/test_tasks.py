@@ -10,6 +10,7 @@ from maml_anomaly.tasks import (
     query_len_for_step,
     robust_centre_scale,
     sample_window_starts,
+    window_width,
 )
 
 
@@ -47,6 +48,23 @@ def test_windows_exactly_aligned_hand_checked():
     np.testing.assert_allclose(back(t.x_query[..., 1]), [2, 3, 4, 5, 6])
     # normalisation from the support window (columns 0..4) only: median 2
     assert t.centre[0] == 2.0
+
+
+def test_recent_targets_before_the_support_when_the_day_is_longer_than_k():
+    # lags (1,), K = 2, Q = 4 -> R = max(K, Q) = 4 recent targets, the support is their last 2
+    spec = LagSpec(period=0, lags=(1,))
+    assert window_width(spec, 2, 4) == 1 + 4 + 4
+    t = make_windows(np.arange(9, dtype=float)[None, :], spec, k_shot=2, n_query=4, clip=1e9)
+
+    def back(z):
+        return t.denormalise(z.astype(np.float64))[0].round(5)
+
+    np.testing.assert_allclose(back(t.y_recent), [1, 2, 3, 4])
+    np.testing.assert_allclose(back(t.y_support), [3, 4])
+    np.testing.assert_allclose(back(t.x_support[..., 0]), [2, 3])
+    np.testing.assert_allclose(back(t.y_query), [5, 6, 7, 8])
+    np.testing.assert_allclose(back(t.x_query[..., 0]), [4, 5, 6, 7])
+    assert t.centre[0] == 3.0  # median of the support window: columns 2..4
 
 
 def test_normalisation_scale_invariant():

@@ -113,6 +113,60 @@ MaxFailedOpt = Annotated[
     ),
 ]
 
+_ALERTS = "Alerts (each rule only removes flags; see docs/alerts.md)"
+EventsOpt = Annotated[
+    Optional[Path],
+    typer.Option("--events", help="Also write the events (runs of consecutive flagged points) to this parquet file.", rich_help_panel=_ALERTS),
+]
+FdrOpt = Annotated[
+    Optional[float],
+    typer.Option("--fdr", min=0.0, max=1.0, help="Keep a flag only if its Benjamini-Hochberg q_value is at most this (default: 0 = off).", rich_help_panel=_ALERTS),
+]
+QPerClusterOpt = Annotated[
+    Optional[bool],
+    typer.Option("--q-per-cluster/--q-per-run", help="Benjamini-Hochberg q-values per cluster instead of over the whole run (default: per run).", show_default=False, rich_help_panel=_ALERTS),
+]
+MaxAlertsOpt = Annotated[
+    Optional[int],
+    typer.Option("--max-alerts", min=0, help="Alert budget: keep the N most significant flagged points (default: 0 = no budget).", rich_help_panel=_ALERTS),
+]
+MinAbsOpt = Annotated[
+    Optional[float],
+    typer.Option("--min-abs-deviation", min=0.0, help="Drop flags with |y - y_hat| below this, in the series' units (default: 0).", rich_help_panel=_ALERTS),
+]
+MinRelOpt = Annotated[
+    Optional[float],
+    typer.Option("--min-rel-deviation", min=0.0, help="Drop flags with |y - y_hat| / |y_hat| below this, e.g. 0.1 = 10% (default: 0).", rich_help_panel=_ALERTS),
+]
+
+
+class Direction(str, Enum):
+    both = "both"
+    up = "up"
+    down = "down"
+
+
+DirectionOpt = Annotated[
+    Optional[Direction],
+    typer.Option("--direction", help="Keep flags above the forecast (up), below it (down) or both (default: both).", rich_help_panel=_ALERTS),
+]
+MinConsecutiveOpt = Annotated[
+    Optional[int],
+    typer.Option("--min-consecutive", min=1, help="Keep only runs of at least N consecutive flagged grid points (default: 1).", rich_help_panel=_ALERTS),
+]
+
+
+def _alert_flags(fdr, q_per_cluster, max_alerts, min_abs_deviation, min_rel_deviation, direction, min_consecutive) -> dict[str, Any]:
+    return {
+        "fdr": fdr,
+        "q_per_cluster": q_per_cluster,
+        "max_alerts": max_alerts,
+        "min_abs_deviation": min_abs_deviation,
+        "min_rel_deviation": min_rel_deviation,
+        "direction": direction.value if direction else None,
+        "min_consecutive": min_consecutive,
+    }
+
 
 def _columns(id_col: Optional[str], time_col: Optional[str], value_col: Optional[str]) -> dict[str, Any]:
     return {"id_col": id_col, "time_col": time_col, "value_col": value_col}
@@ -285,6 +339,14 @@ def daily_score(
     date: DateOpt = None,
     threshold: ThresholdOpt = None,
     max_failed_fraction: MaxFailedOpt = None,
+    events: EventsOpt = None,
+    fdr: FdrOpt = None,
+    q_per_cluster: QPerClusterOpt = None,
+    max_alerts: MaxAlertsOpt = None,
+    min_abs_deviation: MinAbsOpt = None,
+    min_rel_deviation: MinRelOpt = None,
+    direction: DirectionOpt = None,
+    min_consecutive: MinConsecutiveOpt = None,
     id_col: IdColOpt = None,
     time_col: TimeColOpt = None,
     value_col: ValueColOpt = None,
@@ -308,6 +370,7 @@ def daily_score(
             "snap_tolerance": snap_tolerance,
             "threshold": threshold,
             "max_failed_fraction": max_failed_fraction,
+            **_alert_flags(fdr, q_per_cluster, max_alerts, min_abs_deviation, min_rel_deviation, direction, min_consecutive),
         },
         quiet=quiet,
         verbose=verbose,
@@ -315,6 +378,7 @@ def daily_score(
         input=input,
         model_dir=model_dir,
         output=output,
+        events=events,
         date=date,
     )
 
@@ -328,6 +392,14 @@ def backtest(
     end: Annotated[Optional[str], typer.Option("--end", help="Last day (inclusive), YYYY-MM-DD (default: the input's last day).")] = None,
     threshold: ThresholdOpt = None,
     max_failed_fraction: MaxFailedOpt = None,
+    events: EventsOpt = None,
+    fdr: FdrOpt = None,
+    q_per_cluster: QPerClusterOpt = None,
+    max_alerts: MaxAlertsOpt = None,
+    min_abs_deviation: MinAbsOpt = None,
+    min_rel_deviation: MinRelOpt = None,
+    direction: DirectionOpt = None,
+    min_consecutive: MinConsecutiveOpt = None,
     id_col: IdColOpt = None,
     time_col: TimeColOpt = None,
     value_col: ValueColOpt = None,
@@ -351,6 +423,7 @@ def backtest(
             "snap_tolerance": snap_tolerance,
             "threshold": threshold,
             "max_failed_fraction": max_failed_fraction,
+            **_alert_flags(fdr, q_per_cluster, max_alerts, min_abs_deviation, min_rel_deviation, direction, min_consecutive),
         },
         quiet=quiet,
         verbose=verbose,
@@ -358,6 +431,7 @@ def backtest(
         input=input,
         model_dir=model_dir,
         output=output,
+        events=events,
         start=start,
         end=end,
     )
@@ -407,9 +481,9 @@ def demo(
 def plot(
     input: InputOpt,
     scores: Annotated[Path, typer.Option("--scores", "-s", help="Scores parquet written by daily-score or backtest.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file (one --series) or folder (--top N, or several --series) to write.")],
     series: Annotated[Optional[list[str]], typer.Option("--series", help="Series id to plot (repeat for several) (default: the top anomalies).")] = None,
-    top: Annotated[int, typer.Option("--top", min=1, help="Without --series: plot the series of the TOP highest scores.")] = 5,
+    top: Annotated[int, typer.Option("--top", min=1, help="Without --series: draw the TOP most significant flagged series, one PNG each, into the folder --output.")] = 5,
     id_col: IdColOpt = None,
     time_col: TimeColOpt = None,
     value_col: ValueColOpt = None,

@@ -28,6 +28,7 @@ from maml_anomaly.errors import ConfigError
 
 ON_DUPLICATE = ("error", "first", "last", "mean")
 DEVICES = ("auto", "cpu", "cuda")
+DIRECTIONS = ("both", "up", "down")
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,31 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class AlertConfig:
+    """daily-score / backtest: rules that turn flags into alerts (maml_anomaly.alerts); 0 = off.
+
+    Each rule only removes flags: fdr (keep q_value <= fdr), max_alerts (the N most significant),
+    deviation floors, direction (both, up, down) and min_consecutive grid points.
+    """
+
+    fdr: float = 0.0
+    q_per_cluster: bool = False
+    max_alerts: int = 0
+    min_abs_deviation: float = 0.0
+    min_rel_deviation: float = 0.0
+    direction: str = "both"
+    min_consecutive: int = 1
+
+    def __post_init__(self) -> None:
+        _check_range("alerts.fdr", self.fdr, 0.0, 1.0)
+        _check_min("alerts.max_alerts", self.max_alerts, 0)
+        _check_min("alerts.min_abs_deviation", self.min_abs_deviation, 0)
+        _check_min("alerts.min_rel_deviation", self.min_rel_deviation, 0)
+        _check_choice("alerts.direction", self.direction, DIRECTIONS)
+        _check_min("alerts.min_consecutive", self.min_consecutive, 1)
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     """Where and how compute runs (threads: one torch thread is often fastest on small cores)."""
 
@@ -148,6 +174,7 @@ class Config:
     clusters: ClusterConfig = field(default_factory=ClusterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    alerts: AlertConfig = field(default_factory=AlertConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     # -- building ---------------------------------------------------------------------------
@@ -314,6 +341,7 @@ __all__ = [
     "ClusterConfig",
     "TrainConfig",
     "ScoreConfig",
+    "AlertConfig",
     "RuntimeConfig",
     "Config",
 ]

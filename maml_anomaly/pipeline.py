@@ -28,7 +28,7 @@ import pandas as pd
 from maml_anomaly.artifacts import CLUSTERS, ModelDir, jsonable
 from maml_anomaly.config import Config
 from maml_anomaly.errors import ConfigError, InputError, MamlAnomalyError, ModelDirError
-from maml_anomaly.io import SCORE_COLUMNS, ReadReport, build_panel, read_long, write_parquet_atomic
+from maml_anomaly.io import SCORE_COLUMNS, ReadReport, build_panel, read_long, write_bytes_atomic, write_parquet_atomic
 from maml_anomaly.panel import Panel
 
 log = logging.getLogger(__name__)
@@ -454,38 +454,42 @@ def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
 
 
 def daily_score(
-    *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None
+    *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None, events: Path | None = None
 ) -> dict[str, Any]:
     """Score one calendar day (default: the input's last day); write the scores atomically."""
     if date is not None:
         parse_day(date, "--date")
     check_output(output)
+    _check_events_path(events, output)
     md = open_trained(model_dir)
     device = setup_torch(config)
     data = load_input(config, input)
     day = resolve_day(data.frame, date)
     log.info("scoring %s", day.astype("datetime64[D]"))
-    return _score_days(config, md, data, day, day, output, device)
+    return _score_days(config, md, data, day, day, output, device, events)
 
 
 def backtest(
-    *, config: Config, input: Path, model_dir: Path, output: Path, start: str | None = None, end: str | None = None
+    *, config: Config, input: Path, model_dir: Path, output: Path, start: str | None = None, end: str | None = None,
+    events: Path | None = None,
 ) -> dict[str, Any]:
     """daily-score for every day of [start, end], batched across days and series, one output."""
     for value, option in ((start, "--start"), (end, "--end")):
         if value is not None:
             parse_day(value, option)
     check_output(output)
+    _check_events_path(events, output)
     md = open_trained(model_dir)
     device = setup_torch(config)
     data = load_input(config, input)
     first, last = resolve_range(data.frame, start, end)
     log.info("backtest %s to %s", first.astype("datetime64[D]"), last.astype("datetime64[D]"))
-    return _score_days(config, md, data, first, last, output, device)
+    return _score_days(config, md, data, first, last, output, device, events)
 
 
 def _score_days(
-    config: Config, md: ModelDir, data: LoadedInput, first: np.datetime64, last: np.datetime64, output: Path, device: str
+    config: Config, md: ModelDir, data: LoadedInput, first: np.datetime64, last: np.datetime64, output: Path, device: str,
+    events: Path | None = None,
 ) -> dict[str, Any]:
     """Score every input row of the days [first, last]: one task per (series, day), batched."""
     import time
@@ -544,15 +548,24 @@ def _score_days(
             f"--max-failed-fraction {config.score.max_failed_fraction}; nothing was written. Check that "
             "the input holds enough history before the scored day(s) and that meta-train ran on these series."
         )
+    # -- alerts (issue #9): q-values, post-rules, alert budget, events: one call, see alerts.py --
+    from maml_anomaly.alerts import apply_alerts, summary_text
+
+    alerted = apply_alerts(out, config.alerts, step=panel.step[row_series], threshold=config.score.threshold)
+    out = alerted.scores
     write_parquet_atomic(_scores_table(out), output)
-    n_flags = int(res.is_anomaly.sum())
+    if events is not None:
+        write_parquet_atomic(_events_table(alerted.events, out), events)
+    # -- end of alerts --
+    n_flags = int(out["is_anomaly"].sum())
     seconds = time.perf_counter() - started
     days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
     return _summary(
         f"scored {len(out):,} points of {int(np.unique(row_series).size):,} series on {days}: "
         f"{n_flags:,} anomalies; {counts.get(STATUS_OK, 0):,} ok, "
         f"{len(out) - counts.get(STATUS_OK, 0):,} not scored ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != STATUS_OK) or 'none'}); "
-        f"wrote {output} in {seconds:.1f} s",
+        f"wrote {output} in {seconds:.1f} s\n" + summary_text(alerted),
+        **_alert_fields(alerted, events),
         output=str(output),
         first_day=str(first.astype("datetime64[D]")),
         last_day=str(last.astype("datetime64[D]")),
@@ -563,6 +576,33 @@ def _score_days(
         threshold=config.score.threshold,
         seconds=round(seconds, 2),
     )
+
+
+def _check_events_path(events: Path | None, output: Path) -> None:
+    """--events names a parquet file other than the scores output (alerts, issue #9)."""
+    if events is None:
+        return
+    if events.is_dir():
+        raise InputError(f"--events {events} is a directory; expected the path of a parquet file to write.")
+    if events.resolve() == output.resolve():
+        raise InputError(f"--events {events} is the same file as --output; give the events their own parquet path.")
+
+
+def _alert_fields(alerted: Any, events: Path | None) -> dict[str, Any]:
+    """JSON summary fields of the alerts step: counts and the top events by severity."""
+    from maml_anomaly.alerts import top_events
+
+    top = top_events(alerted.events, 10)
+    return {"alerts": alerted.counts, "events": str(events) if events else None, "top_events": top.to_dict(orient="records")}
+
+
+def _events_table(events: pd.DataFrame, scores: pd.DataFrame):
+    import pyarrow as pa
+
+    from maml_anomaly.alerts import events_schema
+
+    id_type = pa.int64() if scores["unique_id"].dtype.kind in "iu" else pa.string()
+    return pa.Table.from_pandas(events, schema=events_schema(id_type), preserve_index=False)
 
 
 def _row_series(rows: pd.DataFrame, panel: Panel) -> np.ndarray:
@@ -644,6 +684,7 @@ def _scores_table(frame: pd.DataFrame):
 
     id_type = pa.int64() if frame["unique_id"].dtype.kind in "iu" else pa.string()
     schema = scores_schema(id_type).append(pa.field("p_value", pa.float64()))
+    schema = schema.append(pa.field("q_value", pa.float64())).append(pa.field("suppressed", pa.string()))  # alerts
     return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
 
@@ -790,26 +831,68 @@ def _top_anomalies(scores: pd.DataFrame, n: int = 10) -> pd.DataFrame:
     return flagged.nlargest(n, "score")[cols].reset_index(drop=True)
 
 
-# -- plot (compute: issue #5) ---------------------------------------------------------------------
+# -- plot (issue #9) -----------------------------------------------------------------------------
 
 
 def plot(
     *, config: Config, input: Path, scores: Path, output: Path, series: list[str] | None = None, top: int = 5
 ) -> dict[str, Any]:
-    """A PNG of series with their forecast band and flags (the named series, or the top anomalies)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise InputError(
-            "plot needs matplotlib, which is not installed. Install it with "
-            "`pip install 'maml-anomaly[plot]'` (or `pip install matplotlib`)."
-        ) from None
+    """PNGs of series with their forecast band, y_hat, flags and events.
+
+    ``--series ID --output FILE.png``: one picture. Several ``--series``, or none (then the
+    ``--top`` most significant flagged series): one PNG per series in the folder ``--output``.
+    """
+    from maml_anomaly import plotting
+    from maml_anomaly.alerts import build_events
+
+    plotting.require_matplotlib()
     if top < 1:
         raise InputError(f"--top must be at least 1; found {top}.")
+    single = series is not None and len(series) == 1 and output.suffix.lower() == ".png"
+    if not single and output.suffix.lower() == ".png":
+        raise InputError(
+            f"--output {output} is a PNG file, but this plot draws {'several series' if series else f'the top {top} series'}; "
+            "give --output a folder (one PNG per series), or name one --series."
+        )
+    if output.exists() and (output.is_dir() == single):
+        raise InputError(f"--output {output} exists and is a {'folder' if single else 'file'}; expected a {'PNG file' if single else 'folder'}.")
     score_frame = _read_parquet_frame(scores, "--scores", list(SCORE_COLUMNS))
     data = load_input(config, input)
-    del score_frame, data
-    raise _not_implemented("plot", 5)
+    ids = _plot_ids(score_frame, series, top)
+    frame = data.frame.assign(unique_id=_plain_ids(data.frame["unique_id"]))
+    events = build_events(score_frame)
+    written = []
+    for rank, uid in enumerate(ids, start=1):  # at most --top or the named series: a handful of pictures
+        fig = plotting.render(plotting.series_plot_data(frame, score_frame, events, uid))
+        path = output if single else output / f"{rank:02d}_{_file_safe(uid)}.png"
+        write_bytes_atomic(plotting.to_png(fig), path)
+        written.append(str(path))
+    text = f"drew {len(written)} series: " + ", ".join(written) if written else "no flagged series in the scores: nothing drawn"
+    return _summary(text, files=written, series=[str(i) for i in ids])
+
+
+def _plot_ids(scores: pd.DataFrame, series: list[str] | None, top: int) -> list[Any]:
+    """The ids to draw, typed as in the scores file (InputError naming unknown ids)."""
+    from maml_anomaly.plotting import most_significant_series
+
+    if not series:
+        return most_significant_series(scores, top)
+    known = pd.unique(scores["unique_id"])
+    by_text = {str(v): v for v in known}
+    missing = [s for s in series if s not in by_text]
+    if missing:
+        examples = ", ".join(repr(str(v)) for v in known[:5])
+        raise InputError(
+            f"--series {', '.join(missing)} not found in the scores file (it holds {len(known):,} series, e.g. "
+            f"{examples}); name series that daily-score or backtest scored."
+        )
+    return [by_text[s] for s in series]
+
+
+def _file_safe(uid: Any) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(uid))[:80] or "series"
 
 
 # -- bench sine (compute: issue #3) --------------------------------------------------------------

@@ -1,0 +1,401 @@
+"""From flags to alerts: q-values across the run, post-rules, an alert budget and events.
+
+Scoring (``scoring.py``) gives every scored point a calibrated two-sided tail probability
+``p_value`` (the cluster's calibration of held-out adapted residuals) and flags the points whose
+score is at or above the threshold. This module only ever *removes* flags, in this order:
+
+1. ``fdr``: keep a flag only when its Benjamini-Hochberg ``q_value`` (over the run's scored
+   points, or per cluster) is at most ``fdr``;
+2. post-rules: ``min_abs_deviation`` (``|y - y_hat|``), ``min_rel_deviation``
+   (``|y - y_hat| / |y_hat|``), ``direction`` (up: ``y > y_hat``; down: ``y < y_hat``) and
+   ``min_consecutive`` (runs of consecutive flagged grid points shorter than this are dropped);
+3. ``max_alerts``: keep the N most significant flags (smallest p-value) of the run.
+
+Then consecutive flagged points of a series on its grid become one event. Every step is
+vectorised: one sort of the run's points by (series, ds), run boundaries by comparison with the
+previous point, segment reductions with ``np.*.reduceat``; no Python loop per series.
+
+The column ``suppressed`` names the rule that removed a flag (null where the point was never
+flagged or is still flagged), so a missing alert can always be explained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from maml_anomaly.config import DIRECTIONS, AlertConfig
+from maml_anomaly.scoring import STATUS_OK, score_to_p
+
+#: columns added to the scores frame after the SPEC's leading columns (and scoring's p_value)
+ALERT_COLUMNS = ("p_value", "q_value", "suppressed")
+
+#: the events parquet, in this order
+EVENT_COLUMNS = (
+    "unique_id", "start", "end", "peak_ds", "peak_score", "peak_p_value", "min_q_value", "peak_y", "peak_y_hat",
+    "direction", "severity", "n_points", "cluster", "ongoing",
+)
+
+
+#: the rules (the ``[alerts]`` config section; every default keeps all of scoring's flags, 0 = off)
+AlertRules = AlertConfig
+
+
+# -- q-values -------------------------------------------------------------------------------------
+
+
+def bh_qvalues(p: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values), NaN where p is NaN.
+
+    q_i = min over j with p_j >= p_i of (m p_j / rank_j), m = finite p-values (of the group).
+    ``groups`` (N,) integer codes: BH within each group separately. One sort by (group, p), then
+    a reversed running minimum within each group (pandas' grouped cummin, in C).
+    """
+    p = np.asarray(p, dtype=np.float64)  # (N,)
+    q = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if ok.size == 0:
+        return q
+    g = np.zeros(ok.size, np.int64) if groups is None else np.asarray(groups)[ok].astype(np.int64)
+    order = np.lexsort((p[ok], g))  # (M,) by group, then p
+    gs, ps = g[order], p[ok][order]
+    first = np.r_[0, np.flatnonzero(np.diff(gs)) + 1]  # (G,) start of each group
+    sizes = np.diff(np.r_[first, gs.size])  # (G,)
+    rank = np.arange(gs.size) - np.repeat(first, sizes) + 1  # (M,) 1-based rank within group
+    adj = np.minimum(ps * np.repeat(sizes, sizes) / rank, 1.0)  # (M,)
+    rev = pd.Series(adj[::-1]).groupby(gs[::-1], sort=False).cummin().to_numpy()[::-1]
+    q[ok[order]] = np.clip(rev, 0.0, 1.0)
+    return q
+    g = np.zeros(ok.size, np.int64) if groups is None else np.asarray(groups)[ok].astype(np.int64)
+    g = np.unique(g, return_inverse=True)[1].reshape(-1)  # dense 0..G-1
+    order = np.lexsort((p[ok], g))  # (M,) by group, then p
+    gs, ps = g[order], p[ok][order]
+    first = np.r_[0, np.flatnonzero(np.diff(gs)) + 1]  # (G,) start of each group
+    sizes = np.diff(np.r_[first, gs.size])  # (G,)
+    rank = np.arange(gs.size) - np.repeat(first, sizes) + 1  # (M,) 1-based rank within group
+    adj = np.minimum(ps * sizes[gs] / rank, 1.0) + 2.0 * gs  # (M,)
+    adj = np.minimum.accumulate(adj[::-1])[::-1] - 2.0 * gs
+    q[ok[order]] = np.clip(adj, 0.0, 1.0)
+    return q
+
+
+# -- runs of consecutive grid points --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The run's points sorted by (series, ds) and what is needed to find consecutive ones."""
+
+    order: np.ndarray  # (N,) sorted position -> frame row
+    series: np.ndarray  # (N,) series code of each sorted point
+    ds: np.ndarray  # (N,) int64 ns of each sorted point
+    step: np.ndarray  # (N,) int64 ns series step of each sorted point (<= 0: unknown)
+
+
+def make_grid(unique_id: np.ndarray, ds: np.ndarray, step: np.ndarray | None = None) -> Grid:
+    """Sort once by (series, ds); ``step`` (N,) timedelta64 per row, or inferred per series.
+
+    Inferred: the smallest positive gap between a series' points in this run (a daily-scored
+    daily series has one point and so no neighbour: each flag is its own event).
+    """
+    codes = pd.factorize(pd.Series(unique_id), sort=False)[0].astype(np.int64)  # (N,)
+    t = np.asarray(ds, dtype="datetime64[ns]").view(np.int64)
+    order = np.lexsort((t, codes))
+    codes, t = codes[order], t[order]
+    if step is not None:
+        st = np.asarray(step, dtype="timedelta64[ns]")[order]
+        st = np.where(np.isnat(st), np.int64(0), st.view(np.int64))
+    else:
+        st = _inferred_step(codes, t)
+    return Grid(order=order, series=codes, ds=t, step=st)
+
+
+def _inferred_step(codes: np.ndarray, t: np.ndarray) -> np.ndarray:
+    n = codes.size
+    if n == 0:
+        return np.zeros(0, np.int64)
+    gap = np.diff(t)  # (N-1,)
+    same = codes[1:] == codes[:-1]
+    big = np.iinfo(np.int64).max
+    gap = np.where(same & (gap > 0), gap, big)
+    first = np.r_[0, np.flatnonzero(~same) + 1]  # start of each series
+    per = np.minimum.reduceat(np.r_[gap, big], first)  # (S,) smallest gap of each series
+    per = np.where(per == big, 0, per)
+    return np.repeat(per, np.diff(np.r_[first, n]))
+
+
+def runs(grid: Grid, flags_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of consecutive flagged grid points among sorted points.
+
+    Returns (idx, run) where ``idx`` are the sorted positions of flagged points and ``run`` (F,)
+    their run number: a new run starts unless the previous flagged point is of the same series
+    and exactly one step earlier.
+    """
+    idx = np.flatnonzero(flags_sorted)
+    if idx.size == 0:
+        return idx, np.zeros(0, np.int64)
+    s, t, st = grid.series[idx], grid.ds[idx], grid.step[idx]
+    cont = (s[1:] == s[:-1]) & (st[1:] > 0) & (t[1:] - t[:-1] == st[1:])  # (F-1,) continues the run
+    return idx, np.cumsum(np.r_[True, ~cont]) - 1
+
+
+# -- rules ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """The scores with q_value / suppressed added and the final flags, and the events."""
+
+    scores: pd.DataFrame
+    events: pd.DataFrame
+    counts: dict[str, Any]  # what happened, for the summary
+
+
+def apply_alerts(
+    scores: pd.DataFrame, rules: AlertRules, *, step: np.ndarray | None = None, threshold: float | None = None
+) -> Alerts:
+    """q-values, the rules (each only removes flags), the budget and the events of one run.
+
+    ``scores``: the scores frame (SPEC columns and ``p_value``); ``step`` (N,) timedelta64 per
+    row (the series' grid step; inferred from the run when None). ``threshold`` only feeds the
+    summary's expected false alarms. Returns a new frame; the input is not changed.
+    """
+    out = scores.copy()
+    n = len(out)
+    ok = (out["status"].to_numpy() == STATUS_OK) if n else np.zeros(0, bool)
+    p = np.where(ok, out["p_value"].to_numpy(np.float64, na_value=np.nan), np.nan)  # (N,)
+    groups = pd.factorize(out["cluster"].astype(object).fillna(""))[0] if rules.q_per_cluster and n else None
+    q = bh_qvalues(p, groups)
+    flags = out["is_anomaly"].to_numpy(bool).copy()
+    raw = flags.copy()
+    suppressed = np.full(n, None, dtype=object)
+
+    def drop(mask: np.ndarray, name: str) -> None:
+        hit = flags & mask
+        suppressed[hit] = name
+        flags[hit] = False
+
+    y = out["y"].to_numpy(np.float64, na_value=np.nan)
+    y_hat = out["y_hat"].to_numpy(np.float64, na_value=np.nan)
+    dev = y - y_hat  # (N,)
+    if rules.fdr > 0:
+        drop(~(q <= rules.fdr), "fdr")
+    if rules.min_abs_deviation > 0:
+        drop(~(np.abs(dev) >= rules.min_abs_deviation), "min_abs_deviation")
+    if rules.min_rel_deviation > 0:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.abs(dev) / np.abs(y_hat)  # |y_hat| = 0: inf (any change from zero passes)
+        drop(~(rel >= rules.min_rel_deviation), "min_rel_deviation")
+    if rules.direction != "both":
+        drop(~(dev > 0) if rules.direction == "up" else ~(dev < 0), "direction")
+    grid = make_grid(out["unique_id"].to_numpy(), out["ds"].to_numpy(), step)
+    if rules.min_consecutive > 1:
+        drop(_short_runs(grid, flags, rules.min_consecutive), "min_consecutive")
+    if rules.max_alerts > 0:
+        drop(_over_budget(flags, p, out["score"].to_numpy(np.float64, na_value=np.nan), rules.max_alerts), "max_alerts")
+        if rules.min_consecutive > 1:  # runs the budget cut short
+            drop(_short_runs(grid, flags, rules.min_consecutive), "max_alerts")
+
+    out["is_anomaly"] = flags
+    out = _with_alert_columns(out, q, suppressed)
+    events = build_events(out, grid)
+    kinds, n_suppressed = np.unique(suppressed[raw & ~flags].astype(str), return_counts=True)
+    counts = {
+        "scored": int(ok.sum()),
+        "flagged_by_score": int(raw.sum()),
+        "flagged": int(flags.sum()),
+        "suppressed": {str(k): int(v) for k, v in zip(kinds, n_suppressed)},
+        "events": len(events),
+        "ongoing_events": int(events["ongoing"].sum()) if len(events) else 0,
+    }
+    if threshold is not None:
+        counts["expected_false_alarms"] = round(float(ok.sum()) * score_to_p(threshold), 2)
+    return Alerts(scores=out, events=events, counts=counts)
+
+
+def _short_runs(grid: Grid, flags: np.ndarray, min_len: int) -> np.ndarray:
+    """(N,) bool: flagged rows in runs of fewer than ``min_len`` consecutive grid points."""
+    idx, run = runs(grid, flags[grid.order])
+    length = np.bincount(run)[run] if run.size else run  # (F,)
+    short = np.zeros(flags.size, bool)
+    short[grid.order[idx[length < min_len]]] = True
+    return short
+
+
+def _over_budget(flags: np.ndarray, p: np.ndarray, score: np.ndarray, budget: int) -> np.ndarray:
+    """(N,) bool: flagged rows beyond the ``budget`` most significant (p, then score, then row)."""
+    idx = np.flatnonzero(flags)
+    if idx.size <= budget:
+        return np.zeros(flags.size, bool)
+    rank = np.lexsort((idx, -np.nan_to_num(score[idx], nan=-np.inf), np.nan_to_num(p[idx], nan=np.inf)))
+    over = np.zeros(flags.size, bool)
+    over[idx[rank[budget:]]] = True
+    return over
+
+
+def _with_alert_columns(out: pd.DataFrame, q: np.ndarray, suppressed: np.ndarray) -> pd.DataFrame:
+    """p_value, q_value, suppressed right after the SPEC's columns; other extras keep their order."""
+    out["q_value"] = q
+    out["suppressed"] = pd.array(suppressed, dtype=object)
+    lead = [c for c in out.columns if c not in ALERT_COLUMNS]
+    spec = lead[: lead.index("status") + 1] if "status" in lead else lead
+    rest = [c for c in lead if c not in spec]
+    return out[spec + [c for c in ALERT_COLUMNS if c in out.columns] + rest]
+
+
+# -- events ---------------------------------------------------------------------------------------
+
+
+def build_events(scores: pd.DataFrame, grid: Grid | None = None) -> pd.DataFrame:
+    """One row per run of consecutive flagged grid points of a series (``is_anomaly``).
+
+    severity = sum over the event's points of -log10(p_value): how unlikely the whole event is
+    under clean noise, treating its points as independent (3 = one in a thousand); it grows with
+    both the size and the length of an event and means the same on every series.
+    ``ongoing``: the event reaches the series' last point in this run (it may go on tomorrow).
+    """
+    if grid is None:
+        grid = make_grid(scores["unique_id"].to_numpy(), scores["ds"].to_numpy())
+    flags = scores["is_anomaly"].to_numpy(bool)[grid.order]  # sorted
+    idx, run = runs(grid, flags)
+    if idx.size == 0:
+        return empty_events(scores["unique_id"].dtype)
+    rows = grid.order[idx]  # (F,) frame rows of flagged points, in (series, ds) order
+    col = lambda name: scores[name].to_numpy()[rows]  # noqa: E731
+    p = np.clip(scores["p_value"].to_numpy(np.float64, na_value=np.nan)[rows], 1e-300, 1.0)
+    score = scores["score"].to_numpy(np.float64, na_value=np.nan)[rows]
+    q = scores["q_value"].to_numpy(np.float64, na_value=np.nan)[rows] if "q_value" in scores else np.full(rows.size, np.nan)
+    y = scores["y"].to_numpy(np.float64, na_value=np.nan)[rows]
+    y_hat = scores["y_hat"].to_numpy(np.float64, na_value=np.nan)[rows]
+    start = np.r_[0, np.flatnonzero(np.diff(run)) + 1]  # (E,) first flagged point of each event
+    stop = np.r_[start[1:], run.size] - 1  # (E,) last one
+    peak = _segment_argmax(np.nan_to_num(score, nan=-np.inf), start)  # (E,) index into the F points
+    up = np.add.reduceat((y > y_hat).astype(np.int64), start)
+    down = np.add.reduceat((y < y_hat).astype(np.int64), start)
+    size = stop - start + 1
+    direction = np.where(up == size, "up", np.where(down == size, "down", "mixed"))
+    last_of_series = np.r_[grid.series[1:] != grid.series[:-1], True]  # (N,) sorted: last point of its series
+    ds = col("ds")
+    events = pd.DataFrame(
+        {
+            "unique_id": col("unique_id")[start],
+            "start": ds[start],
+            "end": ds[stop],
+            "peak_ds": ds[peak],
+            "peak_score": score[peak],
+            "peak_p_value": p[peak],
+            "min_q_value": np.fmin.reduceat(q, start),
+            "peak_y": y[peak],
+            "peak_y_hat": y_hat[peak],
+            "direction": direction.astype(object),
+            "severity": np.add.reduceat(-np.log10(p), start),
+            "n_points": size.astype(np.int64),
+            "cluster": col("cluster")[start].astype(object),
+            "ongoing": last_of_series[idx[stop]],
+        }
+    )
+    events["start"] = events["start"].astype("datetime64[ns]")
+    events["end"] = events["end"].astype("datetime64[ns]")
+    events["peak_ds"] = events["peak_ds"].astype("datetime64[ns]")
+    return events.sort_values(["unique_id", "start"], kind="stable", ignore_index=True)
+
+
+def _segment_argmax(values: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Index of the (first) largest value of each segment [start[i], start[i+1])."""
+    seg = np.repeat(np.arange(start.size), np.diff(np.r_[start, values.size]))
+    order = np.lexsort((np.arange(values.size), -values, seg))  # per segment: largest first, then earliest
+    return order[start]
+
+
+def empty_events(id_dtype: Any = object) -> pd.DataFrame:
+    """An events frame with no rows and the right columns and dtypes."""
+    dtypes = {
+        "unique_id": "int64" if pd.api.types.is_integer_dtype(id_dtype) else object,
+        "start": "datetime64[ns]", "end": "datetime64[ns]", "peak_ds": "datetime64[ns]",
+        "peak_score": "float64", "peak_p_value": "float64", "min_q_value": "float64", "peak_y": "float64",
+        "peak_y_hat": "float64", "direction": object, "severity": "float64", "n_points": "int64",
+        "cluster": object, "ongoing": "bool",
+    }
+    return pd.DataFrame({c: pd.Series([], dtype=dtypes[c]) for c in EVENT_COLUMNS})
+
+
+def events_schema(id_type):
+    """Arrow schema of the events parquet (``id_type``: pa.string() or pa.int64())."""
+    import pyarrow as pa
+
+    ts = pa.timestamp("ns")
+    types = {
+        "unique_id": id_type, "start": ts, "end": ts, "peak_ds": ts, "peak_score": pa.float64(),
+        "peak_p_value": pa.float64(), "min_q_value": pa.float64(), "peak_y": pa.float64(), "peak_y_hat": pa.float64(),
+        "direction": pa.string(), "severity": pa.float64(), "n_points": pa.int64(), "cluster": pa.string(),
+        "ongoing": pa.bool_(),
+    }
+    return pa.schema([(c, types[c]) for c in EVENT_COLUMNS])
+
+
+# -- the daily summary ----------------------------------------------------------------------------
+
+
+def summary_text(alerts: Alerts, *, top: int = 5) -> str:
+    """Lines for stdout: flagged points, events, what the rules removed, the top events by severity."""
+    c = alerts.counts
+    lines = [
+        f"alerts: {c['flagged']:,} flagged points of {c['scored']:,} scored"
+        + (f" (expected false alarms on clean data at this threshold: about {c['expected_false_alarms']:,.1f})"
+           if "expected_false_alarms" in c else "")
+        + f"; {c['events']:,} events ({c['ongoing_events']:,} still ongoing at the end of the run)"
+    ]
+    if c["suppressed"]:
+        lines.append(
+            f"  {c['flagged_by_score']:,} flagged by score; removed by "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(c["suppressed"].items()))
+        )
+    ev = top_events(alerts.events, top)
+    if len(ev):
+        lines.append(f"  top {len(ev)} by severity:")
+        for r in ev.itertuples(index=False):  # at most ``top`` rows
+            span = f"{r.start}" if r.n_points == 1 else f"{r.start} .. {r.end} ({r.n_points} points)"
+            lines.append(
+                f"    {r.unique_id!s:<16} {r.direction:<5} severity {r.severity:6.1f}  peak score {r.peak_score:5.1f} "
+                f"at {r.peak_ds}  {span}  cluster {r.cluster}"
+            )
+    return "\n".join(lines)
+
+
+def top_events(events: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The n most severe events (ties: higher peak score, then unique_id, start)."""
+    if not len(events):
+        return events
+    order = np.lexsort((
+        events["start"].to_numpy(), events["unique_id"].astype(str).to_numpy(),
+        -events["peak_score"].to_numpy(np.float64), -events["severity"].to_numpy(np.float64),
+    ))
+    return events.iloc[order[:n]].reset_index(drop=True)
+
+
+def expected_false_alarms(threshold: float, n_points: int) -> float:
+    """Points flagged on clean data at ``threshold`` if the calibration holds: n * P(score >= threshold)."""
+    return n_points * score_to_p(threshold)
+
+
+__all__ = [
+    "DIRECTIONS",
+    "ALERT_COLUMNS",
+    "EVENT_COLUMNS",
+    "AlertRules",
+    "Alerts",
+    "Grid",
+    "apply_alerts",
+    "bh_qvalues",
+    "build_events",
+    "empty_events",
+    "events_schema",
+    "expected_false_alarms",
+    "make_grid",
+    "runs",
+    "summary_text",
+    "top_events",
+]

@@ -62,6 +62,8 @@ class ModelDir:
         """
         if self.path.exists() and not self.path.is_dir():
             raise ModelDirError(f"model directory {self.path} is a file; expected a directory. Choose another --model-dir.")
+        if self.path.is_dir():
+            _clean_stale_temps(self.path)  # a killed run's temporary files do not make it "not empty"
         if self.path.is_dir() and any(self.path.iterdir()):
             if not self.exists():
                 raise ModelDirError(
@@ -149,6 +151,11 @@ class ModelDir:
         return Config.from_dict(self.read_manifest()["config"], source=str(self.path / MANIFEST))
 
     def _read_manifest_raw(self) -> dict[str, Any]:
+        if self.path.exists() and not self.path.is_dir():
+            raise ModelDirError(
+                f"model directory {self.path} is a file; expected a directory made by fit-clusters "
+                "(and meta-train). Check --model-dir."
+            )
         if not self.path.is_dir():
             raise ModelDirError(
                 f"model directory {self.path} does not exist. Expected a directory made by "
@@ -168,8 +175,11 @@ class ModelDir:
                 f"{file} is not valid JSON ({exc}); the model directory is corrupt. Re-run "
                 "fit-clusters and meta-train with --overwrite."
             ) from None
-        if not isinstance(manifest, dict):
-            raise ModelDirError(f"{file} is not a JSON object; the model directory is corrupt.")
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+            raise ModelDirError(
+                f"{file} is not a maml-anomaly manifest (expected a JSON object with a 'files' table); "
+                "the model directory is corrupt. Re-run fit-clusters and meta-train with --overwrite."
+            )
         return manifest
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
@@ -264,12 +274,31 @@ class ModelDir:
 
     def _save_bytes(self, name: str, data: bytes) -> Path:
         self.path.mkdir(parents=True, exist_ok=True)
+        if not self.exists():
+            # A placeholder manifest before the first file: a run killed before writing its own
+            # manifest leaves a directory recognisably ours (replaced with --overwrite), not a
+            # "foreign" folder that no rerun may touch.
+            now = _now()
+            files = (self._manifest or {}).get("files", {})
+            self._write_manifest({
+                "format_version": FORMAT_VERSION,
+                "package": {"name": "maml-anomaly", "version": __version__},
+                "created_at": now, "updated_at": now, "state": "incomplete", "config": {}, "files": files,
+            })
         path = write_bytes_atomic(data, self.path / name)
         self._record(name, data)
         return path
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _clean_stale_temps(folder: Path) -> None:
+    """Remove the temporary files (``.NAME.PID.*.tmp``) of killed runs in ``folder``."""
+    from maml_anomaly.io import clean_stale_temps
+
+    for name in {t.name[1:].rsplit(".", 3)[0] for t in folder.glob(".*.*.*.tmp")}:
+        clean_stale_temps(folder / name)
 
 
 def _safetensors_metadata(data: bytes) -> dict[str, str]:

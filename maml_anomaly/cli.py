@@ -103,6 +103,15 @@ OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Scores parquet 
 ThresholdOpt = Annotated[
     Optional[float], typer.Option("--threshold", min=0.0, help="Flag points whose score is at or above this (default: 4.0).")
 ]
+LockTimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--lock-timeout",
+        min=0.0,
+        help="Seconds to wait when another run holds the model directory or output (default: 0, stop at once).",
+        rich_help_panel=_RUN,
+    ),
+]
 MaxFailedOpt = Annotated[
     Optional[float],
     typer.Option(
@@ -247,6 +256,7 @@ def fit_clusters(
     config: ConfigOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    lock_timeout: LockTimeoutOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -259,6 +269,7 @@ def fit_clusters(
         flags={
             **_columns(id_col, time_col, value_col),
             **_runtime(device, threads),
+            "lock_timeout": lock_timeout,
             "on_duplicate": on_duplicate.value if on_duplicate else None,
             "snap_tolerance": snap_tolerance,
             "min_cluster_size": min_cluster_size,
@@ -298,6 +309,7 @@ def meta_train(
     config: ConfigOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    lock_timeout: LockTimeoutOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -310,6 +322,7 @@ def meta_train(
         flags={
             **_columns(id_col, time_col, value_col),
             **_runtime(device, threads),
+            "lock_timeout": lock_timeout,
             "on_duplicate": on_duplicate.value if on_duplicate else None,
             "snap_tolerance": snap_tolerance,
             "k_shot": k_shot,
@@ -355,6 +368,7 @@ def daily_score(
     config: ConfigOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    lock_timeout: LockTimeoutOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
@@ -366,6 +380,7 @@ def daily_score(
         flags={
             **_columns(id_col, time_col, value_col),
             **_runtime(device, threads),
+            "lock_timeout": lock_timeout,
             "on_duplicate": on_duplicate.value if on_duplicate else None,
             "snap_tolerance": snap_tolerance,
             "threshold": threshold,
@@ -408,6 +423,7 @@ def backtest(
     config: ConfigOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    lock_timeout: LockTimeoutOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
@@ -419,6 +435,7 @@ def backtest(
         flags={
             **_columns(id_col, time_col, value_col),
             **_runtime(device, threads),
+            "lock_timeout": lock_timeout,
             "on_duplicate": on_duplicate.value if on_duplicate else None,
             "snap_tolerance": snap_tolerance,
             "threshold": threshold,

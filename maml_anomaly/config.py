@@ -155,14 +155,20 @@ class AlertConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """Where and how compute runs (threads: one torch thread is often fastest on small cores)."""
+    """Where and how compute runs (threads: one torch thread is often fastest on small cores).
+
+    lock_timeout: seconds a run waits for another run's lock on the same model directory or
+    output before it stops (0 = stop at once).
+    """
 
     device: str = "auto"
     threads: int = 1
+    lock_timeout: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("runtime.device", self.device, DEVICES)
         _check_min("runtime.threads", self.threads, 1)
+        _check_range("runtime.lock_timeout", self.lock_timeout, 0.0, 86400.0)
 
 
 @dataclass(frozen=True)

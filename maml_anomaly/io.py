@@ -30,7 +30,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from maml_anomaly.config import ON_DUPLICATE, ColumnConfig
-from maml_anomaly.errors import InputError
+from maml_anomaly.errors import InputError, MamlAnomalyError
+from maml_anomaly.locking import CRASH_ENV, crash_point
 from maml_anomaly.panel import Panel
 
 log = logging.getLogger(__name__)
@@ -176,14 +177,16 @@ def _read_table(path: Path, columns: ColumnConfig) -> pa.Table:
             "parquet files; check the --input path."
         )
     files = _parquet_files(path)
+    wanted = [columns.id_col, columns.time_col, columns.value_col]
+    unified = _unified_schema(files, wanted, columns.time_col) if len(files) > 1 else None
     try:
         dataset = pads.dataset(
-            files, format="parquet", partitioning="hive", partition_base_dir=str(path) if path.is_dir() else None
+            files, format="parquet", partitioning="hive", partition_base_dir=str(path) if path.is_dir() else None,
+            schema=unified,
         )
         schema = dataset.schema
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise _unreadable(path, exc) from None
-    wanted = [columns.id_col, columns.time_col, columns.value_col]
     missing = [c for c in wanted if c not in schema.names]
     if missing:
         flags = {columns.id_col: "--id-col", columns.time_col: "--time-col", columns.value_col: "--value-col"}
@@ -193,7 +196,11 @@ def _read_table(path: Path, columns: ColumnConfig) -> pa.Table:
             f"{', '.join(flags[c] for c in missing)} (or in the [columns] section of --config)."
         )
     id_type = schema.field(columns.id_col).type
-    if (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)) and columns.id_col in _file_columns(dataset):
+    if (
+        (pa.types.is_string(id_type) or pa.types.is_large_string(id_type))
+        and columns.id_col in _file_columns(dataset)
+        and unified is None  # files of mixed types keep the unified schema
+    ):
         # string ids as parquet dictionaries: far cheaper to encode than one string per row
         options = pads.ParquetReadOptions(dictionary_columns={columns.id_col})
         dataset = pads.dataset(
@@ -206,6 +213,51 @@ def _read_table(path: Path, columns: ColumnConfig) -> pa.Table:
         return dataset.to_table(columns=wanted, batch_size=1 << 20)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
         raise _unreadable(path, exc) from None
+
+
+def _unified_schema(files: list[str], wanted: list[str], time_col: str) -> pa.Schema | None:
+    """One schema for files whose column types differ (int and float values -> float), or None.
+
+    The dataset would otherwise take the first file's types and fail, or misread, on the others.
+    Timezone-aware timestamps in some files and naive ones in others are refused: naive values
+    would silently be taken as UTC.
+    """
+    types: dict[str, dict[pa.DataType, str]] = {c: {} for c in wanted}  # column -> type -> first file
+    for file in files:
+        try:
+            file_schema = pq.read_schema(file)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _unreadable(Path(file), exc) from None
+        for c in wanted:
+            if c in file_schema.names:
+                types[c].setdefault(file_schema.field(c).type, file)
+    if any(not t for t in types.values()) or all(len(t) == 1 for t in types.values()):
+        return None  # a column only in partition folders, or nothing to unify
+    fields = []
+    for c in wanted:
+        kinds = types[c]
+        aware = {t: f for t, f in kinds.items() if pa.types.is_timestamp(t) and t.tz is not None}
+        if c == time_col and aware and len(aware) < len(kinds):
+            naive = next(f for t, f in kinds.items() if t not in aware)
+            raise InputError(
+                f"column {c!r} has timezone-aware timestamps in some files (e.g. {next(iter(aware.values()))}: "
+                f"{next(iter(aware))}) and naive ones in others (e.g. {naive}: "
+                f"{next(t for t in kinds if t not in aware)}). Expected one kind; write every file with "
+                "timezone-aware timestamps, or every file with naive UTC timestamps."
+            )
+        if aware and len(aware) == len(kinds):
+            fields.append(pa.field(c, pa.timestamp("ns", tz="UTC")))  # instants in any zone
+            continue
+        try:
+            unified = pa.unify_schemas([pa.schema([pa.field(c, t)]) for t in kinds], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            shown = "; ".join(f"{Path(f).name}: {t}" for t, f in list(kinds.items())[:3])
+            raise InputError(
+                f"the input's files disagree on the type of column {c!r} ({shown}). Expected one type "
+                "in every file; rewrite the odd files with the same column types."
+            ) from None
+        fields.append(unified.field(c))
+    return pa.schema(fields)
 
 
 def _file_columns(dataset: pads.Dataset) -> set[str]:
@@ -375,7 +427,15 @@ def _parse_strings(arr: pa.Array, name: str) -> np.ndarray:
             f"{examples}. Expected timestamps such as 2024-01-31 or 2024-01-31T13:00:00(+00:00); "
             "fix those values or store the column as a parquet timestamp."
         )
-    return parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]").view(np.int64)
+    naive = parsed.dt.tz_convert(None)
+    outside = ((naive < pd.Timestamp.min) | (naive > pd.Timestamp.max)).to_numpy()
+    if outside.any():  # the ns conversion below would wrap around silently
+        examples = ", ".join(repr(v) for v in pd.unique(text[outside])[:5])
+        raise InputError(
+            f"column {name!r} has {int(outside.sum()):,} timestamps outside the supported range "
+            f"1677-2262, e.g. {examples}. Fix or drop those rows."
+        )
+    return naive.to_numpy(dtype="datetime64[ns]").view(np.int64)
 
 
 def _values(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
@@ -479,41 +539,113 @@ def _resolve_duplicates(
 def write_parquet_atomic(data: pd.DataFrame | pa.Table, path: str | Path) -> Path:
     """Write parquet to a temporary file in the same folder, fsync it, then rename it over ``path``.
 
-    A crash or a kill leaves either the previous file or the complete new one, never a part.
+    A crash or a kill leaves either the previous file or the complete new one, never a part;
+    the temporary file of a killed run is removed by the next write to the same path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    def write(fh) -> None:
+        pq.write_table(table, _PartialCrash(fh) if os.environ.get(CRASH_ENV) else fh)
+
+    return _replace_atomic(path, write, "parquet")
+
+
+class _PartialCrash:
+    """Test hook: a file that lets crash_point("parquet:partial") kill after the first bytes."""
+
+    def __init__(self, fh) -> None:
+        self._fh = fh
+
+    def write(self, data) -> int:
+        n = self._fh.write(data)
+        self._fh.flush()
+        crash_point("parquet:partial")  # the file holds a part, no footer yet
+        return n
+
+    def __getattr__(self, name: str):
+        return getattr(self._fh, name)
 
 
 def write_bytes_atomic(data: bytes, path: str | Path) -> Path:
     """Atomic write of raw bytes (same guarantees as :func:`write_parquet_atomic`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return _replace_atomic(Path(path), lambda fh: fh.write(data), "bytes")
+
+
+_TMP_SUFFIX = ".tmp"
+
+
+def _replace_atomic(path: Path, write, kind: str) -> Path:
+    """Write through ``write(fh)`` into ``.NAME.PID.XXXX.tmp`` beside ``path``, fsync, rename over it."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual umask mode
+        crash_point(f"{kind}:tmp-created")
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
+            crash_point(f"{kind}:tmp-written")
             os.fsync(fh.fileno())
+        crash_point(f"{kind}:before-rename")
         os.replace(tmp, path)
+        crash_point(f"{kind}:after-rename")
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from None
         raise
     return path
+
+
+def clean_stale_temps(path: str | Path) -> int:
+    """Remove temporary files that killed runs left beside ``path``; returns how many.
+
+    Only files named ``.NAME.PID.*.tmp`` whose PID is no longer a running process on this host
+    are removed, so a concurrent writer's temporary file is never touched.
+    """
+    path = Path(path)
+    removed = 0
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*{_TMP_SUFFIX}"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+            log.info("removed %s, left by a killed run (pid %s)", tmp, pid)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_error(path: Path, exc: OSError) -> MamlAnomalyError:
+    return MamlAnomalyError(
+        f"could not write {path} ({exc.strerror or type(exc).__name__}: {exc.filename or path}). "
+        "Nothing was replaced: a previous file at that path is unchanged. Check that the folder "
+        "exists, is writable and has free space, or choose another path."
+    )
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -549,6 +681,7 @@ __all__ = [
     "read_panel",
     "write_parquet_atomic",
     "write_bytes_atomic",
+    "clean_stale_temps",
     "scores_schema",
     "empty_scores_frame",
 ]

@@ -15,6 +15,7 @@ below, after the input and model-directory checks that are already final.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from maml_anomaly.artifacts import CLUSTERS, ModelDir, jsonable
 from maml_anomaly.config import Config
 from maml_anomaly.errors import ConfigError, InputError, MamlAnomalyError, ModelDirError
 from maml_anomaly.io import SCORE_COLUMNS, ReadReport, build_panel, read_long, write_bytes_atomic, write_parquet_atomic
+from maml_anomaly.locking import command_locks
 from maml_anomaly.panel import Panel
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,31 @@ def progress(description: str, total: int | None) -> Iterator[Any]:
         yield lambda n=1: bar.advance(task, n)
 
 
+def locked(*, model_shared: bool, output: bool = False):
+    """Run a pipeline function holding its model-directory lock (shared for readers) and output lock.
+
+    A second run on the same model directory or output waits ``config.runtime.lock_timeout``
+    seconds at most, then stops with a message naming the holder (maml_anomaly.locking).
+    """
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*, config: Config, **kwargs: Any) -> dict[str, Any]:
+            model_dir = kwargs["model_dir"]
+            with command_locks(
+                model_dir=None if model_shared and not Path(model_dir).is_dir() else model_dir,
+                model_shared=model_shared,
+                output=kwargs["output"] if output else None,
+                timeout=config.runtime.lock_timeout,
+                command=fn.__name__.replace("_", "-"),
+            ):
+                return fn(config=config, **kwargs)
+
+        return run
+
+    return wrap
+
+
 def _not_implemented(command: str, issue: int) -> MamlAnomalyError:
     return MamlAnomalyError(
         f"{command} is not implemented yet: it lands with issue #{issue}. The input and the "
@@ -192,6 +219,7 @@ _MATRIX_BYTES = 1_500_000_000
 _DETECT_ROWS = 200_000  # rows per tail_matrix chunk while detecting periods
 
 
+@locked(model_shared=False)
 def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
     """Detect each series' period, group the series and write clusters.parquet + manifest."""
     import time
@@ -329,6 +357,7 @@ TRAINING_REPORT = "training_report.json"
 DETECTOR_FORMAT = 1
 
 
+@locked(model_shared=False)
 def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
     """Meta-train one forecaster per cluster; write weights and the training report."""
     import time
@@ -341,6 +370,11 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
     setup_torch(config)
     data = load_input(config, input)
     panel = data.panel
+    if not np.isfinite(panel.values).any():
+        raise InputError(
+            f"input {input} has no observed values: every y is null, NaN or infinite, so there is "
+            "nothing to meta-train on. Check the --value-col column and the upstream job."
+        )
     names, cluster_of, period_of = _series_clusters(md, panel)
     settings = _train_settings(config)
     started = time.perf_counter()
@@ -414,6 +448,7 @@ def _series_clusters(md: ModelDir, panel: Panel) -> tuple[list[str], np.ndarray,
     """Cluster names (sorted) and, per panel series, its cluster index (-1 unknown) and period."""
     clusters = md.load_clusters()
     names = sorted(clusters["cluster"].astype(str).unique().tolist())
+    _check_id_kinds(clusters["unique_id"], panel, md)
     pos = panel.positions(clusters["unique_id"].to_numpy())  # (C,) panel position of each row
     known = pos >= 0
     code = pd.Categorical(clusters["cluster"].astype(str), categories=names).codes.astype(np.int64)
@@ -422,6 +457,20 @@ def _series_clusters(md: ModelDir, panel: Panel) -> tuple[list[str], np.ndarray,
     period_of = np.zeros(panel.n_series, np.int64)
     period_of[pos[known]] = clusters["period"].to_numpy(np.int64)[known]
     return names, cluster_of, period_of
+
+
+def _check_id_kinds(model_ids: pd.Series, panel: Panel, md: ModelDir) -> None:
+    """Integer ids in one and string ids in the other can never match: say so instead of failing."""
+    model_int = pd.api.types.is_integer_dtype(model_ids.dtype)
+    input_int = panel.ids.dtype.kind in "iu"
+    if len(model_ids) and panel.n_series and model_int != input_int:
+        kind = {True: "integer", False: "string"}
+        raise InputError(
+            f"the input's series ids are {kind[input_int]}s (e.g. {panel.ids[0]!r}) but the model "
+            f"directory {md.path} was fit on {kind[model_int]} ids (e.g. {model_ids.iloc[0]!r}). "
+            "Give the id column the same type as when fit-clusters ran (cast it upstream), or "
+            "name the right column with --id-col."
+        )
 
 
 def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
@@ -453,6 +502,7 @@ def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
 # -- daily-score and backtest (compute: issue #5) -------------------------------------------------
 
 
+@locked(model_shared=True, output=True)
 def daily_score(
     *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None, events: Path | None = None
 ) -> dict[str, Any]:
@@ -469,6 +519,7 @@ def daily_score(
     return _score_days(config, md, data, day, day, output, device, events)
 
 
+@locked(model_shared=True, output=True)
 def backtest(
     *, config: Config, input: Path, model_dir: Path, output: Path, start: str | None = None, end: str | None = None,
     events: Path | None = None,
@@ -494,7 +545,7 @@ def _score_days(
     """Score every input row of the days [first, last]: one task per (series, day), batched."""
     import time
 
-    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_OK, STATUS_UNKNOWN, score_rows
+    from maml_anomaly.scoring import STATUS_OK, score_rows
 
     started = time.perf_counter()
     names, models = _load_models(md)
@@ -521,6 +572,9 @@ def _score_days(
         threshold=config.score.threshold, batch_size=config.score.batch_size, device=device,
         unknown=still_unknown,
     )
+    # a series with a single point has no step, so score_rows sees it as off its grid: it is short
+    one_point = np.isnat(panel.step)[row_series] & (res.status == "off_grid")
+    res.status[one_point] = "insufficient_history"
     cluster_col = np.asarray(cluster_names + [None], dtype=object)[
         np.where(cluster_of >= 0, cluster_of, len(cluster_names))[row_series]
     ]
@@ -541,13 +595,6 @@ def _score_days(
         }
     )
     counts = {k: int(v) for k, v in pd.Series(res.status).value_counts().sort_index().items()}
-    failed = sum(counts.get(k, 0) for k in (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL))
-    if len(out) and failed / len(out) > config.score.max_failed_fraction:
-        raise MamlAnomalyError(
-            f"{failed:,} of {len(out):,} points could not be scored ({counts}), more than "
-            f"--max-failed-fraction {config.score.max_failed_fraction}; nothing was written. Check that "
-            "the input holds enough history before the scored day(s) and that meta-train ran on these series."
-        )
     # -- alerts (issue #9): q-values, post-rules, alert budget, events: one call, see alerts.py --
     from maml_anomaly.alerts import apply_alerts, summary_text
 
@@ -557,6 +604,7 @@ def _score_days(
     if events is not None:
         write_parquet_atomic(_events_table(alerted.events, out), events)
     # -- end of alerts --
+    _check_failed_fraction(res.status, row_series, counts, config.score.max_failed_fraction, output)
     n_flags = int(out["is_anomaly"].sum())
     seconds = time.perf_counter() - started
     days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
@@ -603,6 +651,32 @@ def _events_table(events: pd.DataFrame, scores: pd.DataFrame):
 
     id_type = pa.int64() if scores["unique_id"].dtype.kind in "iu" else pa.string()
     return pa.Table.from_pandas(events, schema=events_schema(id_type), preserve_index=False)
+
+
+FAILED_STATUSES = ("insufficient_history", "unknown_series", "no_model")  # the series could not be scored
+
+
+def _check_failed_fraction(
+    status: np.ndarray, row_series: np.ndarray, counts: dict[str, int], limit: float, output: Path
+) -> None:
+    """Fail (after writing) when more than ``limit`` of the scored series could not be scored.
+
+    A series counts as failed when any of its rows has a status in FAILED_STATUSES: it had no
+    model or too little history. missing_value and off_grid rows are not failures.
+    """
+    series = np.unique(row_series)
+    if series.size == 0:
+        return
+    failed = np.unique(row_series[np.isin(status, FAILED_STATUSES)]).size
+    if failed / series.size > limit:
+        shown = ", ".join(f"{k} {counts[k]:,} points" for k in FAILED_STATUSES if counts.get(k))
+        raise MamlAnomalyError(
+            f"{failed:,} of {series.size:,} series ({failed / series.size:.1%}) could not be scored "
+            f"({shown}), more than --max-failed-fraction {limit:g}. The scores were still written to "
+            f"{output} (see its status column). Check that the input holds enough history before the "
+            "scored day(s) and that fit-clusters and meta-train ran on these series, or raise "
+            "--max-failed-fraction."
+        )
 
 
 def _row_series(rows: pd.DataFrame, panel: Panel) -> np.ndarray:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -673,6 +675,358 @@ def empty_scores_frame(id_dtype: str = "object") -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
+# -- streaming: batches of whole series, appended output ----------------------------------------
+
+#: Rows per batch of whole series when streaming (about 55,000 daily series of 36 points).
+STREAM_BATCH_ROWS = 2_000_000
+
+
+def time_bounds(path: str | Path, columns: ColumnConfig) -> tuple[np.datetime64, np.datetime64]:
+    """First and last timestamp of the input (datetime64[ns], naive UTC) without reading its rows.
+
+    Uses the parquet row-group statistics of the time column when every row group has them;
+    otherwise scans that one column. InputError when the input has no rows.
+    """
+    dataset, files = _stream_dataset(Path(path), columns)
+    lo, hi = _stats_bounds(dataset, columns.time_col)
+    if lo is None:
+        mins, maxs = [], []
+        for batch in dataset.to_batches(columns=[columns.time_col], batch_size=1 << 20):
+            if batch.num_rows:
+                t = _timestamps_ns(batch.column(0), columns.time_col)
+                mins.append(t.min())
+                maxs.append(t.max())
+        if not mins:
+            raise _no_rows(path, columns)
+        lo, hi = min(mins), max(maxs)
+    return np.int64(lo).view("M8[ns]"), np.int64(hi).view("M8[ns]")
+
+
+def iter_series_frames(
+    path: str | Path,
+    columns: ColumnConfig,
+    on_duplicate: str = "error",
+    *,
+    ds_min: np.datetime64 | None = None,
+    ds_end: np.datetime64 | None = None,
+    batch_rows: int = STREAM_BATCH_ROWS,
+    spill_dir: str | Path | None = None,
+) -> Iterator[pd.DataFrame]:
+    """Read the input as a stream of frames, each holding whole series, in bounded memory.
+
+    Each frame is what :func:`read_long` returns for its series (sorted by (unique_id, ds),
+    duplicates resolved, counts in ``frame.attrs``), restricted to ``ds_min <= ds < ds_end``
+    (either bound may be None). The filter is pushed into the parquet scan where the time
+    column's type allows it, so rows outside the window are mostly never decoded.
+
+    Inputs whose row groups are ordered by series (the row groups' id ranges, from the parquet
+    statistics, do not overlap except at their ends: any file sorted by series, written in row
+    groups) stream directly, about ``batch_rows`` rows at a time. Any other input first goes
+    through one spill pass that hashes ids into buckets of about ``batch_rows`` rows as
+    temporary parquet files under ``spill_dir`` (default: the system temp folder), then
+    streams bucket by bucket (output then comes bucket by bucket, sorted within each bucket).
+    """
+    if on_duplicate not in ON_DUPLICATE:
+        raise InputError(f"--on-duplicate must be one of {', '.join(ON_DUPLICATE)}; found {on_duplicate!r}.")
+    path = Path(path)
+    dataset, _ = _stream_dataset(path, columns)
+    flt = _time_filter(dataset.schema.field(columns.time_col).type, columns.time_col, ds_min, ds_end)
+    wanted = [columns.id_col, columns.time_col, columns.value_col]
+    groups = _ordered_row_groups(dataset, columns.id_col, flt)
+    if groups is not None:
+        tables = _sorted_stream(groups, dataset.schema, wanted, flt, columns.id_col, batch_rows)
+    else:
+        log.info("input %s is not ordered by series in its row groups: one spill pass groups it by hashed id", path)
+        tables = _bucketed_stream(dataset, wanted, flt, columns.id_col, batch_rows, spill_dir)
+    seen = False
+    for table in tables:
+        frame = _long_frame(table, columns, on_duplicate, ds_min, ds_end)
+        if len(frame):
+            seen = True
+            yield frame
+    if not seen:
+        raise _no_rows(path, columns, ds_min, ds_end)
+
+
+class AtomicParquetWriter:
+    """Append tables to a parquet file that appears at ``path`` only when everything was written.
+
+    Writes to a temporary file in the same folder; ``commit()`` fsyncs and renames it over
+    ``path``; leaving the ``with`` block without ``commit()`` (or on an exception) deletes it, so a
+    crash or a kill leaves either the previous file or the complete new one.
+    """
+
+    def __init__(self, path: str | Path, schema: pa.Schema) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, schema)
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        assert self._writer is not None, "writer already closed"
+        self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
+        self.rows += table.num_rows
+
+    def commit(self) -> Path:
+        assert self._writer is not None, "writer already closed"
+        self._writer.close()
+        self._writer = None
+        with open(self._tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self._tmp, self.path)
+        _fsync_dir(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicParquetWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()  # a no-op after commit()
+
+
+def _stream_dataset(path: Path, columns: ColumnConfig) -> tuple[pads.Dataset, list[str]]:
+    """The input as a dataset reading string ids as dictionaries (checks as in :func:`read_long`)."""
+    if not path.exists():
+        raise InputError(
+            f"input path {path} does not exist. Expected a parquet file or a directory of "
+            "parquet files; check the --input path."
+        )
+    files = _parquet_files(path)
+    base = str(path) if path.is_dir() else None
+    try:
+        dataset = pads.dataset(files, format="parquet", partitioning="hive", partition_base_dir=base)
+        schema = dataset.schema
+        wanted = [columns.id_col, columns.time_col, columns.value_col]
+        missing = [c for c in wanted if c not in schema.names]
+        if missing:
+            _read_table(path, columns)  # raises the reader's message for missing columns
+        id_type = schema.field(columns.id_col).type
+        if (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)) and columns.id_col in _physical_columns(dataset):
+            options = pads.ParquetReadOptions(dictionary_columns={columns.id_col})
+            dataset = pads.dataset(
+                files, format=pads.ParquetFileFormat(read_options=options), partitioning="hive", partition_base_dir=base
+            )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise _unreadable(path, exc) from None
+    return dataset, files
+
+
+def _physical_columns(dataset: pads.Dataset) -> set[str]:
+    """Columns stored in the files themselves (hive partition keys are not)."""
+    for frag in dataset.get_fragments():
+        return set(frag.physical_schema.names)
+    return set()
+
+
+def _no_rows(path, columns: ColumnConfig, ds_min=None, ds_end=None) -> InputError:
+    window = ""
+    if ds_min is not None or ds_end is not None:
+        window = f" between {ds_min if ds_min is not None else 'the start'} and {ds_end if ds_end is not None else 'the end'}"
+    return InputError(
+        f"input {path} has no rows{window}. Expected a long-format table with one row per "
+        f"({columns.id_col}, {columns.time_col}); check the path or the upstream job."
+    )
+
+
+def _stats_bounds(dataset: pads.Dataset, col: str) -> tuple[int | None, int | None]:
+    """(min, max) int64 ns of a timestamp column from row-group statistics; (None, None) if unknown."""
+    typ = dataset.schema.field(col).type
+    if not (pa.types.is_timestamp(typ) or pa.types.is_date(typ)):
+        return None, None
+    lo = hi = None
+    try:
+        for frag in dataset.get_fragments():
+            for rg in frag.row_groups:
+                if rg.num_rows == 0:
+                    continue
+                st = (rg.statistics or {}).get(col)
+                if not st or st.get("min") is None or st.get("max") is None:
+                    return None, None
+                a, b = _stat_ns(st["min"]), _stat_ns(st["max"])
+                lo, hi = (a if lo is None else min(lo, a)), (b if hi is None else max(hi, b))
+    except (pa.ArrowInvalid, OSError, TypeError, ValueError):
+        return None, None
+    return lo, hi
+
+
+def _stat_ns(v) -> int:
+    ts = pd.Timestamp(v)
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    return int(ts.as_unit("ns").value)
+
+
+def _time_filter(typ: pa.DataType, col: str, ds_min, ds_end) -> pc.Expression | None:
+    """A pushdown filter lo <= ds < end for timestamp/date columns (None: no bound, or a string column)."""
+    if ds_min is None and ds_end is None:
+        return None
+    if not (pa.types.is_timestamp(typ) or pa.types.is_date(typ)):
+        return None  # strings are parsed first and filtered afterwards
+
+    def scalar(v, upper: bool):
+        ts = pd.Timestamp(np.datetime64(v, "ns"))
+        if pa.types.is_date(typ):  # whole days: keep every day the bound touches
+            day = ts.normalize()
+            day = day + pd.Timedelta(days=1) if upper and day != ts else day
+            return pa.scalar(day.date(), type=typ)
+        if typ.tz is not None:
+            ts = ts.tz_localize("UTC")
+        return pa.scalar(ts, type=pa.timestamp("ns", tz=typ.tz)).cast(typ)
+
+    field = pc.field(col)
+    parts = []
+    if ds_min is not None:
+        parts.append(field >= scalar(ds_min, False))
+    if ds_end is not None:
+        parts.append(field < scalar(ds_end, True))
+    return parts[0] if len(parts) == 1 else parts[0] & parts[1]
+
+
+def _ordered_row_groups(dataset: pads.Dataset, id_col: str, flt) -> list | None:
+    """Row-group fragments in series order when their id ranges do not overlap; else None."""
+    if id_col not in _physical_columns(dataset):
+        return None
+    groups, ranges = [], []
+    try:
+        for frag in dataset.get_fragments(filter=flt):
+            for rg in frag.split_by_row_group(filter=flt):
+                info = rg.row_groups[0]
+                if info.num_rows == 0:
+                    continue
+                st = (info.statistics or {}).get(id_col)
+                if not st or st.get("min") is None or st.get("max") is None:
+                    return None
+                groups.append(rg)
+                ranges.append((st["min"], st["max"]))
+    except (pa.ArrowInvalid, OSError, TypeError):
+        return None
+    order = sorted(range(len(groups)), key=lambda i: ranges[i])
+    for a, b in zip(order[:-1], order[1:]):
+        if ranges[b][0] < ranges[a][1]:  # the next group starts before this one ends
+            return None
+    return [groups[i] for i in order]
+
+
+def _plain_ids(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary.take(arr.indices)
+    return arr
+
+
+def _sorted_stream(groups, schema, wanted, flt, id_col: str, batch_rows: int) -> Iterator[pa.Table]:
+    """Tables of whole series from row groups in series order (rows sorted by id within each)."""
+    pending: list[pa.Table] = []
+    n_pending = 0
+    for rg in groups:
+        table = rg.to_table(schema=schema, columns=wanted, filter=flt)
+        if table.num_rows == 0:
+            continue
+        ids = _plain_ids(table.column(id_col))
+        if table.num_rows > 1 and pc.any(pc.less(ids[1:], ids[:-1])).as_py():
+            order = pc.sort_indices(ids)  # stable: rows of one series keep their input order
+            table, ids = table.take(order), ids.take(order)
+        pending.append(table)
+        n_pending += table.num_rows
+        if n_pending < batch_rows:
+            continue
+        # cut before the last series: it may continue in the next row group
+        last = ids[-1]
+        cut = pc.index(ids, last).as_py()  # first row of the last series in this table
+        head, tail = table.slice(0, cut), table.slice(cut)
+        done = pa.concat_tables(pending[:-1] + [head]) if cut or len(pending) > 1 else None
+        pending, n_pending = [tail], tail.num_rows
+        if done is not None and done.num_rows:
+            yield done
+    if pending:
+        yield pa.concat_tables(pending)
+
+
+def _bucket_of(ids: pa.Array, n_buckets: int) -> np.ndarray:
+    """(N,) stable bucket of every id (the same in every process: crc32 / a multiplicative hash)."""
+    if pa.types.is_integer(ids.type):
+        v = ids.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.uint64)
+        return ((v * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)) % np.uint64(n_buckets)
+    encoded = pc.dictionary_encode(ids)
+    values = encoded.dictionary.to_pylist()
+    hashed = np.fromiter((zlib.crc32(str(v).encode()) for v in values), np.uint64, len(values))
+    return (hashed % np.uint64(n_buckets))[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _bucketed_stream(dataset, wanted, flt, id_col: str, batch_rows: int, spill_dir) -> Iterator[pa.Table]:
+    """One pass writes rows to hash buckets on disk; then each bucket (whole series) is one table."""
+    n_rows = dataset.count_rows(filter=flt) if flt is not None else dataset.count_rows()
+    n_buckets = max(1, -(-n_rows // batch_rows))
+    with tempfile.TemporaryDirectory(prefix="maml-anomaly-spill-", dir=spill_dir) as tmp:
+        writers: dict[int, pq.ParquetWriter] = {}
+        try:
+            for batch in dataset.to_batches(columns=wanted, filter=flt, batch_size=1 << 20):
+                if batch.num_rows == 0:
+                    continue
+                ids = _plain_ids(batch.column(0))
+                if pa.types.is_large_string(ids.type) or pa.types.is_string_view(ids.type):
+                    ids = ids.cast(pa.string())
+                table = pa.table([ids, batch.column(1), batch.column(2)], names=wanted)
+                bucket = _bucket_of(ids, n_buckets)
+                order = np.argsort(bucket, kind="stable")
+                bounds = np.searchsorted(bucket[order], np.arange(n_buckets + 1))
+                for b in np.flatnonzero(np.diff(bounds)):
+                    part = table.take(pa.array(order[bounds[b] : bounds[b + 1]]))
+                    if b not in writers:
+                        writers[b] = pq.ParquetWriter(Path(tmp) / f"bucket-{b:05d}.parquet", part.schema)
+                    writers[b].write_table(part)
+        finally:
+            for w in writers.values():
+                w.close()
+        for b in sorted(writers):
+            file = Path(tmp) / f"bucket-{b:05d}.parquet"
+            yield pq.read_table(file)
+            file.unlink()
+
+
+def _long_frame(table: pa.Table, columns: ColumnConfig, on_duplicate: str, ds_min=None, ds_end=None) -> pd.DataFrame:
+    """The frame :func:`read_long` makes, from a table of whole series (columns id, time, value)."""
+    ids, codes = _encode_ids(table.column(0), columns.id_col)
+    t = _timestamps_ns(table.column(1), columns.time_col)
+    y, non_finite = _values(table.column(2), columns.value_col)
+    n_rows = table.num_rows
+    del table
+    keep = np.ones(t.shape[0], bool)  # exact window (string timestamps are not filtered by the scan)
+    if ds_min is not None:
+        keep &= t >= np.datetime64(ds_min, "ns").astype(np.int64)
+    if ds_end is not None:
+        keep &= t < np.datetime64(ds_end, "ns").astype(np.int64)
+    if not keep.all():
+        codes, t, y = codes[keep], t[keep], y[keep]
+        n_rows = int(keep.sum())
+        used = np.zeros(ids.shape[0], bool)
+        used[codes] = True
+        remap = np.cumsum(used) - 1
+        ids, codes = ids[used], remap[codes]
+    order = _sort_order(codes, t)
+    if order is not None:
+        codes, t, y = codes[order], t[order], y[order]
+    codes, t, y, n_dup = _resolve_duplicates(ids, codes, t, y, on_duplicate, columns)
+    if ids.dtype == np.int64:
+        id_col = pd.Series(ids[codes], name="unique_id")
+    else:
+        id_col = pd.Series(pd.Categorical.from_codes(codes, categories=pd.Index(ids, dtype=object)))
+    frame = pd.DataFrame({"unique_id": id_col, "ds": t.view("M8[ns]"), "y": y})
+    frame.attrs[_READ_ATTR] = {"rows": n_rows, "duplicates": n_dup, "non_finite": non_finite}
+    return frame
+
+
+
 __all__ = [
     "SCORE_COLUMNS",
     "ReadReport",
@@ -684,4 +1038,8 @@ __all__ = [
     "clean_stale_temps",
     "scores_schema",
     "empty_scores_frame",
+    "STREAM_BATCH_ROWS",
+    "time_bounds",
+    "iter_series_frames",
+    "AtomicParquetWriter",
 ]

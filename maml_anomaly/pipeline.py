@@ -29,7 +29,17 @@ import pandas as pd
 from maml_anomaly.artifacts import CLUSTERS, ModelDir, jsonable
 from maml_anomaly.config import Config
 from maml_anomaly.errors import ConfigError, InputError, MamlAnomalyError, ModelDirError
-from maml_anomaly.io import SCORE_COLUMNS, ReadReport, build_panel, read_long, write_bytes_atomic, write_parquet_atomic
+from maml_anomaly.io import (
+    SCORE_COLUMNS,
+    AtomicParquetWriter,
+    ReadReport,
+    build_panel,
+    iter_series_frames,
+    read_long,
+    time_bounds,
+    write_bytes_atomic,
+    write_parquet_atomic,
+)
 from maml_anomaly.locking import command_locks
 from maml_anomaly.panel import Panel
 

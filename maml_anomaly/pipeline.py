@@ -520,15 +520,22 @@ def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
 
 @locked(model_shared=True, output=True)
 def daily_score(
-    *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None, events: Path | None = None
+    *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None, events: Path | None = None,
+    engine: str = "local", ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Score one calendar day (default: the input's last day); write the scores atomically."""
     if date is not None:
         parse_day(date, "--date")
     check_output(output)
     _check_events_path(events, output)
+    _check_engine(engine, ray_address)
     md = open_trained(model_dir)
     device = setup_torch(config)
+    if engine == "ray":  # -- engine dispatch (issue #8): the same score_batch on Ray workers --
+        from maml_anomaly.engines.ray_engine import score_days_ray
+
+        return score_days_ray(config=config, md=md, input=input, output=output, events=events, device=device,
+                              date=date, address=ray_address)
     data = load_input(config, input)
     day = resolve_day(data.frame, date)
     log.info("scoring %s", day.astype("datetime64[D]"))
@@ -538,7 +545,7 @@ def daily_score(
 @locked(model_shared=True, output=True)
 def backtest(
     *, config: Config, input: Path, model_dir: Path, output: Path, start: str | None = None, end: str | None = None,
-    events: Path | None = None,
+    events: Path | None = None, engine: str = "local", ray_address: str | None = None,
 ) -> dict[str, Any]:
     """daily-score for every day of [start, end], batched across days and series, one output."""
     for value, option in ((start, "--start"), (end, "--end")):
@@ -546,12 +553,25 @@ def backtest(
             parse_day(value, option)
     check_output(output)
     _check_events_path(events, output)
+    _check_engine(engine, ray_address)
     md = open_trained(model_dir)
     device = setup_torch(config)
+    if engine == "ray":  # -- engine dispatch (issue #8): the same score_batch on Ray workers --
+        from maml_anomaly.engines.ray_engine import score_days_ray
+
+        return score_days_ray(config=config, md=md, input=input, output=output, events=events, device=device,
+                              start=start, end=end, backtest=True, address=ray_address)
     data = load_input(config, input)
     first, last = resolve_range(data.frame, start, end)
     log.info("backtest %s to %s", first.astype("datetime64[D]"), last.astype("datetime64[D]"))
     return _score_days(config, md, data, first, last, output, device, events)
+
+
+def _check_engine(engine: str, ray_address: str | None) -> None:
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray; found {engine!r}.")
+    if ray_address is not None and engine != "ray":
+        raise ConfigError("--ray-address joins a Ray cluster, which only --engine ray uses; add --engine ray.")
 
 
 def _score_days(

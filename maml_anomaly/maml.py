@@ -89,6 +89,10 @@ def _support_grads(
                 grads = manual({k: v.detach() for k, v in leaves.items()}, x, y, weight)
         return [grads[k] for k in leaves]
     with torch.enable_grad():
+        # Per-task copies of weights still shared across tasks (stride-0 views): the forward's
+        # shared-weight fast path reads task 0's slice of such a view, which would send every
+        # task's gradient to task 0 and none to the others.
+        leaves = {k: v.contiguous() if v.dim() and v.stride(0) == 0 else v for k, v in leaves.items()}
         # The loss summed over tasks: each task's weights get exactly that task's gradient.
         loss = loss_fn(batched_forward_fn(model)(leaves, x), y, weight).sum()
         return list(torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph))

@@ -572,6 +572,10 @@ def _check_engine(engine: str, ray_address: str | None) -> None:
         raise ConfigError(f"--engine must be local or ray; found {engine!r}.")
     if ray_address is not None and engine != "ray":
         raise ConfigError("--ray-address joins a Ray cluster, which only --engine ray uses; add --engine ray.")
+    if engine == "ray":
+        from maml_anomaly.engines.ray_engine import require_ray
+
+        require_ray()  # says how to install it before any work
 
 
 def _score_days(

@@ -172,7 +172,7 @@ def score_to_p(z: float) -> float:
 class Forecasts:
     """Adapted forecasts of a batch of tasks, in normalised units."""
 
-    query: np.ndarray  # (B, Q) one-step-ahead forecasts of the query points
+    query: np.ndarray  # (B, Q) one-step-ahead forecasts of the query points (reference added)
     resid_scale: np.ndarray  # (B,) robust scale of the adapted model's recent residuals (NaN if none)
 
 
@@ -215,7 +215,8 @@ def adapt_and_forecast(
     resid = np.abs(pred_r.double().cpu().numpy() - tasks.y_recent)  # (B, R)
     resid[tasks.w_recent == 0] = np.nan
     scale = nan_median_rows(resid) * MAD_TO_SD
-    return Forecasts(query=pred_q.double().cpu().numpy(), resid_scale=scale)
+    query = pred_q.double().cpu().numpy() + tasks.base_query  # (B, Q) correction + seasonal naive
+    return Forecasts(query=query, resid_scale=scale)
 
 
 def huber_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, delta: float = 1.0) -> torch.Tensor:

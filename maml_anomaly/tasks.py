@@ -109,6 +109,8 @@ class Tasks:
     x_recent: np.ndarray  # (B, R, D) float32
     y_recent: np.ndarray  # (B, R) float32
     w_recent: np.ndarray  # (B, R) float32
+    base_recent: np.ndarray  # (B, R) float32, the seasonal-naive reference of each recent target
+    base_query: np.ndarray  # (B, Q) float32, same for the query
     centre: np.ndarray  # (B,) float64
     scale: np.ndarray  # (B,) float64, > 0 where the support window had data
     n_support_observed: np.ndarray  # (B,) int64, observed support targets
@@ -117,10 +119,20 @@ class Tasks:
     def n_tasks(self) -> int:
         return self.x_support.shape[0]
 
+    @property
+    def y_query_abs(self) -> np.ndarray:
+        """(B, Q) float64 normalised query targets (clipped), reference added back."""
+        return self.y_query.astype(np.float64) + self.base_query
+
     def denormalise(self, z: np.ndarray) -> np.ndarray:
         """Map normalised values (B, ...) back to the series' own units."""
         shape = (-1,) + (1,) * (z.ndim - 1)
         return self.centre.reshape(shape) + self.scale.reshape(shape) * z
+
+
+def reference_lag(spec: LagSpec) -> int:
+    """The lag whose value is the seasonal-naive reference: the period, or 1 without one."""
+    return spec.period if spec.period > 0 else 1
 
 
 def recent_len(k_shot: int, query_len: int) -> int:
@@ -202,9 +214,10 @@ def make_windows(
     targets = np.arange(spec.max_lag, width)  # (R+Q,) columns of the targets
     lags = np.asarray(spec.lags)  # (D,)
     x = z_in[:, targets[:, None] - lags[None, :]].astype(np.float32)  # (B, R+Q, D)
+    base = x[..., spec.lags.index(reference_lag(spec))].astype(np.float64)  # (B, R+Q) seasonal naive
     y_raw = z[:, targets]  # (B, R+Q)
     observed = np.isfinite(y_raw)
-    y = np.clip(np.where(observed, y_raw, 0.0), -clip, clip).astype(np.float32)
+    y = np.clip(np.where(observed, y_raw - base, 0.0), -clip, clip).astype(np.float32)
     w = observed.astype(np.float32)
     r, k = n_recent, k_shot
     return Tasks(
@@ -218,6 +231,8 @@ def make_windows(
         x_recent=np.ascontiguousarray(x[:, :r]),
         y_recent=np.ascontiguousarray(y[:, :r]),
         w_recent=np.ascontiguousarray(w[:, :r]),
+        base_recent=np.ascontiguousarray(base[:, :r]),
+        base_query=np.ascontiguousarray(base[:, r:]),
         centre=centre,
         scale=scale,
         n_support_observed=observed[:, r - k : r].sum(axis=1).astype(np.int64),

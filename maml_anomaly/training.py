@@ -71,7 +71,7 @@ def _sample_tasks(values, indptr, lengths, rows, spec, k_shot, query_len, n, rng
 def _query_errors(pred_q: np.ndarray, t: Tasks) -> dict:
     """Pooled MSE and MAE over observed query points (normalised units, clipped targets)."""
     w = t.w_query.astype(np.float64)
-    err = (pred_q - t.y_query.astype(np.float64)) * w  # (B, Q)
+    err = (pred_q - t.y_query_abs) * w  # (B, Q)
     n = max(w.sum(), 1.0)
     return {"mse": float((err**2).sum() / n), "mae": float(np.abs(err).sum() / n)}
 
@@ -92,12 +92,11 @@ def _scratch_adam(model, params, t: Tasks, *, steps: int, lr: float) -> np.ndarr
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return predict(model, task_params, x_q)[..., 0].double().numpy()
+        return predict(model, task_params, x_q)[..., 0].double().numpy() + t.base_query
 
 
-def _seasonal_naive(t: Tasks, spec: LagSpec) -> np.ndarray:
-    lag = spec.period if spec.period > 0 else 1
-    return t.x_query[..., spec.lags.index(lag)].astype(np.float64)  # (B, Q) the observed value a period ago
+def _seasonal_naive(t: Tasks) -> np.ndarray:
+    return t.base_query.astype(np.float64)  # (B, Q) the observed value a period (or a step) ago
 
 
 def _pretrain_jointly(model, params, values, indptr, lengths, rows, spec, k_shot, query_len, settings, rng, iterations):
@@ -234,7 +233,7 @@ def _report(model, init, meta_params, meta_lrs, values, indptr, lengths, train_r
         "scratch_same_steps": _adapted_query(model, scratch, val_tasks, s, lr),
         "scratch_adam_100_steps": _scratch_adam(model, scratch, val_tasks, steps=100, lr=0.01),
         "transfer_finetuned": _adapted_query(model, transfer, val_tasks, s, lr),
-        "seasonal_naive": _seasonal_naive(val_tasks, spec),
+        "seasonal_naive": _seasonal_naive(val_tasks),
     }
     errors = {name: _query_errors(pred, val_tasks) for name, pred in rows.items()}
     naive_mae = errors["seasonal_naive"]["mae"]

@@ -132,3 +132,14 @@ def test_backtest_matches_daily_score(trained):
     assert bt["ds"].min() >= LAST_DAY - pd.Timedelta(days=2)
     last = bt[bt["ds"] >= LAST_DAY].reset_index(drop=True)
     pd.testing.assert_frame_equal(last, daily, check_exact=False, rtol=1e-6)
+
+
+def test_failure_budget_exits_1(trained):
+    root, _ = trained
+    out = root / "budget.parquet"
+    result = _invoke(
+        "daily-score", "--input", root / "input.parquet", "--model-dir", root / "model", "--output", out,
+        "--max-failed-fraction", "0",
+    )
+    assert result.exit_code == 1 and "could not be scored" in result.output  # the 'late' series
+    assert out.exists()  # reliability (#7): the scores are still written, with their statuses

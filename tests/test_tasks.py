@@ -39,11 +39,12 @@ def test_windows_exactly_aligned_hand_checked():
         return t.denormalise(z.astype(np.float64))[0].round(5)
 
     # support targets are columns 3 and 4; inputs (lag1, lag3)
-    np.testing.assert_allclose(back(t.y_support), [3, 4])
+    np.testing.assert_allclose(back(t.y_support + t.base_recent), [3, 4])
+    np.testing.assert_allclose(back(t.base_recent), [0, 1])  # seasonal naive: the value 3 steps back
     np.testing.assert_allclose(back(t.x_support[..., 0]), [2, 3])
     np.testing.assert_allclose(back(t.x_support[..., 1]), [0, 1])
     # query targets are columns 5..9, inputs are the observed values just before them
-    np.testing.assert_allclose(back(t.y_query), [5, 6, 7, 8, 9])
+    np.testing.assert_allclose(back(t.y_query_abs), [5, 6, 7, 8, 9])
     np.testing.assert_allclose(back(t.x_query[..., 0]), [4, 5, 6, 7, 8])
     np.testing.assert_allclose(back(t.x_query[..., 1]), [2, 3, 4, 5, 6])
     # normalisation from the support window (columns 0..4) only: median 2
@@ -59,10 +60,10 @@ def test_recent_targets_before_the_support_when_the_day_is_longer_than_k():
     def back(z):
         return t.denormalise(z.astype(np.float64))[0].round(5)
 
-    np.testing.assert_allclose(back(t.y_recent), [1, 2, 3, 4])
-    np.testing.assert_allclose(back(t.y_support), [3, 4])
+    np.testing.assert_allclose(back(t.y_recent + t.base_recent), [1, 2, 3, 4])
+    np.testing.assert_allclose(back(t.y_support + t.base_recent[:, 2:]), [3, 4])
     np.testing.assert_allclose(back(t.x_support[..., 0]), [2, 3])
-    np.testing.assert_allclose(back(t.y_query), [5, 6, 7, 8])
+    np.testing.assert_allclose(back(t.y_query_abs), [5, 6, 7, 8])
     np.testing.assert_allclose(back(t.x_query[..., 0]), [4, 5, 6, 7])
     assert t.centre[0] == 3.0  # median of the support window: columns 2..4
 

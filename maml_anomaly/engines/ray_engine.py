@@ -99,6 +99,8 @@ def ray_session(address: str | None) -> Iterator[Any]:
     """Join the cluster at ``address``, or start a local one for this command (and stop it after)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = require_ray()
+    if not log.isEnabledFor(logging.DEBUG):  # Ray Data logs every execution, and a failed one with its
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # traceback: errors reach the user as ours
     if ray.is_initialized():  # a caller (or a test) already holds a session: use it as it is
         yield ray
         return
@@ -109,8 +111,6 @@ def ray_session(address: str | None) -> Iterator[Any]:
         log.info("starting a local Ray instance (%d CPUs)", os.cpu_count() or 2)
         ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=False)
-    if not log.isEnabledFor(logging.DEBUG):  # Ray Data logs each execution at INFO: keep stderr to ours
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
         yield ray
     finally:

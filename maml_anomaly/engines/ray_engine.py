@@ -163,6 +163,12 @@ def score_days_ray(
     require_ray()
     if address is not None and not address.strip():
         raise ConfigError("--ray-address is empty; give the cluster's address (e.g. ray://head:10001 or auto).")
+    if config.runtime.device == "cuda":
+        raise ConfigError(
+            "--device cuda is not supported with --engine ray yet: Ray workers score on CPUs. Use "
+            "--device cpu (or auto) with --engine ray, or --engine local to score on this machine's GPU."
+        )
+    device = "cpu"  # workers are CPU actors, whatever the driver has
     if config.input.on_duplicate in ("first", "last"):
         raise ConfigError(
             f"--on-duplicate {config.input.on_duplicate} keeps a row by its input order, which a "
@@ -172,7 +178,10 @@ def score_days_ray(
     started = time.perf_counter()
     cols = config.columns
     dataset, files = _stream_dataset(Path(input), cols)  # InputError for a missing path or column
-    first, last = scored_days(time_bounds(input, cols), date=date, start=start, end=end, backtest=backtest)
+    bounds = time_bounds(input, cols)
+    first, last = scored_days(bounds, date=date, start=start, end=end, backtest=backtest)
+    if first > bounds[1] or last < bounds[0].astype("datetime64[D]").astype("datetime64[ns]"):
+        raise _no_data(first, last, bounds)  # say so before starting anything
     id_type = dataset.schema.field(cols.id_col).type
     if pa.types.is_dictionary(id_type):
         id_type = id_type.value_type
@@ -187,13 +196,18 @@ def score_days_ray(
         tables = _run(ray, files, cols, time_filter, n_buckets, scorer, first, last, schema, config.runtime.threads)
     out = pa.concat_tables(tables).to_pandas() if tables else schema.empty_table().to_pandas()
     if len(out) == 0:
-        days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
-        raise InputError(
-            f"the input has no data on {days}. Choose a --date (or --start/--end) inside the input's "
-            "range, or leave them out to score the last day."
-        )
+        raise _no_data(first, last, bounds)
     out = out.sort_values(["unique_id", "ds"], kind="stable", ignore_index=True)  # the local engine's order
     return write_scores(config, out, first, last, output, events, started)
+
+
+def _no_data(first: np.datetime64, last: np.datetime64, bounds: tuple[np.datetime64, np.datetime64]) -> InputError:
+    days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
+    return InputError(
+        f"the input has no data on {days}; it covers {bounds[0].astype('datetime64[D]')} to "
+        f"{bounds[1].astype('datetime64[D]')}. Choose a --date (or --start/--end) inside that range, "
+        "or leave them out to score the last day."
+    )
 
 
 def _run(ray, files, cols, time_filter, n_buckets, scorer, first, last, schema, threads) -> list[pa.Table]:
@@ -222,18 +236,34 @@ def _run(ray, files, cols, time_filter, n_buckets, scorer, first, last, schema, 
 
 
 def _user_error(exc: BaseException) -> MamlAnomalyError | None:
-    """The project error inside a Ray exception chain, if any."""
+    """The project error inside a Ray exception chain, as the worker raised it (None if there is none).
+
+    Ray re-raises a worker's exception as a class derived from it whose message carries the
+    worker's traceback; the original sits in ``.cause``. Where only the derived one is found,
+    the project message is cut out of its text.
+    """
     seen: set[int] = set()
-    todo = [exc]
+    todo: list[BaseException | None] = [exc]
+    wrapped = None
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
         if isinstance(e, MamlAnomalyError):
-            return e
+            if type(e).__module__ == MamlAnomalyError.__module__:
+                return type(e)(_clean(str(e)))
+            wrapped = wrapped or e
         todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    return None
+    if wrapped is None:
+        return None
+    base = next(c for c in type(wrapped).__mro__ if c.__module__ == MamlAnomalyError.__module__)
+    return base(_clean(str(wrapped).rsplit(f"{base.__name__}: ", 1)[-1]))
+
+
+def _clean(message: str) -> str:
+    """The project's message without what Ray Data appends to a failed task's (retry advice)."""
+    return message.split(" Failed to apply UDF", 1)[0].strip()
 
 
 __all__ = ["require_ray", "stable_buckets", "scored_days", "ray_session", "ScoreWorker", "score_days_ray", "BUCKET_ROWS"]

@@ -114,7 +114,7 @@ RayAddressOpt = Annotated[
 ]
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Scores parquet to write (atomically; replaced on rerun).")]
 ThresholdOpt = Annotated[
-    Optional[float], typer.Option("--threshold", min=0.0, help="Flag points whose score is at or above this (default: 4.0).")
+    Optional[float], typer.Option("--threshold", min=0.0, help="Flag points whose score is at or above this (default: 3.0).")
 ]
 LockTimeoutOpt = Annotated[
     Optional[float],

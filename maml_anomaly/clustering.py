@@ -29,7 +29,7 @@ FORMAT_VERSION = 1
 MAX_BINS = 48          # long cycles are compared on at most this many phase bins
 SPLIT_GAIN = 0.2       # an extra sub-cluster must cut the remaining inertia by 20%
 MIN_OWN_CLUSTER = 5    # a small period group keeps its own cluster from this many series
-FIT_SAMPLE = 20_000    # rows used to choose k and fit k-means in one period group
+FIT_SAMPLE = 10_000    # rows used to choose k and fit k-means in one period group
 
 
 def step_tag(step_seconds: float) -> str:
@@ -258,7 +258,7 @@ def _nearest(prof: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return d.argmin(1)
 
 
-def _kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 3, max_iter: int = 50
+def _kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 2, max_iter: int = 30
             ) -> tuple[np.ndarray, float]:
     """Lloyd's k-means with k-means++ seeding, best of n_init; numpy only, deterministic.
 

@@ -156,11 +156,18 @@ def _passes(cands: np.ndarray, stats: np.ndarray, min_strength: float, alpha) ->
 def _standardise(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Detrended, outlier-clipped, unit-variance rows (float32, 0 at gaps); ok = usable row."""
     n = mask.sum(1)                                         # (C,)
-    y = _detrend(np.where(mask, x, 0.0), mask, n).astype(np.float32)   # (C, T)
+    y = np.where(mask, x, 0.0)                              # (C, T)
+    # a series flat most of the time (counts of rare events, a constant with a spike) is not
+    # detrended: a line fitted through it leaves a ramp that every fold would call a cycle
+    both = mask[:, 1:] & mask[:, :-1]
+    flat = ((x[:, 1:] == x[:, :-1]) & both).sum(1) * 2 >= np.maximum(both.sum(1), 1)
+    mean = y.sum(1) / np.maximum(n, 1)
+    y = np.where(flat[:, None], (y - mean[:, None]) * mask, _detrend(y, mask, n)).astype(np.float32)
     med, q1, q3 = _masked_quantiles(y, mask, n)             # (C,) each, one sort
     scale = (q3 - q1) / 1.349                               # robust sd around the trend
+    mad = 1.2533 * (np.abs(y - med[:, None]) * mask).sum(1) / np.maximum(n, 1)
     std = np.sqrt((y * y).sum(1) / np.maximum(n, 1))
-    scale = np.where(scale > 1e-6 * std, scale, std)
+    scale = np.where(scale > 1e-6 * std, scale, np.where(mad > 1e-6 * std, mad, std))
     ok = (n >= 2 * MIN_CYCLES + 2) & (scale > 0) & np.isfinite(scale)
     scale = np.where(ok, scale, 1.0).astype(np.float32)
     y = np.clip((y - med[:, None]) / scale[:, None], -CLIP_Z, CLIP_Z)
@@ -360,8 +367,9 @@ def _nested_pvals(z: np.ndarray, mask: np.ndarray, cands: np.ndarray, stats: np.
             chi = (ph_n[i] * dev * dev).sum(1)
             df1 = (ph_n[i] > 0).sum(1) - (w_d > 0).sum(1)
             dfr = st[i, DFR]
-            ok = (df1 >= 1) & (dfr >= 1) & (sigma2[i] > 0)
-            f = chi / np.maximum(df1, 1) / np.maximum(sigma2[i], 1e-300)
+            ok = (df1 >= 1) & (dfr >= 1)
+            # rows are unit-variance: a residual variance under 1e-9 is a perfect fit
+            f = chi / np.maximum(df1, 1) / np.maximum(sigma2[i], 1e-9)
             pv = np.where(ok, fdtrc(np.maximum(df1, 1), np.maximum(dfr, 1), f), 1.0)
             out[d_rows[both], a_idx[i], d_slots[both]] = pv
     return out

@@ -234,14 +234,42 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
     """Detect each series' period, group the series and write clusters.parquet + manifest."""
     import time
 
-    from maml_anomaly.clustering import PeriodClusterer, step_tag
-    from maml_anomaly.periodicity import calendar_periods, detect_periods
+    from threadpoolctl import threadpool_limits
+
+    from maml_anomaly.clustering import step_tag
 
     md = ModelDir(model_dir)
     md.check_fresh(overwrite)
     data = load_input(config, input)
-    panel, cc = data.panel, config.clusters
+    panel, cc, window = data.panel, config.clusters, data.window
+    del data  # the long frame is not needed any more: free it before the matrices are built
     t0 = time.perf_counter()
+    with threadpool_limits(limits=config.runtime.threads, user_api="blas"):  # tiny matmuls
+        clusters, states, groups, too_short = _periods_and_clusters(panel, cc)
+    seconds = time.perf_counter() - t0
+    table = _cluster_table(clusters)
+    md.prepare(overwrite)
+    md.save_clusters(clusters)
+    md.save_json("clusterer", {"format_version": 1, "step_groups": states})
+    step_ns = clusters["step"].to_numpy().astype(np.int64)
+    summary = {
+        "series": int(panel.n_series),
+        "clusters": table,
+        "periodic": int((clusters["period"] > 0).sum()),
+        "aperiodic": int((clusters["period"] == 0).sum()),
+        "too_short": int(too_short.sum()),
+        "steps": [{"step": step_tag(s / 1e9), "series": int((step_ns == s).sum())} for s in groups],
+        "seconds": round(seconds, 2),
+    }
+    md.write_manifest(config, config.columns, window, extra={"fit_clusters": summary})
+    return _summary(_fit_clusters_text(summary, md.path), **summary)
+
+
+def _periods_and_clusters(panel: Panel, cc: Any) -> tuple[pd.DataFrame, list[dict[str, Any]], list[int], np.ndarray]:
+    """Per step group: tail matrix -> detect_periods -> PeriodClusterer; the clusters frame."""
+    from maml_anomaly.clustering import PeriodClusterer, step_tag
+    from maml_anomaly.periodicity import calendar_periods, detect_periods
+
     step_ns = np.where(np.isnat(panel.step), 0, panel.step.astype(np.int64))  # (S,) 0 = no step
     lengths = panel.lengths
     n_obs = _observed_per_series(panel)  # (S,)
@@ -289,22 +317,7 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
             "n_obs": n_obs,
         }
     )
-    table = _cluster_table(clusters)
-    seconds = time.perf_counter() - t0
-    md.prepare(overwrite)
-    md.save_clusters(clusters)
-    md.save_json("clusterer", {"format_version": 1, "step_groups": states})
-    summary = {
-        "series": int(panel.n_series),
-        "clusters": table,
-        "periodic": int((period > 0).sum()),
-        "aperiodic": int((period == 0).sum()),
-        "too_short": int(too_short.sum()),
-        "steps": [{"step": step_tag(s / 1e9), "series": int((step_ns == s).sum())} for s in groups],
-        "seconds": round(seconds, 2),
-    }
-    md.write_manifest(config, config.columns, data.window, extra={"fit_clusters": summary})
-    return _summary(_fit_clusters_text(summary, md.path), **summary)
+    return clusters, states, groups, too_short
 
 
 def _prefixed(labels: np.ndarray, prefix: str) -> np.ndarray:

@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
+import multiprocessing
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-import multiprocessing
 
 import torch
 from torch import Tensor

@@ -59,7 +59,13 @@ def bh_qvalues(p: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
     ok = np.flatnonzero(np.isfinite(p))
     if ok.size == 0:
         return q
-    g = np.zeros(ok.size, np.int64) if groups is None else np.asarray(groups)[ok].astype(np.int64)
+    if groups is None:  # one group: a plain reversed running minimum
+        order = np.argsort(p[ok], kind="stable")  # (M,)
+        m = order.size
+        adj = np.minimum(p[ok][order] * m / np.arange(1, m + 1), 1.0)
+        q[ok[order]] = np.clip(np.minimum.accumulate(adj[::-1])[::-1], 0.0, 1.0)
+        return q
+    g = np.asarray(groups)[ok].astype(np.int64)
     order = np.lexsort((p[ok], g))  # (M,) by group, then p
     gs, ps = g[order], p[ok][order]
     first = np.r_[0, np.flatnonzero(np.diff(gs)) + 1]  # (G,) start of each group
@@ -95,13 +101,20 @@ class Grid:
     step: np.ndarray  # (N,) int64 ns series step of each sorted point (<= 0: unknown)
 
 
-def make_grid(unique_id: np.ndarray, ds: np.ndarray, step: np.ndarray | None = None) -> Grid:
+def make_grid(
+    unique_id: Any, ds: np.ndarray, step: np.ndarray | None = None, *, series: np.ndarray | None = None
+) -> Grid:
     """Sort once by (series, ds); ``step`` (N,) timedelta64 per row, or inferred per series.
 
-    Inferred: the smallest positive gap between a series' points in this run (a daily-scored
-    daily series has one point and so no neighbour: each flag is its own event).
+    ``series`` (N,) integer code of each row's series, when the caller has one (the pipeline's
+    panel positions): it spares factorising millions of string ids. Inferred steps: the smallest
+    positive gap between a series' points in this run (a daily-scored daily series has one
+    point and so no neighbour: each flag is its own event).
     """
-    codes = pd.factorize(pd.Series(unique_id), sort=False)[0].astype(np.int64)  # (N,)
+    if series is not None:
+        codes = np.asarray(series, dtype=np.int64)
+    else:
+        codes = pd.factorize(pd.Series(unique_id), sort=False)[0].astype(np.int64)  # (N,)
     t = np.asarray(ds, dtype="datetime64[ns]").view(np.int64)
     order = np.lexsort((t, codes))
     codes, t = codes[order], t[order]
@@ -155,17 +168,23 @@ class Alerts:
 
 
 def apply_alerts(
-    scores: pd.DataFrame, rules: AlertRules, *, step: np.ndarray | None = None, threshold: float | None = None
+    scores: pd.DataFrame,
+    rules: AlertRules,
+    *,
+    step: np.ndarray | None = None,
+    series: np.ndarray | None = None,
+    threshold: float | None = None,
 ) -> Alerts:
     """q-values, the rules (each only removes flags), the budget and the events of one run.
 
     ``scores``: the scores frame (SPEC columns and ``p_value``); ``step`` (N,) timedelta64 per
-    row (the series' grid step; inferred from the run when None). ``threshold`` only feeds the
+    row (the series' grid step; inferred from the run when None); ``series`` (N,) optional
+    integer series code per row (see :func:`make_grid`). ``threshold`` only feeds the
     summary's expected false alarms. Returns a new frame; the input is not changed.
     """
-    out = scores.copy()
+    out = scores.copy(deep=False)  # new columns only: the caller's frame is not changed
     n = len(out)
-    ok = (out["status"].to_numpy() == STATUS_OK) if n else np.zeros(0, bool)
+    ok = (out["status"] == STATUS_OK).to_numpy(bool, na_value=False)
     p = np.where(ok, out["p_value"].to_numpy(np.float64, na_value=np.nan), np.nan)  # (N,)
     groups = pd.factorize(out["cluster"].astype(object).fillna(""))[0] if rules.q_per_cluster and n else None
     q = bh_qvalues(p, groups)
@@ -191,7 +210,7 @@ def apply_alerts(
         drop(~(rel >= rules.min_rel_deviation), "min_rel_deviation")
     if rules.direction != "both":
         drop(~(dev > 0) if rules.direction == "up" else ~(dev < 0), "direction")
-    grid = make_grid(out["unique_id"].to_numpy(), out["ds"].to_numpy(), step)
+    grid = make_grid(out["unique_id"], out["ds"].to_numpy(), step, series=series)
     if rules.min_consecutive > 1:
         drop(_short_runs(grid, flags, rules.min_consecutive), "min_consecutive")
     if rules.max_alerts > 0:
@@ -258,13 +277,13 @@ def build_events(scores: pd.DataFrame, grid: Grid | None = None) -> pd.DataFrame
     ``ongoing``: the event reaches the series' last point in this run (it may go on tomorrow).
     """
     if grid is None:
-        grid = make_grid(scores["unique_id"].to_numpy(), scores["ds"].to_numpy())
+        grid = make_grid(scores["unique_id"], scores["ds"].to_numpy())
     flags = scores["is_anomaly"].to_numpy(bool)[grid.order]  # sorted
     idx, run = runs(grid, flags)
     if idx.size == 0:
         return empty_events(scores["unique_id"].dtype)
     rows = grid.order[idx]  # (F,) frame rows of flagged points, in (series, ds) order
-    col = lambda name: scores[name].to_numpy()[rows]  # noqa: E731
+    col = lambda name: scores[name].take(rows).to_numpy()  # noqa: E731  (take first: ids may be arrow strings)
     p = np.clip(scores["p_value"].to_numpy(np.float64, na_value=np.nan)[rows], 1e-300, 1.0)
     score = scores["score"].to_numpy(np.float64, na_value=np.nan)[rows]
     q = scores["q_value"].to_numpy(np.float64, na_value=np.nan)[rows] if "q_value" in scores else np.full(rows.size, np.nan)

@@ -704,7 +704,7 @@ def write_scores(
     # -- alerts (issue #9): q-values, post-rules, alert budget, events: one call, see alerts.py --
     from maml_anomaly.alerts import apply_alerts, summary_text
 
-    alerted = apply_alerts(out, config.alerts, step=step, threshold=config.score.threshold)
+    alerted = apply_alerts(out, config.alerts, step=step, series=row_series, threshold=config.score.threshold)
     out = alerted.scores
     write_parquet_atomic(_scores_table(out), output)
     if events is not None:

@@ -108,9 +108,11 @@ def series_plot_data(
 def render(plot: SeriesPlot, *, width: float = 10.0, height: float = 3.6, dpi: int = 100):
     """A matplotlib Figure of ``plot`` (the caller closes it, or uses :func:`to_png`)."""
     require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)  # a file-only canvas: no GUI, no global pyplot state
     ax = fig.add_subplot(1, 1, 1)
     step = _step(plot.history_ds)
     for i, r in enumerate(plot.events.itertuples(index=False)):  # a handful of events per series

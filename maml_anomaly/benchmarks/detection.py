@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ from maml_anomaly.io import read_long
 from maml_anomaly.sample import make_sample
 from maml_anomaly.evaluation import evaluate_scores
 
+log = logging.getLogger(__name__)
 DATA = Path("/work/shared/data")
 METHODS = ("maml", "seasonal_naive", "holt_winters")
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data"
@@ -145,6 +148,7 @@ def run(data_name: str, methods=METHODS, workdir: Path = Path("/tmp/maml-bench")
         else:
             scores = run_baseline(method, data, period)
         seconds = time.perf_counter() - t0
+        log.info("%s on %s: scored in %.1f s", method, data.name, seconds)
         scores = _measured(scores, data.cutoff)
         naive = baselines.seasonal_naive_reference(data.values, period, before=data.cutoff)
         summary = evaluate_scores(scores, data.labels, far=far, naive=naive)
@@ -168,6 +172,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_by_kind(report: dict) -> str:
+    """Event recall per anomaly kind at the fixed FAR (labels with a kind column only)."""
+    kinds = sorted({k for s in report["results"].values() for k in s["recall_by_kind"]})
+    if not kinds:
+        return ""
+    first = next(iter(report["results"].values()))["recall_by_kind"]
+    lines = ["| method | " + " | ".join(f"{k} ({first.get(k, {}).get('n', 0)})" for k in kinds) + " |",
+             "|" + " --- |" * (len(kinds) + 1)]
+    for method, s in report["results"].items():
+        row = [_fmt(s["recall_by_kind"].get(k, {}).get("recall_at_far")) for k in kinds]
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "-"
@@ -186,9 +204,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="sample only: 0 = the committed sample_data, else a fresh draw (held out)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
     config = Config.load(args.config, {"threads": args.threads})
     report = run(args.data, tuple(args.methods.split(",")), args.workdir, args.far, config, args.seed)
     print(markdown(report))
+    if by_kind := markdown_by_kind(report):
+        print(f"\nevent recall by kind at FAR {report['far']:.0%} (windows in brackets):\n{by_kind}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=float))
 

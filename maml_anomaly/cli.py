@@ -587,6 +587,10 @@ def bench_sine(
 def bench_scale(
     series: Annotated[int, typer.Option("--series", min=1, help="Synthetic series to score.")] = 2_000_000,
     freq: Annotated[Freq, typer.Option("--freq", help="D (daily) or h (hourly) series.")] = Freq.D,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the synthetic data.")] = 0,
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Folder for the cached data and the run (default: a folder in the system temp dir).")] = None,
+    autoets_series: Annotated[int, typer.Option("--autoets-series", min=1, help="Series scored by StatsForecast AutoETS for the comparison.")] = 300,
+    nice: Annotated[int, typer.Option("--nice", min=0, max=19, help="Run the steps at this nice level (shared machines).")] = 0,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
@@ -594,7 +598,8 @@ def bench_scale(
     verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """daily-score on synthetic series at scale: seconds, series per second and peak memory."""
+    """fit-clusters, meta-train and daily-score on N synthetic series: seconds, series/s and peak memory
+    of each step, beside StatsForecast AutoETS on a sample of the same series."""
     _run(
         pipeline.bench_scale,
         config_path=config,
@@ -604,6 +609,10 @@ def bench_scale(
         as_json=as_json,
         series=series,
         freq=freq.value,
+        seed=seed,
+        workdir=workdir,
+        autoets_series=autoets_series,
+        nice=nice,
     )
 
 

@@ -758,26 +758,37 @@ class AtomicParquetWriter:
 
     def __init__(self, path: str | Path, schema: pa.Schema) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.schema = schema
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            clean_stale_temps(self.path)
+            # .NAME.PID.XXXX.tmp like _replace_atomic: a killed run's file is cleaned by the next
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.{os.getpid()}.", suffix=_TMP_SUFFIX, dir=self.path.parent)
+        except OSError as exc:
+            raise _write_error(self.path, exc) from None
+        os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
         self._tmp = Path(tmp)
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, schema)
         self.rows = 0
+        crash_point("parquet:tmp-created")
 
     def write(self, table: pa.Table) -> None:
         assert self._writer is not None, "writer already closed"
         self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
         self.rows += table.num_rows
+        crash_point("parquet:partial")  # a row group out, no footer yet
 
     def commit(self) -> Path:
         assert self._writer is not None, "writer already closed"
         self._writer.close()
         self._writer = None
+        crash_point("parquet:tmp-written")
         with open(self._tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        crash_point("parquet:before-rename")
         os.replace(self._tmp, self.path)
+        crash_point("parquet:after-rename")
         _fsync_dir(self.path.parent)
         return self.path
 
@@ -943,11 +954,12 @@ def _sorted_stream(groups, schema, wanted, flt, id_col: str, batch_rows: int) ->
         # cut before the last series: it may continue in the next row group
         last = ids[-1]
         cut = pc.index(ids, last).as_py()  # first row of the last series in this table
-        head, tail = table.slice(0, cut), table.slice(cut)
-        done = pa.concat_tables(pending[:-1] + [head]) if cut or len(pending) > 1 else None
-        pending, n_pending = [tail], tail.num_rows
-        if done is not None and done.num_rows:
-            yield done
+        if cut == 0:  # the table is one series that may have begun earlier: keep accumulating
+            continue
+        done = pa.concat_tables(pending[:-1] + [table.slice(0, cut)])
+        pending = [table.slice(cut)]
+        n_pending = pending[0].num_rows
+        yield done
     if pending:
         yield pa.concat_tables(pending)
 

@@ -90,10 +90,20 @@ class FileLock:
     shared: many shared holders may coexist; an exclusive holder excludes everyone.
     timeout: seconds to wait for the lock (0 = try once).
     what: how messages name the target ("model directory", "output").
+    optional: when the lock file cannot be created (a read-only or foreign folder), go on
+        without the lock and log a warning instead of failing; for readers, since a folder
+        nobody can write into cannot be rewritten under them either.
     """
 
     def __init__(
-        self, target: str | Path, *, shared: bool = False, timeout: float = 0.0, what: str = "output", command: str = ""
+        self,
+        target: str | Path,
+        *,
+        shared: bool = False,
+        timeout: float = 0.0,
+        what: str = "output",
+        command: str = "",
+        optional: bool = False,
     ) -> None:
         if timeout < 0:
             raise ValueError("timeout must be >= 0")
@@ -103,6 +113,7 @@ class FileLock:
         self.timeout = timeout
         self.what = what
         self.command = command
+        self.optional = optional
         self._fd: int | None = None
 
     def __enter__(self) -> FileLock:
@@ -126,6 +137,9 @@ class FileLock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = self._try_once()
             except OSError as exc:
+                if self.optional:
+                    log.warning("cannot lock the %s %s (%s); reading it without a lock", self.what, self.target, exc.strerror or exc)
+                    return
                 raise MamlAnomalyError(
                     f"could not open the lock file {self.path} for the {self.what} {self.target} "
                     f"({exc.strerror or exc}). Check that {self.path.parent} is a writable folder, "
@@ -241,7 +255,10 @@ def command_locks(
         deadline = time.monotonic() + timeout
         if model_dir is not None:
             stack.enter_context(
-                FileLock(model_dir, shared=model_shared, timeout=timeout, what="model directory", command=command)
+                FileLock(
+                    model_dir, shared=model_shared, timeout=timeout, what="model directory", command=command,
+                    optional=model_shared,  # a read-only model directory can still be scored
+                )
             )
         if output is not None:
             left = max(0.0, deadline - time.monotonic()) if timeout > 0 else 0.0

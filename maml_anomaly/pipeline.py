@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ def setup_torch(config: Config) -> str:
     """Set torch's thread count and resolve the device ("auto" -> cuda when available)."""
     import torch
 
+    tune_allocator()
     torch.set_num_threads(config.runtime.threads)
     device = config.runtime.device
     if device == "auto":
@@ -99,6 +101,28 @@ def setup_torch(config: Config) -> str:
         )
     log.debug("torch: device %s, %d thread(s)", device, config.runtime.threads)
     return device
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process instead of returning it to the kernel (glibc only).
+
+    With glibc's defaults every large intermediate of batched adaptation (tens of MB) is a fresh
+    mmap, page-faulted on first touch and unmapped on free; raising the mmap and trim thresholds
+    to their maximum (2 GiB, the same as MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ in the
+    environment) made scoring about 2.5x faster per CPU second (docs/performance.md). Returns
+    whether the settings took.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    limit = ctypes.c_int(2**31 - 1)
+    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
 
 
 def parse_day(value: str, option: str) -> np.datetime64:
@@ -1119,17 +1143,362 @@ def _sine_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- streamed daily-score and backtest (issue #6) ---------------------------------------------------
+
+HISTORY_MARGIN_STEPS = 2  # grid steps read beyond the lags + K support points a task needs
+NS_PER_DAY = 86_400 * 10**9
+STREAM_ROWS = 2_000_000  # input rows per streamed batch (about 55,000 daily series of 36 points)
+
+
+@dataclass(frozen=True)
+class ClusterIndex:
+    """clusters.parquet loaded once, looked up per batch of series by hashing (no per-batch reread)."""
+
+    names: list[str]  # sorted cluster names
+    index: pd.Index  # (C,) unique_id of every clustered series
+    code: np.ndarray  # (C,) int64 position of each series' cluster in ``names``
+    period: np.ndarray  # (C,) int64
+    max_step_ns: int  # the largest step among clustered series (0 when unknown)
+
+    @classmethod
+    def load(cls, md: ModelDir) -> ClusterIndex:
+        clusters = md.load_clusters()
+        names = sorted(clusters["cluster"].astype(str).unique().tolist())
+        code = pd.Categorical(clusters["cluster"].astype(str), categories=names).codes.astype(np.int64)
+        max_step = 0
+        if "step" in clusters.columns and clusters["step"].dtype.kind == "m":
+            steps = clusters["step"].to_numpy("m8[ns]").view(np.int64)
+            max_step = int(steps[steps > 0].max(initial=0))
+        elif "step_seconds" in clusters.columns:
+            steps = clusters["step_seconds"].to_numpy(np.float64)
+            max_step = int(np.nanmax(steps, initial=0.0) * 1e9) if np.isfinite(steps).any() else 0
+        return cls(names, pd.Index(clusters["unique_id"].to_numpy()), code, clusters["period"].to_numpy(np.int64), max_step)
+
+    def lookup(self, panel: Panel) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """As ``_series_clusters``: names, (S,) cluster index per panel series (-1 unknown), (S,) period."""
+        ids, index = panel.ids, self.index
+        if (index.dtype.kind in "iu") != (ids.dtype.kind in "iu"):  # int ids on one side only: compare as text
+            ids, index = ids.astype(str).astype(object), index.astype(str)
+        pos = index.get_indexer(ids)  # (S,) -1 where unseen
+        known = pos >= 0
+        cluster_of = np.where(known, self.code[np.maximum(pos, 0)], -1)
+        period_of = np.where(known, self.period[np.maximum(pos, 0)], 0)
+        return self.names, cluster_of, period_of
+
+
+def history_span(models: list[Any], max_step_ns: int) -> np.timedelta64 | None:
+    """How far before the first scored day a batch must read: lags + K support points (+ margin).
+
+    None when a model scores series whose step is not bounded (a day or longer and no step
+    recorded in clusters.parquet): then all history is read.
+    """
+    span = 0
+    for m in models:
+        if m.query_len > 1:  # query_len = ceil(day / step), so step < day / (query_len - 1)
+            step = -(-NS_PER_DAY // (m.query_len - 1))
+        elif max_step_ns > 0:
+            step = max_step_ns
+        else:
+            return None
+        span = max(span, (m.spec.max_lag + m.k_shot + HISTORY_MARGIN_STEPS) * step)
+    return np.timedelta64(span + NS_PER_DAY, "ns")
+
+
+def _score_stream(
+    config: Config, md: ModelDir, input: Path, output: Path, device: str, *, first: np.datetime64 | None,
+    last: np.datetime64 | None, date_option: str | None, backtest: bool = False,
+) -> dict[str, Any]:
+    """Score the days [first, last] reading the input in batches of whole series; append the output.
+
+    ``first``/``last`` None: the input's last day (daily-score) or its first/last day (backtest).
+    Peak memory is set by the batch size, not by the number of series. The output goes to a
+    temporary file that replaces ``output`` only once every batch was scored and the failure
+    budget holds.
+    """
+    import time
+
+    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_OK, STATUS_UNKNOWN
+
+    started = time.perf_counter()
+    names, models = _load_models(md)
+    lookup = ClusterIndex.load(md)
+    data_first, data_last = (v.astype("datetime64[D]").astype("datetime64[ns]") for v in time_bounds(input, config.columns))
+    if backtest:
+        first = data_first if first is None else max(first, data_first)
+        last = data_last if last is None else min(last, data_last)
+    elif first is None:
+        first = last = data_last
+    span = history_span(models, lookup.max_step_ns)
+    ds_min = None if span is None else first - span
+    log.info(
+        "scoring %s%s; reading %s", first.astype("datetime64[D]"),
+        "" if first == last else f" to {last.astype('datetime64[D]')}",
+        "all history" if ds_min is None else f"from {ds_min.astype('datetime64[D]')}",
+    )
+    totals = _ReadTotals()
+    counts: dict[str, int] = {}
+    points = series = anomalies = 0
+    writer = None
+    frames = iter_series_frames(
+        input, config.columns, config.input.on_duplicate, ds_min=ds_min, ds_end=last + DAY, batch_rows=STREAM_ROWS
+    )
+    job = _ScoreJob(config, md.path, first, last, device)
+    try:
+        with progress("scoring", None) as advance, _batch_scorer(job, names, models, lookup) as score:
+            for frame, report, table, n_series, batch_counts in score(frames):
+                totals.add(report, frame)
+                if writer is None:
+                    writer = AtomicParquetWriter(output, table.schema)
+                writer.write(table)
+                points += table.num_rows
+                series += n_series
+                anomalies += batch_counts.pop("_anomalies")
+                for k, v in batch_counts.items():
+                    counts[k] = counts.get(k, 0) + v
+                advance(1)
+        log.info("read %s: %s", input, totals.summary())
+        if points == 0:
+            raise _no_data_error(date_option, first, last, data_first, data_last)
+        writer.commit()  # the scores are written even when too many failed (docs/operations.md)
+        failed = sum(counts.get(k, 0) for k in (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL))
+        if failed / points > config.score.max_failed_fraction:
+            raise MamlAnomalyError(
+                f"{failed:,} of {points:,} points could not be scored ({dict(sorted(counts.items()))}), more than "
+                f"--max-failed-fraction {config.score.max_failed_fraction}. The scores were still written to "
+                f"{output} (see its status column). Check that the input holds enough history before the "
+                "scored day(s) and that meta-train ran on these series."
+            )
+    finally:
+        if writer is not None:
+            writer.abort()
+    counts = dict(sorted(counts.items()))
+    seconds = time.perf_counter() - started
+    days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
+    return _summary(
+        f"scored {points:,} points of {series:,} series on {days}: "
+        f"{anomalies:,} anomalies; {counts.get(STATUS_OK, 0):,} ok, "
+        f"{points - counts.get(STATUS_OK, 0):,} not scored ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != STATUS_OK) or 'none'}); "
+        f"wrote {output} in {seconds:.1f} s",
+        output=str(output),
+        first_day=str(first.astype("datetime64[D]")),
+        last_day=str(last.astype("datetime64[D]")),
+        points=points,
+        series=series,
+        anomalies=anomalies,
+        statuses=counts,
+        threshold=config.score.threshold,
+        seconds=round(seconds, 2),
+    )
+
+
+
+@dataclass(frozen=True)
+class _ScoreJob:
+    """What every batch of a streamed scoring run shares (picklable: sent once to each worker)."""
+
+    config: Config
+    model_dir: Path
+    first: np.datetime64
+    last: np.datetime64
+    device: str
+
+
+_WORKER: dict[str, Any] = {}  # per worker process: the job, models and cluster index, loaded once
+
+
+def score_processes(config: Config, device: str) -> int:
+    """Worker processes for streamed scoring: one per core at ``threads`` torch threads each (CPU only).
+
+    On these 2-core machines two processes of one thread beat one process of two threads on the
+    tiny batched matmuls of adaptation (docs/performance.md); a GPU is driven by one process.
+    """
+    if device != "cpu":
+        return 1
+    return max(1, (os.cpu_count() or 1) // config.runtime.threads)
+
+
+def _score_one(job: _ScoreJob, names, models, lookup, frame: pd.DataFrame):
+    """Panel, scores and counts of one batch of whole series (runs in a worker or in-process)."""
+    panel, report = build_panel(frame, job.config.input.snap_tolerance)
+    out, n_series = _score_frame(
+        job.config, ModelDir(job.model_dir), names, models, lookup, frame, panel, job.first, job.last, job.device
+    )
+    counts = {str(k): int(v) for k, v in pd.Series(out["status"]).value_counts().items()}
+    counts["_anomalies"] = int(out["is_anomaly"].sum())
+    return report, _scores_table(out), n_series, counts
+
+
+def _worker_init(job: _ScoreJob) -> None:
+    tune_allocator()
+    import torch
+
+    torch.set_num_threads(job.config.runtime.threads)
+    md = ModelDir(job.model_dir)
+    names, models = _load_models(md)
+    _WORKER.update(job=job, names=names, models=models, lookup=ClusterIndex.load(md))
+
+
+def _worker_score(frame: pd.DataFrame):
+    w = _WORKER
+    return _score_one(w["job"], w["names"], w["models"], w["lookup"], frame)
+
+
+@contextmanager
+def _batch_scorer(job: _ScoreJob, names, models, lookup):
+    """``score(frames)`` yields (frame, read report, scores table, series, counts) per batch, in input order.
+
+    The first batch is scored in this process; when there is a second one and more than one core,
+    the rest go to a pool of worker processes (spawned: no forked torch state), with at most
+    two batches per worker in flight so memory stays bounded.
+    """
+    import itertools
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool: list[Any] = []
+
+    def score(frames):
+        frames = iter(frames)
+        head = list(itertools.islice(frames, 2))
+        n_proc = score_processes(job.config, job.device)
+        if len(head) < 2 or n_proc < 2:
+            for frame in itertools.chain(head, frames):
+                yield (frame, *_score_one(job, names, models, lookup, frame))
+            return
+        ex = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(job,))
+        pool.append(ex)
+        pending: list[tuple[pd.DataFrame, Any]] = []
+        for frame in itertools.chain(head, frames):
+            pending.append((frame, ex.submit(_worker_score, frame)))
+            while len(pending) > 2 * n_proc:
+                done, fut = pending.pop(0)
+                yield (done, *fut.result())
+        for done, fut in pending:
+            yield (done, *fut.result())
+
+    try:
+        yield score
+    finally:
+        for ex in pool:
+            ex.shutdown(wait=True, cancel_futures=True)
+
+def _no_data_error(date_option, first, last, data_first, data_last) -> InputError:
+    cover = f"it covers {data_first.astype('datetime64[D]')} to {data_last.astype('datetime64[D]')}"
+    if date_option is not None:
+        return InputError(
+            f"the input has no data on {date_option}; {cover}. Choose a --date inside that range, or "
+            "leave --date out to score the last day."
+        )
+    return InputError(
+        f"the input has no data between {first.astype('datetime64[D]')} and {last.astype('datetime64[D]')}; "
+        f"{cover}. Choose --start/--end inside that range."
+    )
+
+
+def _score_frame(
+    config: Config, md: ModelDir, names: list[str], models: list[Any], lookup: ClusterIndex, frame: pd.DataFrame,
+    panel: Panel, first: np.datetime64, last: np.datetime64, device: str,
+) -> tuple[pd.DataFrame, int]:
+    """Scores of the rows of days [first, last] in one batch of whole series (no data after ``last``)."""
+    from maml_anomaly.scoring import score_rows
+
+    ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
+    in_range = np.flatnonzero((ds >= first) & (ds < last + DAY))
+    rows = frame.iloc[in_range]
+    row_series = _row_series(rows, panel)
+    cluster_names, cluster_of, _ = lookup.lookup(panel)
+    cluster_of = _assign_unknown(md, panel, cluster_of, cluster_names, first)
+    model_index = {name: i for i, name in enumerate(names)}
+    series_model = np.array(
+        [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
+    )[np.where(cluster_of >= 0, cluster_of, len(cluster_names))]  # (S,) model per series, -1 none
+    y = rows["y"].to_numpy(np.float64, na_value=np.nan)
+    res = score_rows(
+        models, panel.values, panel.indptr, panel.start.view(np.int64), panel.step.view(np.int64), series_model,
+        row_series, ds[in_range].view(np.int64), y,
+        threshold=config.score.threshold, batch_size=config.score.batch_size, device=device,
+        unknown=cluster_of < 0,
+    )
+    cluster_col = np.asarray(cluster_names + [None], dtype=object)[
+        np.where(cluster_of >= 0, cluster_of, len(cluster_names))[row_series]
+    ]
+    out = pd.DataFrame(
+        {
+            "unique_id": _plain_ids(rows["unique_id"]),
+            "ds": ds[in_range],
+            "y": np.where(np.isfinite(y), y, np.nan),
+            "y_hat": res.y_hat,
+            "lower": res.lower,
+            "upper": res.upper,
+            "score": res.score,
+            "is_anomaly": res.is_anomaly,
+            "cluster": cluster_col,
+            "status": res.status,
+            "p_value": res.p_value,
+        }
+    )
+    return out, int(np.unique(row_series).size)
+
+
+def _scores_schema(out: pd.DataFrame):
+    import pyarrow as pa
+
+    from maml_anomaly.io import scores_schema
+
+    id_type = pa.int64() if out["unique_id"].dtype.kind in "iu" else pa.string()
+    return scores_schema(id_type).append(pa.field("p_value", pa.float64()))
+
+
+class _ReadTotals:
+    """ReadReport counts and the data window summed over streamed batches."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.start: np.datetime64 | None = None
+        self.end: np.datetime64 | None = None
+
+    def add(self, report: ReadReport, frame: pd.DataFrame) -> None:
+        for key, value in report.to_dict().items():
+            self.counts[key] = self.counts.get(key, 0) + int(value)
+        if len(frame):
+            ds = frame["ds"].to_numpy()
+            lo, hi = ds.min(), ds.max()
+            self.start = lo if self.start is None else min(self.start, lo)
+            self.end = hi if self.end is None else max(self.end, hi)
+
+    def report(self) -> ReadReport:
+        return ReadReport(**self.counts)
+
+    def summary(self) -> str:
+        return self.report().summary() if self.counts else "no rows"
+
+    def window(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "rows": self.counts.get("rows", 0), "series": self.counts.get("series", 0)}
+
+
 # -- bench scale (compute: issue #6) --------------------------------------------------------------
 
 
-def bench_scale(*, config: Config, series: int, freq: str) -> dict[str, Any]:
-    """Synthetic daily-score at scale: series/s, seconds and peak memory."""
+def bench_scale(
+    *, config: Config, series: int, freq: str, seed: int = 0, workdir: Path | None = None, autoets_series: int = 300,
+    nice: int = 0,
+) -> dict[str, Any]:
+    """fit-clusters, meta-train and daily-score on N synthetic series, each step in its own process,
+    beside StatsForecast AutoETS on a sample (maml_anomaly.benchmarks.scale)."""
+    from maml_anomaly.benchmarks.scale import format_report, run_scale_benchmark
+
     if series < 1:
         raise InputError(f"--series must be at least 1; found {series}.")
     if freq not in ("D", "h"):
         raise InputError(f"--freq must be D (daily) or h (hourly); found {freq!r}.")
+    if autoets_series < 1:
+        raise InputError(f"--autoets-series must be at least 1; found {autoets_series}.")
     setup_torch(config)
-    raise _not_implemented("bench scale", 6)
+    report = run_scale_benchmark(
+        config_dict=config.to_dict(), series=series, freq=freq, seed=seed, workdir=workdir,
+        autoets_series=autoets_series, nice=nice, log=lambda msg: log.info("%s", msg),
+    )
+    return {"summary": format_report(report), **report}
 
 
 __all__ = [

@@ -7,13 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
-
-from synth import seasonal_panel, to_buffer
-
-from maml_anomaly.tasks import lag_spec
-from maml_anomaly.training import TrainSettings, train_cluster
 
 
 def make_long(n_series: int = 3, n_points: int = 48, freq: str = "h", seed: int = 0) -> pd.DataFrame:

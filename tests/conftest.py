@@ -1,4 +1,4 @@
-"""Shared fixtures: small long-format frames written as parquet, a CLI runner, a tiny trained cluster."""
+"""Shared fixtures: small long-format frames written as parquet, and a CLI runner."""
 
 from __future__ import annotations
 
@@ -42,16 +42,3 @@ def long_parquet(tmp_path: Path, long_frame: pd.DataFrame) -> Path:
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
-
-
-TINY = TrainSettings(
-    k_shot=24, inner_steps=3, iterations=120, eval_every=40, hidden=(20, 20), n_val_tasks=128, max_series=60, seed=0
-)
-
-
-@pytest.fixture(scope="session")
-def tiny_cluster():
-    """A cluster forecaster meta-trained briefly on 60 hourly daily-seasonal series."""
-    torch.set_num_threads(1)
-    values, indptr = to_buffer(seasonal_panel(60, 24 * 21, seed=0))
-    return train_cluster(values, indptr, np.arange(60), lag_spec(24), 24, TINY)

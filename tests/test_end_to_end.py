@@ -131,7 +131,8 @@ def test_backtest_matches_daily_score(trained):
     assert list(bt.columns) == list(daily.columns)
     assert bt["ds"].min() >= LAST_DAY - pd.Timedelta(days=2)
     last = bt[bt["ds"] >= LAST_DAY].reset_index(drop=True)
-    pd.testing.assert_frame_equal(last, daily, check_exact=False, rtol=1e-6)
+    # q_value is Benjamini-Hochberg over the run's points: three days here, one day in daily-score
+    pd.testing.assert_frame_equal(last.drop(columns="q_value"), daily.drop(columns="q_value"), check_exact=False, rtol=1e-6)
 
 
 def test_failure_budget_stops_before_writing(trained):

@@ -51,6 +51,11 @@ class OnDuplicate(str, Enum):
     mean = "mean"
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class Freq(str, Enum):
     D = "D"
     h = "h"
@@ -99,6 +104,14 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs on
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of the one-line summary.", rich_help_panel=_RUN)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace what a previous run wrote there.", rich_help_panel=_RUN)]
 DateOpt = Annotated[Optional[str], typer.Option("--date", help="Day to score, YYYY-MM-DD (default: the last day in the input).")]
+EngineOpt = Annotated[
+    Engine,
+    typer.Option("--engine", help='Where scoring runs: local (this process) or ray (Ray Data workers; pip install "maml-anomaly[ray]").', rich_help_panel=_RUN),
+]
+RayAddressOpt = Annotated[
+    Optional[str],
+    typer.Option("--ray-address", help="With --engine ray: the Ray cluster to join, e.g. ray://head:10001 or auto (default: start a local one).", rich_help_panel=_RUN),
+]
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Scores parquet to write (atomically; replaced on rerun).")]
 ThresholdOpt = Annotated[
     Optional[float], typer.Option("--threshold", min=0.0, help="Flag points whose score is at or above this (default: 3.0).")
@@ -371,6 +384,8 @@ def daily_score(
     lock_timeout: LockTimeoutOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Score one calendar day: adapt each series' cluster model on its last K points, flag the day's outliers."""
@@ -394,6 +409,8 @@ def daily_score(
         model_dir=model_dir,
         output=output,
         events=events,
+        engine=engine.value,
+        ray_address=ray_address,
         date=date,
     )
 
@@ -426,6 +443,8 @@ def backtest(
     lock_timeout: LockTimeoutOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """daily-score for every day of a range, batched across days and series, into one output."""
@@ -449,6 +468,8 @@ def backtest(
         model_dir=model_dir,
         output=output,
         events=events,
+        engine=engine.value,
+        ray_address=ray_address,
         start=start,
         end=end,
     )

@@ -490,9 +490,15 @@ def _train_settings(config: Config):
     )
 
 
-def _series_clusters(md: ModelDir, panel: Panel) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Cluster names (sorted) and, per panel series, its cluster index (-1 unknown) and period."""
-    clusters = md.load_clusters()
+def _series_clusters(
+    md: ModelDir | str, panel: Panel, clusters: pd.DataFrame | None = None
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Cluster names (sorted) and, per panel series, its cluster index (-1 unknown) and period.
+
+    ``clusters``: clusters.parquet as already loaded (else read from ``md``).
+    """
+    if clusters is None:
+        clusters = md.load_clusters()
     names = sorted(clusters["cluster"].astype(str).unique().tolist())
     _check_id_kinds(clusters["unique_id"], panel, md)
     pos = panel.positions(clusters["unique_id"].to_numpy())  # (C,) panel position of each row
@@ -505,7 +511,7 @@ def _series_clusters(md: ModelDir, panel: Panel) -> tuple[list[str], np.ndarray,
     return names, cluster_of, period_of
 
 
-def _check_id_kinds(model_ids: pd.Series, panel: Panel, md: ModelDir) -> None:
+def _check_id_kinds(model_ids: pd.Series, panel: Panel, md: ModelDir | str) -> None:
     """Integer ids in one and string ids in the other can never match: say so instead of failing."""
     model_int = pd.api.types.is_integer_dtype(model_ids.dtype)
     input_int = panel.ids.dtype.kind in "iu"
@@ -513,7 +519,7 @@ def _check_id_kinds(model_ids: pd.Series, panel: Panel, md: ModelDir) -> None:
         kind = {True: "integer", False: "string"}
         raise InputError(
             f"the input's series ids are {kind[input_int]}s (e.g. {panel.ids[0]!r}) but the model "
-            f"directory {md.path} was fit on {kind[model_int]} ids (e.g. {model_ids.iloc[0]!r}). "
+            f"directory {getattr(md, 'path', md)} was fit on {kind[model_int]} ids (e.g. {model_ids.iloc[0]!r}). "
             "Give the id column the same type as when fit-clusters ran (cast it upstream), or "
             "name the right column with --id-col."
         )
@@ -550,7 +556,8 @@ def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
 
 @locked(model_shared=True, output=True)
 def daily_score(
-    *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None, events: Path | None = None
+    *, config: Config, input: Path, model_dir: Path, output: Path, date: str | None = None, events: Path | None = None,
+    engine: str = "local", ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Score one calendar day (default: the input's last day); write the scores atomically.
 
@@ -560,15 +567,21 @@ def daily_score(
     day = parse_day(date, "--date") if date is not None else None
     check_output(output)
     _check_events_path(events, output)
+    _check_engine(engine, ray_address)
     md = open_trained(model_dir)
     device = setup_torch(config)
+    if engine == "ray":  # -- engine dispatch (issue #8): the same score_batch on Ray workers --
+        from maml_anomaly.engines.ray_engine import score_days_ray
+
+        return score_days_ray(config=config, md=md, input=input, output=output, events=events, device=device,
+                              date=date, address=ray_address)
     return _score_stream(config, md, input, output, device, first=day, last=day, date_option=date, events=events)
 
 
 @locked(model_shared=True, output=True)
 def backtest(
     *, config: Config, input: Path, model_dir: Path, output: Path, start: str | None = None, end: str | None = None,
-    events: Path | None = None,
+    events: Path | None = None, engine: str = "local", ray_address: str | None = None,
 ) -> dict[str, Any]:
     """daily-score for every day of [start, end], batched across days and series, one output."""
     first = parse_day(start, "--start") if start is not None else None
@@ -577,37 +590,157 @@ def backtest(
         raise InputError(f"--start {start} is after --end {end}; give a start on or before the end.")
     check_output(output)
     _check_events_path(events, output)
+    _check_engine(engine, ray_address)
     md = open_trained(model_dir)
     device = setup_torch(config)
+    if engine == "ray":  # -- engine dispatch (issue #8): the same score_batch on Ray workers --
+        from maml_anomaly.engines.ray_engine import score_days_ray
+
+        return score_days_ray(config=config, md=md, input=input, output=output, events=events, device=device,
+                              start=start, end=end, backtest=True, address=ray_address)
     return _score_stream(
         config, md, input, output, device, first=first, last=last, date_option=None, backtest=True, events=events
     )
 
 
-FAILED_STATUSES = ("insufficient_history", "unknown_series", "no_model")  # the series could not be scored
+def _check_engine(engine: str, ray_address: str | None) -> None:
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray; found {engine!r}.")
+    if ray_address is not None and engine != "ray":
+        raise ConfigError("--ray-address joins a Ray cluster, which only --engine ray uses; add --engine ray.")
+    if engine == "ray":
+        from maml_anomaly.engines.ray_engine import require_ray
+
+        require_ray()  # says how to install it before any work
 
 
-def _check_failed_fraction(
-    status: np.ndarray, row_series: np.ndarray, counts: dict[str, int], limit: float, output: Path
-) -> None:
-    """Fail (after writing) when more than ``limit`` of the scored series could not be scored.
+@dataclass(frozen=True)
+class Scorer:
+    """What scoring needs from the model directory, loaded once per process (or engine worker).
 
-    A series counts as failed when any of its rows has a status in FAILED_STATUSES: it had no
-    model or too little history. missing_value and off_grid rows are not failures.
+    Plain data (frames, dicts, torch tensors): an engine can ship it to its workers as it is.
     """
-    series = np.unique(row_series)
-    if series.size == 0:
-        return
-    failed = np.unique(row_series[np.isin(status, FAILED_STATUSES)]).size
-    if failed / series.size > limit:
-        shown = ", ".join(f"{k} {counts[k]:,} points" for k in FAILED_STATUSES if counts.get(k))
-        raise MamlAnomalyError(
-            f"{failed:,} of {series.size:,} series ({failed / series.size:.1%}) could not be scored "
-            f"({shown}), more than --max-failed-fraction {limit:g}. The scores were still written to "
-            f"{output} (see its status column). Check that the input holds enough history before the "
-            "scored day(s) and that fit-clusters and meta-train ran on these series, or raise "
-            "--max-failed-fraction."
-        )
+
+    config: Config
+    device: str
+    model_dir: str  # for messages only
+    names: list[str]  # clusters that have a trained forecaster, sorted
+    models: list[Any]  # their ClusterModels, in the same order
+    clusters: pd.DataFrame  # clusters.parquet: unique_id, cluster, period, ...
+    clusterer: dict[str, Any] | None  # clusterer.json: assigns series fit-clusters never saw
+
+
+def load_scorer(config: Config, md: ModelDir, device: str) -> Scorer:
+    """Read the forecasters, clusters and clusterer state of a trained model directory once."""
+    names, models = _load_models(md)
+    clusterer = md.load_json(CLUSTERER) if md.has(CLUSTERER) else None
+    return Scorer(config, device, str(md.path), names, models, md.load_clusters(), clusterer)
+
+
+def score_batch(
+    scorer: Scorer, frame: pd.DataFrame, first: np.datetime64, last: np.datetime64, panel: Panel | None = None
+) -> pd.DataFrame:
+    """Score rows of whole series for the days [first, last]: the one function every engine calls.
+
+    ``frame``: unique_id, ds, y as :func:`~maml_anomaly.io.read_long` returns them, holding every
+    row of each of its series up to ``last`` (more is ignored); ``panel``: its panel when already
+    built. Pure: no I/O, nothing global, so a batch's rows do not depend on the other batches.
+    Returns the score columns, ``p_value`` and each row's series ``step`` (for the alerts step),
+    in frame order (sorted by unique_id, ds).
+    """
+    from maml_anomaly.scoring import score_rows
+
+    config = scorer.config
+    end = last + DAY
+    ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
+    if panel is None or (len(ds) and ds.max() >= end):  # data after the scored days must not change anything
+        frame = frame[ds < end]
+        panel, _ = build_panel(frame, config.input.snap_tolerance)
+        ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
+    in_range = np.flatnonzero(ds >= first)
+    rows = frame.iloc[in_range]
+    row_series = _row_series(rows, panel)
+    cluster_names, cluster_of, _ = _series_clusters(scorer.model_dir, panel, scorer.clusters)
+    cluster_of = _assign_unknown(config, scorer.clusterer, panel, cluster_of, cluster_names, first)
+    model_index = {name: i for i, name in enumerate(scorer.names)}
+    series_model = np.array(
+        [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
+    )[np.where(cluster_of >= 0, cluster_of, len(cluster_names))]  # (S,) model per series, -1 none
+    still_unknown = cluster_of < 0
+    res = score_rows(
+        scorer.models, panel.values, panel.indptr, panel.start.view(np.int64), panel.step.view(np.int64), series_model,
+        row_series, ds[in_range].view(np.int64), rows["y"].to_numpy(np.float64, na_value=np.nan),
+        threshold=config.score.threshold, batch_size=config.score.batch_size, device=scorer.device,
+        unknown=still_unknown,
+    )
+    # a series with a single point has no step, so score_rows sees it as off its grid: it is short
+    one_point = np.isnat(panel.step)[row_series] & (res.status == "off_grid")
+    res.status[one_point] = "insufficient_history"
+    cluster_col = np.asarray(cluster_names + [None], dtype=object)[
+        np.where(cluster_of >= 0, cluster_of, len(cluster_names))[row_series]
+    ]
+    y = rows["y"].to_numpy(np.float64, na_value=np.nan)
+    return pd.DataFrame(
+        {
+            "unique_id": _plain_ids(rows["unique_id"]),
+            "ds": ds[in_range],
+            "y": np.where(np.isfinite(y), y, np.nan),
+            "y_hat": res.y_hat,
+            "lower": res.lower,
+            "upper": res.upper,
+            "score": res.score,
+            "is_anomaly": res.is_anomaly,
+            "cluster": cluster_col,
+            "status": res.status,
+            "p_value": res.p_value,
+            "step": panel.step[row_series],
+        }
+    )
+
+
+def write_scores(
+    config: Config, out: pd.DataFrame, first: np.datetime64, last: np.datetime64, output: Path,
+    events: Path | None, started: float,
+) -> dict[str, Any]:
+    """The run-wide steps on all score rows (alerts, failed fraction), the atomic write, the summary."""
+    import time
+
+    from maml_anomaly.scoring import STATUS_OK
+
+    step = out.pop("step").to_numpy()
+    status = out["status"].to_numpy()
+    row_series = pd.factorize(out["unique_id"])[0]  # (N,) series code of each row
+    counts = {k: int(v) for k, v in pd.Series(status).value_counts().sort_index().items()}
+    # -- alerts (issue #9): q-values, post-rules, alert budget, events: one call, see alerts.py --
+    from maml_anomaly.alerts import apply_alerts, summary_text
+
+    alerted = apply_alerts(out, config.alerts, step=step, series=row_series, threshold=config.score.threshold)
+    out = alerted.scores
+    write_parquet_atomic(_scores_table(out), output)
+    if events is not None:
+        write_parquet_atomic(_events_table(alerted.events, out), events)
+    # -- end of alerts --
+    _check_failed_fraction(status, row_series, counts, config.score.max_failed_fraction, output)
+    n_flags = int(out["is_anomaly"].sum())
+    n_series = int(np.unique(row_series).size)
+    seconds = time.perf_counter() - started
+    days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
+    return _summary(
+        f"scored {len(out):,} points of {n_series:,} series on {days}: "
+        f"{n_flags:,} anomalies; {counts.get(STATUS_OK, 0):,} ok, "
+        f"{len(out) - counts.get(STATUS_OK, 0):,} not scored ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != STATUS_OK) or 'none'}); "
+        f"wrote {output} in {seconds:.1f} s\n" + summary_text(alerted),
+        **_alert_fields(alerted, events),
+        output=str(output),
+        first_day=str(first.astype("datetime64[D]")),
+        last_day=str(last.astype("datetime64[D]")),
+        points=len(out),
+        series=n_series,
+        anomalies=n_flags,
+        statuses=counts,
+        threshold=config.score.threshold,
+        seconds=round(seconds, 2),
+    )
 
 
 def _check_events_path(events: Path | None, output: Path) -> None:
@@ -637,6 +770,32 @@ def _events_table(events: pd.DataFrame, scores: pd.DataFrame):
     return pa.Table.from_pandas(events, schema=events_schema(id_type), preserve_index=False)
 
 
+FAILED_STATUSES = ("insufficient_history", "unknown_series", "no_model")  # the series could not be scored
+
+
+def _check_failed_fraction(
+    status: np.ndarray, row_series: np.ndarray, counts: dict[str, int], limit: float, output: Path
+) -> None:
+    """Fail (after writing) when more than ``limit`` of the scored series could not be scored.
+
+    A series counts as failed when any of its rows has a status in FAILED_STATUSES: it had no
+    model or too little history. missing_value and off_grid rows are not failures.
+    """
+    series = np.unique(row_series)
+    if series.size == 0:
+        return
+    failed = np.unique(row_series[np.isin(status, FAILED_STATUSES)]).size
+    if failed / series.size > limit:
+        shown = ", ".join(f"{k} {counts[k]:,} points" for k in FAILED_STATUSES if counts.get(k))
+        raise MamlAnomalyError(
+            f"{failed:,} of {series.size:,} series ({failed / series.size:.1%}) could not be scored "
+            f"({shown}), more than --max-failed-fraction {limit:g}. The scores were still written to "
+            f"{output} (see its status column). Check that the input holds enough history before the "
+            "scored day(s) and that fit-clusters and meta-train ran on these series, or raise "
+            "--max-failed-fraction."
+        )
+
+
 def _row_series(rows: pd.DataFrame, panel: Panel) -> np.ndarray:
     """(N,) panel position of every row's series (looked up once per id, not per row)."""
     col = rows["unique_id"]
@@ -661,7 +820,8 @@ ASSIGN_CHUNK = 10_000
 
 
 def _assign_unknown(
-    config: Config, md: ModelDir, panel: Panel, cluster_of: np.ndarray, names: list[str], first: np.datetime64
+    config: Config, clusterer: dict[str, Any] | None, panel: Panel, cluster_of: np.ndarray, names: list[str],
+    first: np.datetime64,
 ) -> np.ndarray:
     """Series fit-clusters never saw get a cluster from their own history before ``first``.
 
@@ -672,12 +832,12 @@ def _assign_unknown(
     from maml_anomaly.tasks import gather_windows
 
     unknown = np.flatnonzero(cluster_of < 0)
-    if unknown.size == 0 or not md.has(CLUSTERER):
+    if unknown.size == 0 or clusterer is None:
         return cluster_of
     from maml_anomaly.clustering import PeriodClusterer
     from maml_anomaly.periodicity import detect_periods
 
-    groups = {float(g["step_seconds"]): g for g in md.load_json(CLUSTERER).get("step_groups", [])}
+    groups = {float(g["step_seconds"]): g for g in clusterer.get("step_groups", [])}
     code = {name: i for i, name in enumerate(names)}
     out = cluster_of.copy()
     steps = panel.step_seconds[unknown]
@@ -688,7 +848,7 @@ def _assign_unknown(
         state = groups.get(float(value))
         if state is None:
             continue
-        clusterer = PeriodClusterer.from_dict(state["clusterer"])
+        model = PeriodClusterer.from_dict(state["clusterer"])
         group = np.flatnonzero(steps == value)
         width = int(min(max(stop[group].max(), 1), ASSIGN_WINDOW))
         for lo in range(0, group.size, ASSIGN_CHUNK):
@@ -701,7 +861,7 @@ def _assign_unknown(
                 matrix[enough], float(value), max_period=config.clusters.max_period,
                 min_strength=config.clusters.min_strength,
             ).period
-            labels = clusterer.predict(matrix[enough], periods)
+            labels = model.predict(matrix[enough], periods)
             out[unknown[g[enough]]] = [code.get(state.get("prefix", "") + str(label), -1) for label in labels]
     assigned = int((out[unknown] >= 0).sum())
     if assigned:
@@ -1260,7 +1420,8 @@ def _score_frame(
     rows = frame.iloc[in_range]
     row_series = _row_series(rows, panel)
     cluster_names, cluster_of, _ = lookup.lookup(panel)
-    cluster_of = _assign_unknown(config, md, panel, cluster_of, cluster_names, first)
+    clusterer = md.load_json(CLUSTERER) if (cluster_of < 0).any() and md.has(CLUSTERER) else None
+    cluster_of = _assign_unknown(config, clusterer, panel, cluster_of, cluster_names, first)
     model_index = {name: i for i, name in enumerate(names)}
     series_model = np.array(
         [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
@@ -1404,6 +1565,10 @@ __all__ = [
     "meta_train",
     "daily_score",
     "backtest",
+    "Scorer",
+    "load_scorer",
+    "score_batch",
+    "write_scores",
     "evaluate",
     "demo",
     "plot",

@@ -210,3 +210,23 @@ def test_multi_step_loss_averages_step_losses():
     per_step = [meta_loss(model, params, xs, ys, xq, yq, steps=s, lr=0.05) for s in (1, 2, 3)]
     multi = meta_loss(model, params, xs, ys, xq, yq, steps=3, lr=0.05, multi_step=True)
     torch.testing.assert_close(multi, torch.stack(per_step).mean(), rtol=0, atol=1e-12)
+
+
+def _abs_loss(pred, target, weight):
+    """A loss other than masked_mse, so the inner gradients go through autograd (per task, (B,))."""
+    return (pred[..., 0] - target).abs().mean(-1)
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_autograd_inner_step_gives_each_task_its_own_gradient(second_order):
+    """A task adapts to the same weights alone as inside a batch (shared-weight fast path included)."""
+    model = make_model()
+    params = init_params(model)
+    xs, ys, _, _ = make_tasks(5)
+    theta = {k: v.clone().requires_grad_(second_order) for k, v in params.items()}
+    batch = adapt(model, theta, xs, ys, steps=2, lr=0.1, first_order=not second_order, loss_fn=_abs_loss)
+    for i in range(xs.shape[0]):
+        alone = adapt(model, theta, xs[i : i + 1], ys[i : i + 1], steps=2, lr=0.1, first_order=not second_order,
+                      loss_fn=_abs_loss)
+        for k in batch:
+            torch.testing.assert_close(batch[k][i : i + 1], alone[k])

@@ -8,7 +8,7 @@ then the last day (24 points) of ``--series`` fresh series of the same generator
 batches with scoring.score_tasks, exactly as daily-score scores one cluster.
 
 1. Clean data: the fraction of points flagged at the default threshold against its stated rate
-   ``score_to_p(threshold)`` (4.0 -> 6.3e-5 per point); also the observed/stated ratio at
+   ``score_to_p(threshold)`` (daily-score's default threshold 3.0 -> 2.7e-3 per point; 4.0 -> 6.3e-5); also the observed/stated ratio at
    p-value cut-offs 1e-2, 1e-3, 1e-4 (how calibrated the p-values are along the tail).
 2. The same series with anomalies injected into ``--anomaly-share`` of them on the scored day
    (spikes and dips of 5-10 noise units, level shifts of 3-6 units to the end of the day):
@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from maml_anomaly.config import ScoreConfig
 
 PERIOD = 24
 LENGTH = 24 * 21
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--series", type=int, default=100_000)
     ap.add_argument("--train-series", type=int, default=400)
     ap.add_argument("--iterations", type=int, default=300)
-    ap.add_argument("--threshold", type=float, default=4.0)
+    ap.add_argument("--threshold", type=float, default=ScoreConfig().threshold, help="default: daily-score's")
     ap.add_argument("--fdr", type=float, default=0.01)
     ap.add_argument("--anomaly-share", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)

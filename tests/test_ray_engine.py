@@ -1,0 +1,207 @@
+"""--engine ray writes what the local engine writes (Ray in local mode), and fails as clearly.
+
+One local Ray instance (2 CPUs, no dashboard) serves the whole module; a tiny model is trained
+once. The tests that need Ray skip where it is not installed (pip install "maml-anomaly[ray]").
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from synth import seasonal_panel
+
+from maml_anomaly.cli import app
+from maml_anomaly.engines import RAY_INSTALL
+from maml_anomaly.engines.ray_engine import stable_buckets
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_data" / "values.parquet"
+DAYS = 10
+TINY = """
+[train]
+iterations = 3
+hidden = [8, 8]
+meta_batch_size = 4
+time_budget_s = 5.0
+
+[clusters]
+min_cluster_size = 5
+"""
+
+
+def _invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _ok(*args):
+    result = _invoke(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+# -- without Ray ----------------------------------------------------------------------------------
+
+
+def test_buckets_are_stable_across_processes_and_encodings():
+    ids = pa.array([f"s{i}" for i in range(500)] * 2)
+    here = stable_buckets(ids, 7)
+    assert here.shape == (1000,) and here.min() >= 0 and here.max() < 7
+    assert len(np.unique(here)) == 7  # 500 ids spread over every bucket
+    np.testing.assert_array_equal(here, stable_buckets(ids.dictionary_encode(), 7))
+    np.testing.assert_array_equal(here[:500], here[500:])  # a series' rows share one bucket
+    code = (
+        "import pyarrow as pa; from maml_anomaly.engines.ray_engine import stable_buckets; "
+        "print(','.join(map(str, stable_buckets(pa.array([f's{i}' for i in range(500)]), 7))))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "123", "PYTHONPATH": str(ROOT)}
+    other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == ",".join(map(str, here[:500]))
+    ints = stable_buckets(pa.array(np.arange(100, dtype=np.int64)), 5)
+    np.testing.assert_array_equal(ints, stable_buckets(pa.array([str(i) for i in range(100)]), 5))
+
+
+def test_engine_ray_without_ray_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    result = _invoke("daily-score", "-i", tmp_path / "x.parquet", "-m", tmp_path / "m", "-o", tmp_path / "o.parquet",
+                     "--engine", "ray")
+    assert result.exit_code == 1
+    assert RAY_INSTALL in result.output
+    assert "Traceback" not in result.output
+
+
+def test_ray_address_needs_engine_ray(tmp_path):
+    result = _invoke("backtest", "-i", tmp_path / "x.parquet", "-m", tmp_path / "m", "-o", tmp_path / "o.parquet",
+                     "--ray-address", "auto")
+    assert result.exit_code == 1
+    assert "--engine ray" in result.output
+
+
+# -- with Ray (local mode) ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def _generated() -> pd.DataFrame:
+    """30 hourly and 12 daily series with the oddities real inputs have, in random row order."""
+    hours = DAYS * 24
+    hourly = seasonal_panel(30, hours, seed=3)
+    hourly[4, -9] *= 3.0  # a spike on the last day
+    hourly[5, -6] = np.nan  # a missing value on the last day
+    ds_h = pd.date_range("2026-01-01", periods=hours, freq="h")
+    daily = seasonal_panel(12, 120, period=7, seed=4)
+    ds_d = pd.date_range(end=pd.Timestamp("2026-01-01") + pd.Timedelta(days=DAYS - 1), periods=120, freq="D")
+    parts = [
+        pd.DataFrame({"unique_id": np.repeat([f"h{i:02d}" for i in range(30)], hours), "ds": np.tile(ds_h, 30),
+                      "y": hourly.reshape(-1)}),
+        pd.DataFrame({"unique_id": np.repeat([f"d{i:02d}" for i in range(12)], 120), "ds": np.tile(ds_d, 12),
+                      "y": daily.reshape(-1)}),
+        pd.DataFrame({"unique_id": "h07", "ds": [ds_h[-3] + pd.Timedelta("20min")], "y": [1.0]}),  # off its grid
+        pd.DataFrame({"unique_id": "late", "ds": ds_h[-30:], "y": np.linspace(1, 2, 30)}),  # unseen by fit-clusters
+    ]
+    frame = pd.concat(parts, ignore_index=True)
+    frame = frame.drop(index=8 * hours + hours - 4)  # a missing timestamp on the last day
+    return frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("ray")
+    frame = _generated()
+    frame.to_parquet(root / "input.parquet")
+    frame[frame["unique_id"] != "late"].to_parquet(root / "history.parquet")
+    (root / "tiny.toml").write_text(TINY)
+    for cmd in ("fit-clusters", "meta-train"):
+        _ok(cmd, "-i", root / "history.parquet", "-m", root / "model", "-c", root / "tiny.toml", "-q")
+    return root
+
+
+def _assert_same(local: Path, ray: Path) -> None:
+    a, b = pd.read_parquet(local), pd.read_parquet(ray)
+    assert list(a.columns) == list(b.columns)
+    assert a.dtypes.equals(b.dtypes)
+    assert len(a) == len(b) > 0
+    for col in ("unique_id", "ds", "is_anomaly", "cluster", "status"):
+        pd.testing.assert_series_equal(a[col], b[col])
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9, atol=1e-12)
+
+
+def test_daily_score_ray_matches_local(trained, monkeypatch):
+    from maml_anomaly.engines import ray_engine
+
+    monkeypatch.setattr(ray_engine, "BUCKET_ROWS", 2000)  # several buckets, so several groups
+    root = trained
+    args = ["daily-score", "-i", root / "input.parquet", "-m", root / "model", "-q"]
+    _ok(*args, "-o", root / "local.parquet")
+    _ok(*args, "-o", root / "ray.parquet", "--engine", "ray")
+    _assert_same(root / "local.parquet", root / "ray.parquet")
+    scores = pd.read_parquet(root / "ray.parquet")
+    assert {"ok", "missing_value", "off_grid"} <= set(scores["status"])
+    assert scores.loc[scores["unique_id"] == "late", "status"].iloc[0] != "ok"  # too short to assign or score
+    _ok(*args, "-o", root / "ray.parquet", "--engine", "ray")  # a rerun replaces the file
+    assert len(pd.read_parquet(root / "ray.parquet")) == len(scores)
+
+
+def test_backtest_ray_matches_local_with_events(trained):
+    root = trained
+    args = ["backtest", "-i", root / "input.parquet", "-m", root / "model", "--start", "2026-01-08", "-q"]
+    _ok(*args, "-o", root / "bt_local.parquet", "--events", root / "ev_local.parquet")
+    _ok(*args, "-o", root / "bt_ray.parquet", "--events", root / "ev_ray.parquet", "--engine", "ray")
+    _assert_same(root / "bt_local.parquet", root / "bt_ray.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(root / "ev_local.parquet"), pd.read_parquet(root / "ev_ray.parquet"),
+                                  check_exact=False, rtol=1e-9)
+
+
+def test_a_past_date_ignores_later_data(trained):
+    root = trained
+    args = ["daily-score", "-i", root / "input.parquet", "-m", root / "model", "--date", "2026-01-09", "-q"]
+    _ok(*args, "-o", root / "past_local.parquet")
+    _ok(*args, "-o", root / "past_ray.parquet", "--engine", "ray")
+    _assert_same(root / "past_local.parquet", root / "past_ray.parquet")
+    assert pd.read_parquet(root / "past_ray.parquet")["ds"].max() < pd.Timestamp("2026-01-10")
+
+
+def test_worker_errors_reach_the_user_as_messages(trained):
+    root = trained
+    frame = pd.read_parquet(root / "input.parquet")
+    pd.concat([frame, frame.iloc[:3]]).to_parquet(root / "dup.parquet")
+    out = root / "dup_scores.parquet"
+    result = _invoke("daily-score", "-i", root / "dup.parquet", "-m", root / "model", "-o", out, "--engine", "ray")
+    assert result.exit_code == 1, result.output
+    assert "duplicate" in result.output.lower() and "Traceback" not in result.output
+    assert not out.exists()
+    result = _invoke("daily-score", "-i", root / "dup.parquet", "-m", root / "model", "-o", out, "--engine", "ray",
+                     "--on-duplicate", "first")
+    assert result.exit_code == 1 and "input order" in result.output
+    result = _invoke("daily-score", "-i", root / "input.parquet", "-m", root / "model", "-o", out, "--engine", "ray",
+                     "--date", "2025-06-01")
+    assert result.exit_code == 1 and "no data" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_sample_data_ray_matches_local(tmp_path, ray_local):
+    """The whole sample (200 series, 5-minute to daily): daily-score and a week of backtest."""
+    (tmp_path / "tiny.toml").write_text(TINY)
+    for cmd in ("fit-clusters", "meta-train"):
+        _ok(cmd, "-i", SAMPLE, "-m", tmp_path / "model", "-c", tmp_path / "tiny.toml", "-q")
+    for cmd, extra in (("daily-score", []), ("backtest", ["--start", "2024-03-25"])):
+        args = [cmd, "-i", SAMPLE, "-m", tmp_path / "model", "-q", *extra]
+        _ok(*args, "-o", tmp_path / f"{cmd}_local.parquet")
+        _ok(*args, "-o", tmp_path / f"{cmd}_ray.parquet", "--engine", "ray")
+        _assert_same(tmp_path / f"{cmd}_local.parquet", tmp_path / f"{cmd}_ray.parquet")

@@ -189,6 +189,21 @@ def read_panel(
 
 
 def _read_table(path: Path, columns: ColumnConfig) -> pa.Table:
+    dataset, _ = _open_dataset(path, columns)
+    wanted = [columns.id_col, columns.time_col, columns.value_col]
+    try:
+        return dataset.to_table(columns=wanted, batch_size=1 << 20)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _open_dataset(path: Path, columns: ColumnConfig) -> tuple[pads.Dataset, list[str]]:
+    """The input as a dataset, checked as both read paths need it (one place for these checks).
+
+    Several files: schemas are read per file (an unreadable one is named), int/float columns are
+    unified, mixed tz-aware/naive timestamps and other type conflicts are refused. String ids are
+    read as parquet dictionaries when the files agree on their types (far cheaper to encode).
+    """
     if not path.exists():
         raise InputError(
             f"input path {path} does not exist. Expected a parquet file or a directory of "
@@ -196,12 +211,10 @@ def _read_table(path: Path, columns: ColumnConfig) -> pa.Table:
         )
     files = _parquet_files(path)
     wanted = [columns.id_col, columns.time_col, columns.value_col]
+    base = str(path) if path.is_dir() else None
     unified = _unified_schema(files, wanted, columns.time_col) if len(files) > 1 else None
     try:
-        dataset = pads.dataset(
-            files, format="parquet", partitioning="hive", partition_base_dir=str(path) if path.is_dir() else None,
-            schema=unified,
-        )
+        dataset = pads.dataset(files, format="parquet", partitioning="hive", partition_base_dir=base, schema=unified)
         schema = dataset.schema
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise _unreadable(path, exc) from None
@@ -219,18 +232,62 @@ def _read_table(path: Path, columns: ColumnConfig) -> pa.Table:
         and columns.id_col in _file_columns(dataset)
         and unified is None  # files of mixed types keep the unified schema
     ):
-        # string ids as parquet dictionaries: far cheaper to encode than one string per row
         options = pads.ParquetReadOptions(dictionary_columns={columns.id_col})
-        dataset = pads.dataset(
-            files,
-            format=pads.ParquetFileFormat(read_options=options),
-            partitioning="hive",
-            partition_base_dir=str(path) if path.is_dir() else None,
-        )
+        try:
+            dataset = pads.dataset(
+                files, format=pads.ParquetFileFormat(read_options=options), partitioning="hive", partition_base_dir=base
+            )
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+            raise _unreadable(path, exc) from None
+    return dataset, files
+
+
+def _check_nulls(dataset: pads.Dataset, columns: ColumnConfig, path: Path) -> None:
+    """Null ids or timestamps anywhere in the input are an error, even outside the window read.
+
+    Counts come from the parquet row-group statistics where every row group has them, else from
+    a scan of that one column.
+    """
+    stored = _physical_columns(dataset)
+    for col, error in ((columns.id_col, _null_ids_error), (columns.time_col, _null_timestamps_error)):
+        n = _stats_null_count(dataset, col) if col in stored else None
+        if n is None:
+            try:
+                n = dataset.count_rows(filter=pc.field(col).is_null())
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
+                raise _unreadable(path, exc) from None
+        if n:
+            raise error(col, n)
+
+
+def _stats_null_count(dataset: pads.Dataset, col: str) -> int | None:
+    """Nulls in a stored column from row-group statistics; None when some row group lacks them."""
+    n = 0
     try:
-        return dataset.to_table(columns=wanted, batch_size=1 << 20)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
-        raise _unreadable(path, exc) from None
+        for frag in dataset.get_fragments():
+            for rg in frag.row_groups:
+                if rg.num_rows == 0:
+                    continue
+                st = (rg.statistics or {}).get(col)
+                if not st or st.get("null_count") is None:
+                    return None
+                n += int(st["null_count"])
+    except (pa.ArrowInvalid, OSError, TypeError, ValueError):
+        return None
+    return n
+
+
+def _null_ids_error(name: str, n: int) -> InputError:
+    return InputError(
+        f"column {name!r} has {n:,} null ids. Expected every row to name its series; drop or fill those rows."
+    )
+
+
+def _null_timestamps_error(name: str, n: int) -> InputError:
+    return InputError(
+        f"column {name!r} has {n:,} null timestamps. Expected every row to have a timestamp "
+        "(a missing value is a null y, not a null ds); drop those rows."
+    )
 
 
 def _unified_schema(files: list[str], wanted: list[str], time_col: str) -> pa.Schema | None:
@@ -330,10 +387,7 @@ def _encode_ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarr
         column = column.unify_dictionaries()
         chunks = column.chunks
     if column.null_count:
-        raise InputError(
-            f"column {name!r} has {column.null_count:,} null ids. Expected every row to name its "
-            "series; drop or fill those rows."
-        )
+        raise _null_ids_error(name, column.null_count)
     if chunks and pa.types.is_dictionary(chunks[0].type):
         values = chunks[0].dictionary  # (D,) shared after unify_dictionaries
         parts = [c.indices.to_numpy(zero_copy_only=False) for c in chunks]  # views of the indices
@@ -435,10 +489,7 @@ def _timestamps_ns(column: pa.ChunkedArray, name: str) -> np.ndarray:
             "Fix or drop those rows."
         ) from None
     if out.null_count:
-        raise InputError(
-            f"column {name!r} has {out.null_count:,} null timestamps. Expected every row to have "
-            "a timestamp (a missing value is a null y, not a null ds); drop those rows."
-        )
+        raise _null_timestamps_error(name, out.null_count)
     return out.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
@@ -459,10 +510,7 @@ def _chunks_to_numpy(column: pa.ChunkedArray, dtype: type, convert) -> np.ndarra
 
 def _parse_strings(arr: pa.Array, name: str) -> np.ndarray:
     if arr.null_count:
-        raise InputError(
-            f"column {name!r} has {arr.null_count:,} null timestamps. Expected every row to have "
-            "a timestamp; drop those rows."
-        )
+        raise _null_timestamps_error(name, arr.null_count)
     try:  # fast path: naive ISO 8601 strings, parsed by arrow
         return arr.cast(pa.timestamp("ns")).view(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -792,7 +840,7 @@ def time_bounds(path: str | Path, columns: ColumnConfig) -> tuple[np.datetime64,
     Uses the parquet row-group statistics of the time column when every row group has them;
     otherwise scans that one column. InputError when the input has no rows.
     """
-    dataset, files = _stream_dataset(Path(path), columns)
+    dataset, _ = _open_dataset(Path(path), columns)  # nulls are checked once, by iter_series_frames
     lo, hi = _stats_bounds(dataset, columns.time_col)
     if lo is None:
         mins, maxs = [], []
@@ -916,29 +964,9 @@ class AtomicParquetWriter:
 
 
 def _stream_dataset(path: Path, columns: ColumnConfig) -> tuple[pads.Dataset, list[str]]:
-    """The input as a dataset reading string ids as dictionaries (checks as in :func:`read_long`)."""
-    if not path.exists():
-        raise InputError(
-            f"input path {path} does not exist. Expected a parquet file or a directory of "
-            "parquet files; check the --input path."
-        )
-    files = _parquet_files(path)
-    base = str(path) if path.is_dir() else None
-    try:
-        dataset = pads.dataset(files, format="parquet", partitioning="hive", partition_base_dir=base)
-        schema = dataset.schema
-        wanted = [columns.id_col, columns.time_col, columns.value_col]
-        missing = [c for c in wanted if c not in schema.names]
-        if missing:
-            _read_table(path, columns)  # raises the reader's message for missing columns
-        id_type = schema.field(columns.id_col).type
-        if (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)) and columns.id_col in _physical_columns(dataset):
-            options = pads.ParquetReadOptions(dictionary_columns={columns.id_col})
-            dataset = pads.dataset(
-                files, format=pads.ParquetFileFormat(read_options=options), partitioning="hive", partition_base_dir=base
-            )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        raise _unreadable(path, exc) from None
+    """The input as :func:`read_long` opens it (same checks), plus null ids/timestamps anywhere in it."""
+    dataset, files = _open_dataset(path, columns)
+    _check_nulls(dataset, columns, path)
     return dataset, files
 
 

@@ -1164,10 +1164,7 @@ class ClusterIndex:
 
     def lookup(self, panel: Panel) -> tuple[list[str], np.ndarray, np.ndarray]:
         """As ``_series_clusters``: names, (S,) cluster index per panel series (-1 unknown), (S,) period."""
-        ids, index = panel.ids, self.index
-        if (index.dtype.kind in "iu") != (ids.dtype.kind in "iu"):  # int ids on one side only: compare as text
-            ids, index = ids.astype(str).astype(object), index.astype(str)
-        pos = index.get_indexer(ids)  # (S,) -1 where unseen
+        pos = self.index.get_indexer(panel.ids)  # (S,) -1 where unseen (id kinds checked by _check_id_kinds)
         known = pos >= 0
         cluster_of = np.where(known, self.code[np.maximum(pos, 0)], -1)
         period_of = np.where(known, self.period[np.maximum(pos, 0)], 0)
@@ -1356,6 +1353,14 @@ def _worker_score(frame: pd.DataFrame):
     return _score_one(w["job"], w["names"], w["models"], w["lookup"], frame)
 
 
+def _worker_result(fut):
+    """A worker's result; its MamlAnomalyError is raised here as itself (the user sees one paragraph)."""
+    try:
+        return fut.result()
+    except MamlAnomalyError as exc:
+        raise exc.with_traceback(None) from None  # the worker's traceback is not the user's business
+
+
 @contextmanager
 def _batch_scorer(job: _ScoreJob, names, models, lookup):
     """``score(frames)`` yields (frame, read report, scores table, row steps, series, counts) per batch, in input order.
@@ -1385,9 +1390,9 @@ def _batch_scorer(job: _ScoreJob, names, models, lookup):
             pending.append((frame, ex.submit(_worker_score, frame)))
             while len(pending) > 2 * n_proc:
                 done, fut = pending.pop(0)
-                yield (done, *fut.result())
+                yield (done, *_worker_result(fut))
         for done, fut in pending:
-            yield (done, *fut.result())
+            yield (done, *_worker_result(fut))
 
     try:
         yield score
@@ -1413,12 +1418,13 @@ def _score_frame(
     panel: Panel, first: np.datetime64, last: np.datetime64, device: str,
 ) -> tuple[pd.DataFrame, int]:
     """Scores of the rows of days [first, last] in one batch of whole series (no data after ``last``)."""
-    from maml_anomaly.scoring import score_rows
+    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_OFF_GRID, score_rows
 
     ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
     in_range = np.flatnonzero((ds >= first) & (ds < last + DAY))
     rows = frame.iloc[in_range]
     row_series = _row_series(rows, panel)
+    _check_id_kinds(lookup.index.to_series(), panel, md)
     cluster_names, cluster_of, _ = lookup.lookup(panel)
     clusterer = md.load_json(CLUSTERER) if (cluster_of < 0).any() and md.has(CLUSTERER) else None
     cluster_of = _assign_unknown(config, clusterer, panel, cluster_of, cluster_names, first)
@@ -1433,6 +1439,9 @@ def _score_frame(
         threshold=config.score.threshold, batch_size=config.score.batch_size, device=device,
         unknown=cluster_of < 0,
     )
+    # a series with a single point has no step, so score_rows sees it as off its grid: it is short
+    one_point = np.isnat(panel.step)[row_series] & (res.status == STATUS_OFF_GRID)
+    res.status[one_point] = STATUS_INSUFFICIENT
     cluster_col = np.asarray(cluster_names + [None], dtype=object)[
         np.where(cluster_of >= 0, cluster_of, len(cluster_names))[row_series]
     ]

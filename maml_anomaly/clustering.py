@@ -29,7 +29,7 @@ FORMAT_VERSION = 1
 MAX_BINS = 48          # long cycles are compared on at most this many phase bins
 SPLIT_GAIN = 0.2       # an extra sub-cluster must cut the remaining inertia by 20%
 MIN_OWN_CLUSTER = 5    # a small period group keeps its own cluster from this many series
-FIT_SAMPLE = 20_000    # rows used to choose k and fit k-means in one period group
+FIT_SAMPLE = 10_000    # rows used to choose k and fit k-means in one period group
 
 
 def step_tag(step_seconds: float) -> str:
@@ -247,7 +247,8 @@ def assign_clusters(state: dict, matrix: np.ndarray, step_seconds: float, *, min
     found = detect_periods(matrix, step_seconds, max_period=max_period, min_strength=min_strength)
     names = model.predict(matrix, found.period)
     if g["prefix"]:
-        names = np.asarray([g["prefix"] + n for n in names], dtype=object)
+        uniq, inverse = np.unique(names.astype(str), return_inverse=True)
+        names = np.asarray([g["prefix"] + n for n in uniq], dtype=object)[inverse]
     return found.period, names
 
 
@@ -257,7 +258,7 @@ def _nearest(prof: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return d.argmin(1)
 
 
-def _kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 3, max_iter: int = 50
+def _kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 2, max_iter: int = 30
             ) -> tuple[np.ndarray, float]:
     """Lloyd's k-means with k-means++ seeding, best of n_init; numpy only, deterministic.
 

@@ -363,6 +363,10 @@ def _parse_strings(arr: pa.Array, name: str) -> np.ndarray:
             f"column {name!r} has {arr.null_count:,} null timestamps. Expected every row to have "
             "a timestamp; drop those rows."
         )
+    try:  # fast path: naive ISO 8601 strings, parsed by arrow
+        return arr.cast(pa.timestamp("ns")).view(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass  # offsets, "Z" or bad values: pandas parses the former and names the latter
     text = pd.Series(arr.to_numpy(zero_copy_only=False), dtype=object)
     parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
     bad = parsed.isna().to_numpy()
@@ -385,9 +389,15 @@ def _values(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
     if pa.types.is_null(typ):
         return np.full(len(arr), np.nan), 0
     if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ)):
-        sample = pc.unique(arr.drop_null()).slice(0, 200).to_pylist()
+        textual = pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
+        sample = pc.unique(arr.drop_null()).slice(0, 200).to_pylist() if textual else []
         bad = [v for v in sample if not _is_number(v)][:5]
-        found = f"values such as {', '.join(repr(v) for v in bad)}" if bad else "numbers stored as text"
+        if not textual:
+            found = "values that are not numbers"
+        elif bad:
+            found = f"values such as {', '.join(repr(v) for v in bad)}"
+        else:
+            found = "numbers stored as text"
         raise InputError(
             f"column {name!r} has type {typ}, with {found}. Expected numeric values (integer or "
             "float; null or NaN for a missing value); cast the column to float, or name another "

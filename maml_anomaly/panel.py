@@ -110,6 +110,19 @@ class Panel:
         off = self.off_grid[self.off_grid["ds"].to_numpy() < ts].reset_index(drop=True)
         return Panel(self.ids, indptr, self.values[take], self.start, self.step, off)
 
+    def take(self, series: np.ndarray | slice) -> Panel:
+        """The sub-panel of the given series (positions or a slice), e.g. one streaming batch."""
+        rows = np.arange(self.n_series)[series]  # (B,)
+        lengths = self.lengths[rows]
+        indptr = np.zeros(rows.shape[0] + 1, np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        values = self.values[_ranges(self.indptr[rows], lengths)]
+        new_pos = np.full(self.n_series, -1, np.int64)
+        new_pos[rows] = np.arange(rows.shape[0])
+        off = self.off_grid[new_pos[self.off_grid["series"].to_numpy()] >= 0].copy()
+        off["series"] = new_pos[off["series"].to_numpy()]
+        return Panel(self.ids[rows], indptr, values, self.start[rows], self.step[rows], off.reset_index(drop=True))
+
     # -- building -----------------------------------------------------------------------------
 
     @classmethod
@@ -137,6 +150,7 @@ class Panel:
             raise ValueError("every id must own at least one row")
         count = np.diff(np.r_[first, n_rows])  # (S,)
         step = _mode_step(codes, t, first, count)  # (S,) int64 ns, 0 for one-point series
+        step = _widen_tiny_steps(codes, t, first, count, step)
         on, start = _anchor(codes, t, first, step)  # (N,) on-grid rows, (S,) start ns
         safe_step = np.where(step > 0, step, 1)
         gidx = (t - start[codes]) // safe_step[codes]  # (N,) grid index (valid where on)
@@ -188,6 +202,30 @@ def _mode_step(codes: np.ndarray, t: np.ndarray, first: np.ndarray, count: np.nd
         is_irregular[irregular] = True
         keep = same & is_irregular[codes[1:]]
         step[irregular] = _mode_per_code(codes[1:][keep], d[keep], n_series)[irregular]
+    return step
+
+
+def _widen_tiny_steps(
+    codes: np.ndarray, t: np.ndarray, first: np.ndarray, count: np.ndarray, step: np.ndarray
+) -> np.ndarray:
+    """Widen a mode step that would blow a series' grid up (say two rows a nanosecond apart in
+    a yearly series): use the series' smallest difference that keeps its grid within bounds."""
+    span = t[first + count - 1] - t[first]  # (S,)
+    bound = _MAX_GRID_BLOWUP * count + 1000  # (S,) grid points allowed per series
+    grid_len = span // np.where(step > 0, step, 1) + 1  # (S,)
+    odd = np.flatnonzero((step > 0) & (grid_len > bound))
+    if odd.shape[0] == 0:
+        return step
+    is_odd = np.zeros(first.shape[0], bool)
+    is_odd[odd] = True
+    d = np.diff(t)  # (N-1,)
+    keep = (codes[1:] == codes[:-1]) & is_odd[codes[1:]]  # rows sorted: c is sorted too
+    c, v = codes[1:][keep], d[keep]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    wide_enough = v >= -(-span[c] // (bound[c] - 1))  # differences that bound the grid
+    smallest_ok = np.minimum.reduceat(np.where(wide_enough, v, _INT64_MAX), starts)
+    step = step.copy()
+    step[c[starts]] = np.where(smallest_ok < _INT64_MAX, smallest_ok, np.maximum.reduceat(v, starts))
     return step
 
 

@@ -1,23 +1,24 @@
 """Dominant period per series, vectorised over series.
 
 The matrix holds one series per row on a shared step (``Panel.tail_matrix``): NaN is a missing
-value and shorter series are left-padded with NaN. Every stage works on blocks of rows at once:
+value and shorter series are left-padded with NaN. Every stage works on blocks of rows at once
+(the only Python loops run over candidate periods, never over series):
 
-1. robust standardisation: linear detrend, robust z (median / MAD), clip outliers, detrend again;
-2. mask-aware autocorrelation by FFT (values with zeros at the gaps, divided by the FFT of the
-   mask), which gives free candidate periods (ACF peaks ranked by a lower confidence bound);
+1. robust standardisation: linear detrend, robust z (median / quartiles), clip outliers;
+2. mask-aware autocorrelation by FFT (values with zeros at the gaps, divided by the FFT
+   autocorrelation of the mask): its peaks are the free candidate periods;
 3. calendar candidates for the step (hourly 24 and 168, daily 7, 5-minute 288 and 2016, ...);
    free peaks a step or two off a calendar period are snapped onto it;
-4. each candidate p is scored by folding the series by p: a two-way fit (cycle level + phase
-   profile) gives a seasonal strength (adjusted R^2 of the phase profile, in [0, 1]) and an
-   F test of the profile against the remainder;
-5. the strongest significant candidate wins, then harmonics are resolved: the smallest divisor
-   candidate that explains about as much is the real period (a 12-hour cycle also folds cleanly
-   at 24 and 168, so those multiples lose to it), and a multiple only wins when it explains
-   clearly more (a weekly profile beats its daily part).
+4. each candidate p is scored by folding the series by p (level per cycle + profile per phase):
+   adjusted share of variance explained (the reported strength), leave-one-out share (each
+   point predicted from the other cycles) and an F test, which gate it;
+5. the best leave-one-out candidate wins, then harmonics are resolved: a divisor (p/2, p/3,
+   p/4) that predicts about as well, or that p does not significantly beat (nested F test),
+   is the real period; a multiple wins only when it explains clearly more and passes that
+   nested test (a weekly profile over its daily part).
 
-A period needs ``min_cycles`` (2) full cycles within the observed span. Series with no
-significant cycle get period 0.
+A period needs ``MIN_CYCLES`` (2) full cycles within the observed span. Series with no
+significant cycle get period 0. docs/periods.md has the figures.
 """
 
 from __future__ import annotations
@@ -155,11 +156,18 @@ def _passes(cands: np.ndarray, stats: np.ndarray, min_strength: float, alpha) ->
 def _standardise(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Detrended, outlier-clipped, unit-variance rows (float32, 0 at gaps); ok = usable row."""
     n = mask.sum(1)                                         # (C,)
-    y = _detrend(np.where(mask, x, 0.0), mask, n).astype(np.float32)   # (C, T)
+    y = np.where(mask, x, 0.0)                              # (C, T)
+    # a series flat most of the time (counts of rare events, a constant with a spike) is not
+    # detrended: a line fitted through it leaves a ramp that every fold would call a cycle
+    both = mask[:, 1:] & mask[:, :-1]
+    flat = ((x[:, 1:] == x[:, :-1]) & both).sum(1) * 2 >= np.maximum(both.sum(1), 1)
+    mean = y.sum(1) / np.maximum(n, 1)
+    y = np.where(flat[:, None], (y - mean[:, None]) * mask, _detrend(y, mask, n)).astype(np.float32)
     med, q1, q3 = _masked_quantiles(y, mask, n)             # (C,) each, one sort
     scale = (q3 - q1) / 1.349                               # robust sd around the trend
+    mad = 1.2533 * (np.abs(y - med[:, None]) * mask).sum(1) / np.maximum(n, 1)
     std = np.sqrt((y * y).sum(1) / np.maximum(n, 1))
-    scale = np.where(scale > 1e-6 * std, scale, std)
+    scale = np.where(scale > 1e-6 * std, scale, np.where(mad > 1e-6 * std, mad, std))
     ok = (n >= 2 * MIN_CYCLES + 2) & (scale > 0) & np.isfinite(scale)
     scale = np.where(ok, scale, 1.0).astype(np.float32)
     y = np.clip((y - med[:, None]) / scale[:, None], -CLIP_Z, CLIP_Z)
@@ -359,8 +367,9 @@ def _nested_pvals(z: np.ndarray, mask: np.ndarray, cands: np.ndarray, stats: np.
             chi = (ph_n[i] * dev * dev).sum(1)
             df1 = (ph_n[i] > 0).sum(1) - (w_d > 0).sum(1)
             dfr = st[i, DFR]
-            ok = (df1 >= 1) & (dfr >= 1) & (sigma2[i] > 0)
-            f = chi / np.maximum(df1, 1) / np.maximum(sigma2[i], 1e-300)
+            ok = (df1 >= 1) & (dfr >= 1)
+            # rows are unit-variance: a residual variance under 1e-9 is a perfect fit
+            f = chi / np.maximum(df1, 1) / np.maximum(sigma2[i], 1e-9)
             pv = np.where(ok, fdtrc(np.maximum(df1, 1), np.maximum(dfr, 1), f), 1.0)
             out[d_rows[both], a_idx[i], d_slots[both]] = pv
     return out

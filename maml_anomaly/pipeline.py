@@ -154,9 +154,9 @@ def resolve_range(frame: pd.DataFrame, start: str | None, end: str | None) -> tu
     data_last = ds.max().astype("datetime64[D]").astype("datetime64[ns]")
     first = parse_day(start, "--start") if start else data_first
     last = parse_day(end, "--end") if end else data_last
-    if first > last:
+    if start and end and first > last:
         raise InputError(f"--start {start} is after --end {end}; give a start on or before the end.")
-    if not np.any((ds >= first) & (ds < last + DAY)):
+    if first > last or not np.any((ds >= first) & (ds < last + DAY)):
         raise InputError(
             f"the input has no data between {first.astype('datetime64[D]')} and "
             f"{last.astype('datetime64[D]')}; it covers {data_first.astype('datetime64[D]')} to "
@@ -229,14 +229,42 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
     """Detect each series' period, group the series and write clusters.parquet + manifest."""
     import time
 
-    from maml_anomaly.clustering import PeriodClusterer, step_tag
-    from maml_anomaly.periodicity import calendar_periods, detect_periods
+    from threadpoolctl import threadpool_limits
+
+    from maml_anomaly.clustering import step_tag
 
     md = ModelDir(model_dir)
     md.check_fresh(overwrite)
     data = load_input(config, input)
-    panel, cc = data.panel, config.clusters
+    panel, cc, window = data.panel, config.clusters, data.window
+    del data  # the long frame is not needed any more: free it before the matrices are built
     t0 = time.perf_counter()
+    with threadpool_limits(limits=config.runtime.threads, user_api="blas"):  # tiny matmuls
+        clusters, states, groups, too_short = _periods_and_clusters(panel, cc)
+    seconds = time.perf_counter() - t0
+    table = _cluster_table(clusters)
+    md.prepare(overwrite)
+    md.save_clusters(clusters)
+    md.save_json("clusterer", {"format_version": 1, "step_groups": states})
+    step_ns = clusters["step"].to_numpy().astype(np.int64)
+    summary = {
+        "series": int(panel.n_series),
+        "clusters": table,
+        "periodic": int((clusters["period"] > 0).sum()),
+        "aperiodic": int((clusters["period"] == 0).sum()),
+        "too_short": int(too_short.sum()),
+        "steps": [{"step": step_tag(s / 1e9), "series": int((step_ns == s).sum())} for s in groups],
+        "seconds": round(seconds, 2),
+    }
+    md.write_manifest(config, config.columns, window, extra={"fit_clusters": summary})
+    return _summary(_fit_clusters_text(summary, md.path), **summary)
+
+
+def _periods_and_clusters(panel: Panel, cc: Any) -> tuple[pd.DataFrame, list[dict[str, Any]], list[int], np.ndarray]:
+    """Per step group: tail matrix -> detect_periods -> PeriodClusterer; the clusters frame."""
+    from maml_anomaly.clustering import PeriodClusterer, step_tag
+    from maml_anomaly.periodicity import calendar_periods, detect_periods
+
     step_ns = np.where(np.isnat(panel.step), 0, panel.step.astype(np.int64))  # (S,) 0 = no step
     lengths = panel.lengths
     n_obs = _observed_per_series(panel)  # (S,)
@@ -267,7 +295,7 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
         ).fit(matrix, found.period)
         del matrix
         prefix = f"{step_tag(seconds)}-" if prefixed else ""
-        cluster[rows] = [prefix + c for c in model.labels_] if prefix else model.labels_
+        cluster[rows] = _prefixed(model.labels_, prefix)
         states.append({"step_seconds": seconds, "prefix": prefix, "clusterer": model.to_dict()})
     no_step = step_ns == 0  # a single point: no step, no period
     if no_step.any():
@@ -284,22 +312,15 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
             "n_obs": n_obs,
         }
     )
-    table = _cluster_table(clusters)
-    seconds = time.perf_counter() - t0
-    md.prepare(overwrite)
-    md.save_clusters(clusters)
-    md.save_json("clusterer", {"format_version": 1, "step_groups": states})
-    summary = {
-        "series": int(panel.n_series),
-        "clusters": table,
-        "periodic": int((period > 0).sum()),
-        "aperiodic": int((period == 0).sum()),
-        "too_short": int(too_short.sum()),
-        "steps": [{"step": step_tag(s / 1e9), "series": int((step_ns == s).sum())} for s in groups],
-        "seconds": round(seconds, 2),
-    }
-    md.write_manifest(config, config.columns, data.window, extra={"fit_clusters": summary})
-    return _summary(_fit_clusters_text(summary, md.path), **summary)
+    return clusters, states, groups, too_short
+
+
+def _prefixed(labels: np.ndarray, prefix: str) -> np.ndarray:
+    """Cluster names with a step prefix (one string per cluster, not per series)."""
+    if not prefix:
+        return labels
+    names, inverse = np.unique(labels.astype(str), return_inverse=True)
+    return np.asarray([prefix + n for n in names], dtype=object)[inverse]
 
 
 def _observed_per_series(panel: Panel) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy.special import ndtr, ndtri
 
-from maml_anomaly.maml import adapt, expand_params, predict
+from maml_anomaly.maml import adapt_tasks, expand_params, predict
 from maml_anomaly.model import Forecaster
 from maml_anomaly.tasks import MAD_TO_SD, LagSpec, Tasks, gather_windows, make_windows, nan_median_rows, window_width
 
@@ -193,9 +193,9 @@ def adapt_and_forecast(
     base = {k: v.detach().to(dev) for k, v in params.items()}
     lrs = None if inner_lrs is None else _detach(inner_lrs, dev)
     with torch.no_grad():  # adapt still takes its inner gradients; no graph is kept
-        task_params = adapt(
-            model, base, x_s, y_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs, weight=w_s,
-            first_order=True, loss_fn=huber_loss,
+        task_params = adapt_tasks(
+            model, per_task(base, x_s.shape[0]), x_s, y_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs,
+            weight=w_s, first_order=True, loss_fn=huber_loss,
         )
         pred_q = predict(model, task_params, x_q)[..., 0]  # (B, Q)
         pred_s = predict(model, task_params, x_s)[..., 0]  # (B, K)
@@ -217,6 +217,16 @@ def adapt_and_forecast(
     scale = nan_median_rows(resid) * MAD_TO_SD
     query = pred_q.double().cpu().numpy() + tasks.base_query  # (B, Q) correction + seasonal naive
     return Forecasts(query=query, resid_scale=scale)
+
+
+def per_task(params: dict[str, torch.Tensor], n_tasks: int) -> dict[str, torch.Tensor]:
+    """n_tasks real copies of shared weights, each (n_tasks, ...); differentiable (grads sum back).
+
+    Not ``maml.expand_params``: the model treats a stride-0 expanded view as one shared weight
+    (a faster first step), and autograd through that view sends every task's gradient of a loss
+    other than masked_mse to task 0 only, which mixes tasks and makes results depend on the batch.
+    """
+    return {k: v.expand(n_tasks, *v.shape).clone() for k, v in params.items()}
 
 
 def huber_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, delta: float = 1.0) -> torch.Tensor:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from maml_anomaly.maml import meta_loss, predict
+from maml_anomaly.maml import predict, task_query_losses
 from maml_anomaly.model import Forecaster, init_params
 from maml_anomaly.scoring import (
     ClusterModel,
@@ -26,6 +26,7 @@ from maml_anomaly.scoring import (
     fit_calibration,
     huber_loss,
     normalised_residuals,
+    per_task,
 )
 from maml_anomaly.tasks import LagSpec, Tasks, gather_windows, make_windows, sample_window_starts, window_width
 
@@ -161,11 +162,11 @@ def train_cluster(
     for it in range(1, settings.iterations + 1):
         t = sample(train_rows, settings.meta_batch_size)
         x_s, y_s, w_s, x_q, y_q, w_q = _tensors(t)
-        loss = meta_loss(
-            model, params, x_s, y_s, x_q, y_q, steps=settings.inner_steps, lr=settings.inner_lr,
-            inner_lrs=lrs, weight_support=w_s, weight_query=w_q, first_order=settings.first_order,
-            loss_fn=huber_loss,
-        )
+        loss = task_query_losses(  # = maml.meta_loss, on real per-task copies (see scoring.per_task)
+            model, per_task(params, x_s.shape[0]), x_s, y_s, x_q, y_q, steps=settings.inner_steps,
+            lr=settings.inner_lr, inner_lrs=lrs, weight_support=w_s, weight_query=w_q,
+            first_order=settings.first_order, loss_fn=huber_loss,
+        ).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 10.0)  # one wild window must not wreck the init

@@ -253,3 +253,34 @@ def test_docs_mention_every_command_and_option():
             for opt in [*param.opts, *param.secondary_opts]:
                 if opt.startswith("--"):
                     assert re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", docs), (path, opt)
+
+
+def test_backtest_range_and_output_errors(runner, tmp_path, long_parquet):
+    model = _model_dir(tmp_path / "model")
+    out = tmp_path / "bt.parquet"
+    base = ["backtest", "-i", long_parquet, "-m", model, "-o", out]
+    _assert_clean_failure(_invoke(runner, [*base, "--start", "2024-01-03", "--end", "2024-01-01"]), "after --end")
+    _assert_clean_failure(_invoke(runner, [*base, "--start", "2031-01-01"]), "no data between")
+    _assert_clean_failure(_invoke(runner, [*base, "--end", "tomorrow"]), "YYYY-MM-DD")
+    assert not out.exists()
+    result = _invoke(runner, ["backtest", "-i", long_parquet, "-m", model, "-o", tmp_path])
+    _assert_clean_failure(result, "is a directory")
+
+
+def test_evaluate_checks_its_files(runner, tmp_path, long_parquet):
+    scores = tmp_path / "scores.parquet"
+    from maml_anomaly.io import empty_scores_frame
+
+    empty_scores_frame().to_parquet(scores, index=False)
+    labels = tmp_path / "labels.parquet"
+    pd.DataFrame({"series": ["a"], "when": [pd.Timestamp("2024-01-01")]}).to_parquet(labels, index=False)
+    _assert_clean_failure(_invoke(runner, ["evaluate", "--scores", scores, "--labels", labels]), "(unique_id, ds)")
+    _assert_clean_failure(_invoke(runner, ["evaluate", "--scores", long_parquet, "--labels", labels]), "y_hat")
+    _assert_clean_failure(_invoke(runner, ["evaluate", "--scores", tmp_path / "no.parquet", "--labels", labels]), "does not exist")
+
+
+def test_demo_refuses_a_non_empty_workdir(runner, tmp_path):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "keep.txt").write_text("x")
+    _assert_clean_failure(_invoke(runner, ["demo", "--workdir", tmp_path / "w"]), "--overwrite")
+    assert (tmp_path / "w" / "keep.txt").read_text() == "x"

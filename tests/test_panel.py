@@ -76,8 +76,18 @@ def test_step_is_the_mode_of_differences():
     assert p.lengths.tolist() == [6, 6]
 
 
-def test_absurd_grid_is_refused_with_a_message():
-    # two points 1 ns apart and one a year later: the step mode would be 1 ns
+def test_a_tiny_mode_step_is_widened_to_bound_the_grid():
+    # diffs 1 ns, one year, 3 ns: the mode (ties: smallest) would be 1 ns, a 3e16-point grid
+    p = _panel(["a", "b"], [0, 0, 0, 0, 1, 1], [0, 1, 365 * D, 365 * D + 3, 0, H])
+    assert p.step_seconds[0] == 365 * 86400 and p.lengths.tolist() == [2, 2]
+    assert p.step_seconds[1] == 3600.0
+    assert p.lengths.sum() - np.isnan(p.values).sum() + len(p.off_grid) == 6  # no row lost
+
+
+def test_absurd_grid_is_refused_with_a_message(monkeypatch):
+    import maml_anomaly.panel as panel_module
+
+    monkeypatch.setattr(panel_module, "_widen_tiny_steps", lambda codes, t, first, count, step: step)
     with pytest.raises(InputError, match="regular"):
         _panel(["a"], [0, 0, 0, 0], [0, 1, 365 * D, 365 * D + 3])
 
@@ -94,3 +104,13 @@ def test_snap_tolerance_moves_drifting_rows_to_free_grid_points():
     assert snapped.off_grid["y"].tolist() == [4.0]  # 39 min lost to the exact 40-minute row
     tight = Panel.from_sorted(np.array(["a"], dtype=object), np.zeros(7, np.int64), np.array(ds), np.arange(7.0), 0.05)
     assert tight.snapped == 0
+
+
+def test_take_selects_series_and_their_off_grid_rows():
+    p = _panel(["a", "b", "c"], [0, 0, 1, 1, 1, 1, 2], [0, H, 0, D, 2 * D, 2 * D + 5, 0])
+    sub = p.take(np.array([2, 1]))
+    assert list(sub.ids) == ["c", "b"]
+    np.testing.assert_array_equal(sub.values, [6, 2, 3, 4])
+    assert sub.lengths.tolist() == [1, 3]
+    assert sub.off_grid["series"].tolist() == [1] and sub.off_grid["y"].tolist() == [5.0]
+    assert p.take(slice(0, 1)).values.tolist() == [0, 1]

@@ -107,3 +107,17 @@ def test_cycle_profiles_shape_and_bins():
     assert prof.shape == (3, 24)
     np.testing.assert_allclose(prof.std(1), 1.0, rtol=1e-4)
     assert cycle_profiles(x, 168, bins=48).shape == (3, 48)
+
+
+def test_flat_series_spikes_and_perfect_cycles():
+    t = np.arange(24 * 28)
+    spiky = np.zeros((3, t.size))                          # zero but for a busy hour, no noise
+    spiky[:, t % 24 == 9], spiky[:, t % 24 == 10] = 5.0, 3.0
+    assert (detect_periods(spiky, HOUR).period == 24).all()
+    const = np.ones((3, t.size))                           # a constant with one spike: no cycle
+    const[:, 100] = 1000.0
+    assert (detect_periods(const, HOUR).period == 0).all()
+    rng = np.random.default_rng(4)
+    rare = np.zeros((200, t.size))                         # rare random events: no cycle,
+    np.put_along_axis(rare, rng.integers(0, t.size, (200, 5)), 7.0, 1)
+    assert (detect_periods(rare, HOUR).period > 0).mean() <= 0.05   # but for coincidences

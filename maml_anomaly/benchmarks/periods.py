@@ -289,8 +289,9 @@ def write_history(path: str, n_series: int, n_points: int, freq: str, seed: int 
     writer = None
     rows = 0
     ids = np.char.add("series_", np.char.zfill(np.arange(n_series).astype(str), 7))
-    for lo in range(0, n_series, 100_000):                               # bounded memory
-        hi = min(n_series, lo + 100_000)
+    chunk = max(1, 5_000_000 // n_points)                                # ~5 M rows at a time
+    for lo in range(0, n_series, chunk):
+        hi = min(n_series, lo + chunk)
         codes = np.repeat(np.arange(lo, hi), n_points)                   # (N,)
         j = np.tile(np.arange(n_points), hi - lo)                        # (N,) grid index
         amp = np.where(rng.uniform(size=hi - lo) < 0.5, rng.uniform(0.5, 3, hi - lo), 0.0)
@@ -298,7 +299,8 @@ def write_history(path: str, n_series: int, n_points: int, freq: str, seed: int 
         y = amp[codes - lo] * np.sin(2 * np.pi * j / period + phase[codes - lo]) + rng.normal(size=j.size)
         keep = rng.uniform(size=j.size) > 0.02
         ds = np.datetime64("2024-01-01", "ns") + (j[keep] * step * 1e9).astype("m8[ns]")
-        table = pa.table({"unique_id": pa.array(ids[codes[keep]]), "ds": pa.array(ds), "y": pa.array(y[keep])})
+        uid = pa.DictionaryArray.from_arrays(pa.array(codes[keep] - lo), pa.array(ids[lo:hi])).cast(pa.string())
+        table = pa.table({"unique_id": uid, "ds": pa.array(ds), "y": pa.array(y[keep])})
         if writer is None:
             writer = pq.ParquetWriter(path, table.schema)
         writer.write_table(table, row_group_size=1_000_000)

@@ -89,13 +89,13 @@ def _support_grads(
                 grads = manual({k: v.detach() for k, v in leaves.items()}, x, y, weight)
         return [grads[k] for k in leaves]
     with torch.enable_grad():
-        # Weights still shared by all tasks (an expanded view, stride 0) get a copy per task: the
-        # forward pass would otherwise take the shared one-GEMM path, whose gradient lands on
-        # task 0 alone (the sum over tasks) instead of on each task's own copy.
-        own = {k: v.contiguous() if v.dim() >= 1 and v.stride(0) == 0 and v.shape[0] > 1 else v for k, v in leaves.items()}
+        # Per-task copies of weights still shared across tasks (stride-0 views): the forward's
+        # shared-weight fast path reads task 0's slice of such a view, which would send every
+        # task's gradient to task 0 and none to the others.
+        leaves = {k: v.contiguous() if v.dim() and v.stride(0) == 0 else v for k, v in leaves.items()}
         # The loss summed over tasks: each task's weights get exactly that task's gradient.
-        loss = loss_fn(batched_forward_fn(model)(own, x), y, weight).sum()
-        return list(torch.autograd.grad(loss, list(own.values()), create_graph=create_graph))
+        loss = loss_fn(batched_forward_fn(model)(leaves, x), y, weight).sum()
+        return list(torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph))
 
 
 def sgd_step(

@@ -1162,6 +1162,17 @@ class ClusterIndex:
             max_step = int(np.nanmax(steps, initial=0.0) * 1e9) if np.isfinite(steps).any() else 0
         return cls(names, pd.Index(clusters["unique_id"].to_numpy()), code, clusters["period"].to_numpy(np.int64), max_step)
 
+    def subset(self, frame: pd.DataFrame) -> ClusterIndex:
+        """The entries of the series in ``frame`` only: what a worker needs for one batch."""
+        col = frame["unique_id"]
+        ids = col.cat.categories.to_numpy() if isinstance(col.dtype, pd.CategoricalDtype) else np.unique(col.to_numpy())
+        index = self.index
+        if (index.dtype.kind in "iu") != (np.asarray(ids).dtype.kind in "iu"):
+            ids, index = np.asarray(ids).astype(str).astype(object), index.astype(str)
+        pos = index.get_indexer(ids)
+        pos = pos[pos >= 0]
+        return ClusterIndex(self.names, self.index[pos], self.code[pos], self.period[pos], self.max_step_ns)
+
     def lookup(self, panel: Panel) -> tuple[list[str], np.ndarray, np.ndarray]:
         """As ``_series_clusters``: names, (S,) cluster index per panel series (-1 unknown), (S,) period."""
         pos = self.index.get_indexer(panel.ids)  # (S,) -1 where unseen (id kinds checked by _check_id_kinds)
@@ -1343,14 +1354,13 @@ def _worker_init(job: _ScoreJob) -> None:
     import torch
 
     torch.set_num_threads(job.config.runtime.threads)
-    md = ModelDir(job.model_dir)
-    names, models = _load_models(md)
-    _WORKER.update(job=job, names=names, models=models, lookup=ClusterIndex.load(md))
+    names, models = _load_models(ModelDir(job.model_dir))
+    _WORKER.update(job=job, names=names, models=models)
 
 
-def _worker_score(frame: pd.DataFrame):
+def _worker_score(frame: pd.DataFrame, lookup: ClusterIndex):
     w = _WORKER
-    return _score_one(w["job"], w["names"], w["models"], w["lookup"], frame)
+    return _score_one(w["job"], w["names"], w["models"], lookup, frame)
 
 
 def _worker_result(fut):
@@ -1387,7 +1397,8 @@ def _batch_scorer(job: _ScoreJob, names, models, lookup):
         pool.append(ex)
         pending: list[tuple[pd.DataFrame, Any]] = []
         for frame in itertools.chain(head, frames):
-            pending.append((frame, ex.submit(_worker_score, frame)))
+            # the batch's own cluster entries travel with it: workers never hold all 2M of them
+            pending.append((frame, ex.submit(_worker_score, frame, lookup.subset(frame))))
             while len(pending) > 2 * n_proc:
                 done, fut = pending.pop(0)
                 yield (done, *_worker_result(fut))

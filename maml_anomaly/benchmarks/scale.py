@@ -325,6 +325,7 @@ def run_scale_benchmark(
         results[step] = run_step(step, args, nice=nice)
         _rates(results[step], series)
         log("  " + _step_line(results[step]))
+        (run_dir / "partial.json").write_text(json.dumps(results, indent=1, default=str))  # long runs: keep what finished
         if not results[step]["ok"]:
             break
     log(f"running AutoETS on {autoets_series} series ...")

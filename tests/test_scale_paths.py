@@ -1,0 +1,85 @@
+"""The streamed scoring path gives the same scores whatever the batching; per-task inner gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from test_end_to_end import TINY, _invoke, _panel
+
+from maml_anomaly import pipeline
+from maml_anomaly.maml import adapt, adapt_tasks
+from maml_anomaly.model import Forecaster, init_params
+from maml_anomaly.scoring import huber_loss
+
+
+@pytest.fixture(scope="module")
+def trained_sorted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scale")
+    frame = _panel()
+    frame = frame[frame["unique_id"] != "late"].sort_values(["unique_id", "ds"]).reset_index(drop=True)
+    frame.to_parquet(root / "input.parquet", row_group_size=500)  # sorted by series, many row groups
+    (root / "tiny.toml").write_text(TINY)
+    for command in ("fit-clusters", "meta-train"):
+        result = _invoke(command, "--input", root / "input.parquet", "--model-dir", root / "model", "--config", root / "tiny.toml")
+        assert result.exit_code == 0, result.output
+    return root
+
+
+def _backtest(root, out):
+    result = _invoke("backtest", "--input", root / "input.parquet", "--model-dir", root / "model", "--output", out,
+                     "--start", "2026-01-10")
+    assert result.exit_code == 0, result.output
+    return pd.read_parquet(out)
+
+
+def test_scores_do_not_depend_on_the_batching(trained_sorted, monkeypatch):
+    root = trained_sorted
+    whole = _backtest(root, root / "whole.parquet")  # one batch
+    monkeypatch.setattr(pipeline, "STREAM_ROWS", 700)  # several batches of whole series, in this process
+    monkeypatch.setattr(pipeline, "score_processes", lambda config, device: 1)
+    batched = _backtest(root, root / "batched.parquet")
+    assert len(whole) == len(batched) > 0
+    pd.testing.assert_frame_equal(whole, batched)  # same values; the files differ only in row groups
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_scores(trained_sorted, monkeypatch):
+    root = trained_sorted
+    whole = _backtest(root, root / "whole.parquet")
+    monkeypatch.setattr(pipeline, "STREAM_ROWS", 700)
+    monkeypatch.setattr(pipeline, "score_processes", lambda config, device: 2)
+    pd.testing.assert_frame_equal(whole, _backtest(root, root / "pooled.parquet"))
+
+
+def test_history_window_covers_what_tasks_need(trained_sorted):
+    md = pipeline.open_trained(root := trained_sorted / "model")
+    _, models = pipeline._load_models(md)
+    span = pipeline.history_span(models, pipeline.ClusterIndex.load(md).max_step_ns)
+    hours = span / np.timedelta64(1, "h")
+    need = max(m.spec.max_lag + m.k_shot for m in models)  # hourly series: one point per hour
+    assert need < hours <= need + 24 + 2 * 24 + 1, (root, hours)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known maml-level issue (scoring and training avoid it since the detector adapts on per-task weight copies): with a loss other than masked_mse the first inner step takes "
+    "autograd through model._batched_linear's shared-weight fast path, which sends the summed gradient of all "
+    "tasks to task 0 and none to the others; the fix (a per-task copy of shared weights in "
+    "maml._support_grads' autograd branch) changes trained weights and scores, so it is the detector's call",
+)
+def test_inner_gradients_are_per_task_with_a_custom_loss():
+    """Weights still shared by all tasks must not send every task's gradient to task 0."""
+    torch.manual_seed(0)
+    model = Forecaster(5, (8, 8), 1)
+    params = init_params(model)
+    x, y, w = torch.randn(6, 10, 5), torch.randn(6, 10), torch.ones(6, 10)
+    with torch.no_grad():
+        shared = adapt(model, params, x, y, steps=2, lr=0.05, weight=w, first_order=True, loss_fn=huber_loss)
+        own = {k: v.expand(6, *v.shape).clone() for k, v in params.items()}
+        copied = adapt_tasks(model, own, x, y, steps=2, lr=0.05, weight=w, first_order=True, loss_fn=huber_loss)
+    for name in params:
+        torch.testing.assert_close(shared[name], copied[name])
+        assert not torch.equal(shared[name][1], params[name].expand_as(shared[name][1]))  # task 1 moved

@@ -63,13 +63,6 @@ def test_history_window_covers_what_tasks_need(trained_sorted):
     assert need < hours <= need + 24 + 2 * 24 + 1, (root, hours)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known maml-level issue (scoring and training avoid it since the detector adapts on per-task weight copies): with a loss other than masked_mse the first inner step takes "
-    "autograd through model._batched_linear's shared-weight fast path, which sends the summed gradient of all "
-    "tasks to task 0 and none to the others; the fix (a per-task copy of shared weights in "
-    "maml._support_grads' autograd branch) changes trained weights and scores, so it is the detector's call",
-)
 def test_inner_gradients_are_per_task_with_a_custom_loss():
     """Weights still shared by all tasks must not send every task's gradient to task 0."""
     torch.manual_seed(0)

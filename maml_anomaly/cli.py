@@ -101,7 +101,7 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace what a 
 DateOpt = Annotated[Optional[str], typer.Option("--date", help="Day to score, YYYY-MM-DD (default: the last day in the input).")]
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Scores parquet to write (atomically; replaced on rerun).")]
 ThresholdOpt = Annotated[
-    Optional[float], typer.Option("--threshold", min=0.0, help="Flag points whose score is at or above this (default: 4.0).")
+    Optional[float], typer.Option("--threshold", min=0.0, help="Flag points whose score is at or above this (default: 3.0).")
 ]
 MaxFailedOpt = Annotated[
     Optional[float],

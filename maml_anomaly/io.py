@@ -361,6 +361,10 @@ def _parse_strings(arr: pa.Array, name: str) -> np.ndarray:
             f"column {name!r} has {arr.null_count:,} null timestamps. Expected every row to have "
             "a timestamp; drop those rows."
         )
+    try:  # fast path: naive ISO 8601 strings, parsed by arrow
+        return arr.cast(pa.timestamp("ns")).view(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass  # offsets, "Z" or bad values: pandas parses the former and names the latter
     text = pd.Series(arr.to_numpy(zero_copy_only=False), dtype=object)
     parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
     bad = parsed.isna().to_numpy()

@@ -337,22 +337,133 @@ def _fit_clusters_text(summary: dict[str, Any], path: Path, max_rows: int = 15) 
 
 # -- meta-train (compute: issue #5) ---------------------------------------------------------------
 
+DETECTOR = "detector.json"  # cluster -> weights file and what scoring needs to rebuild the model
+TRAINING_REPORT = "training_report.json"
+DETECTOR_FORMAT = 1
+
 
 def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
     """Meta-train one forecaster per cluster; write weights and the training report."""
+    import time
+
+    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step, window_width
+    from maml_anomaly.training import train_cluster
+
     md = open_trained(model_dir)
-    md.guard_overwrite(_weight_files(md), overwrite)
+    md.guard_overwrite(_weight_files(md) + [n for n in (DETECTOR, TRAINING_REPORT) if md.has(n)], overwrite)
     setup_torch(config)
     data = load_input(config, input)
-    del data
-    raise _not_implemented("meta-train", 5)
+    panel = data.panel
+    names, cluster_of, period_of = _series_clusters(md, panel)
+    settings = _train_settings(config)
+    started = time.perf_counter()
+    index: dict[str, Any] = {}
+    reports: dict[str, Any] = {}
+    with progress("meta-training", len(names)) as advance:
+        for i, name in enumerate(names):
+            rows = np.flatnonzero(cluster_of == i)  # panel positions of the cluster's series
+            period = int(pd.Series(period_of[rows]).mode().iloc[0])
+            steps = panel.step_seconds[rows]
+            step = float(pd.Series(steps[np.isfinite(steps)]).mode().iloc[0]) if np.isfinite(steps).any() else np.nan
+            query_len = query_len_for_step(step)
+            spec = choose_lag_spec(period, panel.lengths[rows], settings.k_shot, query_len)
+            log.info("cluster %s: %d series, period %d, lags %s, query %d", name, rows.size, period, spec.lags, query_len)
+            model = train_cluster(
+                panel.values, panel.indptr, rows, spec, query_len, settings,
+                log=lambda msg, name=name: log.debug("cluster %s: %s", name, msg),
+            )
+            advance(1)
+            if model is None:
+                reports[name] = {"skipped": "no series is long enough for one task window", "n_series": int(rows.size),
+                                 "window": window_width(spec, settings.k_shot, query_len)}
+                log.warning("cluster %s: skipped, no series holds a full task window", name)
+                continue
+            file = f"cluster-{i:04d}.safetensors"
+            tensors = dict(model.params)
+            tensors.update({f"inner_lr/{k}": v for k, v in (model.inner_lrs or {}).items()})
+            md.save_weights(file, tensors, {"cluster": name})
+            index[name] = {"weights": file, **model.metadata()}
+            reports[name] = model.report
+            errs = model.report["query_errors"]
+            log.info(
+                "cluster %s: adapted query mse %.4f (no adaptation %.4f, scratch %.4f, transfer %.4f, seasonal naive %.4f)",
+                name, errs["maml_adapted"]["mse"], errs["maml_no_adaptation"]["mse"], errs["scratch_same_steps"]["mse"],
+                errs["transfer_finetuned"]["mse"], errs["seasonal_naive"]["mse"],
+            )
+    md.save_json(DETECTOR, {"format": DETECTOR_FORMAT, "clusters": index})
+    md.save_json(TRAINING_REPORT, reports)
+    extra = dict(md.read_manifest().get("extra", {}))
+    extra["meta_train"] = {"clusters": len(names), "trained": len(index), "seconds": round(time.perf_counter() - started, 2)}
+    md.write_manifest(config, config.columns, data.window, extra=extra)
+    helped = sum(bool(r.get("adaptation_helps")) for r in reports.values())
+    return _summary(
+        f"meta-trained {len(index)} of {len(names)} clusters in {time.perf_counter() - started:.1f} s; "
+        f"adaptation beat no adaptation and training from scratch in {helped}; report: {md.path / TRAINING_REPORT}",
+        clusters=len(names),
+        trained=len(index),
+        adaptation_helps=helped,
+        seconds=round(time.perf_counter() - started, 2),
+        report=str(md.path / TRAINING_REPORT),
+        query_errors={name: r.get("query_errors") for name, r in reports.items()},
+    )
 
 
 def _weight_files(md: ModelDir) -> list[str]:
     return sorted(p.name for p in md.path.glob("*.safetensors"))
 
 
-# -- daily-score (compute: issue #5) --------------------------------------------------------------
+def _train_settings(config: Config):
+    from maml_anomaly.training import TrainSettings
+
+    t = config.train
+    return TrainSettings(
+        k_shot=t.k_shot, inner_steps=t.inner_steps, inner_lr=t.inner_lr, learn_inner_lr=t.learn_inner_lr,
+        meta_batch_size=t.meta_batch_size, meta_lr=t.meta_lr, iterations=t.iterations, first_order=t.first_order,
+        seed=t.seed, hidden=tuple(t.hidden), time_budget_s=t.time_budget_s,
+    )
+
+
+def _series_clusters(md: ModelDir, panel: Panel) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Cluster names (sorted) and, per panel series, its cluster index (-1 unknown) and period."""
+    clusters = md.load_clusters()
+    names = sorted(clusters["cluster"].astype(str).unique().tolist())
+    pos = panel.positions(clusters["unique_id"].to_numpy())  # (C,) panel position of each row
+    known = pos >= 0
+    code = pd.Categorical(clusters["cluster"].astype(str), categories=names).codes.astype(np.int64)
+    cluster_of = np.full(panel.n_series, -1, np.int64)
+    cluster_of[pos[known]] = code[known]
+    period_of = np.zeros(panel.n_series, np.int64)
+    period_of[pos[known]] = clusters["period"].to_numpy(np.int64)[known]
+    return names, cluster_of, period_of
+
+
+def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
+    """Cluster names and their ClusterModels, as meta-train wrote them."""
+    from maml_anomaly.scoring import ClusterModel
+
+    if not md.has(DETECTOR):
+        raise ModelDirError(
+            f"model directory {md.path} has no trained forecasters ({DETECTOR} is missing). "
+            "Run meta-train with this --model-dir first."
+        )
+    index = md.load_json(DETECTOR)
+    if index.get("format") != DETECTOR_FORMAT:
+        raise ModelDirError(
+            f"{md.path / DETECTOR} has format {index.get('format')!r}; this version reads format "
+            f"{DETECTOR_FORMAT}. Re-run meta-train with --overwrite."
+        )
+    names, models = [], []
+    for name in sorted(index["clusters"]):
+        meta = index["clusters"][name]
+        tensors, _ = md.load_weights(meta["weights"])
+        params = {k: v for k, v in tensors.items() if not k.startswith("inner_lr/")}
+        lrs = {k[len("inner_lr/"):]: v for k, v in tensors.items() if k.startswith("inner_lr/")} or None
+        names.append(name)
+        models.append(ClusterModel.from_metadata(meta, params, inner_lrs=lrs))
+    return names, models
+
+
+# -- daily-score and backtest (compute: issue #5) -------------------------------------------------
 
 
 def daily_score(
@@ -363,32 +474,191 @@ def daily_score(
         parse_day(date, "--date")
     check_output(output)
     md = open_trained(model_dir)
-    setup_torch(config)
+    device = setup_torch(config)
     data = load_input(config, input)
     day = resolve_day(data.frame, date)
     log.info("scoring %s", day.astype("datetime64[D]"))
-    del md
-    raise _not_implemented("daily-score", 5)
-
-
-# -- backtest (compute: issue #5) -----------------------------------------------------------------
+    return _score_days(config, md, data, day, day, output, device)
 
 
 def backtest(
     *, config: Config, input: Path, model_dir: Path, output: Path, start: str | None = None, end: str | None = None
 ) -> dict[str, Any]:
-    """daily-score for every day of [start, end], batched, one output."""
+    """daily-score for every day of [start, end], batched across days and series, one output."""
     for value, option in ((start, "--start"), (end, "--end")):
         if value is not None:
             parse_day(value, option)
     check_output(output)
     md = open_trained(model_dir)
-    setup_torch(config)
+    device = setup_torch(config)
     data = load_input(config, input)
     first, last = resolve_range(data.frame, start, end)
     log.info("backtest %s to %s", first.astype("datetime64[D]"), last.astype("datetime64[D]"))
-    del md
-    raise _not_implemented("backtest", 5)
+    return _score_days(config, md, data, first, last, output, device)
+
+
+def _score_days(
+    config: Config, md: ModelDir, data: LoadedInput, first: np.datetime64, last: np.datetime64, output: Path, device: str
+) -> dict[str, Any]:
+    """Score every input row of the days [first, last]: one task per (series, day), batched."""
+    import time
+
+    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_OK, STATUS_UNKNOWN, score_rows
+
+    started = time.perf_counter()
+    names, models = _load_models(md)
+    frame, panel = data.frame, data.panel
+    end = last + DAY
+    ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
+    if ds.max() >= end:  # data after the scored days must not change anything: rebuild without it
+        frame = frame[ds < end]
+        panel, _ = build_panel(frame)
+        ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
+    in_range = np.flatnonzero(ds >= first)
+    rows = frame.iloc[in_range]
+    row_series = _row_series(rows, panel)
+    cluster_names, cluster_of, _ = _series_clusters(md, panel)
+    cluster_of = _assign_unknown(config, md, panel, cluster_of, cluster_names, first)
+    model_index = {name: i for i, name in enumerate(names)}
+    series_model = np.array(
+        [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
+    )[np.where(cluster_of >= 0, cluster_of, len(cluster_names))]  # (S,) model per series, -1 none
+    still_unknown = cluster_of < 0
+    res = score_rows(
+        models, panel.values, panel.indptr, panel.start.view(np.int64), panel.step.view(np.int64), series_model,
+        row_series, ds[in_range].view(np.int64), rows["y"].to_numpy(np.float64, na_value=np.nan),
+        threshold=config.score.threshold, batch_size=config.score.batch_size, device=device,
+        unknown=still_unknown,
+    )
+    cluster_col = np.asarray(cluster_names + [None], dtype=object)[
+        np.where(cluster_of >= 0, cluster_of, len(cluster_names))[row_series]
+    ]
+    y = rows["y"].to_numpy(np.float64, na_value=np.nan)
+    out = pd.DataFrame(
+        {
+            "unique_id": _plain_ids(rows["unique_id"]),
+            "ds": ds[in_range],
+            "y": np.where(np.isfinite(y), y, np.nan),
+            "y_hat": res.y_hat,
+            "lower": res.lower,
+            "upper": res.upper,
+            "score": res.score,
+            "is_anomaly": res.is_anomaly,
+            "cluster": cluster_col,
+            "status": res.status,
+            "p_value": res.p_value,
+        }
+    )
+    counts = {k: int(v) for k, v in pd.Series(res.status).value_counts().sort_index().items()}
+    failed_rows = np.isin(res.status, [STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL])
+    n_series, n_failed = np.unique(row_series).size, np.unique(row_series[failed_rows]).size
+    if n_series and n_failed / n_series > config.score.max_failed_fraction:
+        raise MamlAnomalyError(
+            f"{n_failed:,} of {n_series:,} series could not be scored ({counts} points), more than "
+            f"--max-failed-fraction {config.score.max_failed_fraction}; nothing was written. Check that "
+            "the input holds enough history before the scored day(s) and that meta-train ran on these series."
+        )
+    write_parquet_atomic(_scores_table(out), output)
+    n_flags = int(res.is_anomaly.sum())
+    seconds = time.perf_counter() - started
+    days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
+    return _summary(
+        f"scored {len(out):,} points of {int(np.unique(row_series).size):,} series on {days}: "
+        f"{n_flags:,} anomalies; {counts.get(STATUS_OK, 0):,} ok, "
+        f"{len(out) - counts.get(STATUS_OK, 0):,} not scored ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != STATUS_OK) or 'none'}); "
+        f"wrote {output} in {seconds:.1f} s",
+        output=str(output),
+        first_day=str(first.astype("datetime64[D]")),
+        last_day=str(last.astype("datetime64[D]")),
+        points=len(out),
+        series=int(np.unique(row_series).size),
+        anomalies=n_flags,
+        statuses=counts,
+        threshold=config.score.threshold,
+        seconds=round(seconds, 2),
+    )
+
+
+def _row_series(rows: pd.DataFrame, panel: Panel) -> np.ndarray:
+    """(N,) panel position of every row's series (looked up once per id, not per row)."""
+    col = rows["unique_id"]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = col.cat.categories.to_numpy()
+        cats = cats.astype(np.int64) if cats.dtype.kind in "iu" else cats.astype(object)
+        return panel.positions(cats)[col.cat.codes.to_numpy()]
+    return panel.positions(col.to_numpy())
+
+
+def _plain_ids(col: pd.Series) -> np.ndarray:
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = col.cat.categories.to_numpy()
+        return cats[col.cat.codes.to_numpy()]
+    return col.to_numpy()
+
+
+CLUSTERER = "clusterer.json"  # PeriodClusterer state written by fit-clusters
+ASSIGN_MIN_POINTS = 28  # observed points before the scored day an unseen series needs to get a cluster
+ASSIGN_WINDOW = 4096  # at most this many recent points feed its period detection
+ASSIGN_CHUNK = 10_000
+
+
+def _assign_unknown(
+    config: Config, md: ModelDir, panel: Panel, cluster_of: np.ndarray, names: list[str], first: np.datetime64
+) -> np.ndarray:
+    """Series fit-clusters never saw get a cluster from their own history before ``first``.
+
+    Per step group that fit-clusters knows (clusterer.json), their period is detected and that
+    group's PeriodClusterer predicts the cluster, batched in chunks. Series with fewer than
+    ASSIGN_MIN_POINTS observed points, or with a step fit-clusters never saw, stay unknown.
+    """
+    from maml_anomaly.tasks import gather_windows
+
+    unknown = np.flatnonzero(cluster_of < 0)
+    if unknown.size == 0 or not md.has(CLUSTERER):
+        return cluster_of
+    from maml_anomaly.clustering import PeriodClusterer
+    from maml_anomaly.periodicity import detect_periods
+
+    groups = {float(g["step_seconds"]): g for g in md.load_json(CLUSTERER).get("step_groups", [])}
+    code = {name: i for i, name in enumerate(names)}
+    out = cluster_of.copy()
+    steps = panel.step_seconds[unknown]
+    start, step = panel.start.view(np.int64)[unknown], panel.step.view(np.int64)[unknown]
+    safe = np.where(step > 0, step, 1)
+    stop = np.clip(-((start - first.astype(np.int64)) // safe), 0, panel.lengths[unknown])  # (U,) points before first
+    for value in np.unique(steps[np.isfinite(steps)]):
+        state = groups.get(float(value))
+        if state is None:
+            continue
+        clusterer = PeriodClusterer.from_dict(state["clusterer"])
+        group = np.flatnonzero(steps == value)
+        width = int(min(max(stop[group].max(), 1), ASSIGN_WINDOW))
+        for lo in range(0, group.size, ASSIGN_CHUNK):
+            g = group[lo : lo + ASSIGN_CHUNK]
+            matrix = gather_windows(panel.values, panel.indptr, unknown[g], stop[g] - width, width)  # (B, width)
+            enough = np.isfinite(matrix).sum(axis=1) >= ASSIGN_MIN_POINTS
+            if not enough.any():
+                continue
+            periods = detect_periods(
+                matrix[enough], float(value), max_period=config.clusters.max_period,
+                min_strength=config.clusters.min_strength,
+            ).period
+            labels = clusterer.predict(matrix[enough], periods)
+            out[unknown[g[enough]]] = [code.get(state.get("prefix", "") + str(label), -1) for label in labels]
+    assigned = int((out[unknown] >= 0).sum())
+    if assigned:
+        log.info("assigned %d of %d series unseen by fit-clusters to a cluster from their history", assigned, unknown.size)
+    return out
+
+
+def _scores_table(frame: pd.DataFrame):
+    import pyarrow as pa
+
+    from maml_anomaly.io import scores_schema
+
+    id_type = pa.int64() if frame["unique_id"].dtype.kind in "iu" else pa.string()
+    schema = scores_schema(id_type).append(pa.field("p_value", pa.float64()))
+    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
 
 # -- evaluate ------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ def test_defaults():
     assert (c.columns.id_col, c.columns.time_col, c.columns.value_col) == ("unique_id", "ds", "y")
     assert c.input.on_duplicate == "error"
     assert c.train.k_shot == 24 and c.train.hidden == (40, 40) and c.train.learn_inner_lr is True
-    assert c.score.threshold == 4.0 and c.runtime.device == "auto" and c.runtime.threads == 1
+    assert c.score.threshold == 3.0 and c.runtime.device == "auto" and c.runtime.threads == 1
     assert c.clusters.max_period == 0
 
 

@@ -370,3 +370,35 @@ def test_boolean_values_are_refused(tmp_path):
     )
     msg = _error(tmp_path / "b.parquet")
     assert "bool" in msg and "numeric" in msg
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 5), st.one_of(st.floats(-100, 100), st.just(np.nan))),
+        min_size=1,
+        max_size=40,
+    ),
+    policy=st.sampled_from(["first", "last", "mean"]),
+)
+def test_duplicate_policies_match_pandas(tmp_path, rows, policy):
+    frame = pd.DataFrame(rows, columns=["unique_id", "ds", "y"])
+    frame["ds"] = pd.Timestamp("2024-01-01") + pd.to_timedelta(frame["ds"], unit="D")
+    path = tmp_path / f"{policy}.parquet"
+    frame.to_parquet(path, index=False)
+    got = read_long(path, COLS, policy)
+    grouped = frame.groupby(["unique_id", "ds"], sort=True)["y"]
+    expected = {"first": grouped.nth(0), "last": grouped.nth(-1), "mean": grouped.mean()}[policy]
+    if policy != "mean":
+        expected = frame.loc[expected.index].set_index(["unique_id", "ds"])["y"]
+    expected = expected.sort_index()
+    assert got["ds"].tolist() == [ds for _, ds in expected.index]
+    assert got["unique_id"].astype(str).tolist() == [i for i, _ in expected.index]
+    np.testing.assert_allclose(got["y"].to_numpy(), expected.to_numpy(), equal_nan=True)
+
+
+def test_naive_iso_strings(tmp_path):
+    table = pa.table({"unique_id": ["a", "a", "a"], "ds": ["2024-01-01", "2024-01-01T01:00:00", "2024-01-01 02:00:00"], "y": [1.0, 2.0, 3.0]})
+    pq.write_table(table, tmp_path / "n.parquet")
+    panel, _ = read_panel(tmp_path / "n.parquet", COLS)
+    assert panel.step_seconds.tolist() == [3600.0] and panel.series_values(0).tolist() == [1.0, 2.0, 3.0]

@@ -1,0 +1,277 @@
+"""Support/query windows and per-task normalisation, shared by meta-training and scoring.
+
+A *window* is a contiguous run of one series' grid values, ``max_lag + R + Q`` long:
+
+    [ lag history | R recent targets, the last K = support | query targets ]
+      max_lag       R = max(K, Q)                            Q = one calendar day of points
+
+Each target's inputs are the values ``lags`` steps before it; query inputs are the OBSERVED
+values (one-step-ahead, exactly as daily scoring forecasts a day). The recent targets give the
+adapted model's residual scale (scoring divides residuals by it). Training cuts windows at random
+places in history; scoring cuts the window that ends with the scored day. Both go through
+:func:`make_windows`, so normalisation and imputation are the same code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SECONDS_PER_DAY = 86_400
+MAD_TO_SD = 1.4826  # MAD of a normal sample times this estimates its standard deviation
+MEAN_AD_TO_SD = 1.2533  # same for the mean absolute deviation
+SCALE_FLOOR = 1e-3  # scale never below this fraction of the window's largest |value|
+
+
+@dataclass(frozen=True)
+class LagSpec:
+    """The lags that form a forecaster's inputs; fixed per cluster so the input width is fixed."""
+
+    period: int
+    lags: tuple[int, ...]  # sorted, unique, all >= 1
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.lags)
+
+    @property
+    def max_lag(self) -> int:
+        return max(self.lags)
+
+    def to_dict(self) -> dict:
+        return {"period": int(self.period), "lags": [int(v) for v in self.lags]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LagSpec":
+        return cls(period=int(data["period"]), lags=tuple(int(v) for v in data["lags"]))
+
+
+def lag_spec(period: int, *, n_recent: int = 6, history: int | None = None) -> LagSpec:
+    """Recent lags 1..n_recent, plus seasonal lags p-1, p, p+1 (and 2p when history allows).
+
+    ``history`` is the number of grid points a typical series of the cluster has before a task's
+    first support target; ``2p`` is only used when it fits, so long periods do not starve tasks.
+    Without a period (p = 0) twice as many recent lags stand in for the seasonal ones.
+    """
+    if period < 0 or n_recent < 1:
+        raise ValueError(f"period must be >= 0 and n_recent >= 1, got {period}, {n_recent}")
+    if period == 0:
+        return LagSpec(period=0, lags=tuple(range(1, 2 * n_recent + 1)))
+    lags = set(range(1, n_recent + 1)) | {max(period - 1, 1), period, period + 1}
+    if history is None or history >= 2 * period:
+        lags.add(2 * period)
+    return LagSpec(period=int(period), lags=tuple(sorted(lags)))
+
+
+def choose_lag_spec(
+    period: int, lengths: np.ndarray, k_shot: int, query_len: int, *, n_recent: int = 6
+) -> LagSpec:
+    """The most seasonal lag set whose windows fit the cluster's typical series.
+
+    Tries recent + seasonal lags with 2p, then without 2p, then recent lags only; a spec fits
+    when the median series holds a window plus one more day of distinct window starts.
+    """
+    typical = float(np.median(lengths)) if np.size(lengths) else 0.0
+    candidates = [lag_spec(period, n_recent=n_recent), lag_spec(period, n_recent=n_recent, history=0)]
+    candidates.append(lag_spec(0, n_recent=n_recent))
+    for spec in candidates:
+        if typical >= window_width(spec, k_shot, query_len) + query_len:
+            return spec
+    return candidates[-1]
+
+
+def query_len_for_step(step_seconds: float) -> int:
+    """The most grid points one calendar day can hold at this step: the query length of a task."""
+    if not np.isfinite(step_seconds) or step_seconds <= 0:
+        return 1
+    return max(1, int(np.ceil(SECONDS_PER_DAY / step_seconds)))
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """A batch of B tasks, normalised per task from its support window only.
+
+    Targets are normalised and clipped; a missing target has weight 0 (and value 0 so it cannot
+    poison a masked loss with NaN). ``query_values`` keeps the unclipped normalised query values
+    (NaN where missing) for residuals and scores. The ``recent`` pairs are the R >= K targets just
+    before the query (the support is their last K): scoring measures the adapted model's
+    residual scale on them.
+    """
+
+    x_support: np.ndarray  # (B, K, D) float32
+    y_support: np.ndarray  # (B, K) float32
+    w_support: np.ndarray  # (B, K) float32, 1 observed / 0 missing
+    x_query: np.ndarray  # (B, Q, D) float32
+    y_query: np.ndarray  # (B, Q) float32
+    w_query: np.ndarray  # (B, Q) float32
+    query_values: np.ndarray  # (B, Q) float64, normalised, unclipped, NaN = missing
+    x_recent: np.ndarray  # (B, R, D) float32
+    y_recent: np.ndarray  # (B, R) float32
+    w_recent: np.ndarray  # (B, R) float32
+    base_recent: np.ndarray  # (B, R) float32, the seasonal-naive reference of each recent target
+    base_query: np.ndarray  # (B, Q) float32, same for the query
+    centre: np.ndarray  # (B,) float64
+    scale: np.ndarray  # (B,) float64, > 0 where the support window had data
+    n_support_observed: np.ndarray  # (B,) int64, observed support targets
+
+    @property
+    def n_tasks(self) -> int:
+        return self.x_support.shape[0]
+
+    @property
+    def y_query_abs(self) -> np.ndarray:
+        """(B, Q) float64 normalised query targets (clipped), reference added back."""
+        return self.y_query.astype(np.float64) + self.base_query
+
+    def denormalise(self, z: np.ndarray) -> np.ndarray:
+        """Map normalised values (B, ...) back to the series' own units."""
+        shape = (-1,) + (1,) * (z.ndim - 1)
+        return self.centre.reshape(shape) + self.scale.reshape(shape) * z
+
+
+def reference_lag(spec: LagSpec) -> int:
+    """The lag whose value is the seasonal-naive reference: the period, or 1 without one."""
+    return spec.period if spec.period > 0 else 1
+
+
+def recent_len(k_shot: int, query_len: int) -> int:
+    """R: targets before the query whose residuals give the residual scale (a day, at least K)."""
+    return max(k_shot, query_len)
+
+
+def window_width(spec: LagSpec, k_shot: int, query_len: int) -> int:
+    """Columns of a task window: lag history, R recent targets (support = their last K), query."""
+    return spec.max_lag + recent_len(k_shot, query_len) + query_len
+
+
+def nan_median_rows(a: np.ndarray) -> np.ndarray:
+    """Median of each row ignoring NaN (NaN for an all-NaN row). Sort-based, no per-row loop."""
+    # (B, W) -> (B,)
+    s = np.sort(a, axis=1)  # NaN sorts last
+    n = np.isfinite(s).sum(axis=1)
+    lo = np.clip((n - 1) // 2, 0, a.shape[1] - 1)
+    hi = np.clip(n // 2, 0, a.shape[1] - 1)
+    rows = np.arange(a.shape[0])
+    med = 0.5 * (s[rows, lo] + s[rows, hi])
+    return np.where(n > 0, med, np.nan)
+
+
+def robust_centre_scale(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and a robust standard deviation per row of (B, W), floored so constant rows work.
+
+    The scale is the MAD (normal-consistent); where more than half the values are identical
+    (MAD = 0, e.g. sparse counts) the mean absolute deviation stands in; the floor is relative to
+    the row's largest |value|, so multiplying a series by any c > 0 multiplies both by c.
+    An all-zero row gets scale 1.
+    """
+    centre = nan_median_rows(a)  # (B,)
+    dev = np.abs(a - centre[:, None])  # (B, W)
+    mad = nan_median_rows(dev) * MAD_TO_SD
+    finite = np.isfinite(a)
+    n = finite.sum(axis=1)
+    mean_ad = np.where(finite, dev, 0.0).sum(axis=1) / np.maximum(n, 1) * MEAN_AD_TO_SD
+    peak = np.where(finite, np.abs(a), 0.0).max(axis=1, initial=0.0)
+    scale = np.where(mad > 0, mad, mean_ad)
+    scale = np.maximum(scale, SCALE_FLOOR * peak)
+    scale = np.where(peak > 0, scale, 1.0)
+    return centre, scale
+
+
+def _forward_fill(a: np.ndarray) -> np.ndarray:
+    """Causal fill along axis 1: each NaN takes the last earlier finite value (leading NaN stay)."""
+    # (B, W) -> (B, W)
+    idx = np.where(np.isfinite(a), np.arange(a.shape[1])[None, :], 0)
+    np.maximum.accumulate(idx, axis=1, out=idx)
+    filled = np.take_along_axis(a, idx, axis=1)
+    return filled
+
+
+def make_windows(
+    windows: np.ndarray, spec: LagSpec, k_shot: int, n_query: int | None = None, *, clip: float = 10.0
+) -> Tasks:
+    """Cut (support, query) tasks from raw windows (B, W), W = max_lag + R + Q.
+
+    ``n_query`` = Q (default: everything after max_lag + K, i.e. R = K). Centre and scale come
+    from the support window (the ``max_lag + K`` values before the query) only. Missing inputs
+    are imputed by carrying the last observed value forward inside the window, and by the
+    centre (0 after normalisation) before the first observation: causal, so a forecast never
+    sees the future, and identical in training and scoring.
+    """
+    windows = np.asarray(windows, dtype=np.float64)
+    n_tasks, width = windows.shape
+    n_query = width - spec.max_lag - k_shot if n_query is None else n_query
+    lead = width - n_query  # columns before the query
+    n_recent = lead - spec.max_lag
+    if k_shot < 1 or n_query < 1 or n_recent < k_shot:
+        raise ValueError(f"window width {width} does not fit max_lag={spec.max_lag}, k={k_shot}, q={n_query}")
+    centre, scale = robust_centre_scale(windows[:, lead - spec.max_lag - k_shot : lead])  # (B,), (B,)
+    safe_centre = np.where(np.isfinite(centre), centre, 0.0)
+    z = (windows - safe_centre[:, None]) / scale[:, None]  # (B, W) normalised, NaN = missing
+    z_in = np.nan_to_num(_forward_fill(z), nan=0.0)  # (B, W) imputed for inputs
+    np.clip(z_in, -clip, clip, out=z_in)
+
+    targets = np.arange(spec.max_lag, width)  # (R+Q,) columns of the targets
+    lags = np.asarray(spec.lags)  # (D,)
+    x = z_in[:, targets[:, None] - lags[None, :]].astype(np.float32)  # (B, R+Q, D)
+    base = x[..., spec.lags.index(reference_lag(spec))].astype(np.float64)  # (B, R+Q) seasonal naive
+    y_raw = z[:, targets]  # (B, R+Q)
+    observed = np.isfinite(y_raw)
+    y = np.clip(np.where(observed, y_raw - base, 0.0), -clip, clip).astype(np.float32)
+    w = observed.astype(np.float32)
+    r, k = n_recent, k_shot
+    return Tasks(
+        x_support=np.ascontiguousarray(x[:, r - k : r]),
+        y_support=np.ascontiguousarray(y[:, r - k : r]),
+        w_support=np.ascontiguousarray(w[:, r - k : r]),
+        x_query=np.ascontiguousarray(x[:, r:]),
+        y_query=np.ascontiguousarray(y[:, r:]),
+        w_query=np.ascontiguousarray(w[:, r:]),
+        query_values=np.ascontiguousarray(y_raw[:, r:]),
+        x_recent=np.ascontiguousarray(x[:, :r]),
+        y_recent=np.ascontiguousarray(y[:, :r]),
+        w_recent=np.ascontiguousarray(w[:, :r]),
+        base_recent=np.ascontiguousarray(base[:, :r]),
+        base_query=np.ascontiguousarray(base[:, r:]),
+        centre=centre,
+        scale=scale,
+        n_support_observed=observed[:, r - k : r].sum(axis=1).astype(np.int64),
+    )
+
+
+def gather_windows(
+    values: np.ndarray, indptr: np.ndarray, rows: np.ndarray, starts: np.ndarray, width: int
+) -> np.ndarray:
+    """Windows of ``width`` grid values from many series stored as one buffer plus offsets.
+
+    Row b is series ``rows[b]`` from grid position ``starts[b]`` on; positions before the series'
+    first point or after its last are NaN (so a window may hang over either end).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = (indptr[1:] - indptr[:-1])[rows]  # (B,)
+    pos = starts[:, None] + np.arange(width)[None, :]  # (B, W) grid positions
+    inside = (pos >= 0) & (pos < lengths[:, None])
+    flat = indptr[rows][:, None] + np.where(inside, pos, 0)  # (B, W) buffer indices
+    if values.size == 0:
+        return np.full(pos.shape, np.nan)
+    return np.where(inside, values[np.minimum(flat, values.size - 1)], np.nan)
+
+
+def sample_window_starts(
+    lengths: np.ndarray, width: int, n: int, rng: np.random.Generator, *, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``n`` (series, start) pairs uniformly over all windows that fit inside a series.
+
+    ``rows`` restricts the draw to those series; series shorter than ``width`` are never drawn.
+    Returns (rows (n,), starts (n,)); empty arrays when no series is long enough.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    candidates = np.arange(lengths.size) if rows is None else np.asarray(rows, dtype=np.int64)
+    fits = candidates[lengths[candidates] >= width]
+    if fits.size == 0 or n <= 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    chosen = fits[rng.integers(0, fits.size, size=n)]  # (n,)
+    n_starts = lengths[chosen] - width + 1
+    starts = (rng.random(n) * n_starts).astype(np.int64)
+    return chosen, np.minimum(starts, n_starts - 1)

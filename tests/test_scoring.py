@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+from scipy.special import ndtri
+
+from synth import seasonal_panel, tiny_cluster, to_buffer  # noqa: F401 (fixture)
+
+from maml_anomaly.scoring import (
+    Calibration,
+    fit_calibration,
+    p_to_score,
+    score_tasks,
+    score_to_p,
+)
+
+THRESHOLD = 3.5
+
+
+def test_calibration_of_gaussian_residuals_gives_gaussian_scores():
+    u = np.abs(ndtri(np.linspace(0.00005, 0.99995, 20001)))  # |N(0, 1)| quantiles
+    cal = fit_calibration(u, scale_floor=0.05)
+    p = cal.tail_probability(np.array([0.0, 1.0, 1.5, 1.9]))
+    np.testing.assert_allclose(p, [1.0, 0.3173, 0.1336, 0.0574], rtol=0.05)
+    np.testing.assert_allclose(p_to_score(p)[1:], [1.0, 1.5, 1.9], atol=0.05)
+    # beyond the stored quantiles the exponential tail is heavier than the Gaussian: fewer flags
+    far = cal.tail_probability(np.array([3.0, 4.0, 6.0]))
+    assert np.all(far >= [0.0027, 6.3e-5, 2e-9]) and np.all(far < [0.02, 0.002, 1e-4])
+
+
+def test_tail_probability_monotone_and_quantile_inverts_it():
+    rng = np.random.default_rng(0)
+    cal = fit_calibration(np.abs(rng.standard_t(3, 5000)), scale_floor=0.05)
+    u = np.linspace(0, 50, 2001)
+    p = cal.tail_probability(u)
+    assert np.all(np.diff(p) <= 0) and p[0] == 1.0 and p[-1] < 1e-6
+    for q in [0.7, 0.2, 0.01, 1e-3, 1e-6]:
+        assert cal.tail_probability(np.array([cal.quantile(q)]))[0] == pytest.approx(q, rel=1e-6)
+    assert Calibration.from_dict(cal.to_dict()) == cal
+
+
+def test_score_to_p_round_trip():
+    assert p_to_score(np.array([score_to_p(3.5)]))[0] == pytest.approx(3.5)
+
+
+def _score(cluster, matrix, days, threshold=THRESHOLD):
+    values, indptr = to_buffer(matrix)
+    s = matrix.shape[0]
+    rows = np.repeat(np.arange(s), len(days))
+    first = np.tile(np.asarray(days) * 24, s)
+    return score_tasks(cluster, values, indptr, rows, first, n_query=24, threshold=threshold, batch_size=64)
+
+
+def test_clean_noise_rarely_flagged_and_spike_flagged(tiny_cluster):
+    clean = seasonal_panel(40, 24 * 21, seed=5)  # series the cluster never saw
+    out = _score(tiny_cluster, clean, range(14, 21))
+    assert out.enough_history.all()
+    assert np.mean(out.is_anomaly) < 0.005
+    spiked = clean.copy()
+    spread = np.std(np.diff(clean[:, : 20 * 24], axis=1), axis=1)
+    spiked[:, 20 * 24 + 10] += 8 * spread  # an 8-sigma spike at 10:00 of the last day, every series
+    out = _score(tiny_cluster, spiked, [20])
+    assert out.is_anomaly[:, 10].mean() >= 0.9
+    assert out.score[:, 10].mean() > out.score[:, :10].mean() + 3
+
+
+def test_flags_match_band(tiny_cluster):
+    matrix = seasonal_panel(20, 24 * 21, seed=6)
+    matrix[:, 20 * 24 + 5] *= 1.5
+    out = _score(tiny_cluster, matrix, [20])
+    y = matrix[:, 20 * 24 :]
+    outside = (y < out.lower) | (y > out.upper)
+    assert out.is_anomaly.any()
+    np.testing.assert_array_equal(out.is_anomaly, outside)
+
+
+def test_scores_are_scale_invariant(tiny_cluster):
+    matrix = seasonal_panel(10, 24 * 21, seed=7)
+    a, b = _score(tiny_cluster, matrix, [19, 20]), _score(tiny_cluster, matrix * 1e5, [19, 20])
+    np.testing.assert_allclose(a.score, b.score, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(a.y_hat * 1e5, b.y_hat, rtol=1e-5)
+
+
+def test_missing_points_and_short_history(tiny_cluster):
+    matrix = seasonal_panel(4, 24 * 21, seed=8)
+    matrix[0, 20 * 24 + 3] = np.nan  # a missing point of the day
+    matrix[1, : 20 * 24] = np.nan  # no history before the day at all
+    out = _score(tiny_cluster, matrix, [20])
+    assert np.isnan(out.score[0, 3]) and not out.is_anomaly[0, 3] and np.isfinite(out.y_hat[0, 3])
+    np.testing.assert_array_equal(out.enough_history, [True, False, True, True])
+    # a task starting at grid position 5 has almost no support points
+    values, indptr = to_buffer(matrix)
+    short = score_tasks(tiny_cluster, values, indptr, np.array([2]), np.array([5]), n_query=24, threshold=THRESHOLD)
+    assert not short.enough_history[0]
+
+
+def test_deterministic_and_chunking_does_not_change_results(tiny_cluster):
+    matrix = seasonal_panel(30, 24 * 21, seed=9)
+    values, indptr = to_buffer(matrix)
+    rows, first = np.arange(30), np.full(30, 20 * 24)
+    kw = dict(n_query=24, threshold=THRESHOLD)
+    a = score_tasks(tiny_cluster, values, indptr, rows, first, batch_size=7, **kw)
+    b = score_tasks(tiny_cluster, values, indptr, rows, first, batch_size=7, **kw)
+    c = score_tasks(tiny_cluster, values, indptr, rows, first, batch_size=30, **kw)
+    assert a.score.tobytes() == b.score.tobytes() and a.y_hat.tobytes() == b.y_hat.tobytes()
+    np.testing.assert_allclose(a.score, c.score, rtol=1e-4, atol=1e-4)

@@ -137,6 +137,7 @@ def test_threshold_at_far_never_exceeds_and_is_tight(clean, far):
 # -- the evaluate command and the demo's wiring ---------------------------------------------------
 
 import json  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from maml_anomaly import pipeline  # noqa: E402
 from maml_anomaly.baselines import seasonal_naive_scores  # noqa: E402
@@ -223,3 +224,18 @@ def test_detection_benchmark_runs_the_baselines_on_the_sample():
     assert 0 < s["at_far"]["event_recall"] <= 1 and s["at_far"]["false_alarm_rate"] <= 0.01
     assert s["forecast"]["mae_ratio_gmean"] == pytest.approx(1.0, abs=0.05)  # it IS seasonal naive
     assert markdown(report).count("\n") == 2
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, runner):
+    """The real demo through the CLI: sample -> fit-clusters -> meta-train -> backtest -> evaluate."""
+    res = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "demo"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    ev = out["evaluation"]
+    assert ev["n_series"] == 200 and ev["n_windows"] > 200
+    assert ev["status_counts"].get("ok", 0) > 100_000
+    assert 0 <= ev["default"]["false_alarm_rate"] <= 0.05 and ev["at_far"]["event_recall"] > 0.3
+    assert len(out["top_anomalies"]) > 0
+    for name in ("data", "model_dir", "scores"):
+        assert Path(out["files"][name]).exists()

@@ -357,11 +357,12 @@ ECHO_PASSES = 4  # rescoring passes that replace flagged lags; a run of anomalie
 def _score_without_echoes(
     cluster: ClusterModel, model: torch.nn.Module, raw: np.ndarray, n_query: int, *, threshold: float, device: str
 ) -> tuple[Tasks, PointScores]:
-    """Score the query of raw windows (B, W); a flagged point is read by later lags as its forecast.
+    """Score the query of raw windows (B, W); later lags read a flagged point clipped to its band.
 
     One-step forecasts read the day's observed values as lags, so an anomaly would otherwise
     drag the next few forecasts with it and flag normal points after it ("echoes"). Each pass
-    replaces the points flagged so far by their forecasts in the inputs only: every point is still
+    clips the points flagged so far to their band in the inputs only (a barely flagged point
+    barely changes, so false alarms do not breed more): every point is still
     scored against its own observed value, so a lasting anomaly (a burst, an outage) stays flagged.
     """
     spec, k = cluster.spec, cluster.k_shot
@@ -377,7 +378,8 @@ def _score_without_echoes(
         pts = score_points(tasks, forecasts, cluster.calibration, threshold=threshold)
         lagged = pts.is_anomaly[:, :-1]  # (B, Q-1) flags that later points read as lags
         cleaned = raw.copy()
-        cleaned[:, -n_query:-1] = np.where(lagged, pts.y_hat[:, :-1], raw[:, -n_query:-1])
+        band = np.clip(raw[:, -n_query:-1], pts.lower[:, :-1], pts.upper[:, :-1])  # clipped to its band
+        cleaned[:, -n_query:-1] = np.where(lagged, band, raw[:, -n_query:-1])
         if np.array_equal(cleaned, inputs, equal_nan=True):
             break
         inputs = cleaned

@@ -648,8 +648,6 @@ def score_batch(
     Returns the score columns, ``p_value`` and each row's series ``step`` (for the alerts step),
     in frame order (sorted by unique_id, ds).
     """
-    from maml_anomaly.scoring import score_rows
-
     config = scorer.config
     end = last + DAY
     ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
@@ -662,40 +660,12 @@ def score_batch(
     row_series = _row_series(rows, panel)
     cluster_names, cluster_of, _ = _series_clusters(scorer.model_dir, panel, scorer.clusters)
     cluster_of = _assign_unknown(config, scorer.clusterer, panel, cluster_of, cluster_names, first)
-    model_index = {name: i for i, name in enumerate(scorer.names)}
-    series_model = np.array(
-        [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
-    )[np.where(cluster_of >= 0, cluster_of, len(cluster_names))]  # (S,) model per series, -1 none
-    still_unknown = cluster_of < 0
-    res = score_rows(
-        scorer.models, panel.values, panel.indptr, panel.start.view(np.int64), panel.step.view(np.int64), series_model,
-        row_series, ds[in_range].view(np.int64), rows["y"].to_numpy(np.float64, na_value=np.nan),
-        threshold=config.score.threshold, batch_size=config.score.batch_size, device=scorer.device,
-        unknown=still_unknown,
+    out = _score_rows_frame(
+        config, scorer.names, scorer.models, panel, rows, ds[in_range], row_series, cluster_names, cluster_of,
+        scorer.device,
     )
-    # a series with a single point has no step, so score_rows sees it as off its grid: it is short
-    one_point = np.isnat(panel.step)[row_series] & (res.status == "off_grid")
-    res.status[one_point] = "insufficient_history"
-    cluster_col = np.asarray(cluster_names + [None], dtype=object)[
-        np.where(cluster_of >= 0, cluster_of, len(cluster_names))[row_series]
-    ]
-    y = rows["y"].to_numpy(np.float64, na_value=np.nan)
-    return pd.DataFrame(
-        {
-            "unique_id": _plain_ids(rows["unique_id"]),
-            "ds": ds[in_range],
-            "y": np.where(np.isfinite(y), y, np.nan),
-            "y_hat": res.y_hat,
-            "lower": res.lower,
-            "upper": res.upper,
-            "score": res.score,
-            "is_anomaly": res.is_anomaly,
-            "cluster": cluster_col,
-            "status": res.status,
-            "p_value": res.p_value,
-            "step": panel.step[row_series],
-        }
-    )
+    out["step"] = panel.step[row_series]
+    return out
 
 
 def write_scores(
@@ -1424,21 +1394,14 @@ def _no_data_error(date_option, first, last, data_first, data_last) -> InputErro
     )
 
 
-def _score_frame(
-    config: Config, md: ModelDir, names: list[str], models: list[Any], lookup: ClusterIndex, frame: pd.DataFrame,
-    panel: Panel, first: np.datetime64, last: np.datetime64, device: str,
-) -> tuple[pd.DataFrame, int]:
-    """Scores of the rows of days [first, last] in one batch of whole series (no data after ``last``)."""
+def _score_rows_frame(
+    config: Config, names: list[str], models: list[Any], panel: Panel, rows: pd.DataFrame, ds: np.ndarray,
+    row_series: np.ndarray, cluster_names: list[str], cluster_of: np.ndarray, device: str,
+) -> pd.DataFrame:
+    """Score columns (and p_value) of ``rows`` (their timestamps ``ds``, series ``row_series`` in the
+    panel), each series by its cluster's forecaster; shared by the local and the Ray engine."""
     from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_OFF_GRID, score_rows
 
-    ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
-    in_range = np.flatnonzero((ds >= first) & (ds < last + DAY))
-    rows = frame.iloc[in_range]
-    row_series = _row_series(rows, panel)
-    _check_id_kinds(lookup.index.to_series(), panel, md)
-    cluster_names, cluster_of, _ = lookup.lookup(panel)
-    clusterer = md.load_json(CLUSTERER) if (cluster_of < 0).any() and md.has(CLUSTERER) else None
-    cluster_of = _assign_unknown(config, clusterer, panel, cluster_of, cluster_names, first)
     model_index = {name: i for i, name in enumerate(names)}
     series_model = np.array(
         [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
@@ -1446,7 +1409,7 @@ def _score_frame(
     y = rows["y"].to_numpy(np.float64, na_value=np.nan)
     res = score_rows(
         models, panel.values, panel.indptr, panel.start.view(np.int64), panel.step.view(np.int64), series_model,
-        row_series, ds[in_range].view(np.int64), y,
+        row_series, ds.view(np.int64), y,
         threshold=config.score.threshold, batch_size=config.score.batch_size, device=device,
         unknown=cluster_of < 0,
     )
@@ -1456,10 +1419,10 @@ def _score_frame(
     cluster_col = np.asarray(cluster_names + [None], dtype=object)[
         np.where(cluster_of >= 0, cluster_of, len(cluster_names))[row_series]
     ]
-    out = pd.DataFrame(
+    return pd.DataFrame(
         {
             "unique_id": _plain_ids(rows["unique_id"]),
-            "ds": ds[in_range],
+            "ds": ds,
             "y": np.where(np.isfinite(y), y, np.nan),
             "y_hat": res.y_hat,
             "lower": res.lower,
@@ -1471,6 +1434,22 @@ def _score_frame(
             "p_value": res.p_value,
         }
     )
+
+
+def _score_frame(
+    config: Config, md: ModelDir, names: list[str], models: list[Any], lookup: ClusterIndex, frame: pd.DataFrame,
+    panel: Panel, first: np.datetime64, last: np.datetime64, device: str,
+) -> tuple[pd.DataFrame, int]:
+    """Scores of the rows of days [first, last] in one batch of whole series (no data after ``last``)."""
+    ds = frame["ds"].to_numpy(dtype="datetime64[ns]")
+    in_range = np.flatnonzero((ds >= first) & (ds < last + DAY))
+    rows = frame.iloc[in_range]
+    row_series = _row_series(rows, panel)
+    _check_id_kinds(lookup.index.to_series(), panel, md)
+    cluster_names, cluster_of, _ = lookup.lookup(panel)
+    clusterer = md.load_json(CLUSTERER) if (cluster_of < 0).any() and md.has(CLUSTERER) else None
+    cluster_of = _assign_unknown(config, clusterer, panel, cluster_of, cluster_names, first)
+    out = _score_rows_frame(config, names, models, panel, rows, ds[in_range], row_series, cluster_names, cluster_of, device)
     return out, int(np.unique(row_series).size)
 
 

@@ -1,13 +1,13 @@
 """Adaptation of a cluster's forecaster to a batch of series, residuals, calibrated scores, flags.
 
 Three layers, as in scikit-learn's outlier detectors: a raw residual ``u`` (the forecast error in
-units of the adapted model's own error on its support points), a calibrated tail probability
+units of the adapted model's own one-step error over the day before), a calibrated tail probability
 ``p`` of ``|u|`` learned per cluster on held-out query residuals, and a score ``z`` = the
 normal-equivalent of ``p`` (``z = 3`` is as rare as a 3-sigma Gaussian point). A point is flagged
 when ``z >= threshold``, which means the same false-alarm rate on every series and cluster.
 
 Dividing the residual by the window's standard deviation never fires on seasonal series (the
-cycle dominates that deviation); dividing by the adapted model's support error does.
+cycle dominates that deviation); dividing by the adapted model's recent error does.
 """
 
 from __future__ import annotations
@@ -16,15 +16,30 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from scipy.special import ndtr, ndtri
+from scipy import stats
+from scipy.special import log_ndtr, ndtr, ndtri
 
 from maml_anomaly.maml import adapt_tasks, expand_params, predict
 from maml_anomaly.model import Forecaster
-from maml_anomaly.tasks import MAD_TO_SD, LagSpec, Tasks, gather_windows, make_windows, nan_median_rows, window_width
+from maml_anomaly.tasks import (
+    MAD_TO_SD,
+    TARGET_CLIP,
+    MEAN_AD_TO_SD,
+    LagSpec,
+    Tasks,
+    gather_windows,
+    lag_inputs,
+    make_windows,
+    nan_median_rows,
+    window_width,
+)
 
-# upper-tail probabilities at which the calibration stores quantiles of |u|
-# (only the bulk: held-out history holds anomalies too, which would inflate rarer quantiles)
-TAIL_LEVELS = (0.5, 0.25, 0.1, 0.05)
+# upper-tail probabilities at which the calibration stores quantiles of |u|, each where the
+# held-out sample has at least MIN_TAIL_POINTS beyond it (held-out history holds anomalies too:
+# they inflate the rarest quantiles, which errs on the quiet side)
+TAIL_LEVELS = (0.5, 0.25, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
+MIN_TAIL_POINTS = 20
+HEAVIEST_TAIL_DF = 3  # calibration tails are capped at a Student t with this many degrees of freedom
 MIN_P = 1e-300
 MAX_SCORE = float(-ndtri(MIN_P / 2))  # about 37
 
@@ -42,8 +57,11 @@ class Calibration:
     """Tail probabilities of |u| learned on held-out residuals of one cluster.
 
     ``quantiles[i]`` is the value of |u| exceeded with probability ``levels[i]``. Between the
-    stored points log p is interpolated linearly; beyond the last one an exponential tail with
-    the decay of the last decade extrapolates (heavier than Gaussian: errs on the quiet side).
+    stored points log p is interpolated linearly; beyond the last one a power law fitted over the
+    last decade of levels extrapolates (log p linear in log u): u is a residual over a scale
+    estimated from a day of residuals, pooled over series, so its far tail is polynomial
+    (t-like); an exponential tail is far too light at the p-values Benjamini-Hochberg reaches
+    across millions of points.
     """
 
     levels: tuple[float, ...]  # decreasing tail probabilities
@@ -51,21 +69,25 @@ class Calibration:
     scale_floor: float  # floor of the residual scale (normalised units) in u = residual / scale
     n_residuals: int
 
-    def _tail_decay(self) -> float:
-        """Exponential decay of the tail, fitted from the second to the last stored quantile."""
-        lv, q = np.log(self.levels), np.asarray(self.quantiles)
-        j = min(1, len(q) - 2)
-        return max((q[-1] - q[j]) / max(lv[j] - lv[-1], 1e-12), 1e-6)
+    def _tail_index(self) -> float:
+        """Power-law index alpha of the tail, P(|U| >= u) ~ u^-alpha, over the last decade of levels."""
+        lv, q = np.log(self.levels), np.log(np.asarray(self.quantiles))
+        j = int(np.searchsorted(-lv, -np.log(10 * self.levels[-1]))) if len(q) > 2 else 0
+        j = min(max(j, 1), len(q) - 2)
+        return max((lv[j] - lv[-1]) / max(q[-1] - q[j], 1e-12), 1.0)
 
-    def tail_probability(self, u_abs: np.ndarray) -> np.ndarray:
-        """P(|U| >= u_abs) for clean points (NaN stays NaN)."""
+    def log_tail_probability(self, u_abs: np.ndarray) -> np.ndarray:
+        """log P(|U| >= u_abs) for clean points, never underflowing (NaN stays NaN)."""
         u = np.asarray(u_abs, dtype=np.float64)
         q, lv = np.asarray(self.quantiles), np.log(self.levels)
         inner = np.interp(u, q, lv)  # flat outside [q0, q-1]: fixed below
         below = np.log1p(-np.clip(u / q[0], 0.0, 1.0) * (1.0 - self.levels[0]))  # 1 at 0 -> levels[0]
-        beyond = lv[-1] - (u - q[-1]) / self._tail_decay()
-        logp = np.where(u <= q[0], below, np.where(u >= q[-1], beyond, inner))
-        return np.clip(np.exp(logp), MIN_P, 1.0)
+        beyond = lv[-1] - self._tail_index() * np.log(np.maximum(u, q[-1]) / q[-1])
+        return np.minimum(np.where(u <= q[0], below, np.where(u >= q[-1], beyond, inner)), 0.0)
+
+    def tail_probability(self, u_abs: np.ndarray) -> np.ndarray:
+        """P(|U| >= u_abs) for clean points (NaN stays NaN), floored at MIN_P."""
+        return np.clip(np.exp(self.log_tail_probability(u_abs)), MIN_P, 1.0)
 
     def quantile(self, p: float) -> float:
         """The |u| exceeded with probability p (inverse of :meth:`tail_probability`)."""
@@ -73,7 +95,7 @@ class Calibration:
         if lp >= lv[0]:
             return float(q[0] * (1.0 - p) / (1.0 - self.levels[0]))
         if lp <= lv[-1]:
-            return float(q[-1] + (lv[-1] - lp) * self._tail_decay())
+            return float(q[-1] * np.exp((lv[-1] - lp) / self._tail_index()))
         return float(np.interp(-lp, -lv, q))
 
     def to_dict(self) -> dict:
@@ -94,15 +116,28 @@ class Calibration:
         )
 
 
+def heaviest_tail_ratio(levels) -> np.ndarray:
+    """Quantiles of |T| (Student t, :data:`HEAVIEST_TAIL_DF` df) at ``levels``, over its median."""
+    t = stats.t(HEAVIEST_TAIL_DF)
+    return t.isf(np.asarray(levels) / 2.0) / t.isf(0.25)
+
+
 def fit_calibration(u_abs: np.ndarray, *, scale_floor: float) -> Calibration:
-    """Quantiles of held-out |u| at :data:`TAIL_LEVELS` (only levels the sample supports)."""
+    """Quantiles of held-out |u| at :data:`TAIL_LEVELS` (only levels the sample supports).
+
+    Each quantile is capped at the median times the ratio a Student t with 3 df would give: a
+    tail heavier than that comes from series whose residual scale collapses (flat or quantised
+    stretches, where any move is a huge u), and would squash the scores of every other series
+    of the cluster (seen on NAB: the 1% quantile of one cluster was 6e8).
+    """
     u = np.asarray(u_abs, dtype=np.float64)
     u = u[np.isfinite(u)]
     if u.size < 20:
         # too few residuals: a standard-normal |u|, documented as the fallback
         u = np.abs(ndtri(np.linspace(0.0005, 0.9995, 2000)))
-    levels = [p for p in TAIL_LEVELS if p * u.size >= 5] or list(TAIL_LEVELS[:3])
+    levels = [p for p in TAIL_LEVELS if p * u.size >= MIN_TAIL_POINTS] or list(TAIL_LEVELS[:3])
     q = np.quantile(u, 1.0 - np.asarray(levels))
+    q = np.minimum(q, np.quantile(u, 0.5) * heaviest_tail_ratio(levels))
     q = np.maximum.accumulate(np.maximum(q, 1e-6))
     q = q + np.arange(q.size) * 1e-9  # strictly increasing for interpolation
     return Calibration(
@@ -111,6 +146,7 @@ def fit_calibration(u_abs: np.ndarray, *, scale_floor: float) -> Calibration:
         scale_floor=float(scale_floor),
         n_residuals=int(u.size),
     )
+
 
 
 @dataclass(frozen=True)
@@ -164,6 +200,26 @@ def p_to_score(p: np.ndarray) -> np.ndarray:
     return np.minimum(-ndtri(np.clip(p, MIN_P, 1.0) / 2.0), MAX_SCORE)
 
 
+def log_p_to_score(log_p: np.ndarray) -> np.ndarray:
+    """log of a two-sided tail probability -> normal-equivalent z, without a ceiling.
+
+    Beyond p = 1e-300 (z about 37) the score keeps growing (Newton on log Phi(-z) = log p - log 2),
+    so two points far in the tail still rank by how far out they are instead of tying at 37.
+    """
+    log_p = np.asarray(log_p, dtype=np.float64)
+    z = p_to_score(np.exp(log_p))
+    deep = np.isfinite(log_p) & (log_p < np.log(MIN_P))
+    if deep.any():
+        target = log_p[deep] - np.log(2.0)
+        zd = np.sqrt(-2.0 * target)  # start: log Phi(-z) ~ -z^2 / 2
+        for _ in range(30):  # log Phi(-z) is concave and smooth: Newton converges in a few steps
+            f = log_ndtr(-zd) - target
+            slope = -np.exp(-0.5 * zd**2 - 0.5 * np.log(2 * np.pi) - log_ndtr(-zd))  # d/dz log Phi(-z)
+            zd = zd - f / slope
+        z[deep] = zd
+    return z
+
+
 def score_to_p(z: float) -> float:
     return float(2.0 * ndtr(-z))
 
@@ -176,6 +232,61 @@ class Forecasts:
     resid_scale: np.ndarray  # (B,) robust scale of the adapted model's recent residuals (NaN if none)
 
 
+@dataclass(frozen=True)
+class Adapted:
+    """A batch of tasks' forecasters after adaptation to their support sets (normalised units)."""
+
+    model: torch.nn.Module
+    params: dict[str, torch.Tensor]  # per task (B, ...): adapted, or the meta-init where that was better
+    resid_scale: np.ndarray  # (B,) robust scale of the adapted model's recent residuals (NaN if none)
+    device: torch.device
+
+    def correction(self, x: np.ndarray) -> np.ndarray:
+        """The net's output for inputs x (B, n, D) float32 -> (B, n) float64, clamped to the range
+        of the corrections it was trained on (an adapted net far outside its inputs can return
+        anything)."""
+        with torch.no_grad():
+            xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+            out = predict(self.model, self.params, xt)[..., 0].clamp(-TARGET_CLIP, TARGET_CLIP)
+            return out.double().cpu().numpy()
+
+
+def adapt_support(
+    model: torch.nn.Module,
+    params: dict[str, torch.Tensor],
+    tasks: Tasks,
+    *,
+    inner_steps: int,
+    inner_lr: float,
+    inner_lrs=None,
+    device: str | torch.device = "cpu",
+) -> Adapted:
+    """Adapt to every task's support set (first order, no graph kept); measure the residual scale."""
+    dev = torch.device(device)
+    to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
+    x_s, y_s, w_s = to(tasks.x_support), to(tasks.y_support), to(tasks.w_support)
+    base = {k: v.detach().to(dev) for k, v in params.items()}
+    lrs = None if inner_lrs is None else _detach(inner_lrs, dev)
+    with torch.no_grad():  # adapt still takes its inner gradients; no graph is kept
+        task_params = adapt_tasks(
+            model, per_task(base, x_s.shape[0]), x_s, y_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs,
+            weight=w_s, first_order=True, loss_fn=huber_loss,
+        )
+        if inner_steps > 0:  # guard: a task whose support loss got worse keeps the meta-init
+            init = expand_params(base, x_s.shape[0])
+            loss = lambda p: huber_loss(predict(model, p, x_s), y_s, w_s)  # noqa: E731
+            worse = loss(task_params) > loss(init)  # (B,)
+            if bool(worse.any()):
+                task_params = {
+                    k: torch.where(worse.view(-1, *([1] * (v.dim() - 1))), init[k], v) for k, v in task_params.items()
+                }
+    adapted = Adapted(model, task_params, np.empty(0), dev)
+    # residual scale over the R recent points (a day, >= K)
+    resid = np.abs(adapted.correction(tasks.x_recent) - tasks.y_recent)  # (B, R)
+    resid[tasks.w_recent == 0] = np.nan
+    return replace(adapted, resid_scale=residual_scale(resid))
+
+
 def adapt_and_forecast(
     model: torch.nn.Module,
     params: dict[str, torch.Tensor],
@@ -186,37 +297,21 @@ def adapt_and_forecast(
     inner_lrs=None,
     device: str | torch.device = "cpu",
 ) -> Forecasts:
-    """Adapt to every task's support set (first order, no graph kept), forecast its query."""
-    dev = torch.device(device)
-    to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
-    x_s, y_s, w_s, x_q = to(tasks.x_support), to(tasks.y_support), to(tasks.w_support), to(tasks.x_query)
-    base = {k: v.detach().to(dev) for k, v in params.items()}
-    lrs = None if inner_lrs is None else _detach(inner_lrs, dev)
-    with torch.no_grad():  # adapt still takes its inner gradients; no graph is kept
-        task_params = adapt_tasks(
-            model, per_task(base, x_s.shape[0]), x_s, y_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs,
-            weight=w_s, first_order=True, loss_fn=huber_loss,
-        )
-        pred_q = predict(model, task_params, x_q)[..., 0]  # (B, Q)
-        pred_s = predict(model, task_params, x_s)[..., 0]  # (B, K)
-        worse = None
-        if inner_steps > 0:  # guard: a task whose support loss got worse keeps the meta-init
-            init = expand_params(base, x_s.shape[0])
-            pred_s0 = predict(model, init, x_s)[..., 0]  # (B, K)
-            worse = huber_loss(pred_s[..., None], y_s, w_s) > huber_loss(pred_s0[..., None], y_s, w_s)  # (B,)
-            if bool(worse.any()):
-                pred_q = torch.where(worse[:, None], predict(model, init, x_q)[..., 0], pred_q)
-                pred_s = torch.where(worse[:, None], pred_s0, pred_s)
-        # residual scale: 1.4826 x median |residual| over the R recent points (a day, >= K)
-        x_r = to(tasks.x_recent)
-        pred_r = predict(model, task_params, x_r)[..., 0]  # (B, R)
-        if worse is not None and bool(worse.any()):
-            pred_r = torch.where(worse[:, None], predict(model, init, x_r)[..., 0], pred_r)
-    resid = np.abs(pred_r.double().cpu().numpy() - tasks.y_recent)  # (B, R)
-    resid[tasks.w_recent == 0] = np.nan
-    scale = nan_median_rows(resid) * MAD_TO_SD
-    query = pred_q.double().cpu().numpy() + tasks.base_query  # (B, Q) correction + seasonal naive
-    return Forecasts(query=query, resid_scale=scale)
+    """Adapt to every task's support set, forecast its query one step ahead from observed lags."""
+    adapted = adapt_support(
+        model, params, tasks, inner_steps=inner_steps, inner_lr=inner_lr, inner_lrs=inner_lrs, device=device
+    )
+    query = adapted.correction(tasks.x_query) + tasks.base_query  # (B, Q) correction + reference
+    return Forecasts(query=query, resid_scale=adapted.resid_scale)
+
+
+def residual_scale(abs_resid: np.ndarray) -> np.ndarray:
+    """Robust scale of each row of |residuals| (B, R): 1.4826 x median, or when more than half are
+    exactly 0 (a quantised or mostly flat series) 1.2533 x their mean; NaN for a row without any."""
+    mad = nan_median_rows(abs_resid) * MAD_TO_SD
+    n = np.isfinite(abs_resid).sum(axis=1)
+    mean = np.where(n > 0, np.nansum(abs_resid, axis=1) / np.maximum(n, 1), np.nan) * MEAN_AD_TO_SD
+    return np.where(mad > 0, mad, mean)
 
 
 def per_task(params: dict[str, torch.Tensor], n_tasks: int) -> dict[str, torch.Tensor]:
@@ -277,8 +372,9 @@ def score_points(
 ) -> PointScores:
     """Residuals -> calibrated tail probability -> score, band and flag (NaN where y missing)."""
     u = normalised_residuals(tasks, forecasts, calibration.scale_floor)  # (B, Q)
-    p = calibration.tail_probability(np.abs(u))
-    score = np.where(np.isfinite(u), p_to_score(p), np.nan)
+    log_p = calibration.log_tail_probability(np.abs(u))
+    p = np.clip(np.exp(log_p), MIN_P, 1.0)
+    score = np.where(np.isfinite(u), log_p_to_score(log_p), np.nan)
     half = calibration.quantile(score_to_p(threshold))  # |u| at the threshold
     denom = np.maximum(np.nan_to_num(forecasts.resid_scale, nan=np.inf), calibration.scale_floor)
     width = half * denom * tasks.scale  # (B,) band half-width in the series' units
@@ -351,39 +447,62 @@ def score_tasks(
     return TaskScores(**out, is_anomaly=flags, enough_history=enough)
 
 
-ECHO_PASSES = 4  # rescoring passes that replace flagged lags; a run of anomalies needs one per point at most
-
-
 def _score_without_echoes(
     cluster: ClusterModel, model: torch.nn.Module, raw: np.ndarray, n_query: int, *, threshold: float, device: str
 ) -> tuple[Tasks, PointScores]:
-    """Score the query of raw windows (B, W); later lags read a flagged point clipped to its band.
+    """Score the query of raw windows (B, W) point by point; later lags read flagged points
+    pulled towards their forecast.
 
     One-step forecasts read the day's observed values as lags, so an anomaly would otherwise
-    drag the next few forecasts with it and flag normal points after it ("echoes"). Each pass
-    clips the points flagged so far to their band in the inputs only (a barely flagged point
-    barely changes, so false alarms do not breed more): every point is still
-    scored against its own observed value, so a lasting anomaly (a burst, an outage) stays flagged.
+    drag the next forecasts with it: normal points after a spike would be flagged ("echoes") and
+    a lasting outage would be flagged at its first point only. The forecaster is adapted once;
+    then the day's points are forecast in time order (batched over tasks), and each flagged
+    point is replaced in the inputs of the later points. Every point is still scored against its
+    own observed value. The last points before the day go through the same loop first (not
+    scored): an outage at 23:00 would otherwise drag the first forecasts of the day with it.
+
+    A flagged point with deviation ``d`` from its forecast enters the later lags at
+    ``forecast + h^2 / d`` (``h`` = the band's half-width, ``|d| >= h``): a barely flagged false
+    alarm stays at the band edge, so it shifts the next forecasts by almost nothing and does not
+    breed more alarms; a point far out (a spike, an outage) is nearly replaced by its forecast,
+    so a lasting outage stays flagged instead of being absorbed by the last-value reference.
     """
     spec, k = cluster.spec, cluster.k_shot
-    observed = make_windows(raw, spec, k, n_query).query_values  # (B, Q) what each point is scored on
-    inputs = raw
-    for _ in range(ECHO_PASSES if n_query > 1 else 1):
-        tasks = make_windows(inputs, spec, k, n_query)
-        tasks = replace(tasks, query_values=observed)
-        forecasts = adapt_and_forecast(
-            model, cluster.params, tasks, inner_steps=cluster.inner_steps, inner_lr=cluster.inner_lr,
-            inner_lrs=cluster.inner_lrs, device=device,
-        )
-        pts = score_points(tasks, forecasts, cluster.calibration, threshold=threshold)
-        lagged = pts.is_anomaly[:, :-1]  # (B, Q-1) flags that later points read as lags
-        cleaned = raw.copy()
-        band = np.clip(raw[:, -n_query:-1], pts.lower[:, :-1], pts.upper[:, :-1])  # clipped to its band
-        cleaned[:, -n_query:-1] = np.where(lagged, band, raw[:, -n_query:-1])
-        if np.array_equal(cleaned, inputs, equal_nan=True):
-            break
-        inputs = cleaned
-    return tasks, pts
+    tasks = make_windows(raw, spec, k, n_query)
+    adapted = adapt_support(
+        model, cluster.params, tasks, inner_steps=cluster.inner_steps, inner_lr=cluster.inner_lr,
+        inner_lrs=cluster.inner_lrs, device=device,
+    )
+    calibration = cluster.calibration
+    denom = np.maximum(np.nan_to_num(adapted.resid_scale, nan=np.inf), calibration.scale_floor)  # (B,)
+    half = calibration.quantile(score_to_p(threshold)) * denom  # (B,) band half-width, normalised
+    z = tasks.z_window.copy()  # (B, W) inputs; flagged query points get replaced here
+    lead = z.shape[1] - n_query
+    n_before = min(_recent_lag_count(spec), tasks.recent_values.shape[1])  # yesterday's last points, read as lags
+    observed = np.concatenate([tasks.recent_values[:, -n_before:], tasks.query_values], axis=1)  # (B, P+Q)
+    forecast = np.empty_like(observed)
+    for i in range(observed.shape[1]):
+        c = lead - n_before + i  # window column of this point
+        if i > 0:  # a missing point carries the (cleaned) previous value forward, as make_windows does
+            z[:, c] = np.where(np.isfinite(observed[:, i]), observed[:, i], z[:, c - 1])
+        x, base, _ = lag_inputs(z, np.array([c]), spec)
+        forecast[:, i] = adapted.correction(x)[:, 0] + base[:, 0]
+        dev = observed[:, i] - forecast[:, i]
+        score = log_p_to_score(calibration.log_tail_probability(np.abs(dev / denom)))
+        flagged = np.nan_to_num(score, nan=-np.inf) >= threshold  # |dev| >= half where flagged
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kept = np.where(flagged, half**2 / np.where(flagged, dev, 1.0), 0.0)  # band edge .. ~0 far out
+        z[:, c] = np.where(flagged, forecast[:, i] + kept, z[:, c])
+    forecasts = Forecasts(query=forecast[:, n_before:], resid_scale=adapted.resid_scale)
+    return tasks, score_points(tasks, forecasts, calibration, threshold=threshold)
+
+
+def _recent_lag_count(spec: LagSpec) -> int:
+    """How many of the last points before the day the recent lags (1, 2, .., n) read."""
+    n = 0
+    while n < len(spec.lags) and spec.lags[n] == n + 1:
+        n += 1
+    return n
 
 
 # -- scoring the input rows of one or many days ---------------------------------------------------

@@ -22,6 +22,7 @@ SECONDS_PER_DAY = 86_400
 MAD_TO_SD = 1.4826  # MAD of a normal sample times this estimates its standard deviation
 MEAN_AD_TO_SD = 1.2533  # same for the mean absolute deviation
 SCALE_FLOOR = 1e-3  # scale never below this fraction of the window's largest |value|
+TARGET_CLIP = 10.0  # normalised inputs and corrections are clipped to +-this
 
 
 @dataclass(frozen=True)
@@ -64,19 +65,30 @@ def lag_spec(period: int, *, n_recent: int = 6, history: int | None = None) -> L
     return LagSpec(period=int(period), lags=tuple(sorted(lags)))
 
 
+def training_query_len(query_len: int, k_shot: int) -> int:
+    """Query points of a meta-training task: the scored day, but at most 2K points.
+
+    MAML's objective needs some query points after the support, not a whole day of a 5-minute
+    series: a shorter query lets a short history (NAB's probation, two days) hold windows with
+    the seasonal lags.
+    """
+    return max(1, min(int(query_len), 2 * int(k_shot)))
+
+
 def choose_lag_spec(
     period: int, lengths: np.ndarray, k_shot: int, query_len: int, *, n_recent: int = 6
 ) -> LagSpec:
     """The most seasonal lag set whose windows fit the cluster's typical series.
 
     Tries recent + seasonal lags with 2p, then without 2p, then recent lags only; a spec fits
-    when the median series holds a window plus one more day of distinct window starts.
+    when the median series holds a training window plus as many more distinct window starts.
     """
     typical = float(np.median(lengths)) if np.size(lengths) else 0.0
     candidates = [lag_spec(period, n_recent=n_recent), lag_spec(period, n_recent=n_recent, history=0)]
     candidates.append(lag_spec(0, n_recent=n_recent))
+    q = training_query_len(query_len, k_shot)
     for spec in candidates:
-        if typical >= window_width(spec, k_shot, query_len) + query_len:
+        if typical >= window_width(spec, k_shot, q) + q:
             return spec
     return candidates[-1]
 
@@ -106,11 +118,14 @@ class Tasks:
     y_query: np.ndarray  # (B, Q) float32
     w_query: np.ndarray  # (B, Q) float32
     query_values: np.ndarray  # (B, Q) float64, normalised, unclipped, NaN = missing
+    recent_values: np.ndarray  # (B, R) float64, same for the recent targets
     x_recent: np.ndarray  # (B, R, D) float32
     y_recent: np.ndarray  # (B, R) float32
     w_recent: np.ndarray  # (B, R) float32
-    base_recent: np.ndarray  # (B, R) float32, the seasonal-naive reference of each recent target
-    base_query: np.ndarray  # (B, Q) float32, same for the query
+    base_recent: np.ndarray  # (B, R) float64, the reference forecast the net corrects (see make_windows)
+    base_query: np.ndarray  # (B, Q) float64, same for the query
+    naive_query: np.ndarray  # (B, Q) float64, seasonal naive (the value a period, or a step, ago)
+    z_window: np.ndarray  # (B, W) float64, the normalised window, imputed, unclipped (lag_inputs reads it)
     centre: np.ndarray  # (B,) float64
     scale: np.ndarray  # (B,) float64, > 0 where the support window had data
     n_support_observed: np.ndarray  # (B,) int64, observed support targets
@@ -188,15 +203,21 @@ def _forward_fill(a: np.ndarray) -> np.ndarray:
 
 
 def make_windows(
-    windows: np.ndarray, spec: LagSpec, k_shot: int, n_query: int | None = None, *, clip: float = 10.0
+    windows: np.ndarray, spec: LagSpec, k_shot: int, n_query: int | None = None, *, clip: float = TARGET_CLIP
 ) -> Tasks:
     """Cut (support, query) tasks from raw windows (B, W), W = max_lag + R + Q.
 
     ``n_query`` = Q (default: everything after max_lag + K, i.e. R = K). Centre and scale come
-    from the support window (the ``max_lag + K`` values before the query) only. Missing inputs
-    are imputed by carrying the last observed value forward inside the window, and by the
-    centre (0 after normalisation) before the first observation: causal, so a forecast never
-    sees the future, and identical in training and scoring.
+    from the values before the query only (lag history and recent targets). Missing inputs are
+    imputed by carrying the last observed value forward inside the window, and by the centre
+    (0 after normalisation) before the first observation: causal, so a forecast never sees the
+    future, and identical in training and scoring.
+
+    The net predicts a correction to a *reference* forecast computed from unclipped values: the
+    last value plus last cycle's step (``y[t-1] + y[t-p] - y[t-p-1]``), or the last value without
+    a period. Its inputs are the lags relative to the last value (lag 1 keeps the level), clipped.
+    So a level shift moves the reference at once instead of saturating the inputs: after a jump
+    the forecasts follow the new level one step later, as a person reading the chart would.
     """
     windows = np.asarray(windows, dtype=np.float64)
     n_tasks, width = windows.shape
@@ -205,16 +226,13 @@ def make_windows(
     n_recent = lead - spec.max_lag
     if k_shot < 1 or n_query < 1 or n_recent < k_shot:
         raise ValueError(f"window width {width} does not fit max_lag={spec.max_lag}, k={k_shot}, q={n_query}")
-    centre, scale = robust_centre_scale(windows[:, lead - spec.max_lag - k_shot : lead])  # (B,), (B,)
+    centre, scale = robust_centre_scale(windows[:, :lead])  # (B,), (B,)
     safe_centre = np.where(np.isfinite(centre), centre, 0.0)
     z = (windows - safe_centre[:, None]) / scale[:, None]  # (B, W) normalised, NaN = missing
-    z_in = np.nan_to_num(_forward_fill(z), nan=0.0)  # (B, W) imputed for inputs
-    np.clip(z_in, -clip, clip, out=z_in)
+    z_in = np.nan_to_num(_forward_fill(z), nan=0.0)  # (B, W) imputed for inputs, unclipped
 
     targets = np.arange(spec.max_lag, width)  # (R+Q,) columns of the targets
-    lags = np.asarray(spec.lags)  # (D,)
-    x = z_in[:, targets[:, None] - lags[None, :]].astype(np.float32)  # (B, R+Q, D)
-    base = x[..., spec.lags.index(reference_lag(spec))].astype(np.float64)  # (B, R+Q) seasonal naive
+    x, base, naive = lag_inputs(z_in, targets, spec, clip=clip)  # (B, R+Q, D), (B, R+Q), (B, R+Q)
     y_raw = z[:, targets]  # (B, R+Q)
     observed = np.isfinite(y_raw)
     y = np.clip(np.where(observed, y_raw - base, 0.0), -clip, clip).astype(np.float32)
@@ -228,15 +246,39 @@ def make_windows(
         y_query=np.ascontiguousarray(y[:, r:]),
         w_query=np.ascontiguousarray(w[:, r:]),
         query_values=np.ascontiguousarray(y_raw[:, r:]),
+        recent_values=np.ascontiguousarray(y_raw[:, :r]),
         x_recent=np.ascontiguousarray(x[:, :r]),
         y_recent=np.ascontiguousarray(y[:, :r]),
         w_recent=np.ascontiguousarray(w[:, :r]),
         base_recent=np.ascontiguousarray(base[:, :r]),
         base_query=np.ascontiguousarray(base[:, r:]),
+        naive_query=np.ascontiguousarray(naive[:, r:]),
+        z_window=z_in,
         centre=centre,
         scale=scale,
         n_support_observed=observed[:, r - k : r].sum(axis=1).astype(np.int64),
     )
+
+
+def lag_inputs(
+    z_in: np.ndarray, targets: np.ndarray, spec: LagSpec, *, clip: float = TARGET_CLIP
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Net inputs, reference forecast and seasonal naive for target columns of normalised windows.
+
+    z_in (B, W) imputed, unclipped; targets (T,) column indices >= max_lag. Returns x (B, T, D)
+    float32 (lags relative to the most recent one, which keeps the level; clipped), the reference
+    (B, T) float64 the net corrects, and seasonal naive (B, T) float64 (see :func:`make_windows`).
+    """
+    lagged = z_in[:, targets[:, None] - np.asarray(spec.lags)[None, :]]  # (B, T, D)
+    col = {lag: i for i, lag in enumerate(spec.lags)}
+    last = lagged[..., 0]  # (B, T) the most recent lag (lag 1 in every spec lag_spec makes)
+    base = last
+    if spec.period > 0 and {spec.period, spec.period + 1} <= col.keys():
+        base = last + lagged[..., col[spec.period]] - lagged[..., col[spec.period + 1]]
+    naive = lagged[..., col.get(reference_lag(spec), 0)]
+    x = lagged - last[..., None]
+    x[..., 0] = last
+    return np.clip(x, -clip, clip).astype(np.float32), base, naive
 
 
 def gather_windows(

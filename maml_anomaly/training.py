@@ -28,7 +28,15 @@ from maml_anomaly.scoring import (
     normalised_residuals,
     per_task,
 )
-from maml_anomaly.tasks import LagSpec, Tasks, gather_windows, make_windows, sample_window_starts, window_width
+from maml_anomaly.tasks import (
+    LagSpec,
+    Tasks,
+    gather_windows,
+    make_windows,
+    sample_window_starts,
+    training_query_len,
+    window_width,
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class TrainSettings:
     max_series: int = 2000
     val_fraction: float = 0.2
     n_val_tasks: int = 256
+    n_calib_tasks: int = 2048  # the calibration's 1% quantile and tail need thousands of residuals
     eval_every: int = 100
     patience: int = 4
     time_budget_s: float = 120.0
@@ -97,7 +106,7 @@ def _scratch_adam(model, params, t: Tasks, *, steps: int, lr: float) -> np.ndarr
 
 
 def _seasonal_naive(t: Tasks) -> np.ndarray:
-    return t.base_query.astype(np.float64)  # (B, Q) the observed value a period (or a step) ago
+    return t.naive_query  # (B, Q) the observed value a period (or a step) ago
 
 
 def _pretrain_jointly(model, params, values, indptr, lengths, rows, spec, k_shot, query_len, settings, rng, iterations):
@@ -138,7 +147,8 @@ def train_cluster(
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
     k = settings.k_shot
-    width = window_width(spec, k, query_len)
+    train_q = training_query_len(query_len, k)
+    width = window_width(spec, k, train_q)
     lengths = indptr[1:] - indptr[:-1]
     usable = np.asarray(rows)[lengths[np.asarray(rows)] >= width]
     if usable.size == 0:
@@ -146,9 +156,11 @@ def train_cluster(
     usable = rng.permutation(usable)[: settings.max_series]
     n_val = 0 if usable.size < 2 else max(1, int(round(settings.val_fraction * usable.size)))
     val_rows, train_rows = (usable[:n_val], usable[n_val:]) if n_val else (usable, usable)
-    sample = lambda r, n: _sample_tasks(values, indptr, lengths, r, spec, k, query_len, n, rng)  # noqa: E731
+    sample = lambda r, n, q=train_q: _sample_tasks(values, indptr, lengths, r, spec, k, q, n, rng)  # noqa: E731
     val_tasks = sample(val_rows, settings.n_val_tasks)
-    calib_tasks = sample(val_rows, settings.n_val_tasks)
+    # calibration sees residuals exactly as scoring makes them (a day of query and of recent
+    # residuals) where the held-out series are long enough, else the training geometry
+    calib_tasks = sample(val_rows, settings.n_calib_tasks, query_len) or sample(val_rows, settings.n_calib_tasks)
 
     model = Forecaster(spec.n_inputs, settings.hidden, 1)
     init = init_params(model)
@@ -197,7 +209,7 @@ def train_cluster(
     calibration = fit_calibration(np.abs(u[np.isfinite(u)]), scale_floor=settings.scale_floor)
 
     report = _report(
-        model, init, meta_params, meta_lrs, values, indptr, lengths, train_rows, val_tasks, spec, k, query_len, settings, rng,
+        model, init, meta_params, meta_lrs, values, indptr, lengths, train_rows, val_tasks, spec, k, train_q, settings, rng,
         pretrain_iterations=it,
     )
     report.update(

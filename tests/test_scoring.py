@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
-from scipy.special import ndtri
+from scipy import stats
+from scipy.special import ndtr, ndtri
 
 from synth import seasonal_panel, tiny_cluster, to_buffer  # noqa: F401 (fixture)
 
@@ -21,9 +22,30 @@ def test_calibration_of_gaussian_residuals_gives_gaussian_scores():
     p = cal.tail_probability(np.array([0.0, 1.0, 1.5, 1.9]))
     np.testing.assert_allclose(p, [1.0, 0.3173, 0.1336, 0.0574], rtol=0.05)
     np.testing.assert_allclose(p_to_score(p)[1:], [1.0, 1.5, 1.9], atol=0.05)
-    # beyond the stored quantiles the exponential tail is heavier than the Gaussian: fewer flags
+    # beyond the stored quantiles (down to 0.001) a power law extrapolates: heavier than the
+    # Gaussian far out (fewer flags on light tails), close at the default threshold
     far = cal.tail_probability(np.array([3.0, 4.0, 6.0]))
-    assert np.all(far >= [0.0027, 6.3e-5, 2e-9]) and np.all(far < [0.02, 0.002, 1e-4])
+    gauss = 2 * ndtr(-np.array([3.0, 4.0, 6.0]))
+    assert far[0] == pytest.approx(gauss[0], rel=0.2)
+    assert np.all(far[1:] >= gauss[1:]) and np.all(far[1:] < [1e-3, 1e-4])
+
+
+def test_calibration_of_gaussian_residuals_is_close_at_the_default_threshold():
+    u = np.abs(ndtri(np.linspace(0.00005, 0.99995, 20001)))
+    p3 = fit_calibration(u, scale_floor=0.05).tail_probability(np.array([3.0]))[0]
+    assert 0.0027 / 1.5 <= p3 <= 1.5 * 0.0027  # the stated rate of threshold 3, within 1.5x
+
+
+def test_calibration_tail_capped_when_a_few_series_blow_up():
+    rng = np.random.default_rng(1)
+    normal = np.abs(rng.normal(size=18000))
+    flat = np.abs(rng.normal(size=2000)) * 1e6  # 10% of residuals from series whose scale collapsed
+    cal = fit_calibration(np.concatenate([normal, flat]), scale_floor=0.05)
+    assert cal.levels[-1] == 0.001 and cal.quantiles[-1] < 20.0  # the 0.1% quantile, not 1e6
+    assert p_to_score(cal.tail_probability(np.array([10.0])))[0] > 3.0  # a 10-sigma point is still flagged (uncapped: 1.2)
+    gaussian = fit_calibration(normal, scale_floor=0.05)
+    assert gaussian.quantiles == pytest.approx(  # a Gaussian tail is well below the cap: untouched
+        np.quantile(normal, 1 - np.asarray(gaussian.levels)), rel=1e-6)
 
 
 def test_tail_probability_monotone_and_quantile_inverts_it():
@@ -31,7 +53,8 @@ def test_tail_probability_monotone_and_quantile_inverts_it():
     cal = fit_calibration(np.abs(rng.standard_t(3, 5000)), scale_floor=0.05)
     u = np.linspace(0, 50, 2001)
     p = cal.tail_probability(u)
-    assert np.all(np.diff(p) <= 0) and p[0] == 1.0 and p[-1] < 1e-6
+    assert np.all(np.diff(p) <= 0) and p[0] == 1.0
+    assert 1.0 <= p[-1] / (2 * stats.t.sf(50, 3)) <= 3.0  # a power law: close to the t's tail, not lighter
     for q in [0.7, 0.2, 0.01, 1e-3, 1e-6]:
         assert cal.tail_probability(np.array([cal.quantile(q)]))[0] == pytest.approx(q, rel=1e-6)
     assert Calibration.from_dict(cal.to_dict()) == cal

@@ -38,17 +38,33 @@ def test_windows_exactly_aligned_hand_checked():
     def back(z):
         return t.denormalise(z.astype(np.float64))[0].round(5)
 
-    # support targets are columns 3 and 4; inputs (lag1, lag3)
+    # support targets are columns 3 and 4; inputs: lag 1 (the level), lag 3 relative to lag 1
     np.testing.assert_allclose(back(t.y_support + t.base_recent), [3, 4])
-    np.testing.assert_allclose(back(t.base_recent), [0, 1])  # seasonal naive: the value 3 steps back
+    np.testing.assert_allclose(back(t.base_recent), [2, 3])  # no lag p+1: the reference is the last value
     np.testing.assert_allclose(back(t.x_support[..., 0]), [2, 3])
-    np.testing.assert_allclose(back(t.x_support[..., 1]), [0, 1])
+    np.testing.assert_allclose(t.x_support[0, :, 1] * t.scale[0], [-2, -2])  # lag 3 - lag 1
     # query targets are columns 5..9, inputs are the observed values just before them
     np.testing.assert_allclose(back(t.y_query_abs), [5, 6, 7, 8, 9])
     np.testing.assert_allclose(back(t.x_query[..., 0]), [4, 5, 6, 7, 8])
-    np.testing.assert_allclose(back(t.x_query[..., 1]), [2, 3, 4, 5, 6])
-    # normalisation from the support window (columns 0..4) only: median 2
+    np.testing.assert_allclose(back(t.naive_query), [2, 3, 4, 5, 6])  # seasonal naive: 3 steps back
+    # normalisation from the values before the query (columns 0..4) only: median 2
     assert t.centre[0] == 2.0
+
+
+def test_reference_is_last_value_plus_last_cycles_step_and_follows_a_level_shift():
+    spec = LagSpec(period=4, lags=(1, 4, 5))
+    cycle = np.tile([0.0, 1.0, 3.0, 1.0], 6)  # period 4
+    t = make_windows(cycle[None, :], spec, k_shot=4, n_query=4, clip=1e9)
+    np.testing.assert_allclose(t.denormalise(t.base_query), cycle[None, -4:])  # exact on a clean cycle
+    shifted = cycle.copy()
+    shifted[-6:] += 100.0  # the level jumps two points before the query
+    t = make_windows(shifted[None, :], spec, k_shot=4, n_query=4, clip=10.0)
+    # the reference uses unclipped values: it follows the new level although the inputs saturate,
+    # except one period after the jump, where last cycle's step holds it (seasonal naive would be
+    # off by the jump for a whole period)
+    ref = t.denormalise(t.base_query)[0]
+    np.testing.assert_allclose(ref[[0, 1, 3]], shifted[[-4, -3, -1]])
+    assert ref[2] - shifted[-2] == 100.0
 
 
 def test_recent_targets_before_the_support_when_the_day_is_longer_than_k():
@@ -65,7 +81,7 @@ def test_recent_targets_before_the_support_when_the_day_is_longer_than_k():
     np.testing.assert_allclose(back(t.x_support[..., 0]), [2, 3])
     np.testing.assert_allclose(back(t.y_query_abs), [5, 6, 7, 8])
     np.testing.assert_allclose(back(t.x_query[..., 0]), [4, 5, 6, 7])
-    assert t.centre[0] == 3.0  # median of the support window: columns 2..4
+    assert t.centre[0] == 2.0  # median of the values before the query: columns 0..4
 
 
 def test_normalisation_scale_invariant():

@@ -42,6 +42,7 @@ from maml_anomaly.io import (
 )
 from maml_anomaly.locking import command_locks
 from maml_anomaly.panel import Panel
+from maml_anomaly.tasks import recent_len
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +409,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
     """Meta-train one forecaster per cluster; write weights and the training report."""
     import time
 
-    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step, window_width
+    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step, training_window_width
     from maml_anomaly.training import train_cluster
 
     md = open_trained(model_dir)
@@ -442,7 +443,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
             advance(1)
             if model is None:
                 reports[name] = {"skipped": "no series is long enough for one task window", "n_series": int(rows.size),
-                                 "window": window_width(spec, settings.k_shot, query_len)}
+                                 "window": training_window_width(spec, settings.k_shot, query_len)}
                 log.warning("cluster %s: skipped, no series holds a full task window", name)
                 continue
             file = f"cluster-{i:04d}.safetensors"
@@ -1153,7 +1154,7 @@ class ClusterIndex:
 
 
 def history_span(models: list[Any], max_step_ns: int) -> np.timedelta64 | None:
-    """How far before the first scored day a batch must read: lags + K support points (+ margin).
+    """How far before the first scored day a batch must read: lags + R recent points (+ margin).
 
     None when a model scores series whose step is not bounded (a day or longer and no step
     recorded in clusters.parquet): then all history is read.
@@ -1166,7 +1167,7 @@ def history_span(models: list[Any], max_step_ns: int) -> np.timedelta64 | None:
             step = max_step_ns
         else:
             return None
-        span = max(span, (m.spec.max_lag + m.k_shot + HISTORY_MARGIN_STEPS) * step)
+        span = max(span, (m.spec.max_lag + recent_len(m.k_shot, m.query_len) + HISTORY_MARGIN_STEPS) * step)
     return np.timedelta64(span + NS_PER_DAY, "ns")
 
 

@@ -41,6 +41,7 @@ TAIL_LEVELS = (0.5, 0.25, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
 MIN_TAIL_POINTS = 20
 HEAVIEST_TAIL_DF = 3  # calibration tails are capped at a Student t with this many degrees of freedom
 MIN_P = 1e-300
+CHUNK_CELLS = 16_000_000  # lag-input cells (tasks x window x lags) per chunk: bounds memory on fine steps
 MAX_SCORE = float(-ndtri(MIN_P / 2))  # about 37
 
 STATUS_OK = "ok"
@@ -281,7 +282,7 @@ def adapt_support(
                     k: torch.where(worse.view(-1, *([1] * (v.dim() - 1))), init[k], v) for k, v in task_params.items()
                 }
     adapted = Adapted(model, task_params, np.empty(0), dev)
-    # residual scale over the R recent points (a day, >= K)
+    # residual scale over the R recent points (a week of a sub-daily series, K of a daily one)
     resid = np.abs(adapted.correction(tasks.x_recent) - tasks.y_recent)  # (B, R)
     resid[tasks.w_recent == 0] = np.nan
     return replace(adapted, resid_scale=residual_scale(resid))
@@ -434,7 +435,7 @@ def score_tasks(
     out = {name: np.full((n, n_query), np.nan) for name in ("y_hat", "lower", "upper", "score", "p_value")}
     flags = np.zeros((n, n_query), dtype=bool)
     enough = np.zeros(n, dtype=bool)
-    size = max(1, min(batch_size, n))
+    size = max(1, min(batch_size, n, max(64, CHUNK_CELLS // (width * spec.n_inputs))))
     for lo in range(0, n, size):
         idx = np.arange(lo, lo + size).clip(max=n - 1)  # (size,) padded with the last task
         raw = gather_windows(values, indptr, rows[idx], first[idx] - (width - n_query), width)

@@ -3,7 +3,7 @@
 A *window* is a contiguous run of one series' grid values, ``max_lag + R + Q`` long:
 
     [ lag history | R recent targets, the last K = support | query targets ]
-      max_lag       R = max(K, Q)                            Q = one calendar day of points
+      max_lag       R = recent_len(K, Q): a week, >= K        Q = one calendar day of points
 
 Each target's inputs are the values ``lags`` steps before it; query inputs are the OBSERVED
 values (one-step-ahead, exactly as daily scoring forecasts a day). The recent targets give the
@@ -75,6 +75,11 @@ def training_query_len(query_len: int, k_shot: int) -> int:
     return max(1, min(int(query_len), 2 * int(k_shot)))
 
 
+def training_window_width(spec: LagSpec, k_shot: int, query_len: int) -> int:
+    """Columns of a meta-training window: lag history, K support, a training query."""
+    return window_width(spec, k_shot, training_query_len(query_len, k_shot), n_recent=k_shot)
+
+
 def choose_lag_spec(
     period: int, lengths: np.ndarray, k_shot: int, query_len: int, *, n_recent: int = 6
 ) -> LagSpec:
@@ -88,7 +93,7 @@ def choose_lag_spec(
     candidates.append(lag_spec(0, n_recent=n_recent))
     q = training_query_len(query_len, k_shot)
     for spec in candidates:
-        if typical >= window_width(spec, k_shot, q) + q:
+        if typical >= training_window_width(spec, k_shot, query_len) + q:
             return spec
     return candidates[-1]
 
@@ -150,14 +155,25 @@ def reference_lag(spec: LagSpec) -> int:
     return spec.period if spec.period > 0 else 1
 
 
+RECENT_DAYS = 7  # days of recent one-step residuals that give a sub-daily series' residual scale
+
+
 def recent_len(k_shot: int, query_len: int) -> int:
-    """R: targets before the query whose residuals give the residual scale (a day, at least K)."""
-    return max(k_shot, query_len)
+    """R: targets before the query whose residuals give the residual scale (a week, at least K).
+
+    A day of hourly residuals (24) gives a scale with about 25% error, which makes every score
+    heavy-tailed; a week (168) cuts that to about 10%. Daily series use their K support points.
+    """
+    return max(k_shot, RECENT_DAYS * query_len if query_len > 1 else 0)
 
 
-def window_width(spec: LagSpec, k_shot: int, query_len: int) -> int:
-    """Columns of a task window: lag history, R recent targets (support = their last K), query."""
-    return spec.max_lag + recent_len(k_shot, query_len) + query_len
+def window_width(spec: LagSpec, k_shot: int, query_len: int, n_recent: int | None = None) -> int:
+    """Columns of a task window: lag history, R recent targets (support = their last K), query.
+
+    ``n_recent`` = R, by default :func:`recent_len` (scoring); meta-training windows use R = K
+    (only the support and the query matter there).
+    """
+    return spec.max_lag + (recent_len(k_shot, query_len) if n_recent is None else n_recent) + query_len
 
 
 def nan_median_rows(a: np.ndarray) -> np.ndarray:

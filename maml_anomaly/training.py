@@ -33,8 +33,10 @@ from maml_anomaly.tasks import (
     Tasks,
     gather_windows,
     make_windows,
+    recent_len,
     sample_window_starts,
     training_query_len,
+    training_window_width,
     window_width,
 )
 
@@ -69,9 +71,12 @@ def _tensors(t: Tasks) -> tuple[torch.Tensor, ...]:
     return f(t.x_support), f(t.y_support), f(t.w_support), f(t.x_query), f(t.y_query), f(t.w_query)
 
 
-def _sample_tasks(values, indptr, lengths, rows, spec, k_shot, query_len, n, rng) -> Tasks | None:
-    """``n`` tasks cut at uniformly drawn places of series ``rows`` (None if none fits)."""
-    width = window_width(spec, k_shot, query_len)
+def _sample_tasks(values, indptr, lengths, rows, spec, k_shot, query_len, n, rng, n_recent=None) -> Tasks | None:
+    """``n`` tasks cut at uniformly drawn places of series ``rows`` (None if none fits).
+
+    ``n_recent`` recent targets before the query (default K: a training window); calibration
+    passes None, the scoring geometry."""
+    width = window_width(spec, k_shot, query_len, n_recent=k_shot if n_recent is None else n_recent)
     picked, starts = sample_window_starts(lengths, width, n, rng, rows=rows)
     if picked.size == 0:
         return None
@@ -148,7 +153,7 @@ def train_cluster(
     torch.manual_seed(settings.seed)
     k = settings.k_shot
     train_q = training_query_len(query_len, k)
-    width = window_width(spec, k, train_q)
+    width = training_window_width(spec, k, query_len)
     lengths = indptr[1:] - indptr[:-1]
     usable = np.asarray(rows)[lengths[np.asarray(rows)] >= width]
     if usable.size == 0:
@@ -160,7 +165,10 @@ def train_cluster(
     val_tasks = sample(val_rows, settings.n_val_tasks)
     # calibration sees residuals exactly as scoring makes them (a day of query and of recent
     # residuals) where the held-out series are long enough, else the training geometry
-    calib_tasks = sample(val_rows, settings.n_calib_tasks, query_len) or sample(val_rows, settings.n_calib_tasks)
+    scoring_like = _sample_tasks(
+        values, indptr, lengths, val_rows, spec, k, query_len, settings.n_calib_tasks, rng, n_recent=recent_len(k, query_len)
+    )
+    calib_tasks = scoring_like or sample(val_rows, settings.n_calib_tasks)
 
     model = Forecaster(spec.n_inputs, settings.hidden, 1)
     init = init_params(model)

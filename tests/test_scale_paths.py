@@ -12,6 +12,7 @@ from test_end_to_end import TINY, _invoke, _panel
 from maml_anomaly import pipeline
 from maml_anomaly.maml import adapt, adapt_tasks
 from maml_anomaly.model import Forecaster, init_params
+from maml_anomaly.tasks import recent_len
 from maml_anomaly.scoring import huber_loss
 
 
@@ -59,7 +60,7 @@ def test_history_window_covers_what_tasks_need(trained_sorted):
     _, models = pipeline._load_models(md)
     span = pipeline.history_span(models, pipeline.ClusterIndex.load(md).max_step_ns)
     hours = span / np.timedelta64(1, "h")
-    need = max(m.spec.max_lag + m.k_shot for m in models)  # hourly series: one point per hour
+    need = max(m.spec.max_lag + recent_len(m.k_shot, m.query_len) for m in models)  # hourly: a point per hour
     assert need < hours <= need + 24 + 2 * 24 + 1, (root, hours)
 
 

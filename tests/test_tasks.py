@@ -70,7 +70,8 @@ def test_reference_is_last_value_plus_last_cycles_step_and_follows_a_level_shift
 def test_recent_targets_before_the_support_when_the_day_is_longer_than_k():
     # lags (1,), K = 2, Q = 4 -> R = max(K, Q) = 4 recent targets, the support is their last 2
     spec = LagSpec(period=0, lags=(1,))
-    assert window_width(spec, 2, 4) == 1 + 4 + 4
+    assert window_width(spec, 2, 4, n_recent=4) == 1 + 4 + 4
+    assert window_width(spec, 2, 4) == 1 + 7 * 4 + 4  # scoring: a week of recent residuals
     t = make_windows(np.arange(9, dtype=float)[None, :], spec, k_shot=2, n_query=4, clip=1e9)
 
     def back(z):

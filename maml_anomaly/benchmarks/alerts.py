@@ -9,7 +9,7 @@ batches with scoring.score_tasks, exactly as daily-score scores one cluster.
 
 1. Clean data: the fraction of points flagged at the default threshold against its stated rate
    ``score_to_p(threshold)`` (daily-score's default threshold 3.0 -> 2.7e-3 per point; 4.0 -> 6.3e-5); also the observed/stated ratio at
-   p-value cut-offs 1e-2, 1e-3, 1e-4 (how calibrated the p-values are along the tail).
+   p-value cut-offs 1e-2, 1e-3, 1e-4, 1e-5 (how calibrated the p-values are along the tail).
 2. The same series with anomalies injected into ``--anomaly-share`` of them on the scored day
    (spikes and dips of 5-10 noise units, level shifts of 3-6 units to the end of the day):
    Benjamini-Hochberg q-values over all points (alerts.bh_qvalues, as daily-score computes them),
@@ -145,7 +145,7 @@ def run(
     ok = np.isfinite(p)
     stated = score_to_p(threshold)
     observed = float(flag[ok].mean())
-    tail = {f"{a:g}": round(float((p[ok] <= a).mean() / a), 3) for a in (1e-2, 1e-3, 1e-4)}
+    tail = {f"{a:g}": round(float((p[ok] <= a).mean() / a), 3) for a in (1e-2, 1e-3, 1e-4, 1e-5)}
     q_clean = bh_qvalues(p)
 
     p2, lab, flag2 = np.concatenate(inj_p), np.concatenate(labels), np.concatenate(inj_flag)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from scipy.special import ndtr, ndtri
 
+from maml_anomaly import fast_adapt
 from maml_anomaly.maml import adapt_tasks, expand_params, predict
 from maml_anomaly.model import Forecaster
 from maml_anomaly.tasks import MAD_TO_SD, LagSpec, Tasks, gather_windows, make_windows, nan_median_rows, window_width
@@ -192,26 +193,30 @@ def adapt_and_forecast(
     x_s, y_s, w_s, x_q = to(tasks.x_support), to(tasks.y_support), to(tasks.w_support), to(tasks.x_query)
     base = {k: v.detach().to(dev) for k, v in params.items()}
     lrs = None if inner_lrs is None else _detach(inner_lrs, dev)
+    n_recent, k = tasks.x_recent.shape[1], x_s.shape[1]
+    x_r = to(tasks.x_recent)
+    x_rq = torch.cat([x_r, x_q], 1)  # (B, R + Q): one forecast pass serves the residual scale and the query
     with torch.no_grad():  # adapt still takes its inner gradients; no graph is kept
-        task_params = adapt_tasks(
-            model, per_task(base, x_s.shape[0]), x_s, y_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs,
-            weight=w_s, first_order=True, loss_fn=huber_loss,
-        )
-        pred_q = predict(model, task_params, x_q)[..., 0]  # (B, Q)
-        pred_s = predict(model, task_params, x_s)[..., 0]  # (B, K)
-        worse = None
+        if fast_adapt.supports(model):  # hand-written loop (fused C kernel on CPU), same results up to rounding
+            pred_rq, pred_s0 = fast_adapt.adapt_and_predict(
+                model, base, x_s, y_s, w_s, x_rq, steps=inner_steps, lr=inner_lr, inner_lrs=lrs
+            )  # (B, R + Q), (B, K) the meta-init's support forecasts
+        else:
+            task_params = adapt_tasks(
+                model, per_task(base, x_s.shape[0]), x_s, y_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs,
+                weight=w_s, first_order=True, loss_fn=huber_loss,
+            )
+            pred_rq, pred_s0 = predict(model, task_params, x_rq)[..., 0], None
+        pred_s = pred_rq[:, n_recent - k : n_recent]  # (B, K): the support is the last K recent targets (make_windows)
         if inner_steps > 0:  # guard: a task whose support loss got worse keeps the meta-init
             init = expand_params(base, x_s.shape[0])
-            pred_s0 = predict(model, init, x_s)[..., 0]  # (B, K)
+            if pred_s0 is None:
+                pred_s0 = predict(model, init, x_s)[..., 0]  # (B, K)
             worse = huber_loss(pred_s[..., None], y_s, w_s) > huber_loss(pred_s0[..., None], y_s, w_s)  # (B,)
             if bool(worse.any()):
-                pred_q = torch.where(worse[:, None], predict(model, init, x_q)[..., 0], pred_q)
-                pred_s = torch.where(worse[:, None], pred_s0, pred_s)
-        # residual scale: 1.4826 x median |residual| over the R recent points (a day, >= K)
-        x_r = to(tasks.x_recent)
-        pred_r = predict(model, task_params, x_r)[..., 0]  # (B, R)
-        if worse is not None and bool(worse.any()):
-            pred_r = torch.where(worse[:, None], predict(model, init, x_r)[..., 0], pred_r)
+                pred_rq = torch.where(worse[:, None], predict(model, init, x_rq)[..., 0], pred_rq)
+        pred_r, pred_q = pred_rq[:, :n_recent], pred_rq[:, n_recent:]  # (B, R), (B, Q)
+    # residual scale: 1.4826 x median |residual| over the R recent points (a day, >= K)
     resid = np.abs(pred_r.double().cpu().numpy() - tasks.y_recent)  # (B, R)
     resid[tasks.w_recent == 0] = np.nan
     scale = nan_median_rows(resid) * MAD_TO_SD

@@ -23,8 +23,49 @@ static inline v8 ld(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
 static inline void st(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 static inline v8 splat(float a) { return (v8){a, a, a, a, a, a, a, a}; }
 
+/* C[m*ldc] += sum_p A[m*ars + p*acs] * B[p*ldb]: dot products when A's rows are contiguous,
+ * else axpy over m when its columns are (the two layouts of a one-output layer). */
+static void gemv_acc(int M, int P, const float *A, int ars, int acs, const float *B, int ldb, float *C, int ldc) {
+    if (acs == 1) {
+        for (int m = 0; m < M; m++) {
+            const float *a = A + (size_t)m * ars;
+            v8 acc = splat(0.0f);
+            int p = 0;
+            for (; p + 8 <= P; p += 8) {
+                v8 b;
+                for (int j = 0; j < 8; j++) b[j] = B[(size_t)(p + j) * ldb];
+                acc += ld(a + p) * b;
+            }
+            float s = 0.0f;
+            for (; p < P; p++) s += a[p] * B[(size_t)p * ldb];
+            for (int j = 0; j < 8; j++) s += acc[j];
+            C[(size_t)m * ldc] += s;
+        }
+        return;
+    }
+    if (ars == 1 && ldc == 1) {
+        for (int p = 0; p < P; p++) {
+            const float *a = A + (size_t)p * acs;
+            float bv = B[(size_t)p * ldb];
+            int m = 0;
+            for (; m + 8 <= M; m += 8) st(C + m, ld(C + m) + splat(bv) * ld(a + m));
+            for (; m < M; m++) C[m] += bv * a[m];
+        }
+        return;
+    }
+    for (int m = 0; m < M; m++) {
+        float acc = C[(size_t)m * ldc];
+        for (int p = 0; p < P; p++) acc += A[(size_t)m * ars + (size_t)p * acs] * B[(size_t)p * ldb];
+        C[(size_t)m * ldc] = acc;
+    }
+}
+
 /* C[m][n] += sum_p A[m*ars + p*acs] * B[p*ldb + n], m < M, n < N (C row-major, ldc). */
 static void gemm_acc(int M, int N, int P, const float *A, int ars, int acs, const float *B, int ldb, float *C, int ldc) {
+    if (N == 1) {  /* a single output (the forecast): vectorise over whichever side is contiguous */
+        gemv_acc(M, P, A, ars, acs, B, ldb, C, ldc);
+        return;
+    }
     int n = 0;
     for (; n + 16 <= N; n += 16) {
         int m = 0;

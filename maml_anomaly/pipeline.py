@@ -248,13 +248,20 @@ def _summary(text: str, **fields: Any) -> dict[str, Any]:
 # 5-minute steps: 8064 points), at least 1024 points; and a group's matrix stays under ~1.5 GB.
 _HISTORY_CYCLES = 4
 _MIN_HISTORY = 1024
-_MATRIX_BYTES = 1_500_000_000
-_DETECT_ROWS = 200_000  # rows per tail_matrix chunk while detecting periods
+_DETECT_BYTES = 256_000_000  # one detection matrix (float64) at most: rows are detected in chunks
+# matrix widths: a series' own length rounded up to this ladder (about 19% apart), so its period
+# depends on its own history only, never on which other series share its batch
+_WIDTHS = np.unique(np.ceil(8 * 2 ** (np.arange(64) / 4)).astype(np.int64))
 
 
 @locked(model_shared=False)
 def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Detect each series' period, group the series and write clusters.parquet + manifest."""
+    """Detect each series' period, group the series and write clusters.parquet + manifest.
+
+    The input is streamed in batches of whole series (as daily-score reads it): each batch keeps
+    only per-series summaries (period, strength, cycle shape), and the clusters are fitted on
+    those at the end, so memory is set by the batch size and the number of series, not the rows.
+    """
     import time
 
     from threadpoolctl import threadpool_limits
@@ -263,12 +270,24 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
 
     md = ModelDir(model_dir)
     md.check_fresh(overwrite)
-    data = load_input(config, input)
-    panel, cc, window = data.panel, config.clusters, data.window
-    del data  # the long frame is not needed any more: free it before the matrices are built
+    cc = config.clusters
     t0 = time.perf_counter()
+    totals = _ReadTotals()
+    batches = []
+    frames = iter_series_frames(input, config.columns, config.input.on_duplicate, batch_rows=STREAM_ROWS)
     with threadpool_limits(limits=config.runtime.threads, user_api="blas"):  # tiny matmuls
-        clusters, states, groups, too_short = _periods_and_clusters(panel, cc)
+        for frame in frames:
+            panel, report = build_panel(frame, config.input.snap_tolerance)
+            totals.add(report, frame)
+            del frame  # the batch's rows are not needed once its panel is built
+            batches.append(_summarise_periods(panel, cc))
+            del panel
+        log.info("read %s: %s", input, totals.summary())
+        if totals.counts.get("off_grid", 0):
+            log.warning(
+                "%d rows lie off their series' regular grid; they are kept and reported", totals.counts["off_grid"]
+            )
+        clusters, states, groups, too_short = _finish_periods(batches, cc)
     seconds = time.perf_counter() - t0
     table = _cluster_table(clusters)
     md.prepare(overwrite)
@@ -276,7 +295,7 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
     md.save_json("clusterer", {"format_version": 1, "step_groups": states})
     step_ns = clusters["step"].to_numpy().astype(np.int64)
     summary = {
-        "series": int(panel.n_series),
+        "series": len(clusters),
         "clusters": table,
         "periodic": int((clusters["period"] > 0).sum()),
         "aperiodic": int((clusters["period"] == 0).sum()),
@@ -284,23 +303,80 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
         "steps": [{"step": step_tag(s / 1e9), "series": int((step_ns == s).sum())} for s in groups],
         "seconds": round(seconds, 2),
     }
-    md.write_manifest(config, config.columns, window, extra={"fit_clusters": summary})
+    md.write_manifest(config, config.columns, totals.window(), extra={"fit_clusters": summary})
     return _summary(_fit_clusters_text(summary, md.path), **summary)
 
 
 def _periods_and_clusters(panel: Panel, cc: Any) -> tuple[pd.DataFrame, list[dict[str, Any]], list[int], np.ndarray]:
-    """Per step group: tail matrix -> detect_periods -> PeriodClusterer; the clusters frame."""
-    from maml_anomaly.clustering import PeriodClusterer, step_tag
-    from maml_anomaly.periodicity import calendar_periods, detect_periods
+    """Periods and clusters of a whole panel: what streamed fit-clusters gives for the same series."""
+    return _finish_periods([_summarise_periods(panel, cc)], cc)
+
+
+@dataclass(frozen=True)
+class _PeriodBatch:
+    """What fit-clusters keeps of a batch of series: one entry per series, shapes of periodic ones."""
+
+    ids: np.ndarray  # (S,)
+    step_ns: np.ndarray  # (S,) int64, 0 = no step (a single point)
+    period: np.ndarray  # (S,) int64
+    strength: np.ndarray  # (S,) float64
+    second: np.ndarray  # (S,) int64
+    n_obs: np.ndarray  # (S,) int64
+    shapes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]  # (step, period) -> (series (r,), profiles (r, bins))
+
+
+def _history_width(lengths: np.ndarray, cap: int) -> np.ndarray:
+    """(G,) detection matrix width of each series: its length on the _WIDTHS ladder, at most ``cap``."""
+    up = _WIDTHS[np.minimum(np.searchsorted(_WIDTHS, lengths), _WIDTHS.size - 1)]
+    return np.maximum(8, np.minimum(up, cap))
+
+
+def _summarise_periods(panel: Panel, cc: Any) -> _PeriodBatch:
+    """Per step and matrix width: tail matrix -> detect_periods -> cycle shapes of periodic series."""
+    from maml_anomaly.clustering import profile_bins
+    from maml_anomaly.periodicity import calendar_periods, cycle_profiles, detect_periods
 
     step_ns = np.where(np.isnat(panel.step), 0, panel.step.astype(np.int64))  # (S,) 0 = no step
-    lengths = panel.lengths
-    n_obs = _observed_per_series(panel)  # (S,)
-    period = np.zeros(panel.n_series, np.int64)
-    strength = np.zeros(panel.n_series, np.float64)
-    second = np.zeros(panel.n_series, np.int64)
-    cluster = np.empty(panel.n_series, dtype=object)
-    too_short = np.zeros(panel.n_series, bool)
+    n = panel.n_series
+    period, second = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    strength = np.zeros(n, np.float64)
+    parts: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
+    for s in np.unique(step_ns[step_ns > 0]).tolist():
+        seconds = s / 1e9
+        cap = max(_HISTORY_CYCLES * max([*calendar_periods(seconds), cc.max_period, 1]), _MIN_HISTORY)
+        rows_s = np.flatnonzero(step_ns == s)
+        width = _history_width(panel.lengths[rows_s], cap)  # (G,)
+        for w in np.unique(width).tolist():
+            rows_w = rows_s[width == w]
+            chunk = max(1, _DETECT_BYTES // (8 * w))
+            for lo in range(0, rows_w.size, chunk):
+                rows = rows_w[lo : lo + chunk]
+                matrix = panel.tail_matrix(w, rows)  # (r, w)
+                found = detect_periods(matrix, seconds, max_period=cc.max_period, min_strength=cc.min_strength)
+                period[rows], strength[rows], second[rows] = found.period, found.strength, found.second_period
+                for p in np.unique(found.period[found.period > 0]).tolist():
+                    sel = found.period == p
+                    parts.setdefault((s, p), []).append((rows[sel], cycle_profiles(matrix[sel], p, bins=profile_bins(p))))
+    shapes = {}
+    for key, chunks in parts.items():
+        rows = np.concatenate([r for r, _ in chunks])
+        order = np.argsort(rows, kind="stable")
+        shapes[key] = (rows[order], np.concatenate([q for _, q in chunks])[order])
+    return _PeriodBatch(panel.ids, step_ns, period, strength, second, _observed_per_series(panel), shapes)
+
+
+def _finish_periods(
+    batches: list[_PeriodBatch], cc: Any
+) -> tuple[pd.DataFrame, list[dict[str, Any]], list[int], np.ndarray]:
+    """Per step group: PeriodClusterer on the kept cycle shapes; the clusters frame (series sorted by id)."""
+    from maml_anomaly.clustering import PeriodClusterer, step_tag
+    from maml_anomaly.periodicity import calendar_periods
+
+    b = _concat_period_batches(batches)
+    batches.clear()
+    step_ns, period, n = b.step_ns, b.period, b.ids.size
+    cluster = np.empty(n, dtype=object)
+    too_short = np.zeros(n, bool)
     steps = [int(s) for s in np.unique(step_ns[step_ns > 0])]
     groups = sorted(steps, key=lambda s: (-int((step_ns == s).sum()), s))  # largest group first
     prefixed = len(groups) > 1  # names carry the step only when steps differ ("1h-p24")
@@ -309,19 +385,10 @@ def _periods_and_clusters(panel: Panel, cc: Any) -> tuple[pd.DataFrame, list[dic
         rows = np.flatnonzero(step_ns == s)  # (G,)
         seconds = s / 1e9
         cal = calendar_periods(seconds)
-        longest = max([*cal, cc.max_period, 1])
-        n_hist = int(min(lengths[rows].max(), max(_HISTORY_CYCLES * longest, _MIN_HISTORY)))
-        n_hist = int(max(8, min(n_hist, _MATRIX_BYTES // (8 * rows.size))))
-        matrix = np.empty((rows.size, n_hist))  # (G, n_hist)
-        for lo in range(0, rows.size, _DETECT_ROWS):
-            matrix[lo : lo + _DETECT_ROWS] = panel.tail_matrix(n_hist, rows[lo : lo + _DETECT_ROWS])
-        found = detect_periods(matrix, seconds, max_period=cc.max_period, min_strength=cc.min_strength)
-        period[rows], strength[rows], second[rows] = found.period, found.strength, found.second_period
-        too_short[rows] = n_obs[rows] < 2 * (min(cal) if cal else 3)
+        too_short[rows] = b.n_obs[rows] < 2 * (min(cal) if cal else 3)
         model = PeriodClusterer(
             min_cluster_size=cc.min_cluster_size, max_subclusters=cc.max_subclusters, seed=0
-        ).fit(matrix, found.period)
-        del matrix
+        ).fit_profiles(period[rows], lambda p, _rows, s=s: b.shapes[(s, p)][1])
         prefix = f"{step_tag(seconds)}-" if prefixed else ""
         cluster[rows] = _prefixed(model.labels_, prefix)
         states.append({"step_seconds": seconds, "prefix": prefix, "clusterer": model.to_dict()})
@@ -331,16 +398,39 @@ def _periods_and_clusters(panel: Panel, cc: Any) -> tuple[pd.DataFrame, list[dic
         cluster[no_step] = _fallback_cluster(states, cluster, step_ns, groups)
     clusters = pd.DataFrame(
         {
-            "unique_id": panel.ids,
+            "unique_id": b.ids,
             "cluster": cluster.astype(str),
             "period": period,
-            "strength": strength.round(6),
-            "second_period": second,
-            "step": panel.step,
-            "n_obs": n_obs,
+            "strength": b.strength.round(6),
+            "second_period": b.second,
+            "step": np.where(step_ns > 0, step_ns, np.iinfo(np.int64).min).view("m8[ns]"),  # NaT: no step
+            "n_obs": b.n_obs,
         }
     )
     return clusters, states, groups, too_short
+
+
+def _concat_period_batches(batches: list[_PeriodBatch]) -> _PeriodBatch:
+    """One summary for all batches, series in id order (the bucketed stream of unsorted input is not)."""
+    cat = lambda name: np.concatenate([getattr(x, name) for x in batches])  # noqa: E731
+    ids = cat("ids")
+    offsets = np.cumsum([0] + [x.ids.size for x in batches])
+    shapes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    for key in sorted({k for x in batches for k in x.shapes}):
+        got = [(x.shapes[key][0] + off, x.shapes[key][1]) for x, off in zip(batches, offsets) if key in x.shapes]
+        shapes[key] = (np.concatenate([r for r, _ in got]), np.concatenate([q for _, q in got]))
+    out = _PeriodBatch(ids, cat("step_ns"), cat("period"), cat("strength"), cat("second"), cat("n_obs"), shapes)
+    if ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])):
+        return out
+    order = np.argsort(ids, kind="stable")  # (S,) new position -> old
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)  # old position -> new
+    moved = {}
+    for key, (rows, prof) in shapes.items():
+        new = rank[rows]
+        o = np.argsort(new, kind="stable")
+        moved[key] = (new[o], prof[o])
+    return _PeriodBatch(*(getattr(out, f)[order] for f in ("ids", "step_ns", "period", "strength", "second", "n_obs")), moved)
 
 
 def _prefixed(labels: np.ndarray, prefix: str) -> np.ndarray:

@@ -60,6 +60,35 @@ static void gemv_acc(int M, int P, const float *A, int ars, int acs, const float
     }
 }
 
+/* Rows m..m+R of C, columns n..n+8*V: R*V accumulators held in registers over the whole p loop
+ * (R = 5, V = 2 gives 10 independent FMA chains, enough to hide the FMA latency). */
+static inline __attribute__((always_inline)) void block(int R, int V, int P, const float *A, int ars, int acs,
+                                                        const float *B, int ldb, float *C, int ldc) {
+    v8 c[5][2];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < V; v++) c[r][v] = ld(C + (size_t)r * ldc + 8 * v);
+    for (int p = 0; p < P; p++) {
+        v8 b[2];
+        for (int v = 0; v < V; v++) b[v] = ld(B + (size_t)p * ldb + 8 * v);
+        const float *ap = A + (size_t)p * acs;
+        for (int r = 0; r < R; r++) {
+            v8 a = splat(ap[(size_t)r * ars]);
+            for (int v = 0; v < V; v++) c[r][v] += a * b[v];
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < V; v++) st(C + (size_t)r * ldc + 8 * v, c[r][v]);
+}
+
+#define BLOCK_CASES(V)                                                                         \
+    switch (R) {                                                                               \
+    case 5: block(5, V, P, a, ars, acs, B + n, ldb, c, ldc); break;                            \
+    case 4: block(4, V, P, a, ars, acs, B + n, ldb, c, ldc); break;                            \
+    case 3: block(3, V, P, a, ars, acs, B + n, ldb, c, ldc); break;                            \
+    case 2: block(2, V, P, a, ars, acs, B + n, ldb, c, ldc); break;                            \
+    default: block(1, V, P, a, ars, acs, B + n, ldb, c, ldc); break;                           \
+    }
+
 /* C[m][n] += sum_p A[m*ars + p*acs] * B[p*ldb + n], m < M, n < N (C row-major, ldc). */
 static void gemm_acc(int M, int N, int P, const float *A, int ars, int acs, const float *B, int ldb, float *C, int ldc) {
     if (N == 1) {  /* a single output (the forecast): vectorise over whichever side is contiguous */
@@ -67,40 +96,15 @@ static void gemm_acc(int M, int N, int P, const float *A, int ars, int acs, cons
         return;
     }
     int n = 0;
-    for (; n + 16 <= N; n += 16) {
-        int m = 0;
-        for (; m + 4 <= M; m += 4) {
-            float *c = C + (size_t)m * ldc + n;
-            v8 c00 = ld(c), c01 = ld(c + 8), c10 = ld(c + ldc), c11 = ld(c + ldc + 8);
-            v8 c20 = ld(c + 2 * ldc), c21 = ld(c + 2 * ldc + 8), c30 = ld(c + 3 * ldc), c31 = ld(c + 3 * ldc + 8);
+    for (; n + 8 <= N; ) {
+        int two = n + 16 <= N;
+        for (int m = 0; m < M; m += 5) {
+            int R = M - m < 5 ? M - m : 5;
             const float *a = A + (size_t)m * ars;
-            for (int p = 0; p < P; p++) {
-                v8 b0 = ld(B + (size_t)p * ldb + n), b1 = ld(B + (size_t)p * ldb + n + 8);
-                const float *ap = a + (size_t)p * acs;
-                v8 a0 = splat(ap[0]), a1 = splat(ap[ars]), a2 = splat(ap[2 * ars]), a3 = splat(ap[3 * ars]);
-                c00 += a0 * b0; c01 += a0 * b1; c10 += a1 * b0; c11 += a1 * b1;
-                c20 += a2 * b0; c21 += a2 * b1; c30 += a3 * b0; c31 += a3 * b1;
-            }
-            st(c, c00); st(c + 8, c01); st(c + ldc, c10); st(c + ldc + 8, c11);
-            st(c + 2 * ldc, c20); st(c + 2 * ldc + 8, c21); st(c + 3 * ldc, c30); st(c + 3 * ldc + 8, c31);
-        }
-        for (; m < M; m++) {
             float *c = C + (size_t)m * ldc + n;
-            v8 c0 = ld(c), c1 = ld(c + 8);
-            for (int p = 0; p < P; p++) {
-                v8 a0 = splat(A[(size_t)m * ars + (size_t)p * acs]);
-                c0 += a0 * ld(B + (size_t)p * ldb + n); c1 += a0 * ld(B + (size_t)p * ldb + n + 8);
-            }
-            st(c, c0); st(c + 8, c1);
+            if (two) { BLOCK_CASES(2) } else { BLOCK_CASES(1) }
         }
-    }
-    for (; n + 8 <= N; n += 8) {
-        for (int m = 0; m < M; m++) {
-            float *c = C + (size_t)m * ldc + n;
-            v8 c0 = ld(c);
-            for (int p = 0; p < P; p++) c0 += splat(A[(size_t)m * ars + (size_t)p * acs]) * ld(B + (size_t)p * ldb + n);
-            st(c, c0);
-        }
+        n += two ? 16 : 8;
     }
     for (; n < N; n++) {
         for (int m = 0; m < M; m++) {

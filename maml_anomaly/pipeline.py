@@ -102,14 +102,15 @@ def setup_torch(config: Config) -> str:
     return device
 
 
-def tune_allocator() -> bool:
+def tune_allocator(keep: bool = True) -> bool:
     """Keep freed memory in the process instead of returning it to the kernel (glibc only).
 
     With glibc's defaults every large intermediate of batched adaptation (tens of MB) is a fresh
     mmap, page-faulted on first touch and unmapped on free; raising the mmap and trim thresholds
     to their maximum (2 GiB, the same as MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ in the
     environment) made scoring about 2.5x faster per CPU second (docs/performance.md). Returns
-    whether the settings took.
+    whether the settings took. ``keep=False`` restores glibc's thresholds (128 KiB) and trims
+    the heap: for a process that stops computing and only holds batches briefly.
     """
     import ctypes
     import ctypes.util
@@ -120,8 +121,11 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    limit = ctypes.c_int(2**31 - 1)
-    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
+    limit = ctypes.c_int(2**31 - 1 if keep else 128 * 1024)
+    ok = bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
+    if not keep and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+    return ok
 
 
 def parse_day(value: str, option: str) -> np.datetime64:
@@ -1203,24 +1207,37 @@ class ClusterIndex:
     """clusters.parquet loaded once, looked up per batch of series by hashing (no per-batch reread)."""
 
     names: list[str]  # sorted cluster names
-    index: pd.Index  # (C,) unique_id of every clustered series
+    index: Any  # (C,) unique_id of every clustered series: IdLookup (pd.Index in a batch's subset)
     code: np.ndarray  # (C,) int64 position of each series' cluster in ``names``
     period: np.ndarray  # (C,) int64
     max_step_ns: int  # the largest step among clustered series (0 when unknown)
 
     @classmethod
     def load(cls, md: ModelDir) -> ClusterIndex:
-        clusters = md.load_clusters()
-        names = sorted(clusters["cluster"].astype(str).unique().tolist())
-        code = pd.Categorical(clusters["cluster"].astype(str), categories=names).codes.astype(np.int64)
+        """Read clusters.parquet as Arrow columns: no Python object per series (2M of them at scale)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        table = md.load_clusters_table()
+        clusters = table.column("cluster").combine_chunks()
+        if not pa.types.is_dictionary(clusters.type):
+            clusters = pc.dictionary_encode(clusters.cast(pa.string()))
+        labels = [str(v) for v in clusters.dictionary.to_pylist()]
+        names = sorted(set(labels))
+        remap = np.asarray([names.index(v) for v in labels], np.int64)  # dictionary position -> sorted name
+        code = remap[clusters.indices.to_numpy(zero_copy_only=False)] if labels else np.zeros(0, np.int64)
         max_step = 0
-        if "step" in clusters.columns and clusters["step"].dtype.kind == "m":
-            steps = clusters["step"].to_numpy("m8[ns]").view(np.int64)
+        if "step" in table.column_names and pa.types.is_duration(table.schema.field("step").type):
+            steps = table.column("step").cast(pa.duration("ns")).fill_null(0).to_numpy().view(np.int64)
             max_step = int(steps[steps > 0].max(initial=0))
-        elif "step_seconds" in clusters.columns:
-            steps = clusters["step_seconds"].to_numpy(np.float64)
+        elif "step_seconds" in table.column_names:
+            steps = table.column("step_seconds").to_numpy().astype(np.float64)
             max_step = int(np.nanmax(steps, initial=0.0) * 1e9) if np.isfinite(steps).any() else 0
-        return cls(names, pd.Index(clusters["unique_id"].to_numpy()), code, clusters["period"].to_numpy(np.int64), max_step)
+        index = IdLookup(table.column("unique_id").combine_chunks())
+        period = table.column("period").to_numpy().astype(np.int64)
+        del table, clusters
+        pa.default_memory_pool().release_unused()  # the decoded file: about 200 MB at 2M series
+        return cls(names, index, code, period, max_step)
 
     def subset(self, frame: pd.DataFrame) -> ClusterIndex:
         """The entries of the series in ``frame`` only: what a worker needs for one batch."""
@@ -1228,10 +1245,14 @@ class ClusterIndex:
         ids = col.cat.categories.to_numpy() if isinstance(col.dtype, pd.CategoricalDtype) else np.unique(col.to_numpy())
         index = self.index
         if (index.dtype.kind in "iu") != (np.asarray(ids).dtype.kind in "iu"):
-            ids, index = np.asarray(ids).astype(str).astype(object), index.astype(str)
+            ids, index = np.asarray(ids).astype(str).astype(object), pd.Index(index.take(np.arange(len(index)))).astype(str)
         pos = index.get_indexer(ids)
         pos = pos[pos >= 0]
-        return ClusterIndex(self.names, self.index[pos], self.code[pos], self.period[pos], self.max_step_ns)
+        return ClusterIndex(self.names, pd.Index(self.index.take(pos)), self.code[pos], self.period[pos], self.max_step_ns)
+
+    def example_ids(self) -> pd.Series:
+        """A few clustered ids (their type is what _check_id_kinds compares)."""
+        return pd.Series(self.index.take(np.arange(min(len(self.index), 3))))
 
     def lookup(self, panel: Panel) -> tuple[list[str], np.ndarray, np.ndarray]:
         """As ``_series_clusters``: names, (S,) cluster index per panel series (-1 unknown), (S,) period."""
@@ -1240,6 +1261,72 @@ class ClusterIndex:
         cluster_of = np.where(known, self.code[np.maximum(pos, 0)], -1)
         period_of = np.where(known, self.period[np.maximum(pos, 0)], 0)
         return self.names, cluster_of, period_of
+
+
+class IdLookup:
+    """Positions of ids in a large id column, without a hash table of Python objects.
+
+    pd.Index over 2,000,000 string ids held about 415 MB in the scoring process (the strings and
+    the index's hash table); this holds the ids as one Arrow array plus their sorted 64-bit
+    hashes (about 45 bytes per id): a query hashes its ids, finds them by binary search and
+    confirms each match against the stored id, so a hash collision never maps a wrong series.
+    Integer ids are their own sorted keys.
+    """
+
+    _HASH_CHUNK = 200_000  # ids turned into Python strings at a time while hashing
+
+    def __init__(self, ids) -> None:
+        import pyarrow as pa
+
+        self.ids = ids if isinstance(ids, pa.Array) else pa.array(ids, from_pandas=True)  # (C,) as stored
+        if pa.types.is_dictionary(self.ids.type):
+            self.ids = self.ids.cast(self.ids.type.value_type)
+        self.dtype = np.dtype(np.int64) if pa.types.is_integer(self.ids.type) else np.dtype(object)
+        keys = np.concatenate(
+            [np.zeros(0, np.uint64)]
+            + [self._keys(self.ids.slice(lo, self._HASH_CHUNK).to_numpy(zero_copy_only=False))
+               for lo in range(0, len(self.ids), self._HASH_CHUNK)]
+        )  # (C,) uint64 hashes, or the integer ids themselves
+        self.order = np.argsort(keys, kind="stable")  # (C,) sorted position -> id position
+        self.keys = keys[self.order]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _keys(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.dtype.kind in "iu":
+            return ids.astype(np.int64)
+        return pd.util.hash_array(ids.astype(object), categorize=False)  # (n,) uint64
+
+    def take(self, pos: np.ndarray) -> np.ndarray:
+        """The ids at positions ``pos`` (numpy)."""
+        return self.ids.take(np.asarray(pos, np.int64)).to_numpy(zero_copy_only=False)
+
+    def get_indexer(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) int64 position of each id, -1 where absent (as ``pd.Index.get_indexer``)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        ids = np.asarray(ids)
+        if not len(self) or not ids.size:
+            return np.full(ids.size, -1, np.int64)
+        h = self._keys(ids)
+        i = np.minimum(np.searchsorted(self.keys, h), self.keys.size - 1)  # (n,)
+        hit = self.keys[i] == h
+        # equal hashes form a run in the sorted keys: try each member of the run (almost always one)
+        pos = np.full(ids.size, -1, np.int64)
+        cand = np.flatnonzero(hit)
+        j = i[cand]
+        while cand.size:
+            at = self.order[j]
+            same = pc.equal(self.ids.take(at), pa.array(ids[cand], from_pandas=True)).to_numpy(zero_copy_only=False)
+            pos[cand[same]] = at[same]
+            nxt = j[~same] + 1
+            more = nxt < self.keys.size
+            more[more] = self.keys[nxt[more]] == h[cand[~same]][more]
+            cand, j = cand[~same][more], nxt[more]
+        return pos
 
 
 def history_span(models: list[Any], max_step_ns: int) -> np.timedelta64 | None:
@@ -1437,7 +1524,7 @@ def _batch_scorer(job: _ScoreJob, names, models, lookup):
 
     The first batch is scored in this process; when there is a second one and more than one core,
     the rest go to a pool of worker processes (spawned: no forked torch state), with at most
-    two batches per worker in flight so memory stays bounded.
+    one batch per worker plus one queued in flight so memory stays bounded.
     """
     import itertools
     import multiprocessing
@@ -1455,11 +1542,14 @@ def _batch_scorer(job: _ScoreJob, names, models, lookup):
             return
         ex = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(job,))
         pool.append(ex)
+        # this process now only reads, dispatches and collects: let freed batches go back to the
+        # system (the workers keep the tuned allocator for adaptation)
+        tune_allocator(keep=False)
         pending: list[tuple[pd.DataFrame, Any]] = []
         for frame in itertools.chain(head, frames):
             # the batch's own cluster entries travel with it: workers never hold all 2M of them
             pending.append((frame, ex.submit(_worker_score, frame, lookup.subset(frame))))
-            while len(pending) > 2 * n_proc:
+            while len(pending) > n_proc:  # one batch per worker plus one queued: each frame is held until scored
                 done, fut = pending.pop(0)
                 yield (done, *_worker_result(fut))
         for done, fut in pending:
@@ -1535,7 +1625,7 @@ def _score_frame(
     in_range = np.flatnonzero((ds >= first) & (ds < last + DAY))
     rows = frame.iloc[in_range]
     row_series = _row_series(rows, panel)
-    _check_id_kinds(lookup.index.to_series(), panel, md)
+    _check_id_kinds(lookup.example_ids(), panel, md)
     cluster_names, cluster_of, _ = lookup.lookup(panel)
     clusterer = md.load_json(CLUSTERER) if (cluster_of < 0).any() and md.has(CLUSTERER) else None
     cluster_of = _assign_unknown(config, clusterer, panel, cluster_of, cluster_names, first)

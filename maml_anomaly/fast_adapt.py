@@ -232,15 +232,16 @@ def _load_kernel():
         return None
     key = hashlib.sha256(source.read_bytes() + " ".join([cc, *_CFLAGS, _cpu_id()]).encode()).hexdigest()[:16]
     lib = _cache_dir() / f"adapt_mlp-{key}.so"
+    tmp = lib.with_name(f".{lib.name}.{os.getpid()}.tmp")  # workers may build at once: rename atomically
     try:
         if not lib.exists():
             lib.parent.mkdir(parents=True, exist_ok=True)
-            tmp = lib.with_name(f".{lib.name}.{os.getpid()}.tmp")  # workers may build at once: rename atomically
             subprocess.run([cc, *_CFLAGS, "-shared", "-fPIC", "-o", str(tmp), str(source)], check=True, capture_output=True, timeout=120)
             os.replace(tmp, lib)
         fn = ctypes.CDLL(str(lib)).adapt_mlp_huber
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("the adaptation kernel could not be built (%s): using the torch loop", exc)
+        tmp.unlink(missing_ok=True)
         return None
     fn.restype = ctypes.c_int
     return fn

@@ -88,3 +88,13 @@ def test_kernel_can_be_turned_off(monkeypatch):
     model, params, x, y, w, x_pred = _problem()
     pred, _ = fast_adapt.adapt_and_predict(model, params, x, y, w, x_pred, steps=2, lr=0.05)
     assert np.isfinite(pred.numpy()).all()
+
+
+def test_no_compiler_or_a_failed_build_falls_back_to_torch(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing cached: a build is needed
+    monkeypatch.setattr(fast_adapt.shutil, "which", lambda name: None)
+    assert fast_adapt._load_kernel() is None
+    monkeypatch.setattr(fast_adapt.shutil, "which", lambda name: "/bin/false")  # a "compiler" that fails
+    assert fast_adapt._load_kernel() is None
+    assert not list(tmp_path.rglob("*.so"))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no half-built library left behind

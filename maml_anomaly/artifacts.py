@@ -241,8 +241,12 @@ class ModelDir:
         return self._save_bytes(CLUSTERS, sink.getvalue().to_pybytes())
 
     def load_clusters(self) -> pd.DataFrame:
+        return self.load_clusters_table().to_pandas()
+
+    def load_clusters_table(self) -> pa.Table:
+        """clusters.parquet as an Arrow table (no Python object per series: scoring at scale reads it so)."""
         data = self._verified_bytes(CLUSTERS)
-        return pq.read_table(pa.BufferReader(data)).to_pandas()
+        return pq.read_table(pa.BufferReader(data))
 
     def save_json(self, name: str, obj: Any) -> Path:
         name = _with_suffix(name, ".json")

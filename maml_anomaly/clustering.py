@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from maml_anomaly.periodicity import cycle_profiles, detect_periods
 
-__all__ = ["PeriodClusterer", "assign_clusters", "step_tag"]
+__all__ = ["PeriodClusterer", "assign_clusters", "profile_bins", "step_tag"]
 
 FORMAT_VERSION = 1
 MAX_BINS = 48          # long cycles are compared on at most this many phase bins
@@ -38,6 +38,11 @@ def step_tag(step_seconds: float) -> str:
         if step_seconds >= secs and step_seconds % secs == 0:
             return f"{int(step_seconds // secs)}{unit}"
     return f"{step_seconds:g}s"
+
+
+def profile_bins(period: int) -> int:
+    """Phase bins of the cycle shape that sub-clusters a period group."""
+    return min(period, MAX_BINS)
 
 
 def _name(period: int, sub: int | None = None) -> str:
@@ -66,6 +71,16 @@ class PeriodClusterer:
         per = np.asarray(periods, dtype=np.int64)          # (S,)
         if x.ndim != 2 or per.shape != (x.shape[0],):
             raise ValueError(f"matrix (S, T) and periods (S,) expected, got {x.shape} and {per.shape}")
+        return self.fit_profiles(per, lambda p, rows: cycle_profiles(x[rows], p, bins=profile_bins(p)))
+
+    def fit_profiles(self, periods: np.ndarray, profiles) -> "PeriodClusterer":
+        """``fit`` from cycle shapes computed elsewhere (streamed fit-clusters keeps only those).
+
+        ``profiles(p, rows)`` returns ``cycle_profiles(matrix[rows], p, bins=profile_bins(p))``:
+        (len(rows), bins) for the series ``rows`` (increasing) whose period is p. It is called
+        only for period groups large enough to be split by shape.
+        """
+        per = np.asarray(periods, dtype=np.int64)          # (S,)
         labels = np.empty(per.shape[0], dtype=object)
         self.centroids_: dict[int, np.ndarray] = {}
         self.centroid_names_: dict[int, list[str]] = {}
@@ -78,7 +93,7 @@ class PeriodClusterer:
                 self.assign_[0] = _name(0)
                 labels[rows] = _name(0)
             elif p in big and c >= 2 * self.min_cluster_size:
-                labels[rows] = self._fit_shapes(x[rows], p)
+                labels[rows] = self._fit_shapes(profiles(p, rows), p)
             elif p in big or c >= MIN_OWN_CLUSTER or not big:
                 self.assign_[p] = _name(p)
                 labels[rows] = _name(p)
@@ -91,10 +106,8 @@ class PeriodClusterer:
         self.clusters_ = self._summary(labels, per)
         return self
 
-    def _fit_shapes(self, x: np.ndarray, p: int) -> np.ndarray:
-        """Sub-cluster one period group by cycle shape; returns the names of its rows."""
-        bins = min(p, MAX_BINS)
-        prof = cycle_profiles(x, p, bins=bins)              # (r, bins)
+    def _fit_shapes(self, prof: np.ndarray, p: int) -> np.ndarray:
+        """Sub-cluster one period group by cycle shape (its profiles (r, bins)); returns the names of its rows."""
         rng = np.random.default_rng(self.seed)
         sample = prof if len(prof) <= FIT_SAMPLE else prof[np.sort(rng.choice(len(prof), FIT_SAMPLE, replace=False))]
         k_max = min(self.max_subclusters, len(prof) // self.min_cluster_size)
@@ -107,7 +120,7 @@ class PeriodClusterer:
             model, inertia_prev = centers, inertia
         if model is None:
             self.assign_[p] = _name(p)
-            return np.full(len(x), _name(p), dtype=object)
+            return np.full(len(prof), _name(p), dtype=object)
         centroids = model                                   # (k, bins)
         lab = _nearest(prof, centroids)
         centroids, lab = self._merge_small(prof, centroids, lab)
@@ -116,7 +129,7 @@ class PeriodClusterer:
         lab = np.argsort(order)[lab]
         if len(centroids) == 1:
             self.assign_[p] = _name(p)
-            return np.full(len(x), _name(p), dtype=object)
+            return np.full(len(prof), _name(p), dtype=object)
         names = [_name(p, i) for i in range(len(centroids))]
         self.centroids_[p] = centroids
         self.centroid_names_[p] = names

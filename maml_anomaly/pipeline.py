@@ -103,14 +103,15 @@ def setup_torch(config: Config) -> str:
     return device
 
 
-def tune_allocator() -> bool:
+def tune_allocator(keep: bool = True) -> bool:
     """Keep freed memory in the process instead of returning it to the kernel (glibc only).
 
     With glibc's defaults every large intermediate of batched adaptation (tens of MB) is a fresh
     mmap, page-faulted on first touch and unmapped on free; raising the mmap and trim thresholds
     to their maximum (2 GiB, the same as MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ in the
     environment) made scoring about 2.5x faster per CPU second (docs/performance.md). Returns
-    whether the settings took.
+    whether the settings took. ``keep=False`` restores glibc's thresholds (128 KiB) and trims
+    the heap: for a process that stops computing and only holds batches briefly.
     """
     import ctypes
     import ctypes.util
@@ -121,8 +122,11 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    limit = ctypes.c_int(2**31 - 1)
-    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
+    limit = ctypes.c_int(2**31 - 1 if keep else 128 * 1024)
+    ok = bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
+    if not keep and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+    return ok
 
 
 def parse_day(value: str, option: str) -> np.datetime64:
@@ -249,13 +253,20 @@ def _summary(text: str, **fields: Any) -> dict[str, Any]:
 # 5-minute steps: 8064 points), at least 1024 points; and a group's matrix stays under ~1.5 GB.
 _HISTORY_CYCLES = 4
 _MIN_HISTORY = 1024
-_MATRIX_BYTES = 1_500_000_000
-_DETECT_ROWS = 200_000  # rows per tail_matrix chunk while detecting periods
+_DETECT_BYTES = 256_000_000  # one detection matrix (float64) at most: rows are detected in chunks
+# matrix widths: a series' own length rounded up to this ladder (about 19% apart), so its period
+# depends on its own history only, never on which other series share its batch
+_WIDTHS = np.unique(np.ceil(8 * 2 ** (np.arange(64) / 4)).astype(np.int64))
 
 
 @locked(model_shared=False)
 def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Detect each series' period, group the series and write clusters.parquet + manifest."""
+    """Detect each series' period, group the series and write clusters.parquet + manifest.
+
+    The input is streamed in batches of whole series (as daily-score reads it): each batch keeps
+    only per-series summaries (period, strength, cycle shape), and the clusters are fitted on
+    those at the end, so memory is set by the batch size and the number of series, not the rows.
+    """
     import time
 
     from threadpoolctl import threadpool_limits
@@ -264,12 +275,24 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
 
     md = ModelDir(model_dir)
     md.check_fresh(overwrite)
-    data = load_input(config, input)
-    panel, cc, window = data.panel, config.clusters, data.window
-    del data  # the long frame is not needed any more: free it before the matrices are built
+    cc = config.clusters
     t0 = time.perf_counter()
+    totals = _ReadTotals()
+    batches = []
+    frames = iter_series_frames(input, config.columns, config.input.on_duplicate, batch_rows=STREAM_ROWS)
     with threadpool_limits(limits=config.runtime.threads, user_api="blas"):  # tiny matmuls
-        clusters, states, groups, too_short = _periods_and_clusters(panel, cc)
+        for frame in frames:
+            panel, report = build_panel(frame, config.input.snap_tolerance)
+            totals.add(report, frame)
+            del frame  # the batch's rows are not needed once its panel is built
+            batches.append(_summarise_periods(panel, cc))
+            del panel
+        log.info("read %s: %s", input, totals.summary())
+        if totals.counts.get("off_grid", 0):
+            log.warning(
+                "%d rows lie off their series' regular grid; they are kept and reported", totals.counts["off_grid"]
+            )
+        clusters, states, groups, too_short = _finish_periods(batches, cc)
     seconds = time.perf_counter() - t0
     table = _cluster_table(clusters)
     md.prepare(overwrite)
@@ -277,7 +300,7 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
     md.save_json("clusterer", {"format_version": 1, "step_groups": states})
     step_ns = clusters["step"].to_numpy().astype(np.int64)
     summary = {
-        "series": int(panel.n_series),
+        "series": len(clusters),
         "clusters": table,
         "periodic": int((clusters["period"] > 0).sum()),
         "aperiodic": int((clusters["period"] == 0).sum()),
@@ -285,23 +308,80 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
         "steps": [{"step": step_tag(s / 1e9), "series": int((step_ns == s).sum())} for s in groups],
         "seconds": round(seconds, 2),
     }
-    md.write_manifest(config, config.columns, window, extra={"fit_clusters": summary})
+    md.write_manifest(config, config.columns, totals.window(), extra={"fit_clusters": summary})
     return _summary(_fit_clusters_text(summary, md.path), **summary)
 
 
 def _periods_and_clusters(panel: Panel, cc: Any) -> tuple[pd.DataFrame, list[dict[str, Any]], list[int], np.ndarray]:
-    """Per step group: tail matrix -> detect_periods -> PeriodClusterer; the clusters frame."""
-    from maml_anomaly.clustering import PeriodClusterer, step_tag
-    from maml_anomaly.periodicity import calendar_periods, detect_periods
+    """Periods and clusters of a whole panel: what streamed fit-clusters gives for the same series."""
+    return _finish_periods([_summarise_periods(panel, cc)], cc)
+
+
+@dataclass(frozen=True)
+class _PeriodBatch:
+    """What fit-clusters keeps of a batch of series: one entry per series, shapes of periodic ones."""
+
+    ids: np.ndarray  # (S,)
+    step_ns: np.ndarray  # (S,) int64, 0 = no step (a single point)
+    period: np.ndarray  # (S,) int64
+    strength: np.ndarray  # (S,) float64
+    second: np.ndarray  # (S,) int64
+    n_obs: np.ndarray  # (S,) int64
+    shapes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]  # (step, period) -> (series (r,), profiles (r, bins))
+
+
+def _history_width(lengths: np.ndarray, cap: int) -> np.ndarray:
+    """(G,) detection matrix width of each series: its length on the _WIDTHS ladder, at most ``cap``."""
+    up = _WIDTHS[np.minimum(np.searchsorted(_WIDTHS, lengths), _WIDTHS.size - 1)]
+    return np.maximum(8, np.minimum(up, cap))
+
+
+def _summarise_periods(panel: Panel, cc: Any) -> _PeriodBatch:
+    """Per step and matrix width: tail matrix -> detect_periods -> cycle shapes of periodic series."""
+    from maml_anomaly.clustering import profile_bins
+    from maml_anomaly.periodicity import calendar_periods, cycle_profiles, detect_periods
 
     step_ns = np.where(np.isnat(panel.step), 0, panel.step.astype(np.int64))  # (S,) 0 = no step
-    lengths = panel.lengths
-    n_obs = _observed_per_series(panel)  # (S,)
-    period = np.zeros(panel.n_series, np.int64)
-    strength = np.zeros(panel.n_series, np.float64)
-    second = np.zeros(panel.n_series, np.int64)
-    cluster = np.empty(panel.n_series, dtype=object)
-    too_short = np.zeros(panel.n_series, bool)
+    n = panel.n_series
+    period, second = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    strength = np.zeros(n, np.float64)
+    parts: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
+    for s in np.unique(step_ns[step_ns > 0]).tolist():
+        seconds = s / 1e9
+        cap = max(_HISTORY_CYCLES * max([*calendar_periods(seconds), cc.max_period, 1]), _MIN_HISTORY)
+        rows_s = np.flatnonzero(step_ns == s)
+        width = _history_width(panel.lengths[rows_s], cap)  # (G,)
+        for w in np.unique(width).tolist():
+            rows_w = rows_s[width == w]
+            chunk = max(1, _DETECT_BYTES // (8 * w))
+            for lo in range(0, rows_w.size, chunk):
+                rows = rows_w[lo : lo + chunk]
+                matrix = panel.tail_matrix(w, rows)  # (r, w)
+                found = detect_periods(matrix, seconds, max_period=cc.max_period, min_strength=cc.min_strength)
+                period[rows], strength[rows], second[rows] = found.period, found.strength, found.second_period
+                for p in np.unique(found.period[found.period > 0]).tolist():
+                    sel = found.period == p
+                    parts.setdefault((s, p), []).append((rows[sel], cycle_profiles(matrix[sel], p, bins=profile_bins(p))))
+    shapes = {}
+    for key, chunks in parts.items():
+        rows = np.concatenate([r for r, _ in chunks])
+        order = np.argsort(rows, kind="stable")
+        shapes[key] = (rows[order], np.concatenate([q for _, q in chunks])[order])
+    return _PeriodBatch(panel.ids, step_ns, period, strength, second, _observed_per_series(panel), shapes)
+
+
+def _finish_periods(
+    batches: list[_PeriodBatch], cc: Any
+) -> tuple[pd.DataFrame, list[dict[str, Any]], list[int], np.ndarray]:
+    """Per step group: PeriodClusterer on the kept cycle shapes; the clusters frame (series sorted by id)."""
+    from maml_anomaly.clustering import PeriodClusterer, step_tag
+    from maml_anomaly.periodicity import calendar_periods
+
+    b = _concat_period_batches(batches)
+    batches.clear()
+    step_ns, period, n = b.step_ns, b.period, b.ids.size
+    cluster = np.empty(n, dtype=object)
+    too_short = np.zeros(n, bool)
     steps = [int(s) for s in np.unique(step_ns[step_ns > 0])]
     groups = sorted(steps, key=lambda s: (-int((step_ns == s).sum()), s))  # largest group first
     prefixed = len(groups) > 1  # names carry the step only when steps differ ("1h-p24")
@@ -310,19 +390,10 @@ def _periods_and_clusters(panel: Panel, cc: Any) -> tuple[pd.DataFrame, list[dic
         rows = np.flatnonzero(step_ns == s)  # (G,)
         seconds = s / 1e9
         cal = calendar_periods(seconds)
-        longest = max([*cal, cc.max_period, 1])
-        n_hist = int(min(lengths[rows].max(), max(_HISTORY_CYCLES * longest, _MIN_HISTORY)))
-        n_hist = int(max(8, min(n_hist, _MATRIX_BYTES // (8 * rows.size))))
-        matrix = np.empty((rows.size, n_hist))  # (G, n_hist)
-        for lo in range(0, rows.size, _DETECT_ROWS):
-            matrix[lo : lo + _DETECT_ROWS] = panel.tail_matrix(n_hist, rows[lo : lo + _DETECT_ROWS])
-        found = detect_periods(matrix, seconds, max_period=cc.max_period, min_strength=cc.min_strength)
-        period[rows], strength[rows], second[rows] = found.period, found.strength, found.second_period
-        too_short[rows] = n_obs[rows] < 2 * (min(cal) if cal else 3)
+        too_short[rows] = b.n_obs[rows] < 2 * (min(cal) if cal else 3)
         model = PeriodClusterer(
             min_cluster_size=cc.min_cluster_size, max_subclusters=cc.max_subclusters, seed=0
-        ).fit(matrix, found.period)
-        del matrix
+        ).fit_profiles(period[rows], lambda p, _rows, s=s: b.shapes[(s, p)][1])
         prefix = f"{step_tag(seconds)}-" if prefixed else ""
         cluster[rows] = _prefixed(model.labels_, prefix)
         states.append({"step_seconds": seconds, "prefix": prefix, "clusterer": model.to_dict()})
@@ -332,16 +403,39 @@ def _periods_and_clusters(panel: Panel, cc: Any) -> tuple[pd.DataFrame, list[dic
         cluster[no_step] = _fallback_cluster(states, cluster, step_ns, groups)
     clusters = pd.DataFrame(
         {
-            "unique_id": panel.ids,
+            "unique_id": b.ids,
             "cluster": cluster.astype(str),
             "period": period,
-            "strength": strength.round(6),
-            "second_period": second,
-            "step": panel.step,
-            "n_obs": n_obs,
+            "strength": b.strength.round(6),
+            "second_period": b.second,
+            "step": np.where(step_ns > 0, step_ns, np.iinfo(np.int64).min).view("m8[ns]"),  # NaT: no step
+            "n_obs": b.n_obs,
         }
     )
     return clusters, states, groups, too_short
+
+
+def _concat_period_batches(batches: list[_PeriodBatch]) -> _PeriodBatch:
+    """One summary for all batches, series in id order (the bucketed stream of unsorted input is not)."""
+    cat = lambda name: np.concatenate([getattr(x, name) for x in batches])  # noqa: E731
+    ids = cat("ids")
+    offsets = np.cumsum([0] + [x.ids.size for x in batches])
+    shapes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    for key in sorted({k for x in batches for k in x.shapes}):
+        got = [(x.shapes[key][0] + off, x.shapes[key][1]) for x, off in zip(batches, offsets) if key in x.shapes]
+        shapes[key] = (np.concatenate([r for r, _ in got]), np.concatenate([q for _, q in got]))
+    out = _PeriodBatch(ids, cat("step_ns"), cat("period"), cat("strength"), cat("second"), cat("n_obs"), shapes)
+    if ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])):
+        return out
+    order = np.argsort(ids, kind="stable")  # (S,) new position -> old
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)  # old position -> new
+    moved = {}
+    for key, (rows, prof) in shapes.items():
+        new = rank[rows]
+        o = np.argsort(new, kind="stable")
+        moved[key] = (new[o], prof[o])
+    return _PeriodBatch(*(getattr(out, f)[order] for f in ("ids", "step_ns", "period", "strength", "second", "n_obs")), moved)
 
 
 def _prefixed(labels: np.ndarray, prefix: str) -> np.ndarray:
@@ -1106,7 +1200,7 @@ def _sine_table(result: dict[str, Any]) -> str:
 
 HISTORY_MARGIN_STEPS = 2  # grid steps read beyond the lags + K support points a task needs
 NS_PER_DAY = 86_400 * 10**9
-STREAM_ROWS = 2_000_000  # input rows per streamed batch (about 55,000 daily series of 36 points)
+STREAM_ROWS = 1_000_000  # input rows per streamed batch (cut at the first row-group boundary past it)
 
 
 @dataclass(frozen=True)
@@ -1114,24 +1208,37 @@ class ClusterIndex:
     """clusters.parquet loaded once, looked up per batch of series by hashing (no per-batch reread)."""
 
     names: list[str]  # sorted cluster names
-    index: pd.Index  # (C,) unique_id of every clustered series
+    index: Any  # (C,) unique_id of every clustered series: IdLookup (pd.Index in a batch's subset)
     code: np.ndarray  # (C,) int64 position of each series' cluster in ``names``
     period: np.ndarray  # (C,) int64
     max_step_ns: int  # the largest step among clustered series (0 when unknown)
 
     @classmethod
     def load(cls, md: ModelDir) -> ClusterIndex:
-        clusters = md.load_clusters()
-        names = sorted(clusters["cluster"].astype(str).unique().tolist())
-        code = pd.Categorical(clusters["cluster"].astype(str), categories=names).codes.astype(np.int64)
+        """Read clusters.parquet as Arrow columns: no Python object per series (2M of them at scale)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        table = md.load_clusters_table()
+        clusters = table.column("cluster").combine_chunks()
+        if not pa.types.is_dictionary(clusters.type):
+            clusters = pc.dictionary_encode(clusters.cast(pa.string()))
+        labels = [str(v) for v in clusters.dictionary.to_pylist()]
+        names = sorted(set(labels))
+        remap = np.asarray([names.index(v) for v in labels], np.int64)  # dictionary position -> sorted name
+        code = remap[clusters.indices.to_numpy(zero_copy_only=False)] if labels else np.zeros(0, np.int64)
         max_step = 0
-        if "step" in clusters.columns and clusters["step"].dtype.kind == "m":
-            steps = clusters["step"].to_numpy("m8[ns]").view(np.int64)
+        if "step" in table.column_names and pa.types.is_duration(table.schema.field("step").type):
+            steps = table.column("step").cast(pa.duration("ns")).fill_null(0).to_numpy().view(np.int64)
             max_step = int(steps[steps > 0].max(initial=0))
-        elif "step_seconds" in clusters.columns:
-            steps = clusters["step_seconds"].to_numpy(np.float64)
+        elif "step_seconds" in table.column_names:
+            steps = table.column("step_seconds").to_numpy().astype(np.float64)
             max_step = int(np.nanmax(steps, initial=0.0) * 1e9) if np.isfinite(steps).any() else 0
-        return cls(names, pd.Index(clusters["unique_id"].to_numpy()), code, clusters["period"].to_numpy(np.int64), max_step)
+        index = IdLookup(table.column("unique_id").combine_chunks())
+        period = table.column("period").to_numpy().astype(np.int64)
+        del table, clusters
+        pa.default_memory_pool().release_unused()  # the decoded file: about 200 MB at 2M series
+        return cls(names, index, code, period, max_step)
 
     def subset(self, frame: pd.DataFrame) -> ClusterIndex:
         """The entries of the series in ``frame`` only: what a worker needs for one batch."""
@@ -1139,10 +1246,14 @@ class ClusterIndex:
         ids = col.cat.categories.to_numpy() if isinstance(col.dtype, pd.CategoricalDtype) else np.unique(col.to_numpy())
         index = self.index
         if (index.dtype.kind in "iu") != (np.asarray(ids).dtype.kind in "iu"):
-            ids, index = np.asarray(ids).astype(str).astype(object), index.astype(str)
+            ids, index = np.asarray(ids).astype(str).astype(object), pd.Index(index.take(np.arange(len(index)))).astype(str)
         pos = index.get_indexer(ids)
         pos = pos[pos >= 0]
-        return ClusterIndex(self.names, self.index[pos], self.code[pos], self.period[pos], self.max_step_ns)
+        return ClusterIndex(self.names, pd.Index(self.index.take(pos)), self.code[pos], self.period[pos], self.max_step_ns)
+
+    def example_ids(self) -> pd.Series:
+        """A few clustered ids (their type is what _check_id_kinds compares)."""
+        return pd.Series(self.index.take(np.arange(min(len(self.index), 3))))
 
     def lookup(self, panel: Panel) -> tuple[list[str], np.ndarray, np.ndarray]:
         """As ``_series_clusters``: names, (S,) cluster index per panel series (-1 unknown), (S,) period."""
@@ -1151,6 +1262,72 @@ class ClusterIndex:
         cluster_of = np.where(known, self.code[np.maximum(pos, 0)], -1)
         period_of = np.where(known, self.period[np.maximum(pos, 0)], 0)
         return self.names, cluster_of, period_of
+
+
+class IdLookup:
+    """Positions of ids in a large id column, without a hash table of Python objects.
+
+    pd.Index over 2,000,000 string ids held about 415 MB in the scoring process (the strings and
+    the index's hash table); this holds the ids as one Arrow array plus their sorted 64-bit
+    hashes (about 45 bytes per id): a query hashes its ids, finds them by binary search and
+    confirms each match against the stored id, so a hash collision never maps a wrong series.
+    Integer ids are their own sorted keys.
+    """
+
+    _HASH_CHUNK = 200_000  # ids turned into Python strings at a time while hashing
+
+    def __init__(self, ids) -> None:
+        import pyarrow as pa
+
+        self.ids = ids if isinstance(ids, pa.Array) else pa.array(ids, from_pandas=True)  # (C,) as stored
+        if pa.types.is_dictionary(self.ids.type):
+            self.ids = self.ids.cast(self.ids.type.value_type)
+        self.dtype = np.dtype(np.int64) if pa.types.is_integer(self.ids.type) else np.dtype(object)
+        keys = np.concatenate(
+            [np.zeros(0, np.uint64)]
+            + [self._keys(self.ids.slice(lo, self._HASH_CHUNK).to_numpy(zero_copy_only=False))
+               for lo in range(0, len(self.ids), self._HASH_CHUNK)]
+        )  # (C,) uint64 hashes, or the integer ids themselves
+        self.order = np.argsort(keys, kind="stable")  # (C,) sorted position -> id position
+        self.keys = keys[self.order]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _keys(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.dtype.kind in "iu":
+            return ids.astype(np.int64)
+        return pd.util.hash_array(ids.astype(object), categorize=False)  # (n,) uint64
+
+    def take(self, pos: np.ndarray) -> np.ndarray:
+        """The ids at positions ``pos`` (numpy)."""
+        return self.ids.take(np.asarray(pos, np.int64)).to_numpy(zero_copy_only=False)
+
+    def get_indexer(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) int64 position of each id, -1 where absent (as ``pd.Index.get_indexer``)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        ids = np.asarray(ids)
+        if not len(self) or not ids.size:
+            return np.full(ids.size, -1, np.int64)
+        h = self._keys(ids)
+        i = np.minimum(np.searchsorted(self.keys, h), self.keys.size - 1)  # (n,)
+        hit = self.keys[i] == h
+        # equal hashes form a run in the sorted keys: try each member of the run (almost always one)
+        pos = np.full(ids.size, -1, np.int64)
+        cand = np.flatnonzero(hit)
+        j = i[cand]
+        while cand.size:
+            at = self.order[j]
+            same = pc.equal(self.ids.take(at), pa.array(ids[cand], from_pandas=True)).to_numpy(zero_copy_only=False)
+            pos[cand[same]] = at[same]
+            nxt = j[~same] + 1
+            more = nxt < self.keys.size
+            more[more] = self.keys[nxt[more]] == h[cand[~same]][more]
+            cand, j = cand[~same][more], nxt[more]
+        return pos
 
 
 def history_span(models: list[Any], max_step_ns: int) -> np.timedelta64 | None:
@@ -1213,28 +1390,29 @@ def _score_stream(
     totals = _ReadTotals()
     counts: dict[str, int] = {}
     points = series = failed_series = 0
-    tables: list[Any] = []  # pyarrow Tables of scored points
+    spill = _ScoreSpill()  # scored points wait on disk for the alerts step: memory stays one batch
     steps: list[np.ndarray] = []
     frames = iter_series_frames(
         input, config.columns, config.input.on_duplicate, ds_min=ds_min, ds_end=last + DAY, batch_rows=STREAM_ROWS
     )
     job = _ScoreJob(config, md.path, first, last, device)
-    with progress("scoring", None) as advance, _batch_scorer(job, names, models, lookup) as score:
-        for frame, report, table, step, n_series, batch_counts in score(frames):
-            totals.add(report, frame)
-            tables.append(table)
-            steps.append(step)
-            points += table.num_rows
-            series += n_series
-            batch_counts.pop("_anomalies")
-            failed_series += batch_counts.pop("_failed_series")
-            for k, v in batch_counts.items():
-                counts[k] = counts.get(k, 0) + v
-            advance(1)
-    log.info("read %s: %s", input, totals.summary())
-    if points == 0:
-        raise _no_data_error(date_option, first, last, data_first, data_last)
-    alerted = _write_scores(tables, steps, config, output, events)
+    with spill:
+        with progress("scoring", None) as advance, _batch_scorer(job, names, models, lookup) as score:
+            for frame, report, table, step, n_series, batch_counts in score(frames):
+                totals.add(report, frame)
+                spill.add(table)
+                steps.append(step)
+                points += table.num_rows
+                series += n_series
+                batch_counts.pop("_anomalies")
+                failed_series += batch_counts.pop("_failed_series")
+                for k, v in batch_counts.items():
+                    counts[k] = counts.get(k, 0) + v
+                advance(1)
+        log.info("read %s: %s", input, totals.summary())
+        if points == 0:
+            raise _no_data_error(date_option, first, last, data_first, data_last)
+        alerted = _write_scores(spill.read(), steps, config, output, events)
     if failed_series / max(series, 1) > config.score.max_failed_fraction:
         raise MamlAnomalyError(
             f"{failed_series:,} of {series:,} series could not be scored ({dict(sorted(counts.items()))} points), "
@@ -1264,19 +1442,64 @@ def _score_stream(
     )
 
 
-def _write_scores(tables: list[Any], steps: list[np.ndarray], config: Config, output: Path, events: Path | None):
+def _write_scores(table: Any, steps: list[np.ndarray], config: Config, output: Path, events: Path | None):
     """Alerts over the whole run (q-values, rules, budget, events), then the scores and events files."""
-    import pyarrow as pa
-
     from maml_anomaly.alerts import apply_alerts
 
-    scores = pa.concat_tables(tables).to_pandas()
-    tables.clear()  # the frame holds the rows now
+    scores = table.to_pandas()
+    del table  # the frame holds the rows now
     alerted = apply_alerts(scores, config.alerts, step=np.concatenate(steps), threshold=config.score.threshold)
     write_parquet_atomic(_scores_table(alerted.scores), output)
     if events is not None:
         write_parquet_atomic(_events_table(alerted.events, alerted.scores), events)
     return alerted
+
+
+class _ScoreSpill:
+    """The run's scored points in a temporary parquet file until the alerts step needs them all.
+
+    Held in memory they grew with the number of series (about 100 bytes per point: 0.2 GB at 2M
+    daily series) while the worker processes were alive; on local disk they cost one write and
+    one read. Removed on exit, whatever happens.
+    """
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self._writer: Any = None
+
+    def __enter__(self) -> _ScoreSpill:
+        return self
+
+    def add(self, table: Any) -> None:
+        import tempfile
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            fd, name = tempfile.mkstemp(prefix="maml-anomaly-scores-", suffix=".parquet")
+            os.close(fd)
+            self.path = Path(name)
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="none")
+        self._writer.write_table(table)
+        pa.default_memory_pool().release_unused()  # the batch's buffers: give them back now
+
+    def read(self) -> Any:
+        """Every batch's table, in order, as one Arrow table (empty when nothing was added)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            return pa.table({})
+        self._writer.close()
+        self._writer = None
+        return pq.read_table(self.path)
+
+    def __exit__(self, *exc) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -1348,7 +1571,7 @@ def _batch_scorer(job: _ScoreJob, names, models, lookup):
 
     The first batch is scored in this process; when there is a second one and more than one core,
     the rest go to a pool of worker processes (spawned: no forked torch state), with at most
-    two batches per worker in flight so memory stays bounded.
+    one batch per worker plus one queued in flight so memory stays bounded.
     """
     import itertools
     import multiprocessing
@@ -1366,11 +1589,14 @@ def _batch_scorer(job: _ScoreJob, names, models, lookup):
             return
         ex = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(job,))
         pool.append(ex)
+        # this process now only reads, dispatches and collects: let freed batches go back to the
+        # system (the workers keep the tuned allocator for adaptation)
+        tune_allocator(keep=False)
         pending: list[tuple[pd.DataFrame, Any]] = []
         for frame in itertools.chain(head, frames):
             # the batch's own cluster entries travel with it: workers never hold all 2M of them
             pending.append((frame, ex.submit(_worker_score, frame, lookup.subset(frame))))
-            while len(pending) > 2 * n_proc:
+            while len(pending) > n_proc:  # one batch per worker plus one queued: each frame is held until scored
                 done, fut = pending.pop(0)
                 yield (done, *_worker_result(fut))
         for done, fut in pending:
@@ -1446,7 +1672,7 @@ def _score_frame(
     in_range = np.flatnonzero((ds >= first) & (ds < last + DAY))
     rows = frame.iloc[in_range]
     row_series = _row_series(rows, panel)
-    _check_id_kinds(lookup.index.to_series(), panel, md)
+    _check_id_kinds(lookup.example_ids(), panel, md)
     cluster_names, cluster_of, _ = lookup.lookup(panel)
     clusterer = md.load_json(CLUSTERER) if (cluster_of < 0).any() and md.has(CLUSTERER) else None
     cluster_of = _assign_unknown(config, clusterer, panel, cluster_of, cluster_names, first)

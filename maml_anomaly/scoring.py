@@ -19,6 +19,7 @@ import torch
 from scipy import stats
 from scipy.special import log_ndtr, ndtr, ndtri
 
+from maml_anomaly import fast_adapt
 from maml_anomaly.maml import adapt_tasks, expand_params, predict
 from maml_anomaly.model import Forecaster
 from maml_anomaly.tasks import (
@@ -227,10 +228,11 @@ def score_to_p(z: float) -> float:
 
 @dataclass(frozen=True)
 class Forecasts:
-    """Adapted forecasts of a batch of tasks, in normalised units."""
+    """Adapted forecasts of a batch of tasks, in normalised units (reference added)."""
 
-    query: np.ndarray  # (B, Q) one-step-ahead forecasts of the query points (reference added)
+    query: np.ndarray  # (B, Q) one-step-ahead forecasts of the query points from observed lags
     resid_scale: np.ndarray  # (B,) robust scale of the adapted model's recent residuals (NaN if none)
+    recent: np.ndarray | None = None  # (B, R) the same for the recent targets
 
 
 @dataclass(frozen=True)
@@ -239,17 +241,19 @@ class Adapted:
 
     model: torch.nn.Module
     params: dict[str, torch.Tensor]  # per task (B, ...): adapted, or the meta-init where that was better
-    resid_scale: np.ndarray  # (B,) robust scale of the adapted model's recent residuals (NaN if none)
     device: torch.device
 
     def correction(self, x: np.ndarray) -> np.ndarray:
-        """The net's output for inputs x (B, n, D) float32 -> (B, n) float64, clamped to the range
-        of the corrections it was trained on (an adapted net far outside its inputs can return
-        anything)."""
+        """The net's output for inputs x (B, n, D) float32 -> (B, n) float64 (see :func:`_clamped`)."""
         with torch.no_grad():
             xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
-            out = predict(self.model, self.params, xt)[..., 0].clamp(-TARGET_CLIP, TARGET_CLIP)
-            return out.double().cpu().numpy()
+            return _clamped(predict(self.model, self.params, xt)[..., 0])
+
+
+def _clamped(correction: torch.Tensor) -> np.ndarray:
+    """Corrections clamped to the range the net was trained on (an adapted net far outside its
+    inputs can return anything), as float64 numpy."""
+    return correction.clamp(-TARGET_CLIP, TARGET_CLIP).double().cpu().numpy()
 
 
 def adapt_support(
@@ -262,30 +266,33 @@ def adapt_support(
     inner_lrs=None,
     device: str | torch.device = "cpu",
 ) -> Adapted:
-    """Adapt to every task's support set (first order, no graph kept); measure the residual scale."""
+    """Adapt to every task's support set (first order, no graph kept) and keep the weights.
+
+    A task whose support loss got worse keeps the meta-init (a guard against divergence).
+    """
     dev = torch.device(device)
     to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
     x_s, y_s, w_s = to(tasks.x_support), to(tasks.y_support), to(tasks.w_support)
     base = {k: v.detach().to(dev) for k, v in params.items()}
     lrs = None if inner_lrs is None else _detach(inner_lrs, dev)
     with torch.no_grad():  # adapt still takes its inner gradients; no graph is kept
-        task_params = adapt_tasks(
-            model, per_task(base, x_s.shape[0]), x_s, y_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs,
-            weight=w_s, first_order=True, loss_fn=huber_loss,
-        )
-        if inner_steps > 0:  # guard: a task whose support loss got worse keeps the meta-init
-            init = expand_params(base, x_s.shape[0])
-            loss = lambda p: huber_loss(predict(model, p, x_s), y_s, w_s)  # noqa: E731
-            worse = loss(task_params) > loss(init)  # (B,)
+        if fast_adapt.supports(model):  # hand-written loop, same results up to rounding
+            fast = fast_adapt.adapt_huber(model, base, x_s, y_s, w_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs)
+            task_params, pred_s0 = fast.params, fast.pred_support_init
+        else:
+            task_params = adapt_tasks(
+                model, per_task(base, x_s.shape[0]), x_s, y_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs,
+                weight=w_s, first_order=True, loss_fn=huber_loss,
+            )
+            pred_s0 = predict(model, expand_params(base, x_s.shape[0]), x_s)
+        if inner_steps > 0:
+            worse = huber_loss(predict(model, task_params, x_s), y_s, w_s) > huber_loss(pred_s0, y_s, w_s)  # (B,)
             if bool(worse.any()):
+                init = expand_params(base, x_s.shape[0])
                 task_params = {
                     k: torch.where(worse.view(-1, *([1] * (v.dim() - 1))), init[k], v) for k, v in task_params.items()
                 }
-    adapted = Adapted(model, task_params, np.empty(0), dev)
-    # residual scale over the R recent points (a week of a sub-daily series, K of a daily one)
-    resid = np.abs(adapted.correction(tasks.x_recent) - tasks.y_recent)  # (B, R)
-    resid[tasks.w_recent == 0] = np.nan
-    return replace(adapted, resid_scale=residual_scale(resid))
+    return Adapted(model, task_params, dev)
 
 
 def adapt_and_forecast(
@@ -298,12 +305,39 @@ def adapt_and_forecast(
     inner_lrs=None,
     device: str | torch.device = "cpu",
 ) -> Forecasts:
-    """Adapt to every task's support set, forecast its query one step ahead from observed lags."""
-    adapted = adapt_support(
-        model, params, tasks, inner_steps=inner_steps, inner_lr=inner_lr, inner_lrs=inner_lrs, device=device
+    """Adapt to every task's support set, forecast its recent and query points one step ahead
+    from observed lags (the fused kernel where it runs), and measure the residual scale."""
+    dev = torch.device(device)
+    to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
+    x_s, y_s, w_s = to(tasks.x_support), to(tasks.y_support), to(tasks.w_support)
+    base = {k: v.detach().to(dev) for k, v in params.items()}
+    lrs = None if inner_lrs is None else _detach(inner_lrs, dev)
+    n_recent, k = tasks.x_recent.shape[1], x_s.shape[1]
+    x_rq = torch.cat([to(tasks.x_recent), to(tasks.x_query)], 1)  # (B, R + Q): one forecast pass for both
+    with torch.no_grad():
+        if fast_adapt.supports(model):  # hand-written loop (fused C kernel on CPU), same results up to rounding
+            pred_rq, pred_s0 = fast_adapt.adapt_and_predict(
+                model, base, x_s, y_s, w_s, x_rq, steps=inner_steps, lr=inner_lr, inner_lrs=lrs
+            )  # (B, R + Q), (B, K) the meta-init's support forecasts
+        else:
+            adapted = adapt_support(
+                model, params, tasks, inner_steps=inner_steps, inner_lr=inner_lr, inner_lrs=inner_lrs, device=dev
+            )
+            pred_rq, pred_s0, inner_steps = predict(model, adapted.params, x_rq)[..., 0], None, 0  # guarded
+        if inner_steps > 0:  # guard: a task whose support loss got worse keeps the meta-init
+            pred_s = pred_rq[:, n_recent - k : n_recent]  # (B, K): the support is the last K recent targets
+            worse = huber_loss(pred_s[..., None], y_s, w_s) > huber_loss(pred_s0[..., None], y_s, w_s)  # (B,)
+            if bool(worse.any()):
+                init = expand_params(base, x_s.shape[0])
+                pred_rq = torch.where(worse[:, None], predict(model, init, x_rq)[..., 0], pred_rq)
+    corr = _clamped(pred_rq)
+    resid = np.abs(corr[:, :n_recent] - tasks.y_recent)  # (B, R)
+    resid[tasks.w_recent == 0] = np.nan
+    return Forecasts(
+        query=corr[:, n_recent:] + tasks.base_query,
+        resid_scale=residual_scale(resid),
+        recent=corr[:, :n_recent] + tasks.base_recent,
     )
-    query = adapted.correction(tasks.x_query) + tasks.base_query  # (B, Q) correction + reference
-    return Forecasts(query=query, resid_scale=adapted.resid_scale)
 
 
 def residual_scale(abs_resid: np.ndarray) -> np.ndarray:
@@ -468,34 +502,58 @@ def _score_without_echoes(
     breed more alarms; a point far out (a spike, an outage) is nearly replaced by its forecast,
     so a lasting outage stays flagged instead of being absorbed by the last-value reference.
     """
-    spec, k = cluster.spec, cluster.k_shot
+    spec, k, cal = cluster.spec, cluster.k_shot, cluster.calibration
     tasks = make_windows(raw, spec, k, n_query)
-    adapted = adapt_support(
+    fast = adapt_and_forecast(
         model, cluster.params, tasks, inner_steps=cluster.inner_steps, inner_lr=cluster.inner_lr,
         inner_lrs=cluster.inner_lrs, device=device,
     )
-    calibration = cluster.calibration
-    denom = np.maximum(np.nan_to_num(adapted.resid_scale, nan=np.inf), calibration.scale_floor)  # (B,)
-    half = calibration.quantile(score_to_p(threshold)) * denom  # (B,) band half-width, normalised
-    z = tasks.z_window.copy()  # (B, W) inputs; flagged query points get replaced here
-    lead = z.shape[1] - n_query
+    denom = np.maximum(np.nan_to_num(fast.resid_scale, nan=np.inf), cal.scale_floor)  # (B,)
     n_before = min(_recent_lag_count(spec), tasks.recent_values.shape[1])  # yesterday's last points, read as lags
     observed = np.concatenate([tasks.recent_values[:, -n_before:], tasks.query_values], axis=1)  # (B, P+Q)
+    forecast = np.concatenate([fast.recent[:, -n_before:], fast.query], axis=1)
+    # a task none of whose points is flagged from observed lags gives the same forecasts in time
+    # order (nothing to replace): only the others go through the sequential loop
+    redo = (_flags(observed - forecast, denom, cal, threshold)).any(axis=1)
+    if redo.any():
+        sub = make_windows(raw[redo], spec, k, n_query)
+        adapted = adapt_support(
+            model, cluster.params, sub, inner_steps=cluster.inner_steps, inner_lr=cluster.inner_lr,
+            inner_lrs=cluster.inner_lrs, device=device,
+        )
+        forecast[redo] = _forecast_in_time_order(adapted, sub, observed[redo], denom[redo], cal, threshold, spec)
+    forecasts = Forecasts(query=forecast[:, n_before:], resid_scale=fast.resid_scale)
+    return tasks, score_points(tasks, forecasts, cal, threshold=threshold)
+
+
+def _flags(dev: np.ndarray, denom: np.ndarray, cal: Calibration, threshold: float) -> np.ndarray:
+    """Which deviations (B, n) (normalised units) score at or above the threshold."""
+    score = log_p_to_score(cal.log_tail_probability(np.abs(dev / denom[:, None])))
+    return np.nan_to_num(score, nan=-np.inf) >= threshold
+
+
+def _forecast_in_time_order(
+    adapted: Adapted, tasks: Tasks, observed: np.ndarray, denom: np.ndarray, cal: Calibration, threshold: float,
+    spec: LagSpec,
+) -> np.ndarray:
+    """One-step forecasts (B, P+Q) of the last P points before the day and the day's Q points, in
+    time order; each flagged point enters later lags at forecast + h^2 / deviation."""
+    half = cal.quantile(score_to_p(threshold)) * denom  # (B,) band half-width, normalised
+    z = tasks.z_window.copy()  # (B, W) inputs; flagged points get replaced here
+    first = z.shape[1] - observed.shape[1]  # window column of the first point
     forecast = np.empty_like(observed)
     for i in range(observed.shape[1]):
-        c = lead - n_before + i  # window column of this point
+        c = first + i
         if i > 0:  # a missing point carries the (cleaned) previous value forward, as make_windows does
             z[:, c] = np.where(np.isfinite(observed[:, i]), observed[:, i], z[:, c - 1])
         x, base, _ = lag_inputs(z, np.array([c]), spec)
         forecast[:, i] = adapted.correction(x)[:, 0] + base[:, 0]
         dev = observed[:, i] - forecast[:, i]
-        score = log_p_to_score(calibration.log_tail_probability(np.abs(dev / denom)))
-        flagged = np.nan_to_num(score, nan=-np.inf) >= threshold  # |dev| >= half where flagged
+        flagged = _flags(dev[:, None], denom, cal, threshold)[:, 0]  # |dev| >= half where flagged
         with np.errstate(divide="ignore", invalid="ignore"):
             kept = np.where(flagged, half**2 / np.where(flagged, dev, 1.0), 0.0)  # band edge .. ~0 far out
         z[:, c] = np.where(flagged, forecast[:, i] + kept, z[:, c])
-    forecasts = Forecasts(query=forecast[:, n_before:], resid_scale=adapted.resid_scale)
-    return tasks, score_points(tasks, forecasts, calibration, threshold=threshold)
+    return forecast
 
 
 def _recent_lag_count(spec: LagSpec) -> int:

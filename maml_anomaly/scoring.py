@@ -458,8 +458,9 @@ def score_tasks(
 
     Each task is adapted on the K pairs whose targets are the K grid points just before
     ``first[b]`` (strictly before the scored day) and forecasts its points one step ahead from the
-    observed lags. Work is batched over tasks in chunks of ``batch_size``; a chunk is padded to
-    full size so every chunk runs the same shapes (same kernels: the same bytes on every rerun).
+    observed lags. Work is batched over tasks in equal chunks of at most ``batch_size`` (fewer on
+    long windows); the last chunk is padded to the same size, so every chunk runs the same shapes
+    (same kernels: the same bytes on every rerun).
     """
     spec, k = cluster.spec, cluster.k_shot
     width = window_width(spec, k, n_query)
@@ -470,6 +471,7 @@ def score_tasks(
     flags = np.zeros((n, n_query), dtype=bool)
     enough = np.zeros(n, dtype=bool)
     size = max(1, min(batch_size, n, max(64, CHUNK_CELLS // (width * spec.n_inputs))))
+    size = -(-n // -(-n // size))  # equal chunks: the last one pads a few tasks, not most of a chunk
     for lo in range(0, n, size):
         idx = np.arange(lo, lo + size).clip(max=n - 1)  # (size,) padded with the last task
         raw = gather_windows(values, indptr, rows[idx], first[idx] - (width - n_query), width)

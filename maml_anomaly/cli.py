@@ -106,7 +106,7 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace what a 
 DateOpt = Annotated[Optional[str], typer.Option("--date", help="Day to score, YYYY-MM-DD (default: the last day in the input).")]
 EngineOpt = Annotated[
     Engine,
-    typer.Option("--engine", help='Where scoring runs: local (this process) or ray (Ray Data workers; pip install "maml-anomaly[ray]").', rich_help_panel=_RUN),
+    typer.Option("--engine", help='Where the per-series work runs: local (this process) or ray (Ray Data workers; pip install "maml-anomaly[ray]").', rich_help_panel=_RUN),
 ]
 RayAddressOpt = Annotated[
     Optional[str],
@@ -271,6 +271,8 @@ def fit_clusters(
     threads: ThreadsOpt = None,
     lock_timeout: LockTimeoutOpt = None,
     overwrite: OverwriteOpt = False,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
@@ -296,6 +298,8 @@ def fit_clusters(
         input=input,
         model_dir=model_dir,
         overwrite=overwrite,
+        engine=engine.value,
+        ray_address=ray_address,
     )
 
 

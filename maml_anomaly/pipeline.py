@@ -260,12 +260,18 @@ _WIDTHS = np.unique(np.ceil(8 * 2 ** (np.arange(64) / 4)).astype(np.int64))
 
 
 @locked(model_shared=False)
-def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
+def fit_clusters(
+    *, config: Config, input: Path, model_dir: Path, overwrite: bool = False, engine: str = "local",
+    ray_address: str | None = None,
+) -> dict[str, Any]:
     """Detect each series' period, group the series and write clusters.parquet + manifest.
 
     The input is streamed in batches of whole series (as daily-score reads it): each batch keeps
-    only per-series summaries (period, strength, cycle shape), and the clusters are fitted on
-    those at the end, so memory is set by the batch size and the number of series, not the rows.
+    only per-series summaries (period, strength, cycle shape, from :func:`summarise_batch`), and
+    the clusters are fitted on those at the end, so memory is set by the batch size and the
+    number of series, not the rows. With ``engine="ray"`` the batches are summarised on Ray
+    workers (:func:`maml_anomaly.engines.ray_engine.period_batches_ray`); the clusters are fitted
+    here all the same.
     """
     import time
 
@@ -273,25 +279,21 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
 
     from maml_anomaly.clustering import step_tag
 
+    _check_engine(engine, ray_address)
     md = ModelDir(model_dir)
     md.check_fresh(overwrite)
     cc = config.clusters
     t0 = time.perf_counter()
-    totals = _ReadTotals()
-    batches = []
-    frames = iter_series_frames(input, config.columns, config.input.on_duplicate, batch_rows=STREAM_ROWS)
+    if engine == "ray":  # -- engine dispatch (issue #8): the same summarise_batch on Ray workers --
+        from maml_anomaly.engines.ray_engine import period_batches_ray
+
+        batches, totals = period_batches_ray(config=config, input=input, address=ray_address)
+    else:
+        batches, totals = _period_batches_local(config, input)
+    log.info("read %s: %s", input, totals.summary())
+    if totals.counts.get("off_grid", 0):
+        log.warning("%d rows lie off their series' regular grid; they are kept and reported", totals.counts["off_grid"])
     with threadpool_limits(limits=config.runtime.threads, user_api="blas"):  # tiny matmuls
-        for frame in frames:
-            panel, report = build_panel(frame, config.input.snap_tolerance)
-            totals.add(report, frame)
-            del frame  # the batch's rows are not needed once its panel is built
-            batches.append(_summarise_periods(panel, cc))
-            del panel
-        log.info("read %s: %s", input, totals.summary())
-        if totals.counts.get("off_grid", 0):
-            log.warning(
-                "%d rows lie off their series' regular grid; they are kept and reported", totals.counts["off_grid"]
-            )
         clusters, states, groups, too_short = _finish_periods(batches, cc)
     seconds = time.perf_counter() - t0
     table = _cluster_table(clusters)
@@ -310,6 +312,33 @@ def fit_clusters(*, config: Config, input: Path, model_dir: Path, overwrite: boo
     }
     md.write_manifest(config, config.columns, totals.window(), extra={"fit_clusters": summary})
     return _summary(_fit_clusters_text(summary, md.path), **summary)
+
+
+def summarise_batch(config: Config, frame: pd.DataFrame) -> tuple[_PeriodBatch, ReadReport]:
+    """fit-clusters' step for one batch of whole series, the one function every engine calls.
+
+    ``frame``: unique_id, ds, y as :func:`~maml_anomaly.io.read_long` returns them, every row of
+    each of its series. Pure: no I/O, nothing global; a series' summary depends on its own rows
+    only, so any split of the input into batches of whole series gives the same summaries.
+    """
+    panel, report = build_panel(frame, config.input.snap_tolerance)
+    return _summarise_periods(panel, config.clusters), report
+
+
+def _period_batches_local(config: Config, input: Path) -> tuple[list[_PeriodBatch], _ReadTotals]:
+    """The input streamed in batches of whole series, each summarised in this process."""
+    from threadpoolctl import threadpool_limits
+
+    totals = _ReadTotals()
+    batches = []
+    frames = iter_series_frames(input, config.columns, config.input.on_duplicate, batch_rows=STREAM_ROWS)
+    with threadpool_limits(limits=config.runtime.threads, user_api="blas"):  # tiny matmuls
+        for frame in frames:
+            batch, report = summarise_batch(config, frame)
+            totals.add(report, frame)
+            del frame  # only the summary is kept
+            batches.append(batch)
+    return batches, totals
 
 
 def _periods_and_clusters(panel: Panel, cc: Any) -> tuple[pd.DataFrame, list[dict[str, Any]], list[int], np.ndarray]:
@@ -1698,11 +1727,14 @@ class _ReadTotals:
         self.end: np.datetime64 | None = None
 
     def add(self, report: ReadReport, frame: pd.DataFrame) -> None:
-        for key, value in report.to_dict().items():
+        ds = frame["ds"].to_numpy()
+        self.add_counts(report.to_dict(), ds.min() if len(ds) else None, ds.max() if len(ds) else None)
+
+    def add_counts(self, counts: dict[str, int], lo: np.datetime64 | None, hi: np.datetime64 | None) -> None:
+        """A batch's ReadReport counts and its first and last timestamp (None: no rows)."""
+        for key, value in counts.items():
             self.counts[key] = self.counts.get(key, 0) + int(value)
-        if len(frame):
-            ds = frame["ds"].to_numpy()
-            lo, hi = ds.min(), ds.max()
+        if lo is not None:
             self.start = lo if self.start is None else min(self.start, lo)
             self.end = hi if self.end is None else max(self.end, hi)
 

@@ -216,7 +216,7 @@ def test_unexpected_errors_keep_their_traceback(runner, tmp_path, long_parquet, 
 
 
 def test_quiet_silences_info_logs(runner, tmp_path, long_parquet, monkeypatch):
-    def fake(*, config, input, model_dir, overwrite):
+    def fake(*, config, input, model_dir, overwrite, engine, ray_address):
         pipeline.load_input(config, input)
         return {"summary": "ok"}
 

@@ -21,7 +21,7 @@ from synth import seasonal_panel
 
 from maml_anomaly.cli import app
 from maml_anomaly.engines import RAY_INSTALL
-from maml_anomaly.engines.ray_engine import stable_buckets
+from maml_anomaly.engines.ray_engine import stable_buckets, summary_from_table, summary_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data" / "values.parquet"
@@ -76,6 +76,42 @@ def test_engine_ray_without_ray_says_how_to_install(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert RAY_INSTALL in result.output
     assert "Traceback" not in result.output
+
+
+def test_fit_clusters_engine_ray_without_ray_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = _invoke("fit-clusters", "-i", tmp_path / "x.parquet", "-m", tmp_path / "m", "--engine", "ray")
+    assert result.exit_code == 1
+    assert RAY_INSTALL in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_period_summary_survives_its_arrow_row():
+    """What a fit-clusters worker sends back decodes to the summary it computed, bit for bit."""
+    from maml_anomaly.config import Config
+    from maml_anomaly.pipeline import summarise_batch
+
+    frame = _generated()
+    frame = frame[frame["unique_id"] != "h07"]  # keep the read simple: no off-grid row
+    frame = frame.sort_values(["unique_id", "ds"], ignore_index=True)
+    batch, report = summarise_batch(Config(), frame)
+    assert batch.shapes  # periodic series, so cycle shapes travel too
+    lo, hi = frame["ds"].min().to_datetime64(), frame["ds"].max().to_datetime64()
+    table = pa.concat_tables([summary_table(batch, report, lo, hi)] * 2).combine_chunks()  # rows of one block
+    rows = list(summary_from_table(table))
+    assert len(rows) == 2
+    for back, counts, lo2, hi2 in rows:
+        for name in ("ids", "step_ns", "period", "strength", "second", "n_obs"):
+            a, b = getattr(batch, name), getattr(back, name)
+            assert a.dtype == b.dtype, name
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        assert list(back.shapes) == sorted(batch.shapes)
+        for key, (rows_a, prof_a) in batch.shapes.items():
+            np.testing.assert_array_equal(back.shapes[key][0], rows_a)
+            assert back.shapes[key][1].dtype == prof_a.dtype
+            np.testing.assert_array_equal(back.shapes[key][1], prof_a)
+        assert counts == report.to_dict() and (lo2, hi2) == (lo, hi)
 
 
 def test_ray_address_needs_engine_ray(tmp_path):
@@ -192,6 +228,50 @@ def test_worker_errors_reach_the_user_as_messages(trained):
                      "--date", "2025-06-01")
     assert result.exit_code == 1 and "no data" in result.output
     assert not out.exists()
+
+
+def _assert_close_json(a, b, where="clusterer.json"):
+    """Same structure and values; floats to a relative 1e-9."""
+    assert type(a) is type(b) or {type(a), type(b)} <= {int, float}, where
+    if isinstance(a, dict):
+        assert list(a) == list(b), where
+        for k in a:
+            _assert_close_json(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_close_json(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=1e-9, abs=1e-12), where
+    else:
+        assert a == b, where
+
+
+def test_fit_clusters_ray_matches_local(tmp_path, ray_local, monkeypatch):
+    """Periods summarised on Ray workers, in several groups, give the local engine's model directory."""
+    import json
+
+    from maml_anomaly.engines import ray_engine
+
+    monkeypatch.setattr(ray_engine, "BUCKET_ROWS", 2000)  # several buckets, so several groups
+    frame = _generated()  # rows in random order: hourly and daily series, gaps, an off-grid row
+    frame.to_parquet(tmp_path / "input.parquet")
+    (tmp_path / "tiny.toml").write_text(TINY)  # small clusters: the hourly series split by shape
+    args = ["fit-clusters", "-i", tmp_path / "input.parquet", "-c", tmp_path / "tiny.toml", "-q", "--json"]
+    local = json.loads(_ok(*args, "-m", tmp_path / "local").stdout)
+    ray = json.loads(_ok(*args, "-m", tmp_path / "ray", "--engine", "ray").stdout)
+    a, b = pd.read_parquet(tmp_path / "local" / "clusters.parquet"), pd.read_parquet(tmp_path / "ray" / "clusters.parquet")
+    assert len(a) == frame["unique_id"].nunique()
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9)
+    for col in ("unique_id", "cluster", "period", "second_period", "step", "n_obs"):
+        pd.testing.assert_series_equal(a[col], b[col], check_exact=True)
+    assert a["cluster"].nunique() > 2  # more than one cluster per step: shapes were compared
+    _assert_close_json(json.loads((tmp_path / "local" / "clusterer.json").read_text()),
+                       json.loads((tmp_path / "ray" / "clusterer.json").read_text()))
+    local.pop("seconds"), ray.pop("seconds")
+    assert local == ray
+    manifests = [json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("local", "ray")]
+    assert manifests[0]["data_window"] == manifests[1]["data_window"]
 
 
 @pytest.mark.slow

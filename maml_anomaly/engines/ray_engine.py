@@ -1,4 +1,4 @@
-"""daily-score and backtest on Ray Data: whole series per worker, the same score_batch as local.
+"""daily-score, backtest and fit-clusters on Ray Data: whole series per worker, the same functions as local.
 
 The job: read the input's three columns (rows after the last scored day dropped as they are
 read), give each row a stable bucket (a hash of its series id modulo the bucket count), group by
@@ -9,6 +9,11 @@ finish with :func:`maml_anomaly.pipeline.write_scores` (alerts over the whole ru
 fraction, one atomic parquet file). Identical inputs to score_batch give identical rows, so the
 output matches the local engine's to float tolerance (batched matrix products may round
 differently with another batch composition).
+
+fit-clusters runs the same plan with another worker: each group goes through
+:func:`maml_anomaly.pipeline.summarise_batch` (periods, strengths and cycle shapes of its
+series), comes back as one summary row (:func:`summary_table`), and the driver fits the clusters
+on all summaries exactly as the local engine does.
 """
 
 from __future__ import annotations
@@ -90,6 +95,66 @@ def scored_days(
     return max(first, data_first), min(last, data_last)
 
 
+SUMMARY_COUNTS = ("rows", "series", "grid_points", "missing", "off_grid", "duplicates", "non_finite", "snapped")
+
+
+def summary_table(batch: Any, report: Any, lo: np.datetime64, hi: np.datetime64) -> pa.Table:
+    """One row for a group's fit-clusters summary: its series as lists, its read counts and time bounds.
+
+    ``batch``: the ``_PeriodBatch`` of :func:`maml_anomaly.pipeline.summarise_batch`; ``report``
+    its ReadReport; ``lo``/``hi`` the group's first and last timestamp. A cycle shape is stored
+    with its series (null for a series without a period), so the row is plain Arrow, no pickles.
+    """
+    n = batch.ids.size
+    bins = np.zeros(n, np.int64)  # (S,) profile length of each series, 0 = no profile
+    for rows, prof in batch.shapes.values():
+        bins[rows] = prof.shape[1]
+    offsets = np.concatenate([[0], np.cumsum(bins)])  # (S+1,)
+    values = np.zeros(offsets[-1], np.float32)
+    for rows, prof in batch.shapes.values():
+        values[offsets[rows][:, None] + np.arange(prof.shape[1])] = prof  # (r, bins) into their slots
+    profiles = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values), mask=pa.array(bins == 0))
+    ids = pa.array(batch.ids, type=pa.int64() if batch.ids.dtype == np.int64 else pa.string())
+    columns = {"ids": _as_row(ids)}
+    for name in ("step_ns", "period", "second", "n_obs"):
+        columns[name] = _as_row(pa.array(getattr(batch, name).astype(np.int64)))
+    columns["strength"] = _as_row(pa.array(batch.strength.astype(np.float64)))
+    columns["profile"] = _as_row(profiles)
+    counts = report.to_dict()
+    columns.update({f"n_{k}": pa.array([int(counts[k])], pa.int64()) for k in SUMMARY_COUNTS})
+    columns["ds_min"] = pa.array(np.array([lo], "datetime64[ns]"))
+    columns["ds_max"] = pa.array(np.array([hi], "datetime64[ns]"))
+    return pa.table(columns)
+
+
+def _as_row(values: pa.Array) -> pa.Array:
+    """A list column of one row that holds ``values``."""
+    return pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)
+
+
+def summary_from_table(table: pa.Table) -> Iterator[tuple[Any, dict[str, int], np.datetime64, np.datetime64]]:
+    """(``_PeriodBatch``, ReadReport counts, first, last timestamp) of each row of summary tables."""
+    from maml_anomaly.pipeline import _PeriodBatch
+
+    for i in range(table.num_rows):
+        row = table.slice(i, 1)
+        col = lambda name: row.column(name).combine_chunks().flatten()  # noqa: E731  the row's list
+        ids_arr = col("ids")
+        ids = ids_arr.to_numpy() if pa.types.is_integer(ids_arr.type) else np.asarray(ids_arr.to_pylist(), dtype=object)
+        step_ns, period, second, n_obs = (col(n).to_numpy().astype(np.int64) for n in ("step_ns", "period", "second", "n_obs"))
+        strength = col("strength").to_numpy().astype(np.float64)
+        profile = col("profile")  # (S,) list<float32>, null without a period
+        shapes = {}
+        for s, p in sorted({(int(s), int(p)) for s, p in zip(step_ns[period > 0], period[period > 0])}):
+            rows = np.flatnonzero((step_ns == s) & (period == p))  # increasing, as summarise_batch keeps them
+            flat = profile.take(pa.array(rows)).flatten().to_numpy(zero_copy_only=False)
+            shapes[(s, p)] = (rows, flat.astype(np.float32).reshape(rows.size, -1))  # (r, bins)
+        counts = {k: int(row.column(f"n_{k}")[0].as_py()) for k in SUMMARY_COUNTS}
+        lo = np.datetime64(row.column("ds_min")[0].value, "ns")
+        hi = np.datetime64(row.column("ds_max")[0].value, "ns")
+        yield _PeriodBatch(ids, step_ns, period, strength, second, n_obs, shapes), counts, lo, hi
+
+
 # -- the Ray job ----------------------------------------------------------------------------------
 
 
@@ -159,21 +224,13 @@ def score_days_ray(
     from maml_anomaly.io import _stream_dataset, _time_filter, scores_schema, time_bounds
     from maml_anomaly.pipeline import load_scorer, write_scores
 
-    require_ray()
-    if address is not None and not address.strip():
-        raise ConfigError("--ray-address is empty; give the cluster's address (e.g. ray://head:10001 or auto).")
+    _check_options(config, address)
     if config.runtime.device == "cuda":
         raise ConfigError(
             "--device cuda is not supported with --engine ray yet: Ray workers score on CPUs. Use "
             "--device cpu (or auto) with --engine ray, or --engine local to score on this machine's GPU."
         )
     device = "cpu"  # workers are CPU actors, whatever the driver has
-    if config.input.on_duplicate in ("first", "last"):
-        raise ConfigError(
-            f"--on-duplicate {config.input.on_duplicate} keeps a row by its input order, which a "
-            "distributed shuffle does not keep. With --engine ray use --on-duplicate error or mean, "
-            "or deduplicate upstream (or run with --engine local)."
-        )
     started = time.perf_counter()
     cols = config.columns
     dataset, files = _stream_dataset(Path(input), cols)  # InputError for a missing path or column
@@ -192,12 +249,75 @@ def score_days_ray(
     log.info("ray: %d input file(s), %d bucket(s), scoring %s to %s", len(files), n_buckets,
              first.astype("datetime64[D]"), last.astype("datetime64[D]"))
     with ray_session(address) as ray:
-        tables = _run(ray, files, cols, time_filter, n_buckets, scorer, first, last, schema, config.runtime.threads)
+        worker_args = (ray.put(scorer), first, last, schema, config.runtime.threads)
+        tables = _run(ray, files, cols, time_filter, n_buckets, ScoreWorker, worker_args)
     out = pa.concat_tables(tables).to_pandas() if tables else schema.empty_table().to_pandas()
     if len(out) == 0:
         raise _no_data(first, last, bounds)
     out = out.sort_values(["unique_id", "ds"], kind="stable", ignore_index=True)  # the local engine's order
     return write_scores(config, out, first, last, output, events, started)
+
+
+class PeriodWorker:
+    """A Ray actor that summarises whole groups of series for fit-clusters (``summarise_batch``)."""
+
+    def __init__(self, config: Config, threads: int) -> None:
+        self.config, self.threads = config, threads
+
+    def __call__(self, group: pa.Table) -> pa.Table:
+        from threadpoolctl import threadpool_limits
+
+        from maml_anomaly.io import _long_frame
+        from maml_anomaly.pipeline import summarise_batch
+
+        cols = self.config.columns
+        frame = _long_frame(group.select([cols.id_col, cols.time_col, cols.value_col]), cols, self.config.input.on_duplicate)
+        ds = frame["ds"].to_numpy()
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            batch, report = summarise_batch(self.config, frame)
+        return summary_table(batch, report, ds.min(), ds.max())
+
+
+def period_batches_ray(*, config: Config, input: Path, address: str | None = None) -> tuple[list[Any], Any]:
+    """fit-clusters' per-batch summaries of ``input`` computed on Ray, and the read totals.
+
+    Returns what the local engine's stream gives :func:`maml_anomaly.pipeline.fit_clusters`:
+    one ``_PeriodBatch`` per group (in any order: the clusters are fitted on them sorted by id)
+    and the ``_ReadTotals`` of all groups.
+    """
+    from maml_anomaly.io import _no_rows, _stream_dataset
+    from maml_anomaly.pipeline import _ReadTotals
+
+    _check_options(config, address)
+    cols = config.columns
+    dataset, files = _stream_dataset(Path(input), cols)  # InputError for a missing path or column
+    n_rows = dataset.count_rows()
+    if n_rows == 0:
+        raise _no_rows(input, cols)
+    n_buckets = max(1, math.ceil(n_rows / BUCKET_ROWS))
+    log.info("ray: %d input file(s), %d bucket(s), summarising periods", len(files), n_buckets)
+    with ray_session(address) as ray:
+        tables = _run(ray, files, cols, None, n_buckets, PeriodWorker, (config, config.runtime.threads))
+    totals = _ReadTotals()
+    batches = []
+    for table in tables:
+        for batch, counts, lo, hi in summary_from_table(table):
+            totals.add_counts(counts, lo, hi)
+            batches.append(batch)
+    return batches, totals
+
+
+def _check_options(config: Config, address: str | None) -> None:
+    """What every command refuses with --engine ray (Ray itself missing, an empty address, order-keeping options)."""
+    require_ray()
+    if address is not None and not address.strip():
+        raise ConfigError("--ray-address is empty; give the cluster's address (e.g. ray://head:10001 or auto).")
+    if config.input.on_duplicate in ("first", "last"):
+        raise ConfigError(
+            f"--on-duplicate {config.input.on_duplicate} keeps a row by its input order, which a "
+            "distributed shuffle does not keep. With --engine ray use --on-duplicate error or mean, "
+            "or deduplicate upstream (or run with --engine local)."
+        )
 
 
 def _no_data(first: np.datetime64, last: np.datetime64, bounds: tuple[np.datetime64, np.datetime64]) -> InputError:
@@ -209,8 +329,9 @@ def _no_data(first: np.datetime64, last: np.datetime64, bounds: tuple[np.datetim
     )
 
 
-def _run(ray, files, cols, time_filter, n_buckets, scorer, first, last, schema, threads) -> list[pa.Table]:
-    """The Ray Data plan, executed; the score tables of every group."""
+def _run(ray, files, cols, time_filter, n_buckets, worker, worker_args) -> list[pa.Table]:
+    """The Ray Data plan, executed: every bucket's rows through a pool of ``worker(*worker_args)``
+    actors; the tables they return (score rows, or fit-clusters summaries)."""
     from ray.data import ActorPoolStrategy, DataContext
     from ray.data.context import ShuffleStrategy
 
@@ -222,11 +343,11 @@ def _run(ray, files, cols, time_filter, n_buckets, scorer, first, last, schema, 
     try:
         ds = ray.data.read_parquet(files, columns=[cols.id_col, cols.time_col, cols.value_col], file_extensions=None)
         ds = ds.map_batches(_bucket_rows, fn_args=(time_filter, cols.id_col, n_buckets), batch_format="pyarrow")
-        scored = ds.groupby(BUCKET).map_groups(
-            ScoreWorker, fn_constructor_args=(ray.put(scorer), first, last, schema, threads),
+        done = ds.groupby(BUCKET).map_groups(
+            worker, fn_constructor_args=worker_args,
             batch_format="pyarrow", compute=ActorPoolStrategy(size=actors), num_cpus=1,
         )
-        return [t for t in ray.get(scored.to_arrow_refs()) if t.num_rows]
+        return [t for t in ray.get(done.to_arrow_refs()) if t.num_rows]
     except Exception as exc:  # a worker's MamlAnomalyError comes back wrapped: unwrap it for the CLI
         cause = _user_error(exc)
         if cause is not None:
@@ -265,4 +386,7 @@ def _clean(message: str) -> str:
     return message.split(" Failed to apply UDF", 1)[0].strip()
 
 
-__all__ = ["require_ray", "stable_buckets", "scored_days", "ray_session", "ScoreWorker", "score_days_ray", "BUCKET_ROWS"]
+__all__ = [
+    "require_ray", "stable_buckets", "scored_days", "summary_table", "summary_from_table", "ray_session", "ScoreWorker",
+    "score_days_ray", "PeriodWorker", "period_batches_ray", "BUCKET_ROWS",
+]

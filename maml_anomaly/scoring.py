@@ -256,6 +256,15 @@ def _clamped(correction: torch.Tensor) -> np.ndarray:
     return correction.clamp(-TARGET_CLIP, TARGET_CLIP).double().cpu().numpy()
 
 
+def _on_device(params, tasks: Tasks, inner_lrs, device):
+    """(device, support x, y, weight, detached meta-init, detached inner step sizes) on the device."""
+    dev = torch.device(device)
+    to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
+    base = {k: v.detach().to(dev) for k, v in params.items()}
+    lrs = None if inner_lrs is None else _detach(inner_lrs, dev)
+    return dev, to(tasks.x_support), to(tasks.y_support), to(tasks.w_support), base, lrs
+
+
 def adapt_support(
     model: torch.nn.Module,
     params: dict[str, torch.Tensor],
@@ -270,11 +279,7 @@ def adapt_support(
 
     A task whose support loss got worse keeps the meta-init (a guard against divergence).
     """
-    dev = torch.device(device)
-    to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
-    x_s, y_s, w_s = to(tasks.x_support), to(tasks.y_support), to(tasks.w_support)
-    base = {k: v.detach().to(dev) for k, v in params.items()}
-    lrs = None if inner_lrs is None else _detach(inner_lrs, dev)
+    dev, x_s, y_s, w_s, base, lrs = _on_device(params, tasks, inner_lrs, device)
     with torch.no_grad():  # adapt still takes its inner gradients; no graph is kept
         if fast_adapt.supports(model):  # hand-written loop, same results up to rounding
             fast = fast_adapt.adapt_huber(model, base, x_s, y_s, w_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs)
@@ -307,13 +312,9 @@ def adapt_and_forecast(
 ) -> Forecasts:
     """Adapt to every task's support set, forecast its recent and query points one step ahead
     from observed lags (the fused kernel where it runs), and measure the residual scale."""
-    dev = torch.device(device)
-    to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
-    x_s, y_s, w_s = to(tasks.x_support), to(tasks.y_support), to(tasks.w_support)
-    base = {k: v.detach().to(dev) for k, v in params.items()}
-    lrs = None if inner_lrs is None else _detach(inner_lrs, dev)
+    dev, x_s, y_s, w_s, base, lrs = _on_device(params, tasks, inner_lrs, device)
     n_recent, k = tasks.x_recent.shape[1], x_s.shape[1]
-    x_rq = torch.cat([to(tasks.x_recent), to(tasks.x_query)], 1)  # (B, R + Q): one forecast pass for both
+    x_rq = torch.from_numpy(np.concatenate([tasks.x_recent, tasks.x_query], 1)).to(dev)  # (B, R + Q): one pass
     with torch.no_grad():
         if fast_adapt.supports(model):  # hand-written loop (fused C kernel on CPU), same results up to rounding
             pred_rq, pred_s0 = fast_adapt.adapt_and_predict(

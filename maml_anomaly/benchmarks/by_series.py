@@ -52,12 +52,12 @@ def main(argv: list[str] | None = None) -> None:
     windows = as_windows(data.labels)
     maml = _marked(detection._measured(pd.read_parquet(root / "scores_maml.parquet"), data.cutoff), windows)
     naive = _marked(detection._measured(detection.run_baseline("seasonal_naive", data, period), data.cutoff), windows)
-    table = _per_series(maml, args.far).join(_per_series(naive, args.far), lsuffix="_maml", rsuffix="_naive")
+    table = _per_series(maml, args.far).add_suffix("_maml").join(_per_series(naive, args.far).add_suffix("_naive"))
     table["windows"] = maml[maml["window"] >= 0].groupby("unique_id")["window"].nunique()
     pd.set_option("display.width", 250)
     print(table.fillna({"windows": 0}).round(3).sort_values("far_maml", ascending=False).to_string())
     print(f"windows hit at a {args.far:.0%} FAR: maml {int(table['hits_maml'].sum())}, "
-          f"seasonal naive {int(table['hits_naive'].sum())}, of {int(table['windows'].sum())}")
+          f"seasonal naive {int(table['hits_naive'].sum())}, of {int(table['windows'].sum())} with scored rows")
 
 
 if __name__ == "__main__":

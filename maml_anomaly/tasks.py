@@ -231,9 +231,10 @@ def make_windows(
 
     The net predicts a correction to a *reference* forecast: the unclipped last value plus last
     cycle's step (``y[t-1] + y[t-p] - y[t-p-1]``, the step clipped so an outlier a period ago
-    moves it by at most ``clip``), or the last value without a period. Its inputs are the lags relative to the last value (lag 1 keeps the level), clipped.
-    So a level shift moves the reference at once instead of saturating the inputs: after a jump
-    the forecasts follow the new level one step later, as a person reading the chart would.
+    moves it by at most ``clip``), or the last value without a period. Its inputs are the lags
+    relative to the last value (lag 1 keeps the level), clipped (:func:`lag_inputs`). So a level
+    shift moves the reference at once instead of saturating the inputs: after a jump the
+    forecasts follow the new level one step later, as a person reading the chart would.
     """
     windows = np.asarray(windows, dtype=np.float64)
     n_tasks, width = windows.shape

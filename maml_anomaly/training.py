@@ -74,8 +74,8 @@ def _tensors(t: Tasks) -> tuple[torch.Tensor, ...]:
 def _sample_tasks(values, indptr, lengths, rows, spec, k_shot, query_len, n, rng, n_recent=None) -> Tasks | None:
     """``n`` tasks cut at uniformly drawn places of series ``rows`` (None if none fits).
 
-    ``n_recent`` recent targets before the query (default K: a training window); calibration
-    passes None, the scoring geometry."""
+    ``n_recent`` recent targets before the query (default K: a training window; calibration
+    passes the scoring geometry's :func:`~maml_anomaly.tasks.recent_len`)."""
     width = window_width(spec, k_shot, query_len, n_recent=k_shot if n_recent is None else n_recent)
     picked, starts = sample_window_starts(lengths, width, n, rng, rows=rows)
     if picked.size == 0:
@@ -161,10 +161,11 @@ def train_cluster(
     usable = rng.permutation(usable)[: settings.max_series]
     n_val = 0 if usable.size < 2 else max(1, int(round(settings.val_fraction * usable.size)))
     val_rows, train_rows = (usable[:n_val], usable[n_val:]) if n_val else (usable, usable)
-    sample = lambda r, n, q=train_q: _sample_tasks(values, indptr, lengths, r, spec, k, q, n, rng)  # noqa: E731
+    sample = lambda r, n: _sample_tasks(values, indptr, lengths, r, spec, k, train_q, n, rng)  # noqa: E731
     val_tasks = sample(val_rows, settings.n_val_tasks)
-    # calibration sees residuals exactly as scoring makes them (a day of query and of recent
-    # residuals) where the held-out series are long enough, else the training geometry
+    # calibration sees residuals exactly as scoring makes them (a day of query, a week of recent
+    # residuals for sub-daily series) where the held-out series are long enough, else the
+    # training geometry
     scoring_like = _sample_tasks(
         values, indptr, lengths, val_rows, spec, k, query_len, settings.n_calib_tasks, rng, n_recent=recent_len(k, query_len)
     )

@@ -496,8 +496,10 @@ def _score_without_echoes(
     a lasting outage would be flagged at its first point only. The forecaster is adapted once;
     then the day's points are forecast in time order (batched over tasks), and each flagged
     point is replaced in the inputs of the later points. Every point is still scored against its
-    own observed value. The last points before the day go through the same loop first (not
-    scored): an outage at 23:00 would otherwise drag the first forecasts of the day with it.
+    own observed value. The points before the day that the lags read (``max_lag`` of them, the
+    seasonal lags included) go through the same loop first, not scored: an outage yesterday
+    would otherwise drag today's forecasts with it, at its own hour through the seasonal lags
+    and at midnight through the recent ones.
 
     A flagged point with deviation ``d`` from its forecast enters the later lags at
     ``forecast + h^2 / d`` (``h`` = the band's half-width, ``|d| >= h``): a barely flagged false
@@ -512,7 +514,7 @@ def _score_without_echoes(
         inner_lrs=cluster.inner_lrs, device=device,
     )
     denom = np.maximum(np.nan_to_num(fast.resid_scale, nan=np.inf), cal.scale_floor)  # (B,)
-    n_before = min(_recent_lag_count(spec), tasks.recent_values.shape[1])  # yesterday's last points, read as lags
+    n_before = min(spec.max_lag, tasks.recent_values.shape[1])  # the points before the day that lags read
     observed = np.concatenate([tasks.recent_values[:, -n_before:], tasks.query_values], axis=1)  # (B, P+Q)
     forecast = np.concatenate([fast.recent[:, -n_before:], fast.query], axis=1)
     # a task none of whose points is flagged from observed lags gives the same forecasts in time
@@ -557,14 +559,6 @@ def _forecast_in_time_order(
             kept = np.where(flagged, half**2 / np.where(flagged, dev, 1.0), 0.0)  # band edge .. ~0 far out
         z[:, c] = np.where(flagged, forecast[:, i] + kept, z[:, c])
     return forecast
-
-
-def _recent_lag_count(spec: LagSpec) -> int:
-    """How many of the last points before the day the recent lags (1, 2, .., n) read."""
-    n = 0
-    while n < len(spec.lags) and spec.lags[n] == n + 1:
-        n += 1
-    return n
 
 
 # -- scoring the input rows of one or many days ---------------------------------------------------

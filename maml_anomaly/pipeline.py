@@ -797,16 +797,12 @@ def write_scores(
     events: Path | None, started: float,
 ) -> dict[str, Any]:
     """The run-wide steps on all score rows (alerts, failed fraction), the atomic write, the summary."""
-    import time
-
-    from maml_anomaly.scoring import STATUS_OK
-
     step = out.pop("step").to_numpy()
     status = out["status"].to_numpy()
     row_series = pd.factorize(out["unique_id"])[0]  # (N,) series code of each row
     counts = {k: int(v) for k, v in pd.Series(status).value_counts().sort_index().items()}
     # -- alerts (issue #9): q-values, post-rules, alert budget, events: one call, see alerts.py --
-    from maml_anomaly.alerts import apply_alerts, summary_text
+    from maml_anomaly.alerts import apply_alerts
 
     alerted = apply_alerts(out, config.alerts, step=step, series=row_series, threshold=config.score.threshold)
     out = alerted.scores
@@ -815,22 +811,36 @@ def write_scores(
         write_parquet_atomic(_events_table(alerted.events, out), events)
     # -- end of alerts --
     _check_failed_fraction(status, row_series, counts, config.score.max_failed_fraction, output)
-    n_flags = int(out["is_anomaly"].sum())
-    n_series = int(np.unique(row_series).size)
+    return _run_summary(config, alerted, events, output, first, last, int(np.unique(row_series).size), counts, started)
+
+
+def _run_summary(
+    config: Config, alerted: Any, events: Path | None, output: Path, first: np.datetime64, last: np.datetime64,
+    series: int, counts: dict[str, int], started: float,
+) -> dict[str, Any]:
+    """The summary of a daily-score / backtest run, whichever engine scored it."""
+    import time
+
+    from maml_anomaly.alerts import summary_text
+    from maml_anomaly.scoring import STATUS_OK
+
+    counts = dict(sorted(counts.items()))
+    points = len(alerted.scores)
+    ok = counts.get(STATUS_OK, 0)
+    anomalies = int(alerted.scores["is_anomaly"].sum())
     seconds = time.perf_counter() - started
     days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
+    not_ok = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != STATUS_OK) or "none"
     return _summary(
-        f"scored {len(out):,} points of {n_series:,} series on {days}: "
-        f"{n_flags:,} anomalies; {counts.get(STATUS_OK, 0):,} ok, "
-        f"{len(out) - counts.get(STATUS_OK, 0):,} not scored ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != STATUS_OK) or 'none'}); "
-        f"wrote {output} in {seconds:.1f} s\n" + summary_text(alerted),
+        f"scored {points:,} points of {series:,} series on {days}: {anomalies:,} anomalies; {ok:,} ok, "
+        f"{points - ok:,} not scored ({not_ok}); wrote {output} in {seconds:.1f} s\n" + summary_text(alerted),
         **_alert_fields(alerted, events),
         output=str(output),
         first_day=str(first.astype("datetime64[D]")),
         last_day=str(last.astype("datetime64[D]")),
-        points=len(out),
-        series=n_series,
-        anomalies=n_flags,
+        points=points,
+        series=series,
+        anomalies=anomalies,
         statuses=counts,
         threshold=config.score.threshold,
         seconds=round(seconds, 2),
@@ -876,18 +886,22 @@ def _check_failed_fraction(
     model or too little history. missing_value and off_grid rows are not failures.
     """
     series = np.unique(row_series)
-    if series.size == 0:
-        return
     failed = np.unique(row_series[np.isin(status, FAILED_STATUSES)]).size
-    if failed / series.size > limit:
-        shown = ", ".join(f"{k} {counts[k]:,} points" for k in FAILED_STATUSES if counts.get(k))
-        raise MamlAnomalyError(
-            f"{failed:,} of {series.size:,} series ({failed / series.size:.1%}) could not be scored "
-            f"({shown}), more than --max-failed-fraction {limit:g}. The scores were still written to "
-            f"{output} (see its status column). Check that the input holds enough history before the "
-            "scored day(s) and that fit-clusters and meta-train ran on these series, or raise "
-            "--max-failed-fraction."
-        )
+    _fail_over_budget(failed, series.size, counts, limit, output)
+
+
+def _fail_over_budget(failed: int, series: int, counts: dict[str, int], limit: float, output: Path) -> None:
+    """Raise (the scores are already written) when more than ``limit`` of ``series`` failed."""
+    if series == 0 or failed / series <= limit:
+        return
+    shown = ", ".join(f"{k} {counts[k]:,} points" for k in FAILED_STATUSES if counts.get(k))
+    raise MamlAnomalyError(
+        f"{failed:,} of {series:,} series ({failed / series:.1%}) could not be scored "
+        f"({shown}), more than --max-failed-fraction {limit:g}. The scores were still written to "
+        f"{output} (see its status column). Check that the input holds enough history before the "
+        "scored day(s) and that fit-clusters and meta-train ran on these series, or raise "
+        "--max-failed-fraction."
+    )
 
 
 def _row_series(rows: pd.DataFrame, panel: Panel) -> np.ndarray:
@@ -1390,9 +1404,6 @@ def _score_stream(
     """
     import time
 
-    from maml_anomaly.alerts import summary_text
-    from maml_anomaly.scoring import STATUS_OK
-
     started = time.perf_counter()
     data_first, data_last = (v.astype("datetime64[D]").astype("datetime64[ns]") for v in time_bounds(input, config.columns))
     if backtest:
@@ -1442,33 +1453,8 @@ def _score_stream(
         if points == 0:
             raise _no_data_error(date_option, first, last, data_first, data_last)
         alerted = _write_scores(spill.read(), steps, config, output, events)
-    if failed_series / max(series, 1) > config.score.max_failed_fraction:
-        raise MamlAnomalyError(
-            f"{failed_series:,} of {series:,} series could not be scored ({dict(sorted(counts.items()))} points), "
-            f"more than --max-failed-fraction {config.score.max_failed_fraction:g}. The scores were still written "
-            f"to {output} (see its status column). Check that the input holds enough history before the "
-            "scored day(s) and that fit-clusters and meta-train ran on these series, or raise --max-failed-fraction."
-        )
-    counts = dict(sorted(counts.items()))
-    anomalies = int(alerted.scores["is_anomaly"].sum())
-    seconds = time.perf_counter() - started
-    days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
-    return _summary(
-        f"scored {points:,} points of {series:,} series on {days}: "
-        f"{anomalies:,} anomalies; {counts.get(STATUS_OK, 0):,} ok, "
-        f"{points - counts.get(STATUS_OK, 0):,} not scored ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != STATUS_OK) or 'none'}); "
-        f"wrote {output} in {seconds:.1f} s\n" + summary_text(alerted),
-        **_alert_fields(alerted, events),
-        output=str(output),
-        first_day=str(first.astype("datetime64[D]")),
-        last_day=str(last.astype("datetime64[D]")),
-        points=points,
-        series=series,
-        anomalies=anomalies,
-        statuses=counts,
-        threshold=config.score.threshold,
-        seconds=round(seconds, 2),
-    )
+    _fail_over_budget(failed_series, series, counts, config.score.max_failed_fraction, output)
+    return _run_summary(config, alerted, events, output, first, last, series, counts, started)
 
 
 def _write_scores(table: Any, steps: list[np.ndarray], config: Config, output: Path, events: Path | None):

@@ -12,7 +12,7 @@ cycle dominates that deviation); dividing by the adapted model's recent error do
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -316,21 +316,21 @@ def adapt_and_forecast(
     n_recent, k = tasks.x_recent.shape[1], x_s.shape[1]
     x_rq = torch.from_numpy(np.concatenate([tasks.x_recent, tasks.x_query], 1)).to(dev)  # (B, R + Q): one pass
     with torch.no_grad():
-        if fast_adapt.supports(model):  # hand-written loop (fused C kernel on CPU), same results up to rounding
-            pred_rq, pred_s0 = fast_adapt.adapt_and_predict(
-                model, base, x_s, y_s, w_s, x_rq, steps=inner_steps, lr=inner_lr, inner_lrs=lrs
-            )  # (B, R + Q), (B, K) the meta-init's support forecasts
-        else:
+        if not fast_adapt.supports(model):  # weights kept and guarded by adapt_support
             adapted = adapt_support(
                 model, params, tasks, inner_steps=inner_steps, inner_lr=inner_lr, inner_lrs=inner_lrs, device=dev
             )
-            pred_rq, pred_s0, inner_steps = predict(model, adapted.params, x_rq)[..., 0], None, 0  # guarded
-        if inner_steps > 0:  # guard: a task whose support loss got worse keeps the meta-init
-            pred_s = pred_rq[:, n_recent - k : n_recent]  # (B, K): the support is the last K recent targets
-            worse = huber_loss(pred_s[..., None], y_s, w_s) > huber_loss(pred_s0[..., None], y_s, w_s)  # (B,)
-            if bool(worse.any()):
-                init = expand_params(base, x_s.shape[0])
-                pred_rq = torch.where(worse[:, None], predict(model, init, x_rq)[..., 0], pred_rq)
+            pred_rq = predict(model, adapted.params, x_rq)[..., 0]
+        else:  # hand-written loop (fused C kernel on CPU), same results up to rounding
+            pred_rq, pred_s0 = fast_adapt.adapt_and_predict(
+                model, base, x_s, y_s, w_s, x_rq, steps=inner_steps, lr=inner_lr, inner_lrs=lrs
+            )  # (B, R + Q), (B, K) the meta-init's support forecasts
+            if inner_steps > 0:  # guard: a task whose support loss got worse keeps the meta-init
+                pred_s = pred_rq[:, n_recent - k : n_recent]  # (B, K): the support is the last K recent targets
+                worse = huber_loss(pred_s[..., None], y_s, w_s) > huber_loss(pred_s0[..., None], y_s, w_s)  # (B,)
+                if bool(worse.any()):
+                    init = expand_params(base, x_s.shape[0])
+                    pred_rq = torch.where(worse[:, None], predict(model, init, x_rq)[..., 0], pred_rq)
     corr = _clamped(pred_rq)
     resid = np.abs(corr[:, :n_recent] - tasks.y_recent)  # (B, R)
     resid[tasks.w_recent == 0] = np.nan
@@ -521,7 +521,7 @@ def _score_without_echoes(
     # order (nothing to replace): only the others go through the sequential loop
     redo = (_flags(observed - forecast, denom, cal, threshold)).any(axis=1)
     if redo.any():
-        sub = make_windows(raw[redo], spec, k, n_query)
+        sub = tasks.take(redo)
         adapted = adapt_support(
             model, cluster.params, sub, inner_steps=cluster.inner_steps, inner_lr=cluster.inner_lr,
             inner_lrs=cluster.inner_lrs, device=device,

@@ -14,7 +14,7 @@ places in history; scoring cuts the window that ends with the scored day. Both g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -134,6 +134,10 @@ class Tasks:
     centre: np.ndarray  # (B,) float64
     scale: np.ndarray  # (B,) float64, > 0 where the support window had data
     n_support_observed: np.ndarray  # (B,) int64, observed support targets
+
+    def take(self, which: np.ndarray) -> "Tasks":
+        """The tasks selected by a boolean mask or index array (every field has tasks first)."""
+        return Tasks(**{f.name: getattr(self, f.name)[which] for f in fields(self)})
 
     @property
     def n_tasks(self) -> int:

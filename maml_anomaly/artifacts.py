@@ -30,7 +30,7 @@ from maml_anomaly.config import ColumnConfig, Config
 from maml_anomaly.errors import ModelDirError
 from maml_anomaly.io import write_bytes_atomic
 
-FORMAT_VERSION = 2  # 2: lag inputs relative to the last value, reference forecast y[t-1] + y[t-p] - y[t-p-1]
+FORMAT_VERSION = 3  # 2: lag inputs relative to the last value, reference y[t-1] + y[t-p] - y[t-p-1]; 3: that step unclipped
 MANIFEST = "manifest.json"
 CLUSTERS = "clusters.parquet"
 

@@ -233,12 +233,15 @@ def make_windows(
     (0 after normalisation) before the first observation: causal, so a forecast never sees the
     future, and identical in training and scoring.
 
-    The net predicts a correction to a *reference* forecast: the unclipped last value plus last
-    cycle's step (``y[t-1] + y[t-p] - y[t-p-1]``, the step clipped so an outlier a period ago
-    moves it by at most ``clip``), or the last value without a period. Its inputs are the lags
-    relative to the last value (lag 1 keeps the level), clipped (:func:`lag_inputs`). So a level
-    shift moves the reference at once instead of saturating the inputs: after a jump the
-    forecasts follow the new level one step later, as a person reading the chart would.
+    The net predicts a correction to a *reference* forecast from unclipped values: the last value
+    plus last cycle's step (``y[t-1] + y[t-p] - y[t-p-1]``), or the last value without a period.
+    Its inputs are the lags relative to the last value (lag 1 keeps the level), clipped
+    (:func:`lag_inputs`). So a level shift moves the reference at once instead of saturating the
+    inputs: after a jump the forecasts follow the new level one step later, as a person reading
+    the chart would. The step is not clipped: a series that sits flat most of the day and jumps
+    at fixed hours (a noise-free square wave, periodic spikes) has a tiny robust scale, and a
+    clipped step missed every one of its regular jumps; an outlier a period ago is cleaned before
+    scoring reads it (:mod:`maml_anomaly.scoring`), and the net sees the step among its inputs.
     """
     windows = np.asarray(windows, dtype=np.float64)
     n_tasks, width = windows.shape
@@ -294,8 +297,8 @@ def lag_inputs(
     col = {lag: i for i, lag in enumerate(spec.lags)}
     last = lagged[..., 0]  # (B, T) the most recent lag (lag 1 in every spec lag_spec makes)
     base = last
-    if spec.period > 0 and {spec.period, spec.period + 1} <= col.keys():  # yesterday's outlier moves it <= clip
-        base = last + np.clip(lagged[..., col[spec.period]] - lagged[..., col[spec.period + 1]], -clip, clip)
+    if spec.period > 0 and {spec.period, spec.period + 1} <= col.keys():  # unclipped: see make_windows
+        base = last + lagged[..., col[spec.period]] - lagged[..., col[spec.period + 1]]
     naive = lagged[..., col.get(reference_lag(spec), 0)]
     x = lagged - last[..., None]
     x[..., 0] = last

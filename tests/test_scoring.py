@@ -6,6 +6,7 @@ from scipy.special import ndtr, ndtri
 from synth import seasonal_panel, tiny_cluster, to_buffer  # noqa: F401 (fixture)
 
 from maml_anomaly.scoring import (
+    shift_accepted_after,
     Calibration,
     fit_calibration,
     p_to_score,
@@ -44,8 +45,21 @@ def test_calibration_tail_capped_when_a_few_series_blow_up():
     assert cal.levels[-1] == 0.001 and cal.quantiles[-1] < 20.0  # the 0.1% quantile, not 1e6
     assert p_to_score(cal.tail_probability(np.array([10.0])))[0] > 3.0  # a 10-sigma point is still flagged (uncapped: 1.2)
     gaussian = fit_calibration(normal, scale_floor=0.05)
+    sampled = np.quantile(normal, 1 - np.asarray(gaussian.levels))
     assert gaussian.quantiles == pytest.approx(  # a Gaussian tail is well below the cap: untouched
-        np.quantile(normal, 1 - np.asarray(gaussian.levels)), rel=1e-6)
+        np.maximum(sampled, -ndtri(np.asarray(gaussian.levels) / 2)), rel=1e-6)  # (up to the floor)
+    assert gaussian.quantiles == pytest.approx(sampled, rel=0.05)
+
+
+def test_calibration_of_mostly_exact_residuals_never_scores_above_u():
+    # a cluster of flat series with rare spikes: most held-out residuals are exactly 0; the
+    # quantiles used to collapse to 0 and every clean point that moved at all scored ~18
+    rng = np.random.default_rng(2)
+    u = np.concatenate([np.zeros(9000), np.abs(rng.normal(size=1000))])
+    cal = fit_calibration(u, scale_floor=0.05)
+    grid = np.array([0.5, 1.0, 2.0, 3.0, 5.0, 10.0])
+    assert np.all(p_to_score(cal.tail_probability(grid)) <= grid + 0.05)  # (log p interpolated linearly)
+    assert p_to_score(cal.tail_probability(np.array([10.0])))[0] > 4.0  # a 10-sigma move still flags
 
 
 def test_tail_probability_monotone_and_quantile_inverts_it():
@@ -137,10 +151,25 @@ def test_a_spike_does_not_flag_the_normal_points_after_it(tiny_cluster):
     assert out.is_anomaly[:, 11:17].mean() < 0.05  # echoes: 16% of these were flagged before the fix
 
 
-def test_a_lasting_outage_stays_flagged_at_every_point(tiny_cluster):
+def test_a_lasting_outage_stays_flagged(tiny_cluster):
     clean = seasonal_panel(40, 24 * 21, seed=5)
     out_day = clean.copy()
     low = clean[:, : 20 * 24].min(axis=1) - 6 * np.std(np.diff(clean[:, : 20 * 24], axis=1), axis=1)
     out_day[:, 20 * 24 + 8 : 20 * 24 + 14] = low[:, None]  # six hours far below the normal range
     out = _score(tiny_cluster, out_day, [20])
-    assert out.is_anomaly[:, 8:14].mean() >= 0.9
+    n = shift_accepted_after(24)  # 3 hourly points, then the observed values enter the lags again
+    assert out.is_anomaly[:, 8 : 8 + n].mean() >= 0.9  # not absorbed by the last-value reference
+    # then the flat line is the new level; the return to the cycle at 14:00 is a change again
+    # (measured: flagged share 1, 1, 1, 1, 0.18, 0.08 during the outage, 1.0 at its end)
+    assert out.is_anomaly[:, 14].mean() >= 0.9
+
+
+def test_a_level_shift_is_flagged_at_its_start_then_taken_as_the_new_level(tiny_cluster):
+    clean = seasonal_panel(40, 24 * 21, seed=5)
+    shifted = clean.copy()
+    jump = 8 * np.std(np.diff(clean[:, : 20 * 24], axis=1), axis=1)
+    shifted[:, 20 * 24 + 6 :] += jump[:, None]  # from 06:00 on, the same cycle a level higher
+    out = _score(tiny_cluster, shifted, [20])
+    assert out.is_anomaly[:, 6].mean() >= 0.9
+    # once the recent lags hold the new level it is no alarm (before: flagged all day)
+    assert out.is_anomaly[:, 6 + shift_accepted_after(24) + 6 :].mean() < 0.1

@@ -60,12 +60,22 @@ def test_reference_is_last_value_plus_last_cycles_step_and_follows_a_level_shift
     shifted[-6:] += 100.0  # the level jumps two points before the query
     t = make_windows(shifted[None, :], spec, k_shot=4, n_query=4, clip=10.0)
     # the reference uses the unclipped last value: it follows the new level although the inputs
-    # saturate, except one period after the jump, where last cycle's step holds it, clipped to 10
-    # scales (seasonal naive would be off by the whole jump for a whole period)
+    # saturate, except one period after the jump, where last cycle's step holds it: it overshoots
+    # by the jump at that one point (seasonal naive would be off by the whole jump for a period)
     ref = t.denormalise(t.base_query)[0]
     np.testing.assert_allclose(ref[[0, 1, 3]], shifted[[-4, -3, -1]])
-    overshoot = ref[2] - shifted[-2]
-    assert 0.0 < overshoot < 100.0 and abs(overshoot - 10.0 * t.scale[0]) <= 3.0  # 3: the cycle's largest step
+    assert ref[2] - shifted[-2] == pytest.approx(100.0)
+
+
+def test_reference_follows_a_regular_jump_far_beyond_the_robust_scale():
+    # flat most of the day, a jump at a fixed hour: the robust scale is tiny, the step is huge;
+    # a clipped step (the second version) missed the jump every day
+    spec = LagSpec(period=8, lags=(1, 8, 9))
+    day = np.array([20.0, 20.0, 20.0, 20.0, 20.0, 80.0, 80.0, 20.0])
+    series = np.tile(day, 6) + np.tile(np.arange(8) * 1e-3, 6)
+    t = make_windows(series[None, :], spec, k_shot=8, n_query=8)
+    np.testing.assert_allclose(t.denormalise(t.base_query)[0], series[-8:], atol=1e-9)
+    assert np.abs(t.y_query).max() < 1e-6  # nothing left for the net to correct
 
 
 def test_recent_targets_before_the_support_when_the_day_is_longer_than_k():

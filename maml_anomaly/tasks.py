@@ -65,14 +65,20 @@ def lag_spec(period: int, *, n_recent: int = 6, history: int | None = None) -> L
     return LagSpec(period=int(period), lags=tuple(sorted(lags)))
 
 
+MIN_TRAINING_QUERY = 8  # query points of a meta-training task even where a day holds fewer
+
+
 def training_query_len(query_len: int, k_shot: int) -> int:
-    """Query points of a meta-training task: the scored day, but at most 2K points.
+    """Query points of a meta-training task: the scored day, but at least 8 and at most 2K points.
 
     MAML's objective needs some query points after the support, not a whole day of a 5-minute
     series: a shorter query lets a short history (NAB's probation, two days) hold windows with
-    the seasonal lags.
+    the seasonal lags. A daily series' day is one point, and one query point per task made a
+    noisy meta-gradient: with the next 8 points (each forecast one step ahead from observed lags
+    by the same adapted weights) the sample's daily clusters forecast their scored days with an
+    MAE ratio to seasonal naive of 0.70 / 0.80 (seeds 0 / 1) instead of 0.81 / 0.87.
     """
-    return max(1, min(int(query_len), 2 * int(k_shot)))
+    return max(1, min(max(int(query_len), MIN_TRAINING_QUERY), 2 * int(k_shot)))
 
 
 def training_window_width(spec: LagSpec, k_shot: int, query_len: int) -> int:

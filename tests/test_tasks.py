@@ -10,6 +10,7 @@ from maml_anomaly.tasks import (
     query_len_for_step,
     robust_centre_scale,
     sample_window_starts,
+    training_query_len,
     window_width,
 )
 
@@ -166,3 +167,10 @@ def test_sample_window_starts_fit_inside():
 def test_window_too_short_raises(k):
     with pytest.raises(ValueError):
         make_windows(np.zeros((1, 5)), LagSpec(0, (1, 2, 3, 4)), k)
+
+
+def test_training_query_is_a_day_between_8_and_2k_points():
+    assert training_query_len(1, 24) == 8  # a daily series: the next 8 days, not one point
+    assert training_query_len(24, 24) == 24  # an hourly day
+    assert training_query_len(288, 24) == 48  # a 5-minute day: at most 2K
+    assert training_query_len(1, 2) == 4

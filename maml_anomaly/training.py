@@ -59,7 +59,7 @@ class TrainSettings:
     val_fraction: float = 0.2
     n_val_tasks: int = 256
     n_calib_tasks: int = 2048  # the calibration's 1% quantile and tail need thousands of residuals
-    n_report_tasks: int = 2048  # the report's tasks: fresh ones, not those early stopping chose on
+    n_report_tasks: int = 1024  # the report's tasks: fresh ones, not those early stopping chose on
     eval_every: int = 100
     patience: int = 4
     time_budget_s: float = 120.0

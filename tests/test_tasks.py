@@ -10,16 +10,17 @@ from maml_anomaly.tasks import (
     query_len_for_step,
     robust_centre_scale,
     sample_window_starts,
+    seasonal_step,
     training_query_len,
     window_width,
 )
 
 
 def test_lag_spec_seasonal_and_recent():
-    assert lag_spec(24, n_recent=3).lags == (1, 2, 3, 23, 24, 25, 48)
+    assert lag_spec(24, n_recent=3).lags == (1, 2, 3, 23, 24, 25, 48, 49)
     assert lag_spec(24, n_recent=3, history=40).lags == (1, 2, 3, 23, 24, 25)  # 2p does not fit
     assert lag_spec(0, n_recent=3).lags == (1, 2, 3, 4, 5, 6)
-    assert lag_spec(2, n_recent=3).lags == (1, 2, 3, 4)  # overlaps removed
+    assert lag_spec(2, n_recent=3).lags == (1, 2, 3, 4, 5)  # overlaps removed
     spec = lag_spec(7, n_recent=2)
     assert LagSpec.from_dict(spec.to_dict()) == spec
 
@@ -174,3 +175,21 @@ def test_training_query_is_a_day_between_8_and_2k_points():
     assert training_query_len(24, 24) == 24  # an hourly day
     assert training_query_len(288, 24) == 48  # a 5-minute day: at most 2K
     assert training_query_len(1, 2) == 4
+
+
+def test_seasonal_step_needs_two_cycles_to_agree():
+    np.testing.assert_allclose(seasonal_step(np.array([5.0, -5.0, 5.0, -19.0]), np.array([3.0, -2.0, -1.0, 0.3])),
+                               [3.0, -2.0, 0.0, 0.0])  # the smaller where they agree in sign, else 0
+
+
+def test_an_outage_edge_last_cycle_does_not_come_back_a_regular_jump_does():
+    spec = LagSpec(period=8, lags=(1, 8, 9, 16, 17))
+    day = np.array([20.0, 20.0, 20.0, 20.0, 20.0, 80.0, 80.0, 20.0])
+    series = np.tile(day, 6) + np.tile(np.arange(8) * 1e-3, 6)
+    t = make_windows(series[None, :], spec, k_shot=8, n_query=8)
+    np.testing.assert_allclose(t.denormalise(t.base_query)[0], series[-8:], atol=1e-9)  # the jumps repeat: kept
+    out = series.copy()
+    out[-14:-11] = 0.0  # an outage at hours 2-4 of the day before the query
+    t = make_windows(out[None, :], spec, k_shot=8, n_query=8)
+    ref = t.denormalise(t.base_query)[0]
+    assert np.all(np.abs(ref - series[-8:]) < 1.0)  # last cycle's step alone would jump by 20 at hours 2 and 5

@@ -317,18 +317,26 @@ def lag_inputs(
     return np.clip(x, -clip, clip).astype(np.float32), base, naive
 
 
+STEP_DISAGREEMENT = 3.0  # normalised units: two cycles' steps this far apart mean a one-off jump
+
+
 def seasonal_step(last_cycle: np.ndarray, cycle_before: np.ndarray) -> np.ndarray:
-    """The step of last cycle confirmed by the cycle before: the median of the two and 0, i.e. the
-    smaller of the two where they agree in sign, 0 where they do not.
+    """Last cycle's step, unless the cycle before disagrees by more than 3 normalised units (the
+    series' robust spread): then the median of the two and 0, i.e. the smaller of the two where
+    they agree in sign, 0 where they do not.
 
     A one-off jump a period ago (an outage's edge, a spike) then does not come back a period later:
     with last cycle's step alone, yesterday's outage came back today at the hour it began and
     ended, and scoring's cleaning of the points before the day turned that echo into a corrupted
     history that spread from day to day (a sample series' forecasts were off by 12,000 on a normal
-    day three days after an outage). A jump that repeats every cycle is kept whole.
+    day three days after an outage). A jump that repeats every cycle is kept whole. Below the
+    disagreement threshold last cycle's step stands: the median of the two on every point made
+    the reference noisier (the sample's forecasts 2-3% worse, its daily cluster no better than
+    seasonal naive).
     """
     lo, hi = np.minimum(last_cycle, cycle_before), np.maximum(last_cycle, cycle_before)
-    return np.minimum(np.maximum(lo, 0.0), hi)
+    confirmed = np.minimum(np.maximum(lo, 0.0), hi)
+    return np.where(np.abs(last_cycle - cycle_before) > STEP_DISAGREEMENT, confirmed, last_cycle)
 
 
 def gather_windows(

@@ -177,9 +177,10 @@ def test_training_query_is_a_day_between_8_and_2k_points():
     assert training_query_len(1, 2) == 4
 
 
-def test_seasonal_step_needs_two_cycles_to_agree():
-    np.testing.assert_allclose(seasonal_step(np.array([5.0, -5.0, 5.0, -19.0]), np.array([3.0, -2.0, -1.0, 0.3])),
-                               [3.0, -2.0, 0.0, 0.0])  # the smaller where they agree in sign, else 0
+def test_a_seasonal_step_far_from_the_cycle_before_needs_it_to_agree():
+    last, before = np.array([5.0, -7.0, 5.0, -19.0, 1.0, -2.5]), np.array([1.0, -2.0, -1.0, 0.3, -1.5, 0.0])
+    # beyond 3 units apart: the smaller where they agree in sign, else 0; closer: last cycle's
+    np.testing.assert_allclose(seasonal_step(last, before), [1.0, -2.0, 0.0, 0.0, 1.0, -2.5])
 
 
 def test_an_outage_edge_last_cycle_does_not_come_back_a_regular_jump_does():

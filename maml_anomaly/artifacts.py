@@ -30,7 +30,7 @@ from maml_anomaly.config import ColumnConfig, Config
 from maml_anomaly.errors import ModelDirError
 from maml_anomaly.io import write_bytes_atomic
 
-FORMAT_VERSION = 3  # 2: lag inputs relative to the last value, reference y[t-1] + y[t-p] - y[t-p-1]; 3: that step unclipped
+FORMAT_VERSION = 3  # 2: lags relative to the last value, reference y[t-1] + seasonal step; 3: step unclipped, lag 2p+1 (seasonal_step)
 MANIFEST = "manifest.json"
 CLUSTERS = "clusters.parquet"
 

@@ -32,6 +32,7 @@ from maml_anomaly.tasks import (
     lag_inputs,
     make_windows,
     nan_median_rows,
+    reference_lag,
     window_width,
 )
 
@@ -596,16 +597,21 @@ def _forecast_in_time_order(
     point enters later lags at forecast + h^2 / deviation, unless it extends a run of more than
     ``accept_after`` flags inside the day (from column ``first_scored``: a new level).
 
-    Before the day every flagged point is replaced: those points are read through the seasonal
-    lags, where yesterday's accepted outage would come back as last cycle's step (a jump at the
-    hour it ended); the recent lags then hold the cleaned level at midnight, and a change that
-    lasted is flagged again for its first points and accepted.
+    Before the day no run is accepted: those points are read through the seasonal lags, where
+    yesterday's accepted outage would come back; the recent lags then hold the cleaned level at
+    midnight, and a change that lasted is flagged again for its first points and accepted. But a
+    point before the day is only replaced where it is also a jump from its value a period ago
+    (``reference_lag``): the first points of the pass read older, uncleaned lags, and after an
+    outage just before the pass its forecasts started at the outage's level; replacing every
+    normal value that followed by such a forecast locked the whole pass onto the outage (a
+    sample series' forecasts were off by 1,400, eighty scales, a week later).
     """
     half = cal.quantile(score_to_p(threshold)) * denom  # (B,) band half-width, normalised
     z = tasks.z_window.copy()  # (B, W) inputs; flagged points get replaced here
     first = z.shape[1] - observed.shape[1]  # window column of the first point
     forecast = np.empty_like(observed)
     run = np.zeros(observed.shape[0], dtype=np.int64)  # (B,) flagged points in a row so far
+    ago = reference_lag(spec)  # a period (or a step) ago: the unchanged history confirms a jump
     for i in range(observed.shape[1]):
         c = first + i
         if i > 0:  # a missing point carries the (cleaned) previous value forward, as make_windows does
@@ -616,6 +622,8 @@ def _forecast_in_time_order(
         flagged = _flags(dev[:, None], denom, cal, threshold)[:, 0]  # |dev| >= half where flagged
         run = np.where(flagged & (i >= first_scored), run + 1, 0)
         replaced = flagged & (run <= accept_after)
+        if i < first_scored:  # before the day: a jump against the observed history too, else no lock-in
+            replaced &= np.abs(observed[:, i] - tasks.z_window[:, c - ago]) >= half
         gate = np.where(run > accept_after, 0.0, gate)  # a new level: lags the net never saw, the reference follows it
         with np.errstate(divide="ignore", invalid="ignore"):
             kept = np.where(replaced, half**2 / np.where(replaced, dev, 1.0), 0.0)  # band edge .. ~0 far out

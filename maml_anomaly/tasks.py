@@ -68,22 +68,33 @@ def lag_spec(period: int, *, n_recent: int = 6, history: int | None = None) -> L
 MIN_TRAINING_QUERY = 8  # query points of a meta-training task even where a day holds fewer
 
 
-def training_query_len(query_len: int, k_shot: int) -> int:
-    """Query points of a meta-training task: the scored day, but at least 8 and at most 2K points.
+def training_query_len(query_len: int, k_shot: int, room: int | None = None) -> int:
+    """Query points of a meta-training task: the scored day, at most 2K points, and at least 8 where
+    the cluster's series have ``room`` for them (None: no limit; see :func:`training_room`).
 
     MAML's objective needs some query points after the support, not a whole day of a 5-minute
     series: a shorter query lets a short history (NAB's probation, two days) hold windows with
     the seasonal lags. A daily series' day is one point, and one query point per task made a
     noisy meta-gradient: with the next 8 points (each forecast one step ahead from observed lags
     by the same adapted weights) the sample's daily clusters forecast their scored days with an
-    MAE ratio to seasonal naive of 0.70 / 0.80 (seeds 0 / 1) instead of 0.81 / 0.87.
+    MAE ratio to seasonal naive of 0.70 / 0.80 (seeds 0 / 1) instead of 0.81 / 0.87. Short
+    histories keep their seasonal lags first: the longer query only takes the room they leave.
     """
-    return max(1, min(max(int(query_len), MIN_TRAINING_QUERY), 2 * int(k_shot)))
+    day = max(1, min(int(query_len), 2 * int(k_shot)))
+    longer = min(MIN_TRAINING_QUERY, 2 * int(k_shot), int(room) if room is not None else MIN_TRAINING_QUERY)
+    return max(day, longer)
 
 
-def training_window_width(spec: LagSpec, k_shot: int, query_len: int) -> int:
+def training_room(spec: LagSpec, k_shot: int, lengths: np.ndarray) -> int:
+    """Query points a cluster's typical (median) series holds after a window's lag history and
+    support with as many more window starts (the fit rule of :func:`choose_lag_spec`)."""
+    typical = int(np.median(lengths)) if np.size(lengths) else 0
+    return (typical - spec.max_lag - k_shot) // 2
+
+
+def training_window_width(spec: LagSpec, k_shot: int, query_len: int, room: int | None = None) -> int:
     """Columns of a meta-training window: lag history, K support, a training query."""
-    return window_width(spec, k_shot, training_query_len(query_len, k_shot), n_recent=k_shot)
+    return window_width(spec, k_shot, training_query_len(query_len, k_shot, room), n_recent=k_shot)
 
 
 def choose_lag_spec(
@@ -97,9 +108,9 @@ def choose_lag_spec(
     typical = float(np.median(lengths)) if np.size(lengths) else 0.0
     candidates = [lag_spec(period, n_recent=n_recent), lag_spec(period, n_recent=n_recent, history=0)]
     candidates.append(lag_spec(0, n_recent=n_recent))
-    q = training_query_len(query_len, k_shot)
+    q = training_query_len(query_len, k_shot, room=0)  # the day: lags come before a longer query
     for spec in candidates:
-        if typical >= training_window_width(spec, k_shot, query_len) + q:
+        if typical >= training_window_width(spec, k_shot, query_len, room=0) + q:
             return spec
     return candidates[-1]
 

@@ -37,6 +37,7 @@ from maml_anomaly.tasks import (
     recent_len,
     sample_window_starts,
     training_query_len,
+    training_room,
     training_window_width,
     window_width,
 )
@@ -154,8 +155,9 @@ def train_cluster(
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
     k = settings.k_shot
-    train_q = training_query_len(query_len, k)
-    width = training_window_width(spec, k, query_len)
+    room = training_room(spec, k, (indptr[1:] - indptr[:-1])[np.asarray(rows)])
+    train_q = training_query_len(query_len, k, room)
+    width = training_window_width(spec, k, query_len, room)
     lengths = indptr[1:] - indptr[:-1]
     usable = np.asarray(rows)[lengths[np.asarray(rows)] >= width]
     if usable.size == 0:

@@ -3,6 +3,7 @@ import pytest
 
 from maml_anomaly.tasks import (
     LagSpec,
+    choose_lag_spec,
     gather_windows,
     lag_spec,
     make_windows,
@@ -12,6 +13,7 @@ from maml_anomaly.tasks import (
     sample_window_starts,
     seasonal_step,
     training_query_len,
+    training_room,
     window_width,
 )
 
@@ -175,6 +177,17 @@ def test_training_query_is_a_day_between_8_and_2k_points():
     assert training_query_len(24, 24) == 24  # an hourly day
     assert training_query_len(288, 24) == 48  # a 5-minute day: at most 2K
     assert training_query_len(1, 2) == 4
+    assert training_query_len(1, 24, room=3) == 3  # a short history keeps its lags first
+    assert training_query_len(1, 24, room=-5) == 1 and training_query_len(24, 24, room=0) == 24
+
+
+def test_short_daily_histories_keep_their_weekly_lags():
+    # 36 days of history (the 2M benchmark's series): the daily query of 1 decides the lags,
+    # the training query takes what room is left
+    spec = choose_lag_spec(7, np.full(100, 36), 21, 1)
+    assert {6, 7, 8} <= set(spec.lags)
+    room = training_room(spec, 21, np.full(100, 36))
+    assert training_query_len(1, 21, room) == 3
 
 
 def test_a_seasonal_step_far_from_the_cycle_before_needs_it_to_agree():

@@ -173,3 +173,15 @@ def test_a_level_shift_is_flagged_at_its_start_then_taken_as_the_new_level(tiny_
     assert out.is_anomaly[:, 6].mean() >= 0.9
     # once the recent lags hold the new level it is no alarm (before: flagged all day)
     assert out.is_anomaly[:, 6 + shift_accepted_after(24) + 6 :].mean() < 0.1
+
+
+def test_an_outage_just_before_the_cleaned_points_does_not_lock_them_onto_it(tiny_cluster):
+    # the points before the day that the lags read (49 here) are cleaned in time order; their
+    # first forecasts read older, uncleaned lags. Ending an outage just before them once locked
+    # the cleaned history onto the outage's level, and the next day was flagged all over.
+    clean = seasonal_panel(40, 24 * 21, seed=5)
+    out = clean.copy()
+    first_cleaned = 20 * 24 - tiny_cluster.spec.max_lag
+    out[:, first_cleaned - 6 : first_cleaned] = 0.0
+    flagged = _score(tiny_cluster, out, [20]).is_anomaly.mean()
+    assert flagged < 0.02, flagged  # without the rule: 7.8% of the day's points

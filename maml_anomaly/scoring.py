@@ -239,8 +239,8 @@ class Forecasts:
     """Adapted forecasts of a batch of tasks, in normalised units (reference added)."""
 
     query: np.ndarray  # (B, Q) one-step-ahead forecasts of the query points from observed lags
-    resid_scale: np.ndarray  # (B,) robust scale of the adapted model's recent residuals (NaN if none)
     recent: np.ndarray | None = None  # (B, R) the same for the recent targets
+    resid_scale: np.ndarray | None = None  # (B,) robust scale of the recent residuals (NaN if none), once measured
     gate: np.ndarray | None = None  # (B,) share of the net's correction kept (see shrink_to_reference)
 
 
@@ -319,8 +319,9 @@ def adapt_and_forecast(
     inner_lrs=None,
     device: str | torch.device = "cpu",
 ) -> Forecasts:
-    """Adapt to every task's support set, forecast its recent and query points one step ahead
-    from observed lags (the fused kernel where it runs), and measure the residual scale."""
+    """Adapt to every task's support set and forecast its recent and query points one step ahead
+    from observed lags (the fused kernel where it runs). The residual scale is measured by
+    :func:`shrink_to_reference`, on the forecasts scoring keeps."""
     dev, x_s, y_s, w_s, base, lrs = _on_device(params, tasks, inner_lrs, device)
     n_recent, k = tasks.x_recent.shape[1], x_s.shape[1]
     x_rq = torch.from_numpy(np.concatenate([tasks.x_recent, tasks.x_query], 1)).to(dev)  # (B, R + Q): one pass
@@ -341,13 +342,7 @@ def adapt_and_forecast(
                     init = expand_params(base, x_s.shape[0])
                     pred_rq = torch.where(worse[:, None], predict(model, init, x_rq)[..., 0], pred_rq)
     corr = _clamped(pred_rq)
-    resid = np.abs(corr[:, :n_recent] - tasks.y_recent)  # (B, R)
-    resid[tasks.w_recent == 0] = np.nan
-    return Forecasts(
-        query=corr[:, n_recent:] + tasks.base_query,
-        resid_scale=residual_scale(resid),
-        recent=corr[:, :n_recent] + tasks.base_recent,
-    )
+    return Forecasts(query=corr[:, n_recent:] + tasks.base_query, recent=corr[:, :n_recent] + tasks.base_recent)
 
 
 GATES = (1.0, 0.75, 0.5, 0.25, 0.0)  # shares of the net's correction a task may keep, best first on ties
@@ -361,7 +356,8 @@ def shrink_to_reference(tasks: Tasks, forecasts: Forecasts) -> Forecasts:
     reference alone is better the net steps back: on a noise-free cycle the reference is exact and
     the net's correction, learned on noisy series of the cluster, was a systematic error over a
     residual scale of almost nothing (NAB's noise-free daily square wave: 19% of its clean points
-    flagged). On series where the net helps the share stays 1.
+    flagged). On series where the net helps the share stays 1. The residual scale is measured
+    here, on the forecasts with the kept share.
     """
     corr_r = forecasts.recent - tasks.base_recent  # (B, R)
     target = np.where(tasks.w_recent > 0, tasks.y_recent, np.nan)  # (B, R) clipped, as the net was trained

@@ -38,7 +38,6 @@ from maml_anomaly.tasks import (
     sample_window_starts,
     training_query_len,
     training_room,
-    training_window_width,
     window_width,
 )
 
@@ -155,11 +154,11 @@ def train_cluster(
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
     k = settings.k_shot
-    room = training_room(spec, k, (indptr[1:] - indptr[:-1])[np.asarray(rows)])
-    train_q = training_query_len(query_len, k, room)
-    width = training_window_width(spec, k, query_len, room)
+    rows = np.asarray(rows)
     lengths = indptr[1:] - indptr[:-1]
-    usable = np.asarray(rows)[lengths[np.asarray(rows)] >= width]
+    train_q = training_query_len(query_len, k, training_room(spec, k, lengths[rows]))
+    width = window_width(spec, k, train_q, n_recent=k)
+    usable = rows[lengths[rows] >= width]
     if usable.size == 0:
         return None
     usable = rng.permutation(usable)[: settings.max_series]
@@ -230,7 +229,7 @@ def train_cluster(
     )
     report.update(
         {
-            "n_series": int(np.asarray(rows).size),
+            "n_series": int(rows.size),
             "n_series_used": int(usable.size),
             "n_train_series": int(train_rows.size),
             "n_val_series": int(val_rows.size),

@@ -8,9 +8,6 @@ the CLI prints (with ``--json`` the CLI prints the whole dict instead).
 Order inside a command: check the cheap things first (model directory, output path), then read
 and validate the input, then compute, then write (atomically). Nothing is written before the
 input has been validated, so a bad input never leaves a partial output or a damaged model.
-
-Commands whose compute lands with later issues raise "not implemented yet" in their own block
-below, after the input and model-directory checks that are already final.
 """
 
 from __future__ import annotations
@@ -234,13 +231,6 @@ def locked(*, model_shared: bool, output: bool = False):
         return run
 
     return wrap
-
-
-def _not_implemented(command: str, issue: int) -> MamlAnomalyError:
-    return MamlAnomalyError(
-        f"{command} is not implemented yet: it lands with issue #{issue}. The input and the "
-        "options were checked and are fine."
-    )
 
 
 def _summary(text: str, **fields: Any) -> dict[str, Any]:
@@ -1212,12 +1202,8 @@ def bench_sine(
 ) -> dict[str, Any]:
     """The paper's sine benchmark (maml_anomaly.benchmarks.sine.run_sine_benchmark)."""
     setup_torch(config)
-    try:
-        from maml_anomaly.benchmarks.sine import run_sine_benchmark
-    except ModuleNotFoundError as exc:
-        if exc.name == "maml_anomaly.benchmarks.sine":
-            raise _not_implemented("bench sine", 3) from None
-        raise
+    from maml_anomaly.benchmarks.sine import format_table, run_sine_benchmark
+
     result = run_sine_benchmark(
         k_shot=k_shot,
         iterations=iterations,
@@ -1226,17 +1212,7 @@ def bench_sine(
         learn_inner_lr=learn_inner_lr,
         eval_tasks=eval_tasks,
     )
-    return {"summary": _sine_table(result), **result}
-
-
-def _sine_table(result: dict[str, Any]) -> str:
-    lines = [f"sine benchmark: {result.get('iterations')} iterations in {result.get('seconds', float('nan')):.0f} s"]
-    for row in result.get("results", []):
-        lines.append(
-            f"  K={row.get('k_shot'):>2} steps={row.get('inner_steps'):>2}  "
-            f"mse {row.get('mse', float('nan')):.3f} +- {row.get('ci95', float('nan')):.3f}"
-        )
-    return "\n".join(lines)
+    return {"summary": format_table(result), **result}
 
 
 # -- streamed daily-score and backtest (issue #6) ---------------------------------------------------

@@ -64,9 +64,43 @@ def test_most_anomalies_in_the_evaluation_period(sample):
     assert recent.mean() > 0.7 and (~recent).sum() >= 1  # some in the history too
 
 
+def test_same_machine_same_bytes(tmp_path):
+    """On one machine the generator's files are byte-identical run to run."""
+    a = write_sample(tmp_path / "a", n_series=12)
+    b = write_sample(tmp_path / "b", n_series=12)
+    for name in a:
+        assert a[name].read_bytes() == b[name].read_bytes(), name
+
+
+def assert_same_values(committed: pd.DataFrame, fresh: pd.DataFrame, name: str) -> None:
+    """Ids, timestamps and labels exactly; floats to a relative 1e-9.
+
+    numpy's vectorised sin/exp/log/pow may round the last bit differently on another CPU (AVX-512
+    or not), so regenerated floats match the committed ones in value, not in bytes.
+    """
+    assert list(committed.columns) == list(fresh.columns), name
+    assert committed.dtypes.equals(fresh.dtypes), name
+    assert len(committed) == len(fresh), name
+    for col in committed.columns:
+        a, b = committed[col], fresh[col]
+        if pd.api.types.is_float_dtype(a):
+            np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-9, atol=0, err_msg=f"{name}.{col}")
+        else:
+            assert a.equals(b), f"{name}.{col} differs: regenerate sample_data (python -m maml_anomaly.sample)"
+
+
 def test_committed_sample_data_is_the_generator_output(tmp_path):
     paths = write_sample(tmp_path)
     assert sum(p.stat().st_size for p in paths.values()) < 2_000_000
     for name, path in paths.items():
-        committed = ROOT / "sample_data" / f"{name}.parquet"
-        assert committed.read_bytes() == path.read_bytes(), f"regenerate sample_data ({name})"
+        committed = pd.read_parquet(ROOT / "sample_data" / f"{name}.parquet")
+        assert_same_values(committed, pd.read_parquet(path), name)
+
+
+def test_value_comparison_catches_a_changed_value(tmp_path):
+    """The tolerance is tight enough to see a change in the 5th significant digit the generator keeps."""
+    values = pd.read_parquet(ROOT / "sample_data" / "values.parquet")
+    changed = values.copy()
+    changed.loc[changed.index[10], "y"] *= 1 + 1e-5
+    with pytest.raises(AssertionError):
+        assert_same_values(values, changed, "values")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -64,3 +65,39 @@ def test_run_sine_benchmark_json_shape():
     for r in result["results"]:
         assert {"k_shot", "inner_steps", "mse", "ci95"} <= r.keys()
     assert {(r["k_shot"], r["inner_steps"]) for r in result["baseline"]["results"]} >= keys
+
+
+def test_bench_sine_command_keeps_diverged_rows(runner, monkeypatch):
+    """`bench sine --json` end to end: a diverged row is null in the JSON and "diverged" in the table."""
+    from maml_anomaly.cli import app
+
+    real_mse = sine.query_mse_by_step
+
+    def diverging(*args, **kwargs):
+        mse = real_mse(*args, **kwargs)
+        mse[10:] = float("inf")  # every 10-step adaptation blows up
+        return mse
+
+    monkeypatch.setattr(sine, "query_mse_by_step", diverging)
+    monkeypatch.setattr(sine, "run_sine_benchmark", functools.partial(sine.run_sine_benchmark, processes=1))
+    args = ["bench", "sine", "--iterations", "20", "--eval-tasks", "20", "--k-shot", "5"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    rows = {(r["k_shot"], r["inner_steps"]): r for r in out["results"]}
+    assert set(rows) == {(k, s) for k in (5, 10, 20) for s in (1, 10)}
+    assert all(rows[k, 10]["mse"] is None and rows[k, 10]["diverged"] for k in (5, 10, 20))
+    assert all(isinstance(rows[k, 1]["mse"], float) for k in (5, 10, 20))
+
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0, table.output
+    lines = [line.split() for line in table.stdout.splitlines() if line.strip().startswith(("5 ", "10 ", "20 "))]
+    assert len(lines) == 6 and sum("diverged" in line for line in lines) == 3
+
+
+def test_multi_step_rows_of_learned_step_sizes_are_split():
+    """Learned step sizes are trained for one step: the 10-step row takes ten steps of a tenth."""
+    result = sine.run_sine_benchmark(k_shot=5, iterations=30, eval_tasks=20, processes=1, baseline=False)
+    ten = [r for r in result["results"] if r["inner_steps"] == 10]
+    assert ten and all(r["inner_lr_per_step"] == "learned / 10" and "mse_full_learned_steps" in r for r in ten)
+    assert all(r["mse"] is not None for r in ten)

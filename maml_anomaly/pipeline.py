@@ -39,7 +39,7 @@ from maml_anomaly.io import (
 )
 from maml_anomaly.locking import command_locks
 from maml_anomaly.panel import Panel
-from maml_anomaly.tasks import recent_len
+from maml_anomaly.core.tasks import recent_len
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def fit_clusters(
 
     from threadpoolctl import threadpool_limits
 
-    from maml_anomaly.clustering import step_tag
+    from maml_anomaly.core.clustering import step_tag
 
     _check_engine(engine, ray_address)
     md = ModelDir(model_dir)
@@ -357,8 +357,8 @@ def _history_width(lengths: np.ndarray, cap: int) -> np.ndarray:
 
 def _summarise_periods(panel: Panel, cc: Any) -> _PeriodBatch:
     """Per step and matrix width: tail matrix -> detect_periods -> cycle shapes of periodic series."""
-    from maml_anomaly.clustering import profile_bins
-    from maml_anomaly.periodicity import calendar_periods, cycle_profiles, detect_periods
+    from maml_anomaly.core.clustering import profile_bins
+    from maml_anomaly.core.periodicity import calendar_periods, cycle_profiles, detect_periods
 
     step_ns = np.where(np.isnat(panel.step), 0, panel.step.astype(np.int64))  # (S,) 0 = no step
     n = panel.n_series
@@ -393,8 +393,8 @@ def _finish_periods(
     batches: list[_PeriodBatch], cc: Any
 ) -> tuple[pd.DataFrame, list[dict[str, Any]], list[int], np.ndarray]:
     """Per step group: PeriodClusterer on the kept cycle shapes; the clusters frame (series sorted by id)."""
-    from maml_anomaly.clustering import PeriodClusterer, step_tag
-    from maml_anomaly.periodicity import calendar_periods
+    from maml_anomaly.core.clustering import PeriodClusterer, step_tag
+    from maml_anomaly.core.periodicity import calendar_periods
 
     b = _concat_period_batches(batches)
     batches.clear()
@@ -522,8 +522,8 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
     """Meta-train one forecaster per cluster; write weights and the training report."""
     import time
 
-    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step, training_window_width
-    from maml_anomaly.training import train_cluster
+    from maml_anomaly.core.tasks import choose_lag_spec, query_len_for_step, training_window_width
+    from maml_anomaly.core.training import train_cluster
 
     md = open_trained(model_dir)
     md.guard_overwrite(_weight_files(md) + [n for n in (DETECTOR, TRAINING_REPORT) if md.has(n)], overwrite)
@@ -594,7 +594,7 @@ def _weight_files(md: ModelDir) -> list[str]:
 
 
 def _train_settings(config: Config):
-    from maml_anomaly.training import TrainSettings
+    from maml_anomaly.core.training import TrainSettings
 
     t = config.train
     return TrainSettings(
@@ -641,7 +641,7 @@ def _check_id_kinds(model_ids: pd.Series, panel: Panel, md: ModelDir | str) -> N
 
 def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
     """Cluster names and their ClusterModels, as meta-train wrote them."""
-    from maml_anomaly.scoring import ClusterModel
+    from maml_anomaly.core.scoring import ClusterModel
 
     if not md.has(DETECTOR):
         raise ModelDirError(
@@ -792,7 +792,7 @@ def write_scores(
     row_series = pd.factorize(out["unique_id"])[0]  # (N,) series code of each row
     counts = {k: int(v) for k, v in pd.Series(status).value_counts().sort_index().items()}
     # -- alerts (issue #9): q-values, post-rules, alert budget, events: one call, see alerts.py --
-    from maml_anomaly.alerts import apply_alerts
+    from maml_anomaly.core.alerts import apply_alerts
 
     alerted = apply_alerts(out, config.alerts, step=step, series=row_series, threshold=config.score.threshold)
     out = alerted.scores
@@ -811,8 +811,8 @@ def _run_summary(
     """The summary of a daily-score / backtest run, whichever engine scored it."""
     import time
 
-    from maml_anomaly.alerts import summary_text
-    from maml_anomaly.scoring import STATUS_OK
+    from maml_anomaly.core.alerts import summary_text
+    from maml_anomaly.core.scoring import STATUS_OK
 
     counts = dict(sorted(counts.items()))
     points = len(alerted.scores)
@@ -849,7 +849,7 @@ def _check_events_path(events: Path | None, output: Path) -> None:
 
 def _alert_fields(alerted: Any, events: Path | None) -> dict[str, Any]:
     """JSON summary fields of the alerts step: counts and the top events by severity."""
-    from maml_anomaly.alerts import top_events
+    from maml_anomaly.core.alerts import top_events
 
     top = top_events(alerted.events, 10)
     return {"alerts": alerted.counts, "events": str(events) if events else None, "top_events": top.to_dict(orient="records")}
@@ -858,7 +858,7 @@ def _alert_fields(alerted: Any, events: Path | None) -> dict[str, Any]:
 def _events_table(events: pd.DataFrame, scores: pd.DataFrame):
     import pyarrow as pa
 
-    from maml_anomaly.alerts import events_schema
+    from maml_anomaly.core.alerts import events_schema
 
     id_type = pa.int64() if scores["unique_id"].dtype.kind in "iu" else pa.string()
     return pa.Table.from_pandas(events, schema=events_schema(id_type), preserve_index=False)
@@ -927,13 +927,13 @@ def _assign_unknown(
     group's PeriodClusterer predicts the cluster, batched in chunks. Series with fewer than
     ASSIGN_MIN_POINTS observed points, or with a step fit-clusters never saw, stay unknown.
     """
-    from maml_anomaly.tasks import gather_windows
+    from maml_anomaly.core.tasks import gather_windows
 
     unknown = np.flatnonzero(cluster_of < 0)
     if unknown.size == 0 or clusterer is None:
         return cluster_of
-    from maml_anomaly.clustering import PeriodClusterer
-    from maml_anomaly.periodicity import detect_periods
+    from maml_anomaly.core.clustering import PeriodClusterer
+    from maml_anomaly.core.periodicity import detect_periods
 
     groups = {float(g["step_seconds"]): g for g in clusterer.get("step_groups", [])}
     code = {name: i for i, name in enumerate(names)}
@@ -992,7 +992,7 @@ def evaluate(
     scores too (period: the model directory's clusters when given, else a day at the series' step,
     a week for daily series).
     """
-    from maml_anomaly.evaluation import evaluate_scores, format_summary
+    from maml_anomaly.core.evaluation import evaluate_scores, format_summary
 
     if not 0.0 <= far < 1.0:
         raise InputError(f"the target false-alarm rate must be in [0, 1); found {far}.")
@@ -1020,7 +1020,7 @@ def evaluate(
 
 def _naive_from_scores(frame: pd.DataFrame, periods: pd.Series | None) -> pd.DataFrame | None:
     """Seasonal-naive forecasts of the scored points from the scores' own y (no MASE scale)."""
-    from maml_anomaly.baselines import default_periods, seasonal_naive_reference
+    from maml_anomaly.core.baselines import default_periods, seasonal_naive_reference
 
     rows = frame.loc[frame["status"] != "off_grid", ["unique_id", "ds", "y"]]
     rows = rows.drop_duplicates(["unique_id", "ds"])
@@ -1135,7 +1135,7 @@ def plot(
     ``--top`` most significant flagged series): one PNG per series in the folder ``--output``.
     """
     from maml_anomaly import plotting
-    from maml_anomaly.alerts import build_events
+    from maml_anomaly.core.alerts import build_events
 
     plotting.require_matplotlib()
     if top < 1:
@@ -1435,7 +1435,7 @@ def _score_stream(
 
 def _write_scores(table: Any, steps: list[np.ndarray], config: Config, output: Path, events: Path | None):
     """Alerts over the whole run (q-values, rules, budget, events), then the scores and events files."""
-    from maml_anomaly.alerts import apply_alerts
+    from maml_anomaly.core.alerts import apply_alerts
 
     scores = table.to_pandas()
     del table  # the frame holds the rows now
@@ -1524,7 +1524,7 @@ def _score_one(job: _ScoreJob, names, models, lookup, frame: pd.DataFrame):
     out, n_series = _score_frame(
         job.config, ModelDir(job.model_dir), names, models, lookup, frame, panel, job.first, job.last, job.device
     )
-    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_UNKNOWN
+    from maml_anomaly.core.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_UNKNOWN
 
     counts = {str(k): int(v) for k, v in pd.Series(out["status"]).value_counts().items()}
     counts["_anomalies"] = int(out["is_anomaly"].sum())
@@ -1618,7 +1618,7 @@ def _score_rows_frame(
 ) -> pd.DataFrame:
     """Score columns (and p_value) of ``rows`` (their timestamps ``ds``, series ``row_series`` in the
     panel), each series by its cluster's forecaster; shared by the local and the Ray engine."""
-    from maml_anomaly.scoring import STATUS_INSUFFICIENT, STATUS_OFF_GRID, score_rows
+    from maml_anomaly.core.scoring import STATUS_INSUFFICIENT, STATUS_OFF_GRID, score_rows
 
     model_index = {name: i for i, name in enumerate(names)}
     series_model = np.array(

@@ -7,12 +7,11 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from synth import tiny_cluster  # noqa: F401 (fixture)
 from typer.testing import CliRunner
 
-from synth import tiny_cluster  # noqa: F401 (fixture)
-
-from maml_anomaly.alerts import ALERT_COLUMNS, EVENT_COLUMNS, AlertRules, apply_alerts, bh_qvalues, build_events
 from maml_anomaly.config import Config
+from maml_anomaly.core.alerts import ALERT_COLUMNS, EVENT_COLUMNS, AlertRules, apply_alerts, bh_qvalues, build_events
 from maml_anomaly.errors import ConfigError
 from maml_anomaly.io import SCORE_COLUMNS
 
@@ -191,7 +190,7 @@ def test_no_flags_gives_an_empty_typed_events_frame():
 def test_benchmark_small(tiny_cluster):
     """Clean data: flag rate at p <= 1% within 1.5x of nominal; injected: BH's FDP stays small."""
     from maml_anomaly.benchmarks.alerts import run
-    from maml_anomaly.scoring import p_to_score
+    from maml_anomaly.core.scoring import p_to_score
 
     out = run(n_series=1500, cluster=tiny_cluster, threshold=float(p_to_score(np.array(0.01))), chunk=1500)
     c, i = out["clean"], out["injected"]

@@ -3,9 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
-
 from synth import seasonal_panel
+from typer.testing import CliRunner
 
 from maml_anomaly.cli import app
 from maml_anomaly.io import SCORE_COLUMNS

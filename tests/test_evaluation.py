@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from maml_anomaly.core.evaluation import as_windows, evaluate_scores, threshold_at_far, window_of
 from maml_anomaly.errors import InputError
-from maml_anomaly.evaluation import as_windows, evaluate_scores, threshold_at_far, window_of
 
 T0 = pd.Timestamp("2024-01-01")
 
@@ -119,7 +119,8 @@ def test_bad_labels_and_scores_are_input_errors():
         evaluate_scores(pd.DataFrame({"unique_id": ["a"]}), WINDOWS)
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=60, deadline=None)
@@ -140,8 +141,8 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from maml_anomaly import pipeline  # noqa: E402
-from maml_anomaly.baselines import seasonal_naive_scores  # noqa: E402
 from maml_anomaly.cli import app  # noqa: E402
+from maml_anomaly.core.baselines import seasonal_naive_scores  # noqa: E402
 from maml_anomaly.sample import make_sample  # noqa: E402
 
 

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 import golden_run as g
+import pytest
 
 RAY_RTOL = 1e-9
 MACHINE_RTOL = 1e-6

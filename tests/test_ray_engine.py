@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from typer.testing import CliRunner
-
 from synth import seasonal_panel
+from typer.testing import CliRunner
 
 from maml_anomaly.cli import app
 from maml_anomaly.engines import RAY_INSTALL

@@ -6,14 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from test_end_to_end import TINY, _invoke, _panel
 
 from maml_anomaly import pipeline
-from maml_anomaly.maml import adapt, adapt_tasks
-from maml_anomaly.model import Forecaster, init_params
-from maml_anomaly.tasks import recent_len
-from maml_anomaly.scoring import huber_loss
+from maml_anomaly.core.maml import adapt, adapt_tasks
+from maml_anomaly.core.model import Forecaster, init_params
+from maml_anomaly.core.scoring import huber_loss
+from maml_anomaly.core.tasks import recent_len
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ import pandas as pd
 
 from maml_anomaly.artifacts import CLUSTERS, ModelDir, jsonable
 from maml_anomaly.config import Config
+from maml_anomaly.core.tasks import recent_len
 from maml_anomaly.errors import ConfigError, InputError, MamlAnomalyError, ModelDirError
 from maml_anomaly.io import (
     SCORE_COLUMNS,
@@ -39,7 +40,6 @@ from maml_anomaly.io import (
 )
 from maml_anomaly.locking import command_locks
 from maml_anomaly.panel import Panel
-from maml_anomaly.core.tasks import recent_len
 
 log = logging.getLogger(__name__)
 

@@ -138,7 +138,9 @@ def summary_from_table(table: pa.Table) -> Iterator[tuple[Any, dict[str, int], n
 
     for i in range(table.num_rows):
         row = table.slice(i, 1)
-        col = lambda name: row.column(name).combine_chunks().flatten()  # noqa: E731  the row's list
+        def col(name: str, row: pa.Table = row) -> pa.Array:  # the row's list
+            return row.column(name).combine_chunks().flatten()
+
         ids_arr = col("ids")
         ids = ids_arr.to_numpy() if pa.types.is_integer(ids_arr.type) else np.asarray(ids_arr.to_pylist(), dtype=object)
         step_ns, period, second, n_obs = (col(n).to_numpy().astype(np.int64) for n in ("step_ns", "period", "second", "n_obs"))

@@ -24,11 +24,10 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from maml_anomaly.artifacts import CLUSTERS, ModelDir, jsonable
 from maml_anomaly.config import Config
 from maml_anomaly.core.tasks import recent_len
-from maml_anomaly.errors import ConfigError, InputError, MamlAnomalyError, ModelDirError
-from maml_anomaly.io import (
+from maml_anomaly.data.panel import Panel
+from maml_anomaly.data.read import (
     SCORE_COLUMNS,
     ReadReport,
     build_panel,
@@ -38,8 +37,9 @@ from maml_anomaly.io import (
     write_bytes_atomic,
     write_parquet_atomic,
 )
+from maml_anomaly.errors import ConfigError, InputError, MamlAnomalyError, ModelDirError
 from maml_anomaly.locking import command_locks
-from maml_anomaly.panel import Panel
+from maml_anomaly.store import CLUSTERS, ModelDir, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ def fit_clusters(
 def summarise_batch(config: Config, frame: pd.DataFrame) -> tuple[_PeriodBatch, ReadReport]:
     """fit-clusters' step for one batch of whole series, the one function every engine calls.
 
-    ``frame``: unique_id, ds, y as :func:`~maml_anomaly.io.read_long` returns them, every row of
+    ``frame``: unique_id, ds, y as :func:`~maml_anomaly.data.read.read_long` returns them, every row of
     each of its series. Pure: no I/O, nothing global; a series' summary depends on its own rows
     only, so any split of the input into batches of whole series gives the same summaries.
     """
@@ -756,7 +756,7 @@ def score_batch(
 ) -> pd.DataFrame:
     """Score rows of whole series for the days [first, last]: the one function every engine calls.
 
-    ``frame``: unique_id, ds, y as :func:`~maml_anomaly.io.read_long` returns them, holding every
+    ``frame``: unique_id, ds, y as :func:`~maml_anomaly.data.read.read_long` returns them, holding every
     row of each of its series up to ``last`` (more is ignored); ``panel``: its panel when already
     built. Pure: no I/O, nothing global, so a batch's rows do not depend on the other batches.
     Returns the score columns, ``p_value`` and each row's series ``step`` (for the alerts step),
@@ -971,7 +971,7 @@ def _scores_table(frame: pd.DataFrame, *, alerts: bool = True):
     """The scores frame as Arrow with the output schema; ``alerts=False`` for a batch before the alerts step."""
     import pyarrow as pa
 
-    from maml_anomaly.io import scores_schema
+    from maml_anomaly.data.read import scores_schema
 
     id_type = pa.int64() if frame["unique_id"].dtype.kind in "iu" else pa.string()
     schema = scores_schema(id_type).append(pa.field("p_value", pa.float64()))
@@ -1674,7 +1674,7 @@ def _score_frame(
 def _scores_schema(out: pd.DataFrame):
     import pyarrow as pa
 
-    from maml_anomaly.io import scores_schema
+    from maml_anomaly.data.read import scores_schema
 
     id_type = pa.int64() if out["unique_id"].dtype.kind in "iu" else pa.string()
     return scores_schema(id_type).append(pa.field("p_value", pa.float64()))

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from maml_anomaly.config import Config
 from maml_anomaly.core.alerts import ALERT_COLUMNS, EVENT_COLUMNS, AlertRules, apply_alerts, bh_qvalues, build_events
+from maml_anomaly.data.read import SCORE_COLUMNS
 from maml_anomaly.errors import ConfigError
-from maml_anomaly.io import SCORE_COLUMNS
 
 # -- BH -------------------------------------------------------------------------------------------
 
@@ -210,7 +210,7 @@ def trained(tmp_path_factory):
     from synth import seasonal_panel
 
     from maml_anomaly import pipeline
-    from maml_anomaly.artifacts import ModelDir
+    from maml_anomaly.store import ModelDir
 
     tmp = tmp_path_factory.mktemp("alerts")
     m = seasonal_panel(30, 24 * 21, seed=3)

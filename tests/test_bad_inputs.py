@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from reliability_data import TRAIN_ARGS, assert_clean_failure, history, invoke, snapshot, trained_model
 
 from maml_anomaly import pipeline
-from maml_anomaly.artifacts import ModelDir
 from maml_anomaly.config import Config
+from maml_anomaly.data.read import build_panel, read_long
 from maml_anomaly.errors import ConfigError, InputError
-from maml_anomaly.io import build_panel, read_long
+from maml_anomaly.store import ModelDir
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 LAST_DAY = "2024-01-10"

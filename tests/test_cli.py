@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from maml_anomaly import pipeline
-from maml_anomaly.artifacts import ModelDir
 from maml_anomaly.cli import app
 from maml_anomaly.config import Config
+from maml_anomaly.store import ModelDir
 
 COMMANDS = {
     "fit-clusters": ["--input", "--model-dir", "--id-col", "--time-col", "--value-col", "--config", "--device",
@@ -269,7 +269,7 @@ def test_backtest_range_and_output_errors(runner, tmp_path, long_parquet):
 
 def test_evaluate_checks_its_files(runner, tmp_path, long_parquet):
     scores = tmp_path / "scores.parquet"
-    from maml_anomaly.io import empty_scores_frame
+    from maml_anomaly.data.read import empty_scores_frame
 
     empty_scores_frame().to_parquet(scores, index=False)
     labels = tmp_path / "labels.parquet"

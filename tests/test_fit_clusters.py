@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maml_anomaly.artifacts import ModelDir
 from maml_anomaly.cli import app
 from maml_anomaly.core.clustering import PeriodClusterer
+from maml_anomaly.store import ModelDir
 
 
 def _invoke(runner, args):

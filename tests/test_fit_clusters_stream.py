@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from maml_anomaly import pipeline
-from maml_anomaly.artifacts import ModelDir
 from maml_anomaly.config import Config
+from maml_anomaly.store import ModelDir
 
 
 def _frame(seed: int = 0) -> pd.DataFrame:

@@ -13,10 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maml_anomaly import io as mio
 from maml_anomaly.config import ColumnConfig
-from maml_anomaly.errors import InputError
-from maml_anomaly.io import (
+from maml_anomaly.data import read as mio
+from maml_anomaly.data.read import (
     SCORE_COLUMNS,
     build_panel,
     empty_scores_frame,
@@ -24,6 +23,7 @@ from maml_anomaly.io import (
     read_panel,
     write_parquet_atomic,
 )
+from maml_anomaly.errors import InputError
 
 COLS = ColumnConfig()
 STEPS = {"15s": 15, "5min": 300, "h": 3600, "D": 86400}

@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from maml_anomaly import io as mio
-from maml_anomaly import panel as mpanel
 from maml_anomaly.config import ColumnConfig
-from maml_anomaly.io import build_panel, read_long, read_panel
-from maml_anomaly.panel import Panel
+from maml_anomaly.data import panel as mpanel
+from maml_anomaly.data import read as mio
+from maml_anomaly.data.panel import Panel
+from maml_anomaly.data.read import build_panel, read_long, read_panel
 
 COLS = ColumnConfig()
 

@@ -12,8 +12,8 @@ import pytest
 from conftest import make_long
 
 from maml_anomaly.config import ColumnConfig
+from maml_anomaly.data.read import AtomicParquetWriter, iter_series_frames, read_long, time_bounds
 from maml_anomaly.errors import InputError
-from maml_anomaly.io import AtomicParquetWriter, iter_series_frames, read_long, time_bounds
 
 COLS = ColumnConfig()
 

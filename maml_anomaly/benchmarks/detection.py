@@ -36,7 +36,7 @@ import pandas as pd
 
 from maml_anomaly.core import baselines
 from maml_anomaly.config import ColumnConfig, Config
-from maml_anomaly.io import read_long
+from maml_anomaly.data.read import read_long
 from maml_anomaly.sample import make_sample
 from maml_anomaly.core.evaluation import evaluate_scores
 

@@ -206,7 +206,7 @@ class ScoreWorker:
         self.first, self.last, self.schema = first, last, schema
 
     def __call__(self, group: pa.Table) -> pa.Table:
-        from maml_anomaly.io import _long_frame
+        from maml_anomaly.data.read import _long_frame
         from maml_anomaly.pipeline import score_batch
 
         cfg = self.scorer.config
@@ -223,7 +223,7 @@ def score_days_ray(
     address: str | None = None,
 ) -> dict[str, Any]:
     """daily-score (or backtest) of ``input`` on Ray; the same output file as the local engine."""
-    from maml_anomaly.io import _stream_dataset, _time_filter, scores_schema, time_bounds
+    from maml_anomaly.data.read import _stream_dataset, _time_filter, scores_schema, time_bounds
     from maml_anomaly.pipeline import load_scorer, write_scores
 
     _check_options(config, address)
@@ -269,7 +269,7 @@ class PeriodWorker:
     def __call__(self, group: pa.Table) -> pa.Table:
         from threadpoolctl import threadpool_limits
 
-        from maml_anomaly.io import _long_frame
+        from maml_anomaly.data.read import _long_frame
         from maml_anomaly.pipeline import summarise_batch
 
         cols = self.config.columns
@@ -287,7 +287,7 @@ def period_batches_ray(*, config: Config, input: Path, address: str | None = Non
     one ``_PeriodBatch`` per group (in any order: the clusters are fitted on them sorted by id)
     and the ``_ReadTotals`` of all groups.
     """
-    from maml_anomaly.io import _no_rows, _stream_dataset
+    from maml_anomaly.data.read import _no_rows, _stream_dataset
     from maml_anomaly.pipeline import _ReadTotals
 
     _check_options(config, address)

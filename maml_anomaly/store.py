@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 
 from maml_anomaly import __version__
 from maml_anomaly.config import ColumnConfig, Config
+from maml_anomaly.data.read import write_bytes_atomic
 from maml_anomaly.errors import ModelDirError
-from maml_anomaly.io import write_bytes_atomic
 
 FORMAT_VERSION = 3  # 2: lags relative to the last value, reference y[t-1] + seasonal step; 3: step unclipped, lag 2p+1 (seasonal_step)
 MANIFEST = "manifest.json"
@@ -299,7 +299,7 @@ class ModelDir:
 
 def _clean_stale_temps(folder: Path) -> None:
     """Remove the temporary files (``.NAME.PID.*.tmp``) of killed runs in ``folder``."""
-    from maml_anomaly.io import clean_stale_temps
+    from maml_anomaly.data.read import clean_stale_temps
 
     for name in {t.name[1:].rsplit(".", 3)[0] for t in folder.glob(".*.*.*.tmp")}:
         clean_stale_temps(folder / name)

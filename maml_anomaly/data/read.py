@@ -32,9 +32,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from maml_anomaly.config import ON_DUPLICATE, ColumnConfig
+from maml_anomaly.data.panel import Panel
 from maml_anomaly.errors import InputError, MamlAnomalyError
 from maml_anomaly.locking import CRASH_ENV, crash_point
-from maml_anomaly.panel import Panel
 
 log = logging.getLogger(__name__)
 

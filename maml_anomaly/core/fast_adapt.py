@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from maml_anomaly.core.maml import InnerLrs, Params, _lrs_at
+from maml_anomaly.core.maml import InnerLrs, Params, lrs_at
 from maml_anomaly.core.model import Forecaster
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def adapt_huber(
             d = (out[..., 0] - y).clamp_(-delta, delta).mul_(dscale).unsqueeze(-1)  # (B, K, 1) dLoss/dOutput
             if out.shape[-1] > 1:
                 d = torch.nn.functional.pad(d, (0, out.shape[-1] - 1))  # other outputs are not scored
-            lrs = _lrs_at(inner_lrs, step)
+            lrs = lrs_at(inner_lrs, step)
             for i in range(n_layers - 1, -1, -1):
                 d_in = None
                 if i > 0:  # backprop through the pre-update weights, then ReLU

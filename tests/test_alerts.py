@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from maml_anomaly.config import Config
 from maml_anomaly.core.alerts import ALERT_COLUMNS, EVENT_COLUMNS, AlertRules, apply_alerts, bh_qvalues, build_events
-from maml_anomaly.data.read import SCORE_COLUMNS
+from maml_anomaly.data.schemas import SCORE_COLUMNS
 from maml_anomaly.errors import ConfigError
 
 # -- BH -------------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def trained(tmp_path_factory):
     """30 hourly series, a spike in s05 and a dip across midnight in s07, a tiny meta-trained model."""
     from synth import seasonal_panel
 
-    from maml_anomaly import pipeline
+    from maml_anomaly.commands.meta_train import meta_train
     from maml_anomaly.store import ModelDir
 
     tmp = tmp_path_factory.mktemp("alerts")
@@ -225,7 +225,7 @@ def trained(tmp_path_factory):
     md.prepare(False)
     md.write_manifest(cfg, cfg.columns, {"rows": len(df)})
     md.save_clusters(pd.DataFrame({"unique_id": ids, "cluster": "c0", "period": 24}))
-    pipeline.meta_train(config=cfg, input=tmp / "data.parquet", model_dir=tmp / "model", overwrite=True)
+    meta_train(config=cfg, input=tmp / "data.parquet", model_dir=tmp / "model", overwrite=True)
     return tmp
 
 

@@ -6,11 +6,11 @@ import pytest
 
 from maml_anomaly.core.baselines import (
     BASELINES,
-    SCORE_COLUMNS,
     holt_winters_forecast,
     seasonal_lag,
     seasonal_naive_reference,
 )
+from maml_anomaly.data.schemas import SCORE_COLUMNS
 from maml_anomaly.errors import InputError
 
 

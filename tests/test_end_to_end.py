@@ -7,7 +7,7 @@ from synth import seasonal_panel
 from typer.testing import CliRunner
 
 from maml_anomaly.cli import app
-from maml_anomaly.data.read import SCORE_COLUMNS
+from maml_anomaly.data.schemas import SCORE_COLUMNS
 
 DAYS = 12
 LAST_DAY = pd.Timestamp("2026-01-01") + pd.Timedelta(days=DAYS - 1)

@@ -12,7 +12,9 @@ import pytest
 from conftest import make_long
 
 from maml_anomaly.config import ColumnConfig
-from maml_anomaly.data.read import AtomicParquetWriter, iter_series_frames, read_long, time_bounds
+from maml_anomaly.data.read import read_long
+from maml_anomaly.data.stream import iter_series_frames, time_bounds
+from maml_anomaly.data.write import AtomicParquetWriter
 from maml_anomaly.errors import InputError
 
 COLS = ColumnConfig()

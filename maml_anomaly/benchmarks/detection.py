@@ -120,7 +120,7 @@ def run_baseline(name: str, data: Dataset, period: pd.Series) -> pd.DataFrame:
 
 def run_maml(data: Dataset, workdir: Path, config: Config) -> tuple[pd.DataFrame, pd.Series]:
     """fit-clusters and meta-train on the training part, backtest over the scored days."""
-    from maml_anomaly import pipeline
+    from maml_anomaly import api as pipeline
 
     workdir.mkdir(parents=True, exist_ok=True)
     train_path, all_path = workdir / "train.parquet", workdir / "values.parquet"

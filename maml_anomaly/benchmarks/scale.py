@@ -215,7 +215,7 @@ def _child(step: str, args: dict[str, Any]) -> dict[str, Any]:
     """The body of one step process: call the pipeline function (or AutoETS) and time it."""
     import logging
 
-    from maml_anomaly import pipeline
+    from maml_anomaly import api as pipeline
     from maml_anomaly.config import Config
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")

@@ -401,6 +401,8 @@ class ClusterIndex:
         """As ``batch.series_clusters``: names, (S,) cluster index per panel series (-1 unknown), (S,) period."""
         pos = self.index.get_indexer(panel.ids)  # (S,) -1 where unseen (id kinds checked by batch.check_id_kinds)
         known = pos >= 0
+        if not known.any():  # a batch of series fit-clusters never saw (its subset is empty)
+            return self.names, np.full(pos.size, -1, np.int64), np.zeros(pos.size, np.int64)
         cluster_of = np.where(known, self.code[np.maximum(pos, 0)], -1)
         period_of = np.where(known, self.period[np.maximum(pos, 0)], 0)
         return self.names, cluster_of, period_of

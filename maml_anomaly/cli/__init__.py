@@ -17,6 +17,7 @@ import typer
 from maml_anomaly import __version__
 from maml_anomaly.cli.options import (
     RUN_GROUPS,
+    Engine,
     Freq,
     InputOpt,
     ModelDirOpt,
@@ -376,6 +377,10 @@ def bench_scale(
     nice: Annotated[
         int, typer.Option("--nice", min=0, max=19, help="Run the steps at this nice level (shared machines).")
     ] = 0,
+    engine: Annotated[
+        Engine,
+        typer.Option("--engine", help="ray: daily-score also on Ray, after the local engine, in the same run."),
+    ] = Engine.local,
     *,
     flags: dict[str, Any],
     run: dict[str, Any],
@@ -394,6 +399,7 @@ def bench_scale(
         workdir=workdir,
         autoets_series=autoets_series,
         nice=nice,
+        engine=engine.value,
     )
 
 

@@ -1,7 +1,8 @@
 """Engines: where the per-batch functions of :mod:`maml_anomaly.batch` run; never what they compute.
 
-One interface, :class:`~.base.Engine`: ``map_batches(fn, payload, source)`` reads ``source`` as batches
-of whole series, calls ``fn(payload, frame)`` on each and yields the results. ``local``
+One interface, :class:`~.base.Engine`: ``map_batches(fn, payload, source, codec)`` reads ``source``
+as batches of whole series, calls ``fn(payload, frame)`` on each and yields the results (a remote
+engine sends them back through ``codec``). ``local``
 (:mod:`.local`: the streamed reader, a pool of spawned processes) and ``ray``
 (:mod:`.ray_engine`: Ray Data workers grouped by a stable hash of the series id; optional extra
 ``maml-anomaly[ray]``) implement it. Commands choose an engine with :func:`get_engine`.

@@ -212,6 +212,56 @@ def _ordered_row_groups(dataset: pads.Dataset, id_col: str, flt) -> list | None:
     return [groups[i] for i in order]
 
 
+def series_ordered_runs(
+    dataset: pads.Dataset, id_col: str, flt: pc.Expression | None, batch_rows: int
+) -> list[list[tuple[str, int]]] | None:
+    """Row groups of an input ordered by series, as runs of about ``batch_rows`` rows of whole series.
+
+    Each run is a list of (file, row-group index); a run ends only where the next row group's
+    smallest id is larger than this one's largest, so no series crosses two runs. None when the
+    row groups are not ordered by series (then a remote engine groups rows by hash instead).
+    """
+    groups = _ordered_row_groups(dataset, id_col, flt)
+    if groups is None:
+        return None
+    runs: list[list[tuple[str, int]]] = []
+    current: list[tuple[str, int]] = []
+    rows, last_max = 0, None
+    for rg in groups:
+        info = rg.row_groups[0]
+        st = info.statistics[id_col]
+        if current and rows >= batch_rows and st["min"] > last_max:
+            runs.append(current)
+            current, rows = [], 0
+        current.append((rg.path, info.id))
+        rows += info.num_rows
+        last_max = st["max"] if last_max is None else max(last_max, st["max"])
+    if current:
+        runs.append(current)
+    return runs
+
+
+def read_run(
+    run: list[tuple[str, int]], schema: pa.Schema, columns: ColumnConfig, flt: pc.Expression | None
+) -> pa.Table:
+    """The three columns of a run of row groups (see :func:`series_ordered_runs`), the window applied."""
+    import pyarrow.fs as pafs
+
+    fmt, local = pads.ParquetFileFormat(), pafs.LocalFileSystem()
+    wanted = [columns.id_col, columns.time_col, columns.value_col]
+    tables = [
+        fmt.make_fragment(path, filesystem=local, row_groups=[index]).to_table(
+            schema=schema, columns=wanted, filter=flt
+        )
+        for path, index in run
+    ]
+    table = pa.concat_tables(tables)
+    ids = _plain_ids(table.column(columns.id_col))
+    if pa.types.is_large_string(ids.type) or pa.types.is_string_view(ids.type):
+        ids = ids.cast(pa.string())
+    return pa.table([ids, table.column(1), table.column(2)], names=wanted)
+
+
 def _plain_ids(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     if pa.types.is_dictionary(arr.type):

@@ -23,7 +23,15 @@ from typing import Any
 import pyarrow as pa
 
 from maml_anomaly.config import Config
-from maml_anomaly.data.stream import long_frame, no_rows_error, open_stream_dataset, stable_buckets, time_filter
+from maml_anomaly.data.stream import (
+    long_frame,
+    no_rows_error,
+    open_stream_dataset,
+    read_run,
+    series_ordered_runs,
+    stable_buckets,
+    time_filter,
+)
 from maml_anomaly.engines.base import RAY_INSTALL, Codec, Engine, Source
 from maml_anomaly.errors import ConfigError, MamlAnomalyError
 
@@ -74,6 +82,16 @@ class RayEngine(Engine):
         n_rows = dataset.count_rows(filter=flt) if flt is not None else dataset.count_rows()
         if n_rows == 0:
             raise no_rows_error(source.path, cols, source.ds_min, source.ds_end)
+        runs = series_ordered_runs(dataset, cols.id_col, flt, source.batch_rows)
+        if runs is not None:
+            log.info(
+                "ray: %d input file(s) ordered by series, %d rows in the window, %d batch(es)",
+                len(files),
+                n_rows,
+                len(runs),
+            )
+            yield from self._map_runs(fn, payload, source, codec, runs, dataset.schema, flt)
+            return
         n_buckets = max(1, math.ceil(n_rows / min(BUCKET_ROWS, source.batch_rows)))
         log.info("ray: %d input file(s), %d rows in the window, %d bucket(s)", len(files), n_rows, n_buckets)
         with ray_session(self.address) as ray:
@@ -95,6 +113,27 @@ class RayEngine(Engine):
                     num_cpus=1,
                 )
                 tables = ray.get(done.to_arrow_refs())
+            except Exception as exc:  # a worker's MamlAnomalyError comes back wrapped: unwrap it for the CLI
+                cause = _user_error(exc)
+                if cause is not None:
+                    raise cause from None
+                raise
+        for table in tables:
+            yield from codec.decode(table)
+
+    def _map_runs(self, fn, payload, source: Source, codec: Codec, runs, schema: pa.Schema, flt) -> Iterator[Any]:
+        """Input ordered by series: each actor reads whole runs of row groups itself; no shuffle."""
+        with ray_session(self.address) as ray:
+            from ray.util import ActorPool
+
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            worker = ray.remote(num_cpus=1)(_RunActor)
+            ref = ray.put(payload)
+            pool = ActorPool(
+                [worker.remote(fn, ref, source, self.threads, codec, schema, flt) for _ in range(min(len(runs), cpus))]
+            )
+            try:
+                tables = list(pool.map_unordered(lambda actor, run: actor.run.remote(run), runs))
             except Exception as exc:  # a worker's MamlAnomalyError comes back wrapped: unwrap it for the CLI
                 cause = _user_error(exc)
                 if cause is not None:
@@ -128,6 +167,17 @@ class _BatchActor:
         frame = long_frame(table, cols, self.source.on_duplicate, self.source.ds_min, self.source.ds_end)
         payload = self.payload.for_batch(frame) if hasattr(self.payload, "for_batch") else self.payload
         return self.codec.encode(self.fn(payload, frame))
+
+
+class _RunActor(_BatchActor):
+    """A Ray actor that reads a run of row groups of whole series itself, then as _BatchActor."""
+
+    def __init__(self, fn, payload, source: Source, threads: int, codec: Codec, schema: pa.Schema, flt) -> None:
+        super().__init__(fn, payload, source, threads, codec)
+        self.schema, self.flt = schema, flt
+
+    def run(self, run: list[tuple[str, int]]) -> pa.Table:
+        return self(read_run(run, self.schema, self.source.columns, self.flt))
 
 
 @contextmanager

@@ -130,7 +130,7 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class AlertConfig:
-    """daily-score / backtest: rules that turn flags into alerts (maml_anomaly.alerts); 0 = off.
+    """daily-score / backtest: rules that turn flags into alerts (maml_anomaly.core.alerts); 0 = off.
 
     Each rule only removes flags: fdr (keep q_value <= fdr), max_alerts (the N most significant),
     deviation floors, direction (both, up, down) and min_consecutive grid points.

@@ -98,7 +98,7 @@ def assert_clean_failure(result, *words: str) -> None:
 _FORK_SERVER = r"""
 import json, os, sys
 import torch  # noqa: F401  (imported once here; the children start without paying for it)
-import maml_anomaly.pipeline, maml_anomaly.scoring  # noqa: F401
+import maml_anomaly.api, maml_anomaly.core.scoring  # noqa: F401
 from maml_anomaly.cli import app
 for line in sys.stdin:
     job = json.loads(line)

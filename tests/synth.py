@@ -73,8 +73,8 @@ def tiny_cluster():
     """A cluster forecaster meta-trained briefly on 60 hourly daily-seasonal series."""
     import torch
 
-    from maml_anomaly.tasks import lag_spec
-    from maml_anomaly.training import TrainSettings, train_cluster
+    from maml_anomaly.core.tasks import lag_spec
+    from maml_anomaly.core.training import TrainSettings, train_cluster
 
     torch.set_num_threads(1)
     values, indptr = to_buffer(seasonal_panel(60, 24 * 21, seed=0))

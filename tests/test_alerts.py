@@ -7,14 +7,13 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from synth import tiny_cluster  # noqa: F401 (fixture)
 from typer.testing import CliRunner
 
-from synth import tiny_cluster  # noqa: F401 (fixture)
-
-from maml_anomaly.alerts import ALERT_COLUMNS, EVENT_COLUMNS, AlertRules, apply_alerts, bh_qvalues, build_events
 from maml_anomaly.config import Config
+from maml_anomaly.core.alerts import ALERT_COLUMNS, EVENT_COLUMNS, AlertRules, apply_alerts, bh_qvalues, build_events
+from maml_anomaly.data.schemas import SCORE_COLUMNS
 from maml_anomaly.errors import ConfigError
-from maml_anomaly.io import SCORE_COLUMNS
 
 # -- BH -------------------------------------------------------------------------------------------
 
@@ -191,7 +190,7 @@ def test_no_flags_gives_an_empty_typed_events_frame():
 def test_benchmark_small(tiny_cluster):
     """Clean data: flag rate at p <= 1% within 1.5x of nominal; injected: BH's FDP stays small."""
     from maml_anomaly.benchmarks.alerts import run
-    from maml_anomaly.scoring import p_to_score
+    from maml_anomaly.core.scoring import p_to_score
 
     out = run(n_series=1500, cluster=tiny_cluster, threshold=float(p_to_score(np.array(0.01))), chunk=1500)
     c, i = out["clean"], out["injected"]
@@ -210,8 +209,8 @@ def trained(tmp_path_factory):
     """30 hourly series, a spike in s05 and a dip across midnight in s07, a tiny meta-trained model."""
     from synth import seasonal_panel
 
-    from maml_anomaly import pipeline
-    from maml_anomaly.artifacts import ModelDir
+    from maml_anomaly.commands.meta_train import meta_train
+    from maml_anomaly.store import ModelDir
 
     tmp = tmp_path_factory.mktemp("alerts")
     m = seasonal_panel(30, 24 * 21, seed=3)
@@ -226,7 +225,7 @@ def trained(tmp_path_factory):
     md.prepare(False)
     md.write_manifest(cfg, cfg.columns, {"rows": len(df)})
     md.save_clusters(pd.DataFrame({"unique_id": ids, "cluster": "c0", "period": 24}))
-    pipeline.meta_train(config=cfg, input=tmp / "data.parquet", model_dir=tmp / "model", overwrite=True)
+    meta_train(config=cfg, input=tmp / "data.parquet", model_dir=tmp / "model", overwrite=True)
     return tmp
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from maml_anomaly import __version__
-from maml_anomaly.artifacts import FORMAT_VERSION, ModelDir
 from maml_anomaly.config import Config
 from maml_anomaly.errors import ModelDirError
+from maml_anomaly.store import FORMAT_VERSION, ModelDir
 
 WINDOW = {"start": pd.Timestamp("2024-01-01"), "end": pd.Timestamp("2024-02-01"), "rows": 10, "series": 2}
 

@@ -25,11 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_data import TRAIN_ARGS, assert_clean_failure, history, invoke, snapshot, trained_model
 
-from maml_anomaly import pipeline
-from maml_anomaly.artifacts import ModelDir
+from maml_anomaly import api
 from maml_anomaly.config import Config
+from maml_anomaly.data.read import build_panel, read_long
 from maml_anomaly.errors import ConfigError, InputError
-from maml_anomaly.io import build_panel, read_long
+from maml_anomaly.store import ModelDir
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 LAST_DAY = "2024-01-10"
@@ -563,7 +563,7 @@ def test_scorer_never_crashes_and_accounts_for_every_row(tmp_path_factory, spoil
     inp = folder / "in.parquet"
     frame.to_parquet(inp, index=False)
     out = folder / "scores.parquet"
-    result = pipeline.daily_score(config=Config(), input=inp, model_dir=model, output=out)
+    result = api.daily_score(config=Config(), input=inp, model_dir=model, output=out)
     scores = pd.read_parquet(out)
     day = scores["ds"].max().normalize()
     assert len(scores) == int((frame["ds"] >= day).sum()) == result["points"]

@@ -4,8 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maml_anomaly.baselines import (BASELINES, SCORE_COLUMNS, holt_winters_forecast, seasonal_lag,
-                                    seasonal_naive_reference)
+from maml_anomaly.core.baselines import (
+    BASELINES,
+    holt_winters_forecast,
+    seasonal_lag,
+    seasonal_naive_reference,
+)
+from maml_anomaly.data.schemas import SCORE_COLUMNS
 from maml_anomaly.errors import InputError
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from maml_anomaly import pipeline
-from maml_anomaly.artifacts import ModelDir
 from maml_anomaly.cli import app
+from maml_anomaly.commands import common, fit_clusters, meta_train
 from maml_anomaly.config import Config
+from maml_anomaly.store import ModelDir
 
 COMMANDS = {
     "fit-clusters": ["--input", "--model-dir", "--id-col", "--time-col", "--value-col", "--config", "--device",
@@ -189,7 +189,7 @@ def test_config_precedence_and_json_through_the_cli(runner, tmp_path, long_parqu
         seen.update(config=config, input=input, overwrite=overwrite)
         return {"summary": "trained 2 clusters", "clusters": 2}
 
-    monkeypatch.setattr(pipeline, "meta_train", fake)
+    monkeypatch.setattr(meta_train, "meta_train", fake)
     cfg = tmp_path / "c.toml"
     cfg.write_text('[train]\nk_shot = 10\ninner_steps = 2\n[columns]\nid_col = "sid"\n[runtime]\nthreads = 2\n')
     args = ["meta-train", "-i", long_parquet, "-m", tmp_path / "m", "--config", cfg, "--k-shot", "7", "--first-order"]
@@ -209,7 +209,7 @@ def test_unexpected_errors_keep_their_traceback(runner, tmp_path, long_parquet, 
     def broken(**kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(pipeline, "fit_clusters", broken)
+    monkeypatch.setattr(fit_clusters, "fit_clusters", broken)
     result = _invoke(runner, ["fit-clusters", "-i", long_parquet, "-m", tmp_path / "m"])
     assert result.exit_code != 0
     assert isinstance(result.exception, ZeroDivisionError)
@@ -217,10 +217,10 @@ def test_unexpected_errors_keep_their_traceback(runner, tmp_path, long_parquet, 
 
 def test_quiet_silences_info_logs(runner, tmp_path, long_parquet, monkeypatch):
     def fake(*, config, input, model_dir, overwrite, engine, ray_address):
-        pipeline.load_input(config, input)
+        common.load_input(config, input)
         return {"summary": "ok"}
 
-    monkeypatch.setattr(pipeline, "fit_clusters", fake)
+    monkeypatch.setattr(fit_clusters, "fit_clusters", fake)
     loud = _invoke(runner, ["fit-clusters", "-i", long_parquet, "-m", tmp_path / "m"])
     quiet = _invoke(runner, ["fit-clusters", "-i", long_parquet, "-m", tmp_path / "m", "--quiet"])
     assert "144 rows" in loud.stderr and quiet.stderr == ""
@@ -269,7 +269,7 @@ def test_backtest_range_and_output_errors(runner, tmp_path, long_parquet):
 
 def test_evaluate_checks_its_files(runner, tmp_path, long_parquet):
     scores = tmp_path / "scores.parquet"
-    from maml_anomaly.io import empty_scores_frame
+    from maml_anomaly.data.schemas import empty_scores_frame
 
     empty_scores_frame().to_parquet(scores, index=False)
     labels = tmp_path / "labels.parquet"

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from maml_anomaly.clustering import PeriodClusterer
+from maml_anomaly.core.clustering import PeriodClusterer
 
 T = 24 * 14
 

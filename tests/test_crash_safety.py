@@ -153,7 +153,7 @@ def test_output_files_get_the_usual_mode_not_0600(setup, tmp_path):
 
 
 def test_temp_files_of_live_writers_are_never_removed(tmp_path):
-    from maml_anomaly.io import clean_stale_temps, write_parquet_atomic
+    from maml_anomaly.data.write import clean_stale_temps, write_parquet_atomic
 
     out = tmp_path / "scores.parquet"
     live = tmp_path / f".scores.parquet.{os.getpid()}.abc123.tmp"  # ours: alive

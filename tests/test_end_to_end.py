@@ -3,12 +3,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+from synth import seasonal_panel
 from typer.testing import CliRunner
 
-from synth import seasonal_panel
-
 from maml_anomaly.cli import app
-from maml_anomaly.io import SCORE_COLUMNS
+from maml_anomaly.data.schemas import SCORE_COLUMNS
 
 DAYS = 12
 LAST_DAY = pd.Timestamp("2026-01-01") + pd.Timedelta(days=DAYS - 1)

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from maml_anomaly.core.evaluation import as_windows, evaluate_scores, threshold_at_far, window_of
 from maml_anomaly.errors import InputError
-from maml_anomaly.evaluation import as_windows, evaluate_scores, threshold_at_far, window_of
 
 T0 = pd.Timestamp("2024-01-01")
 
@@ -119,7 +119,8 @@ def test_bad_labels_and_scores_are_input_errors():
         evaluate_scores(pd.DataFrame({"unique_id": ["a"]}), WINDOWS)
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=60, deadline=None)
@@ -139,10 +140,12 @@ def test_threshold_at_far_never_exceeds_and_is_tight(clean, far):
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from maml_anomaly import pipeline  # noqa: E402
-from maml_anomaly.baselines import seasonal_naive_scores  # noqa: E402
 from maml_anomaly.cli import app  # noqa: E402
+from maml_anomaly.commands import demo as demo_command  # noqa: E402
+from maml_anomaly.config import Config  # noqa: E402
+from maml_anomaly.core.baselines import seasonal_naive_scores  # noqa: E402
 from maml_anomaly.sample import make_sample  # noqa: E402
+from maml_anomaly.store import ModelDir  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +189,7 @@ def test_demo_wiring_with_a_stand_in_detector(tmp_path, monkeypatch):
 
     def fit_clusters(*, config, input, model_dir, overwrite=False):
         calls.append("fit-clusters")
-        md = pipeline.ModelDir(model_dir)
+        md = ModelDir(model_dir)
         md.prepare(overwrite)
         hist = pd.read_parquet(input)
         md.write_manifest(config, config.columns, {"rows": len(hist)})
@@ -196,7 +199,7 @@ def test_demo_wiring_with_a_stand_in_detector(tmp_path, monkeypatch):
 
     def meta_train(*, config, input, model_dir, overwrite=False):
         calls.append("meta-train")
-        assert config.train.time_budget_s <= pipeline.DEMO_TRAIN_BUDGET_S
+        assert config.train.time_budget_s <= demo_command.DEMO_TRAIN_BUDGET_S
         assert pd.read_parquet(input)["ds"].max() < pd.Timestamp("2024-03-18")  # history only
         return {}
 
@@ -206,13 +209,13 @@ def test_demo_wiring_with_a_stand_in_detector(tmp_path, monkeypatch):
         return {}
 
     for name, fn in (("fit_clusters", fit_clusters), ("meta_train", meta_train), ("backtest", backtest)):
-        monkeypatch.setattr(pipeline, name, fn)
-    out = pipeline.demo(config=pipeline.Config(), workdir=tmp_path / "demo")
+        monkeypatch.setattr(demo_command, name, fn)
+    out = demo_command.demo(config=Config(), workdir=tmp_path / "demo")
     assert calls == ["fit-clusters", "meta-train", "backtest"]
     assert "top anomalies" in out["summary"] and str(tmp_path / "demo" / "scores.parquet") in out["summary"]
     assert out["evaluation"]["n_windows"] > 100 and len(out["top_anomalies"]) == 10
-    with pytest.raises(pipeline.InputError, match="not empty"):
-        pipeline.demo(config=pipeline.Config(), workdir=tmp_path / "demo")
+    with pytest.raises(InputError, match="not empty"):
+        demo_command.demo(config=Config(), workdir=tmp_path / "demo")
 
 
 def test_detection_benchmark_runs_the_baselines_on_the_sample():

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from maml_anomaly import fast_adapt
-from maml_anomaly.maml import adapt_tasks, predict
-from maml_anomaly.model import Forecaster, init_params
-from maml_anomaly.scoring import huber_loss, per_task
+from maml_anomaly.core import fast_adapt
+from maml_anomaly.core.maml import adapt_tasks, predict
+from maml_anomaly.core.model import Forecaster, init_params
+from maml_anomaly.core.scoring import huber_loss, per_task
 
 
 def _problem(seed=0, n=37, k=9, d=5, p=4, hidden=(12, 7)):

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maml_anomaly.artifacts import ModelDir
 from maml_anomaly.cli import app
-from maml_anomaly.clustering import PeriodClusterer
+from maml_anomaly.core.clustering import PeriodClusterer
+from maml_anomaly.store import ModelDir
 
 
 def _invoke(runner, args):
@@ -111,7 +111,7 @@ def test_fit_clusters_single_step_names_have_no_prefix(runner, tmp_path):
 
 
 def test_unseen_series_are_assigned_from_their_history(runner, history, tmp_path):
-    from maml_anomaly.clustering import assign_clusters
+    from maml_anomaly.core.clustering import assign_clusters
 
     model = tmp_path / "model"
     result = _invoke(runner, ["fit-clusters", "-i", history, "-m", model, "--min-cluster-size", "20"])

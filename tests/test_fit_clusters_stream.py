@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maml_anomaly import pipeline
-from maml_anomaly.artifacts import ModelDir
+from maml_anomaly.batch import summarise_periods
+from maml_anomaly.commands import fit_clusters as fc
+from maml_anomaly.commands.common import load_input
 from maml_anomaly.config import Config
+from maml_anomaly.store import ModelDir, jsonable
 
 
 def _frame(seed: int = 0) -> pd.DataFrame:
@@ -62,29 +64,29 @@ def test_streamed_fit_clusters_equals_the_whole_input(inputs, which, monkeypatch
     folder, ordered, shuffled = inputs
     path = ordered if which == "ordered" else shuffled
     config = _config()
-    whole, states, groups, too_short = pipeline._periods_and_clusters(pipeline.load_input(config, path).panel, config.clusters)
+    whole, states, groups, too_short = fc.periods_and_clusters(load_input(config, path).panel, config.clusters)
     assert whole["cluster"].str.contains("-").any(), "the test data should split a period group by shape"
 
-    monkeypatch.setattr(pipeline, "STREAM_ROWS", 2_000)  # a dozen batches of whole series
-    summary = pipeline.fit_clusters(config=config, input=path, model_dir=tmp_path / "m")
+    monkeypatch.setattr(fc, "STREAM_ROWS", 2_000)  # a dozen batches of whole series
+    summary = fc.fit_clusters(config=config, input=path, model_dir=tmp_path / "m")
     md = ModelDir(tmp_path / "m")
     streamed = md.load_clusters()
     assert summary["series"] == len(whole) and summary["too_short"] == int(too_short.sum())
     pd.testing.assert_frame_equal(
         streamed.reset_index(drop=True)[list(whole.columns)], whole.reset_index(drop=True), check_dtype=False
     )
-    assert md.load_json("clusterer")["step_groups"] == json.loads(json.dumps(pipeline.jsonable(states)))
+    assert md.load_json("clusterer")["step_groups"] == json.loads(json.dumps(jsonable(states)))
 
 
 def test_batches_do_not_change_a_series_period(inputs):
     """A series' detection matrix width comes from its own length, not from its batch."""
     _, ordered, _ = inputs
     config = _config()
-    panel = pipeline.load_input(config, ordered).panel
-    whole = pipeline._summarise_periods(panel, config.clusters)
+    panel = load_input(config, ordered).panel
+    whole = summarise_periods(panel, config.clusters)
     half = panel.n_series // 2
-    parts = [pipeline._summarise_periods(panel.take(np.arange(lo, hi)), config.clusters) for lo, hi in ((0, half), (half, panel.n_series))]
-    joined = pipeline._concat_period_batches(parts)
+    parts = [summarise_periods(panel.take(np.arange(lo, hi)), config.clusters) for lo, hi in ((0, half), (half, panel.n_series))]
+    joined = fc.concat_period_batches(parts)
     for name in ("period", "strength", "second", "n_obs", "step_ns"):
         np.testing.assert_array_equal(getattr(joined, name), getattr(whole, name))
     assert joined.shapes.keys() == whole.shapes.keys()

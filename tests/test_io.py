@@ -13,17 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maml_anomaly import io as mio
 from maml_anomaly.config import ColumnConfig
+from maml_anomaly.data import read as mio
+from maml_anomaly.data.read import build_panel, read_long, read_panel
+from maml_anomaly.data.schemas import SCORE_COLUMNS, empty_scores_frame, scores_schema
+from maml_anomaly.data.write import write_parquet_atomic
 from maml_anomaly.errors import InputError
-from maml_anomaly.io import (
-    SCORE_COLUMNS,
-    build_panel,
-    empty_scores_frame,
-    read_long,
-    read_panel,
-    write_parquet_atomic,
-)
 
 COLS = ColumnConfig()
 STEPS = {"15s": 15, "5min": 300, "h": 3600, "D": 86400}
@@ -337,7 +332,7 @@ def test_empty_scores_frame_has_the_contract_columns(tmp_path):
     assert frame["is_anomaly"].dtype == bool and frame["ds"].dtype == "datetime64[ns]"
     write_parquet_atomic(frame, tmp_path / "e.parquet")
     assert list(pd.read_parquet(tmp_path / "e.parquet").columns) == list(SCORE_COLUMNS)
-    assert mio.scores_schema().names == list(SCORE_COLUMNS)
+    assert scores_schema().names == list(SCORE_COLUMNS)
 
 
 def test_categorical_ids_with_unused_categories(tmp_path, long_frame):

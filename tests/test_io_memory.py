@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from maml_anomaly import io as mio
-from maml_anomaly import panel as mpanel
 from maml_anomaly.config import ColumnConfig
-from maml_anomaly.io import build_panel, read_long, read_panel
-from maml_anomaly.panel import Panel
+from maml_anomaly.data import panel as mpanel
+from maml_anomaly.data import read as mio
+from maml_anomaly.data.panel import Panel
+from maml_anomaly.data.read import build_panel, read_long, read_panel
 
 COLS = ColumnConfig()
 
@@ -90,7 +90,7 @@ def test_one_key_sort_matches_arrows_two_key_sort(tmp_path, monkeypatch, policy)
     pq.write_table(pa.table({"unique_id": codes.astype(str), "ds": t, "y": rng.normal(size=n)}), path,
                    row_group_size=700)  # several chunks per column
     fast = read_long(path, COLS, policy)
-    monkeypatch.setattr(mio, "_combined_key", lambda codes, t: None)  # arrow's two-key sort
+    monkeypatch.setattr(mpanel, "_combined_key", lambda codes, t: None)  # arrow's two-key sort
     slow = read_long(path, COLS, policy)
     pd.testing.assert_frame_equal(fast, slow)
     panel_fast, report_fast = read_panel(path, COLS, policy)
@@ -100,22 +100,22 @@ def test_one_key_sort_matches_arrows_two_key_sort(tmp_path, monkeypatch, policy)
 def test_combined_key_orders_like_code_then_time_and_refuses_overflow():
     codes = np.array([2, 0, 1, 0], np.int32)
     t = np.array([5, 9, 1, 3], np.int64) * 86_400 * 10**9
-    key = mio._combined_key(codes, t)
+    key = mpanel._combined_key(codes, t)
     np.testing.assert_array_equal(np.argsort(key, kind="stable"), np.lexsort((t, codes)))
     huge = np.array([0, 1, 2], np.int64) * (2**40) + np.array([0, 1, 7])
-    assert mio._combined_key(np.array([0, 2**30, 1], np.int64), huge) is None
+    assert mpanel._combined_key(np.array([0, 2**30, 1], np.int64), huge) is None
 
 
 def test_values_and_timestamps_of_many_chunks_with_nulls_and_inf():
     y = pa.chunked_array([pa.array([1.0, None, np.inf]), pa.array([-np.inf, 2], type=pa.float64()),
                           pa.array([], type=pa.float64())])
-    out, n_inf = mio._values(y, "y")
+    out, n_inf = mio.value_column(y, "y")
     np.testing.assert_array_equal(out, [1.0, np.nan, np.nan, np.nan, 2.0])
     assert n_inf == 2
-    ints, _ = mio._values(pa.chunked_array([pa.array([1, None], pa.int32()), pa.array([3], pa.int32())]), "y")
+    ints, _ = mio.value_column(pa.chunked_array([pa.array([1, None], pa.int32()), pa.array([3], pa.int32())]), "y")
     np.testing.assert_array_equal(ints, [1.0, np.nan, 3.0])
     ts = pa.chunked_array([pa.array([0, 86_400], pa.timestamp("s", tz="Europe/Paris")), pa.array([1], pa.timestamp("s", tz="Europe/Paris"))])
-    np.testing.assert_array_equal(mio._timestamps_ns(ts, "ds"), np.array([0, 86_400, 1]) * 10**9)
+    np.testing.assert_array_equal(mio.timestamps_ns(ts, "ds"), np.array([0, 86_400, 1]) * 10**9)
 
 
 def test_build_panel_on_read_long_frame_keeps_the_frame_intact(tmp_path):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from maml_anomaly.maml import adapt, masked_mse, meta_loss, predict
-from maml_anomaly.model import Forecaster, init_params
+from maml_anomaly.core.maml import adapt, masked_mse, meta_loss, predict
+from maml_anomaly.core.model import Forecaster, init_params
 
 
 def make_tasks(seed: int, n_tasks: int = 6, k: int = 5, q: int = 7, d: int = 3, dtype=torch.float64):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from maml_anomaly.data.panel import Panel
 from maml_anomaly.errors import InputError
-from maml_anomaly.panel import Panel
 
 H = np.int64(3600 * 10**9)
 D = 24 * H
@@ -85,7 +85,7 @@ def test_a_tiny_mode_step_is_widened_to_bound_the_grid():
 
 
 def test_absurd_grid_is_refused_with_a_message(monkeypatch):
-    import maml_anomaly.panel as panel_module
+    import maml_anomaly.data.panel as panel_module
 
     monkeypatch.setattr(panel_module, "_widen_tiny_steps", lambda codes, t, first, count, step: step)
     with pytest.raises(InputError, match="regular"):

@@ -1,9 +1,9 @@
 import numpy as np
-import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from maml_anomaly.benchmarks.periods import make_groups
-from maml_anomaly.periodicity import PeriodResult, calendar_periods, cycle_profiles, detect_periods
+from maml_anomaly.core.periodicity import PeriodResult, calendar_periods, cycle_profiles, detect_periods
 
 HOUR, DAY = 3600.0, 86400.0
 

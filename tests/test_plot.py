@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 pytest.importorskip("matplotlib")
 
 from maml_anomaly import plotting  # noqa: E402
-from maml_anomaly.alerts import build_events  # noqa: E402
 from maml_anomaly.cli import app  # noqa: E402
+from maml_anomaly.core.alerts import build_events  # noqa: E402
 
 SPIKE_AT = 60  # index of the anomaly in series "a"
 

@@ -15,13 +15,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from synth import seasonal_panel
 from typer.testing import CliRunner
 
-from synth import seasonal_panel
-
 from maml_anomaly.cli import app
+from maml_anomaly.data.stream import stable_buckets
 from maml_anomaly.engines import RAY_INSTALL
-from maml_anomaly.engines.ray_engine import stable_buckets, summary_from_table, summary_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data" / "values.parquet"
@@ -59,7 +58,7 @@ def test_buckets_are_stable_across_processes_and_encodings():
     np.testing.assert_array_equal(here, stable_buckets(ids.dictionary_encode(), 7))
     np.testing.assert_array_equal(here[:500], here[500:])  # a series' rows share one bucket
     code = (
-        "import pyarrow as pa; from maml_anomaly.engines.ray_engine import stable_buckets; "
+        "import pyarrow as pa; from maml_anomaly.data.stream import stable_buckets; "
         "print(','.join(map(str, stable_buckets(pa.array([f's{i}' for i in range(500)]), 7))))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "123", "PYTHONPATH": str(ROOT)}
@@ -89,8 +88,8 @@ def test_fit_clusters_engine_ray_without_ray_says_how_to_install(tmp_path, monke
 
 def test_period_summary_survives_its_arrow_row():
     """What a fit-clusters worker sends back decodes to the summary it computed, bit for bit."""
+    from maml_anomaly.batch import PeriodCodec, summarise_batch
     from maml_anomaly.config import Config
-    from maml_anomaly.pipeline import summarise_batch
 
     frame = _generated()
     frame = frame[frame["unique_id"] != "h07"]  # keep the read simple: no off-grid row
@@ -98,8 +97,9 @@ def test_period_summary_survives_its_arrow_row():
     batch, report = summarise_batch(Config(), frame)
     assert batch.shapes  # periodic series, so cycle shapes travel too
     lo, hi = frame["ds"].min().to_datetime64(), frame["ds"].max().to_datetime64()
-    table = pa.concat_tables([summary_table(batch, report, lo, hi)] * 2).combine_chunks()  # rows of one block
-    rows = list(summary_from_table(table))
+    codec = PeriodCodec()
+    table = pa.concat_tables([codec.encode((batch, report, lo, hi))] * 2).combine_chunks()  # rows of one block
+    rows = list(codec.decode(table))
     assert len(rows) == 2
     for back, counts, lo2, hi2 in rows:
         for name in ("ids", "step_ns", "period", "strength", "second", "n_obs"):
@@ -111,7 +111,7 @@ def test_period_summary_survives_its_arrow_row():
             np.testing.assert_array_equal(back.shapes[key][0], rows_a)
             assert back.shapes[key][1].dtype == prof_a.dtype
             np.testing.assert_array_equal(back.shapes[key][1], prof_a)
-        assert counts == report.to_dict() and (lo2, hi2) == (lo, hi)
+        assert counts == report and (lo2, hi2) == (lo, hi)
 
 
 def test_ray_address_needs_engine_ray(tmp_path):
@@ -285,3 +285,27 @@ def test_sample_data_ray_matches_local(tmp_path, ray_local):
         _ok(*args, "-o", tmp_path / f"{cmd}_local.parquet")
         _ok(*args, "-o", tmp_path / f"{cmd}_ray.parquet", "--engine", "ray")
         _assert_same(tmp_path / f"{cmd}_local.parquet", tmp_path / f"{cmd}_ray.parquet")
+
+
+def test_unordered_row_groups_go_through_the_hash_shuffle_and_match_local(trained, monkeypatch):
+    """Row groups whose id ranges overlap cannot be read as runs of whole series: Ray groups rows by hash."""
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    from maml_anomaly.data.stream import series_ordered_runs
+    from maml_anomaly.engines import ray_engine
+
+    root = trained
+    table = pa.Table.from_pandas(pd.read_parquet(root / "input.parquet"), preserve_index=False)  # rows in random order
+    pq.write_table(table, root / "unordered.parquet", row_group_size=500)
+    assert series_ordered_runs(pads.dataset(root / "unordered.parquet"), "unique_id", None, 1000) is None
+    ordered = table.sort_by([("unique_id", "ascending"), ("ds", "ascending")])
+    pq.write_table(ordered, root / "ordered.parquet", row_group_size=500)
+    runs = series_ordered_runs(pads.dataset(root / "ordered.parquet"), "unique_id", None, 1000)
+    assert runs is not None and len(runs) >= 2  # whole series per run, cut only where no series crosses
+    monkeypatch.setattr(ray_engine, "BUCKET_ROWS", 2000)
+    for name in ("unordered", "ordered"):
+        args = ["daily-score", "-i", root / f"{name}.parquet", "-m", root / "model", "-q"]
+        _ok(*args, "-o", root / f"{name}_local.parquet")
+        _ok(*args, "-o", root / f"{name}_ray.parquet", "--engine", "ray")
+        _assert_same(root / f"{name}_local.parquet", root / f"{name}_ray.parquet")

@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from test_end_to_end import TINY, _invoke, _panel
 
-from maml_anomaly import pipeline
-from maml_anomaly.maml import adapt, adapt_tasks
-from maml_anomaly.model import Forecaster, init_params
-from maml_anomaly.tasks import recent_len
-from maml_anomaly.scoring import huber_loss
+from maml_anomaly.commands import score
+from maml_anomaly.core.maml import adapt, adapt_tasks
+from maml_anomaly.core.model import Forecaster, init_params
+from maml_anomaly.core.scoring import huber_loss
+from maml_anomaly.core.tasks import recent_len
+from maml_anomaly.store import ClusterIndex, load_models, open_trained
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,8 @@ def _backtest(root, out):
 def test_scores_do_not_depend_on_the_batching(trained_sorted, monkeypatch):
     root = trained_sorted
     whole = _backtest(root, root / "whole.parquet")  # one batch
-    monkeypatch.setattr(pipeline, "STREAM_ROWS", 700)  # several batches of whole series, in this process
-    monkeypatch.setattr(pipeline, "score_processes", lambda config, device: 1)
+    monkeypatch.setattr(score, "STREAM_ROWS", 700)  # several batches of whole series, in this process
+    monkeypatch.setattr(score, "cpu_processes", lambda threads, device: 1)
     batched = _backtest(root, root / "batched.parquet")
     assert len(whole) == len(batched) > 0
     pd.testing.assert_frame_equal(whole, batched)  # same values; the files differ only in row groups
@@ -50,15 +50,15 @@ def test_scores_do_not_depend_on_the_batching(trained_sorted, monkeypatch):
 def test_worker_processes_give_the_same_scores(trained_sorted, monkeypatch):
     root = trained_sorted
     whole = _backtest(root, root / "whole.parquet")
-    monkeypatch.setattr(pipeline, "STREAM_ROWS", 700)
-    monkeypatch.setattr(pipeline, "score_processes", lambda config, device: 2)
+    monkeypatch.setattr(score, "STREAM_ROWS", 700)
+    monkeypatch.setattr(score, "cpu_processes", lambda threads, device: 2)
     pd.testing.assert_frame_equal(whole, _backtest(root, root / "pooled.parquet"))
 
 
 def test_history_window_covers_what_tasks_need(trained_sorted):
-    md = pipeline.open_trained(root := trained_sorted / "model")
-    _, models = pipeline._load_models(md)
-    span = pipeline.history_span(models, pipeline.ClusterIndex.load(md).max_step_ns)
+    md = open_trained(root := trained_sorted / "model")
+    _, models = load_models(md)
+    span = score.history_span(models, ClusterIndex.load(md).max_step_ns)
     hours = span / np.timedelta64(1, "h")
     need = max(m.spec.max_lag + recent_len(m.k_shot, m.query_len) for m in models)  # hourly: a point per hour
     assert need < hours <= need + 24 + 2 * 24 + 1, (root, hours)

@@ -2,16 +2,15 @@ import numpy as np
 import pytest
 from scipy import stats
 from scipy.special import ndtr, ndtri
-
 from synth import seasonal_panel, tiny_cluster, to_buffer  # noqa: F401 (fixture)
 
-from maml_anomaly.scoring import (
-    shift_accepted_after,
+from maml_anomaly.core.scoring import (
     Calibration,
     fit_calibration,
     p_to_score,
     score_tasks,
     score_to_p,
+    shift_accepted_after,
 )
 
 THRESHOLD = 3.5

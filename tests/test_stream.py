@@ -9,12 +9,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import make_long
 
 from maml_anomaly.config import ColumnConfig
+from maml_anomaly.data.read import read_long
+from maml_anomaly.data.stream import iter_series_frames, time_bounds
+from maml_anomaly.data.write import AtomicParquetWriter
 from maml_anomaly.errors import InputError
-from maml_anomaly.io import AtomicParquetWriter, iter_series_frames, read_long, time_bounds
 
 COLS = ColumnConfig()
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from maml_anomaly.tasks import (
+from maml_anomaly.core.tasks import (
     LagSpec,
     choose_lag_spec,
     gather_windows,

@@ -1,10 +1,9 @@
 import numpy as np
 import torch
-
 from synth import seasonal_panel, tiny_cluster, to_buffer  # noqa: F401 (fixture)
 
-from maml_anomaly.tasks import lag_spec
-from maml_anomaly.training import TrainSettings, train_cluster
+from maml_anomaly.core.tasks import lag_spec
+from maml_anomaly.core.training import TrainSettings, train_cluster
 
 BASELINES = ("maml_no_adaptation", "scratch_same_steps", "scratch_adam_100_steps", "transfer_finetuned", "seasonal_naive")
 

@@ -28,8 +28,8 @@ from collections.abc import Callable
 import torch
 from torch.func import functional_call
 
-from maml_anomaly.maml import Params, adapt, meta_loss, predict
-from maml_anomaly.model import Forecaster, init_params
+from maml_anomaly.core.maml import Params, adapt, meta_loss, predict
+from maml_anomaly.core.model import Forecaster, init_params
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int) -> float:

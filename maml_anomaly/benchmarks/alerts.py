@@ -96,7 +96,7 @@ class Scored:
 
 def score_day(cluster, matrix: np.ndarray, *, threshold: float, batch_size: int) -> Scored:
     """Score the last day (24 points) of every row of ``matrix`` with one cluster's forecaster."""
-    from maml_anomaly.scoring import score_tasks
+    from maml_anomaly.core.scoring import score_tasks
 
     s, t = matrix.shape
     values, indptr = matrix.reshape(-1), np.arange(s + 1, dtype=np.int64) * t
@@ -108,8 +108,8 @@ def score_day(cluster, matrix: np.ndarray, *, threshold: float, batch_size: int)
 
 def train(n_series: int, iterations: int, seed: int, time_budget_s: float = 300.0):
     """A cluster forecaster meta-trained briefly on ``n_series`` generated series."""
-    from maml_anomaly.tasks import lag_spec
-    from maml_anomaly.training import TrainSettings, train_cluster
+    from maml_anomaly.core.tasks import lag_spec
+    from maml_anomaly.core.training import TrainSettings, train_cluster
 
     settings = TrainSettings(iterations=iterations, max_series=n_series, time_budget_s=time_budget_s, seed=seed)
     matrix = seasonal_panel(n_series, seed=seed)
@@ -122,8 +122,8 @@ def run(
     fdr: float = 0.01, anomaly_share: float = 0.02, seed: int = 0, chunk: int = 10_000, batch_size: int = 10_000,
 ) -> dict:
     """Both checks; returns the figures as a JSON-ready dict."""
-    from maml_anomaly.alerts import AlertRules, apply_alerts, bh_qvalues
-    from maml_anomaly.scoring import score_to_p
+    from maml_anomaly.core.alerts import AlertRules, apply_alerts, bh_qvalues
+    from maml_anomaly.core.scoring import score_to_p
 
     started = time.perf_counter()
     if cluster is None:
@@ -202,7 +202,7 @@ def run(
 
 def _event_fdp(scores: pd.DataFrame, labels: np.ndarray) -> dict:
     """Events (runs of consecutive flags) that hold no altered point, among all events."""
-    from maml_anomaly.alerts import make_grid, runs
+    from maml_anomaly.core.alerts import make_grid, runs
 
     grid = make_grid(scores["unique_id"].to_numpy(), scores["ds"].to_numpy())
     idx, run = runs(grid, scores["is_anomaly"].to_numpy(bool)[grid.order])

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from maml_anomaly.benchmarks import detection
-from maml_anomaly.evaluation import as_windows, threshold_at_far, window_of
+from maml_anomaly.core.evaluation import as_windows, threshold_at_far, window_of
 
 
 def _marked(scores: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:

@@ -16,7 +16,7 @@ them against the same labels:
   rate on the test points (no labels).
 
 Methods: `maml` (fit-clusters, meta-train, backtest through the pipeline), `seasonal_naive`,
-`holt_winters` (maml_anomaly.baselines). All use the same period per series: the one fit-clusters
+`holt_winters` (maml_anomaly.core.baselines). All use the same period per series: the one fit-clusters
 found when `maml` runs first, otherwise the data set's hint (sample: true periods; NAB: the daily
 cycle at each series' step; M4: 24).
 """
@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maml_anomaly import baselines
+from maml_anomaly.core import baselines
 from maml_anomaly.config import ColumnConfig, Config
-from maml_anomaly.io import read_long
+from maml_anomaly.data.read import read_long
 from maml_anomaly.sample import make_sample
-from maml_anomaly.evaluation import evaluate_scores
+from maml_anomaly.core.evaluation import evaluate_scores
 
 log = logging.getLogger(__name__)
 DATA = Path("/work/shared/data")
@@ -120,7 +120,7 @@ def run_baseline(name: str, data: Dataset, period: pd.Series) -> pd.DataFrame:
 
 def run_maml(data: Dataset, workdir: Path, config: Config) -> tuple[pd.DataFrame, pd.Series]:
     """fit-clusters and meta-train on the training part, backtest over the scored days."""
-    from maml_anomaly import pipeline
+    from maml_anomaly import api as pipeline
 
     workdir.mkdir(parents=True, exist_ok=True)
     train_path, all_path = workdir / "train.parquet", workdir / "values.parquet"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maml_anomaly.periodicity import detect_periods
+from maml_anomaly.core.periodicity import detect_periods
 
 HOUR, DAY = 3600.0, 86400.0
 MONTH = 365.25 * DAY / 12

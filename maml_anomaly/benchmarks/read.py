@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maml_anomaly.config import ColumnConfig
-from maml_anomaly.io import build_panel, read_long
+from maml_anomaly.data.read import build_panel, read_long
 
 
 def write_synthetic(path: Path, n_series: int, n_points: int, seed: int = 0, order: str = "shuffled") -> int:

@@ -215,7 +215,7 @@ def _child(step: str, args: dict[str, Any]) -> dict[str, Any]:
     """The body of one step process: call the pipeline function (or AutoETS) and time it."""
     import logging
 
-    from maml_anomaly import pipeline
+    from maml_anomaly import api as pipeline
     from maml_anomaly.config import Config
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
@@ -225,8 +225,9 @@ def _child(step: str, args: dict[str, Any]) -> dict[str, Any]:
         result = pipeline.fit_clusters(config=config, input=Path(args["input"]), model_dir=Path(args["model_dir"]), overwrite=True)
     elif step == "meta-train":
         result = pipeline.meta_train(config=config, input=Path(args["input"]), model_dir=Path(args["model_dir"]), overwrite=True)
-    elif step == "daily-score":
-        result = pipeline.daily_score(config=config, input=Path(args["input"]), model_dir=Path(args["model_dir"]), output=Path(args["output"]))
+    elif step in ("daily-score", "daily-score-ray"):
+        result = pipeline.daily_score(config=config, input=Path(args["input"]), model_dir=Path(args["model_dir"]), output=Path(args["output"]),
+                                      engine="ray" if step == "daily-score-ray" else "local")
     elif step == "autoets":
         result = _autoets(args)
     else:
@@ -307,9 +308,14 @@ def bench_config(config_dict: dict[str, Any], freq: str) -> dict[str, Any]:
 
 def run_scale_benchmark(
     *, config_dict: dict[str, Any], series: int, freq: str = "D", seed: int = 0, workdir: Path | None = None,
-    autoets_series: int = 300, nice: int = 0, steps: tuple[str, ...] = STEPS, log=print,
+    autoets_series: int = 300, nice: int = 0, steps: tuple[str, ...] = STEPS, engine: str = "local", log=print,
 ) -> dict[str, Any]:
-    """Generate (or reuse) the data, run each step in its own process, then AutoETS on a sample."""
+    """Generate (or reuse) the data, run each step in its own process, then AutoETS on a sample.
+
+    ``engine="ray"``: daily-score runs on the local engine and then on Ray, in the same run.
+    """
+    if engine == "ray":
+        steps = (*steps, "daily-score-ray")
     workdir = Path(workdir) if workdir is not None else default_workdir()
     spec = SyntheticSpec(series, freq, seed)
     log(f"data: {series:,} {freq} series of {spec.n_points} points in {workdir}")
@@ -321,7 +327,7 @@ def run_scale_benchmark(
     results: dict[str, Any] = {}
     for step in steps:
         log(f"running {step} ...")
-        args = dict(common, output=str(run_dir / "scores.parquet"))
+        args = dict(common, output=str(run_dir / ("scores-ray.parquet" if step.endswith("-ray") else "scores.parquet")))
         results[step] = run_step(step, args, nice=nice)
         _rates(results[step], series)
         log("  " + _step_line(results[step]))
@@ -349,6 +355,19 @@ def run_scale_benchmark(
         "steps": results,
         "autoets": ets,
         "autoets_ratio": _ratio(results.get("daily-score"), ets, series),
+        "ray_over_local": _engine_ratio(results),
+    }
+
+
+def _engine_ratio(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Ray's daily-score beside the local engine's in the same run: wall time and the driver's own peak memory."""
+    local, ray = results.get("daily-score"), results.get("daily-score-ray")
+    if not (local and ray and local.get("ok") and ray.get("ok")):
+        return None
+    return {
+        "wall_ratio": round(ray["seconds"] / max(local["seconds"], 1e-9), 2),
+        "ray_driver_peak_rss_gb": round(ray["max_rss_self_bytes"] / 1e9, 3),
+        "local_driver_peak_rss_gb": round(local["max_rss_self_bytes"] / 1e9, 3),
     }
 
 
@@ -407,6 +426,12 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for r in report["steps"].values():
         lines.append("  " + _step_line(r))
+    if report.get("ray_over_local"):
+        e = report["ray_over_local"]
+        lines.append(
+            f"  daily-score on Ray: {e['wall_ratio']:.2f}x the local engine's wall time; driver peak memory "
+            f"{e['ray_driver_peak_rss_gb']:.2f} GB (local: {e['local_driver_peak_rss_gb']:.2f} GB)"
+        )
     ets = report["autoets"]
     res = ets.get("result", {}) if ets.get("ok") else {}
     if not ets.get("ok"):
@@ -428,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="one step of bench scale (internal)")
-    parser.add_argument("--step", required=True, choices=[*STEPS, "autoets"])
+    parser.add_argument("--step", required=True, choices=[*STEPS, "daily-score-ray", "autoets"])
     parser.add_argument("--args", required=True, help="JSON arguments")
     ns = parser.parse_args(argv)
     print(json.dumps(_child(ns.step, json.loads(ns.args))), flush=True)

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from maml_anomaly.maml import Params, adapt_tasks, masked_mse, predict, task_query_losses
-from maml_anomaly.model import Forecaster, init_params
+from maml_anomaly.core.maml import Params, adapt_tasks, masked_mse, predict, task_query_losses
+from maml_anomaly.core.model import Forecaster, init_params
 
 PAPER_K_SHOTS = (5, 10, 20)
 EVAL_SEED = 600_2017  # the 600 evaluation tasks never depend on the training seed

@@ -1,13 +1,35 @@
-"""Engines that run the same scoring function somewhere else than in this process.
+"""Engines: where the per-batch functions of :mod:`maml_anomaly.batch` run; never what they compute.
 
-``local`` (the default) is the embedded path in :mod:`maml_anomaly.pipeline`. ``ray`` runs
-:func:`maml_anomaly.pipeline.score_batch` (daily-score, backtest) and
-:func:`maml_anomaly.pipeline.summarise_batch` (fit-clusters) on Ray Data workers
-(:mod:`.ray_engine`, optional extra ``maml-anomaly[ray]``). Engines only move whole series to
-workers and rows or summaries back: the scoring and the period detection know nothing about them.
+One interface, :class:`~.base.Engine`: ``map_batches(fn, payload, source, codec)`` reads ``source``
+as batches of whole series, calls ``fn(payload, frame)`` on each and yields the results (a remote
+engine sends them back through ``codec``). ``local``
+(:mod:`.local`: the streamed reader, a pool of spawned processes) and ``ray``
+(:mod:`.ray_engine`: Ray Data workers grouped by a stable hash of the series id; optional extra
+``maml-anomaly[ray]``) implement it. Commands choose an engine with :func:`get_engine`.
 """
 
-ENGINES = ("local", "ray")
-RAY_INSTALL = 'pip install "maml-anomaly[ray]"'
+from __future__ import annotations
 
-__all__ = ["ENGINES", "RAY_INSTALL"]
+from maml_anomaly.config import Config
+from maml_anomaly.engines.base import RAY_INSTALL, Engine, Source
+from maml_anomaly.errors import ConfigError
+
+ENGINES = ("local", "ray")
+
+
+def get_engine(name: str, config: Config, *, address: str | None = None, processes: int = 1) -> Engine:
+    """The engine called ``name`` (ConfigError for an unknown one, or Ray missing)."""
+    if name not in ENGINES:
+        raise ConfigError(f"--engine must be local or ray; found {name!r}.")
+    if address is not None and name != "ray":
+        raise ConfigError("--ray-address joins a Ray cluster, which only --engine ray uses; add --engine ray.")
+    if name == "ray":
+        from maml_anomaly.engines.ray_engine import RayEngine
+
+        return RayEngine(config, address=address)
+    from maml_anomaly.engines.local import LocalEngine
+
+    return LocalEngine(threads=config.runtime.threads, processes=processes)
+
+
+__all__ = ["ENGINES", "RAY_INSTALL", "Engine", "Source", "get_engine"]

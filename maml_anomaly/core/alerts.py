@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from maml_anomaly.config import DIRECTIONS, AlertConfig
-from maml_anomaly.scoring import STATUS_OK, score_to_p
+from maml_anomaly.core.scoring import STATUS_OK, score_to_p
 
 #: columns added to the scores frame after the SPEC's leading columns (and scoring's p_value)
 ALERT_COLUMNS = ("p_value", "q_value", "suppressed")

@@ -9,12 +9,19 @@ buffer (missing timestamps and missing values are both NaN); rows off the grid a
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from maml_anomaly.config import ColumnConfig
+from maml_anomaly.data.schemas import READ_ATTR, ReadReport
 from maml_anomaly.errors import InputError
+
+log = logging.getLogger(__name__)
 
 _INT64_MAX = np.iinfo(np.int64).max
 _INT64_MIN = np.iinfo(np.int64).min
@@ -362,3 +369,164 @@ def _off_grid_frame(codes: np.ndarray, t: np.ndarray, y: np.ndarray) -> pd.DataF
             "y": np.asarray(y, np.float64),
         }
     )
+
+
+# -- a long frame as a panel ----------------------------------------------------------------------
+
+
+def build_panel(frame: pd.DataFrame, snap_tolerance: float = 0.0) -> tuple[Panel, ReadReport]:
+    """Panel of a long frame (unique_id, ds, y), rows in any order; duplicates are an error here.
+
+    snap_tolerance: see :meth:`Panel.from_sorted` (0 = rows must lie exactly on their grid).
+    """
+    for col in ("unique_id", "ds", "y"):
+        if col not in frame.columns:
+            raise InputError(f"expected a column {col!r}; found {list(frame.columns)}.")
+    counts = frame.attrs.get(READ_ATTR, {})
+    ids, codes = _factorize(frame["unique_id"])
+    t = pd.to_datetime(frame["ds"]).to_numpy(dtype="datetime64[ns]").view(np.int64)
+    y = frame["y"].to_numpy(dtype=np.float64, na_value=np.nan)  # a view when already float64
+    inf = np.isinf(y)  # (N,)
+    n_inf = int(inf.sum())
+    if n_inf:
+        y = np.where(inf, np.nan, y)
+    del inf
+    order = sort_order(codes, t)
+    if order is not None:  # one permuted copy at a time, each original freed at once
+        codes = codes[order]
+        t = t[order]
+        y = y[order]
+        del order
+    codes, t, y, n_dup = resolve_duplicates(ids, codes, t, y, "error", ColumnConfig())
+    panel = Panel.from_sorted(ids, codes, t, y, snap_tolerance)
+    report = ReadReport(
+        rows=int(counts.get("rows", len(frame))),
+        series=panel.n_series,
+        grid_points=int(panel.values.shape[0]),
+        missing=int(np.isnan(panel.values).sum()),
+        off_grid=len(panel.off_grid),
+        duplicates=int(counts.get("duplicates", 0)),
+        non_finite=int(counts.get("non_finite", n_inf)),
+        snapped=panel.snapped,
+    )
+    return panel, report
+
+
+def _factorize(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(ids.dtype, pd.CategoricalDtype):
+        cats = ids.cat.categories.to_numpy()
+        codes = ids.cat.codes.to_numpy()  # (N,) a view, int8..int32 (Panel.from_sorted takes any int)
+        if (codes < 0).any():
+            raise InputError("column 'unique_id' has null ids; expected every row to name its series.")
+        if not (len(cats) < 2 or np.all(cats[1:] > cats[:-1])):
+            sort = np.argsort(cats, kind="stable")
+            rank = np.empty_like(sort)
+            rank[sort] = np.arange(sort.shape[0])
+            cats, codes = cats[sort], rank[codes]
+        used = np.zeros(len(cats), bool)
+        used[codes] = True
+        if not used.all():  # drop unused categories so every id owns rows
+            remap = np.cumsum(used) - 1
+            cats, codes = cats[used], remap[codes]
+        ids_out = cats.astype(np.int64) if cats.dtype.kind in "iu" else cats.astype(object)
+        return ids_out, codes
+    if ids.isna().any():
+        raise InputError("column 'unique_id' has null ids; expected every row to name its series.")
+    codes, uniques = pd.factorize(ids, sort=True)
+    uniques = np.asarray(uniques)
+    ids_out = uniques.astype(np.int64) if uniques.dtype.kind in "iu" else uniques.astype(object)
+    return ids_out, codes.astype(np.int64)
+
+
+#: Rows per block in the checks below: bounds their temporaries at a few MB.
+_BLOCK = 1 << 20
+
+
+def sort_order(codes: np.ndarray, t: np.ndarray) -> np.ndarray | None:
+    """Permutation sorting rows by (code, ds) (stable: first/last policies keep input order),
+    or None when they already are."""
+    n = codes.shape[0]
+    if n < 2:
+        return None
+    if _is_sorted(codes, t):
+        return None
+    if _is_monotonic(t):  # time-ordered input (daily appends): a stable sort by series suffices
+        return np.argsort(codes, kind="stable")  # timsort: fast on the runs such input has
+    key = _combined_key(codes, t)
+    if key is not None:  # one int64 key: numpy's stable argsort beats arrow's two-key sort
+        return np.argsort(key, kind="stable")
+    keys = pa.table({"code": codes, "t": t})
+    return pc.sort_indices(keys, sort_keys=[("code", "ascending"), ("t", "ascending")]).to_numpy()
+
+
+def _is_sorted(codes: np.ndarray, t: np.ndarray) -> bool:
+    """Whether rows are sorted by (code, ds), checked block by block (no row-sized temporary)."""
+    n = codes.shape[0]
+    for lo in range(0, n - 1, _BLOCK):
+        hi = min(n, lo + _BLOCK + 1)  # blocks overlap by one row
+        dc = np.diff(codes[lo:hi])
+        if not ((dc >= 0).all() and ((dc > 0) | (np.diff(t[lo:hi]) >= 0)).all()):
+            return False
+    return True
+
+
+def _is_monotonic(t: np.ndarray) -> bool:
+    n = t.shape[0]
+    return all((np.diff(t[lo : min(n, lo + _BLOCK + 1)]) >= 0).all() for lo in range(0, n - 1, _BLOCK))
+
+
+def _combined_key(codes: np.ndarray, t: np.ndarray) -> np.ndarray | None:
+    """(N,) int64 code * span + (ds - first ds) / g, ordered like (code, ds); None if it would
+    overflow. g is the gcd of all ds offsets (a day for daily data), which keeps the span small."""
+    t0 = int(t.min())
+    g = 0
+    for lo in range(0, t.shape[0], _BLOCK):
+        g = int(np.gcd(g, np.gcd.reduce(t[lo : lo + _BLOCK] - t0)))
+    g = max(g, 1)
+    span = (int(t.max()) - t0) // g + 1
+    if (int(codes.max()) + 1) * span >= np.iinfo(np.int64).max:
+        return None
+    key = codes.astype(np.int64)  # (N,)
+    key *= span
+    for lo in range(0, t.shape[0], _BLOCK):
+        key[lo : lo + _BLOCK] += (t[lo : lo + _BLOCK] - t0) // g
+    return key
+
+
+def resolve_duplicates(
+    ids: np.ndarray, codes: np.ndarray, t: np.ndarray, y: np.ndarray, policy: str, columns: ColumnConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Apply the duplicate policy to rows sorted by (code, ds); returns rows and the dropped count."""
+    if codes.shape[0] < 2:
+        return codes, t, y, 0
+    dup = (codes[1:] == codes[:-1]) & (t[1:] == t[:-1])  # (N-1,) row i+1 repeats row i
+    n_dup = int(dup.sum())
+    if n_dup == 0:
+        return codes, t, y, 0
+    if policy == "error":
+        rows = np.flatnonzero(dup) + 1
+        keys = sorted({(ids[codes[r]], pd.Timestamp(t[r])) for r in rows[:200]})[:5]
+        shown = "; ".join(f"{i!r} at {ts}" for i, ts in keys)
+        raise InputError(
+            f"input has {n_dup:,} duplicate rows: {n_dup:,} rows repeat the ({columns.id_col}, "
+            f"{columns.time_col}) of another row, e.g. {shown}. Expected one row per series and "
+            "timestamp; aggregate them upstream or choose a policy with --on-duplicate "
+            "first|last|mean."
+        )
+    new_group = np.r_[True, ~dup]  # (N,) first row of each (code, ds) group
+    group_start = np.flatnonzero(new_group)
+    if policy == "first":
+        keep = group_start
+        y_out = y[keep]
+    elif policy == "last":
+        keep = np.r_[group_start[1:] - 1, codes.shape[0] - 1]
+        y_out = y[keep]
+    else:  # mean of the non-missing values; NaN when none
+        keep = group_start
+        finite = ~np.isnan(y)
+        sums = np.add.reduceat(np.where(finite, y, 0.0), group_start)
+        counts = np.add.reduceat(finite.astype(np.int64), group_start)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            y_out = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    log.warning("%d duplicate rows resolved with --on-duplicate %s", n_dup, policy)
+    return codes[keep], t[keep], y_out, n_dup

@@ -1,4 +1,4 @@
-"""The model directory: manifest, clusters, JSON reports and weights, with version and checksum checks.
+"""The model directory: every file name and format version, manifest, clusters, reports and weights.
 
 Layout (plain, inspectable, safe to load; never a pickle)::
 
@@ -17,18 +17,22 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from maml_anomaly import __version__
 from maml_anomaly.config import ColumnConfig, Config
+from maml_anomaly.data.panel import Panel
+from maml_anomaly.data.write import write_bytes_atomic
 from maml_anomaly.errors import ModelDirError
-from maml_anomaly.io import write_bytes_atomic
 
 FORMAT_VERSION = 3  # 2: lags relative to the last value, reference y[t-1] + seasonal step; 3: step unclipped, lag 2p+1 (seasonal_step)
 MANIFEST = "manifest.json"
@@ -294,12 +298,183 @@ class ModelDir:
         return path
 
 
+# -- what scoring reads back ----------------------------------------------------------------------
+
+DETECTOR = "detector.json"  # cluster -> weights file and what scoring needs to rebuild the model
+DETECTOR_FORMAT = 1
+TRAINING_REPORT = "training_report.json"
+CLUSTERER = "clusterer.json"  # PeriodClusterer state written by fit-clusters
+
+
+def open_trained(model_dir: Path) -> ModelDir:
+    """A model directory with a valid manifest and clusters (ModelDirError otherwise)."""
+    md = ModelDir(model_dir)
+    md.read_manifest()
+    if not md.has(CLUSTERS):
+        raise ModelDirError(
+            f"model directory {md.path} has no {CLUSTERS}. Run fit-clusters with this --model-dir first."
+        )
+    return md
+
+
+def weight_files(md: ModelDir) -> list[str]:
+    """The weights files meta-train wrote (names)."""
+    return sorted(p.name for p in md.path.glob("*.safetensors"))
+
+
+def load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
+    """Cluster names and their ClusterModels, as meta-train wrote them."""
+    from maml_anomaly.core.scoring import ClusterModel  # torch: imported when scoring, not for --help
+
+    if not md.has(DETECTOR):
+        raise ModelDirError(
+            f"model directory {md.path} has no trained forecasters ({DETECTOR} is missing). "
+            "Run meta-train with this --model-dir first."
+        )
+    index = md.load_json(DETECTOR)
+    if index.get("format") != DETECTOR_FORMAT:
+        raise ModelDirError(
+            f"{md.path / DETECTOR} has format {index.get('format')!r}; this version reads format "
+            f"{DETECTOR_FORMAT}. Re-run meta-train with --overwrite."
+        )
+    names, models = [], []
+    for name in sorted(index["clusters"]):
+        meta = index["clusters"][name]
+        tensors, _ = md.load_weights(meta["weights"])
+        params = {k: v for k, v in tensors.items() if not k.startswith("inner_lr/")}
+        lrs = {k[len("inner_lr/"):]: v for k, v in tensors.items() if k.startswith("inner_lr/")} or None
+        names.append(name)
+        models.append(ClusterModel.from_metadata(meta, params, inner_lrs=lrs))
+    return names, models
+
+
+@dataclass(frozen=True)
+class ClusterIndex:
+    """clusters.parquet loaded once, looked up per batch of series by hashing (no per-batch reread)."""
+
+    names: list[str]  # sorted cluster names
+    index: Any  # (C,) unique_id of every clustered series: IdLookup (pd.Index in a batch's subset)
+    code: np.ndarray  # (C,) int64 position of each series' cluster in ``names``
+    period: np.ndarray  # (C,) int64
+    max_step_ns: int  # the largest step among clustered series (0 when unknown)
+
+    @classmethod
+    def load(cls, md: ModelDir) -> ClusterIndex:
+        """Read clusters.parquet as Arrow columns: no Python object per series (2M of them at scale)."""
+        table = md.load_clusters_table()
+        clusters = table.column("cluster").combine_chunks()
+        if not pa.types.is_dictionary(clusters.type):
+            clusters = pc.dictionary_encode(clusters.cast(pa.string()))
+        labels = [str(v) for v in clusters.dictionary.to_pylist()]
+        names = sorted(set(labels))
+        remap = np.asarray([names.index(v) for v in labels], np.int64)  # dictionary position -> sorted name
+        code = remap[clusters.indices.to_numpy(zero_copy_only=False)] if labels else np.zeros(0, np.int64)
+        max_step = 0
+        if "step" in table.column_names and pa.types.is_duration(table.schema.field("step").type):
+            steps = table.column("step").cast(pa.duration("ns")).fill_null(0).to_numpy().view(np.int64)
+            max_step = int(steps[steps > 0].max(initial=0))
+        elif "step_seconds" in table.column_names:
+            steps = table.column("step_seconds").to_numpy().astype(np.float64)
+            max_step = int(np.nanmax(steps, initial=0.0) * 1e9) if np.isfinite(steps).any() else 0
+        index = IdLookup(table.column("unique_id").combine_chunks())
+        period = table.column("period").to_numpy().astype(np.int64)
+        del table, clusters
+        pa.default_memory_pool().release_unused()  # the decoded file: about 200 MB at 2M series
+        return cls(names, index, code, period, max_step)
+
+    def subset(self, frame: pd.DataFrame) -> ClusterIndex:
+        """The entries of the series in ``frame`` only: what a worker needs for one batch."""
+        col = frame["unique_id"]
+        ids = col.cat.categories.to_numpy() if isinstance(col.dtype, pd.CategoricalDtype) else np.unique(col.to_numpy())
+        index = self.index
+        if (index.dtype.kind in "iu") != (np.asarray(ids).dtype.kind in "iu"):
+            ids, index = np.asarray(ids).astype(str).astype(object), pd.Index(index.take(np.arange(len(index)))).astype(str)
+        pos = index.get_indexer(ids)
+        pos = pos[pos >= 0]
+        return ClusterIndex(self.names, pd.Index(self.index.take(pos)), self.code[pos], self.period[pos], self.max_step_ns)
+
+    def example_ids(self) -> pd.Series:
+        """A few clustered ids (their type is what batch.check_id_kinds compares)."""
+        return pd.Series(self.index.take(np.arange(min(len(self.index), 3))))
+
+    def lookup(self, panel: Panel) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """As ``batch.series_clusters``: names, (S,) cluster index per panel series (-1 unknown), (S,) period."""
+        pos = self.index.get_indexer(panel.ids)  # (S,) -1 where unseen (id kinds checked by batch.check_id_kinds)
+        known = pos >= 0
+        if not known.any():  # a batch of series fit-clusters never saw (its subset is empty)
+            return self.names, np.full(pos.size, -1, np.int64), np.zeros(pos.size, np.int64)
+        cluster_of = np.where(known, self.code[np.maximum(pos, 0)], -1)
+        period_of = np.where(known, self.period[np.maximum(pos, 0)], 0)
+        return self.names, cluster_of, period_of
+
+
+class IdLookup:
+    """Positions of ids in a large id column, without a hash table of Python objects.
+
+    pd.Index over 2,000,000 string ids held about 415 MB in the scoring process (the strings and
+    the index's hash table); this holds the ids as one Arrow array plus their sorted 64-bit
+    hashes (about 45 bytes per id): a query hashes its ids, finds them by binary search and
+    confirms each match against the stored id, so a hash collision never maps a wrong series.
+    Integer ids are their own sorted keys.
+    """
+
+    _HASH_CHUNK = 200_000  # ids turned into Python strings at a time while hashing
+
+    def __init__(self, ids) -> None:
+        self.ids = ids if isinstance(ids, pa.Array) else pa.array(ids, from_pandas=True)  # (C,) as stored
+        if pa.types.is_dictionary(self.ids.type):
+            self.ids = self.ids.cast(self.ids.type.value_type)
+        self.dtype = np.dtype(np.int64) if pa.types.is_integer(self.ids.type) else np.dtype(object)
+        keys = np.concatenate(
+            [np.zeros(0, np.uint64)]
+            + [self._keys(self.ids.slice(lo, self._HASH_CHUNK).to_numpy(zero_copy_only=False))
+               for lo in range(0, len(self.ids), self._HASH_CHUNK)]
+        )  # (C,) uint64 hashes, or the integer ids themselves
+        self.order = np.argsort(keys, kind="stable")  # (C,) sorted position -> id position
+        self.keys = keys[self.order]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _keys(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.dtype.kind in "iu":
+            return ids.astype(np.int64)
+        return pd.util.hash_array(ids.astype(object), categorize=False)  # (n,) uint64
+
+    def take(self, pos: np.ndarray) -> np.ndarray:
+        """The ids at positions ``pos`` (numpy)."""
+        return self.ids.take(np.asarray(pos, np.int64)).to_numpy(zero_copy_only=False)
+
+    def get_indexer(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) int64 position of each id, -1 where absent (as ``pd.Index.get_indexer``)."""
+        ids = np.asarray(ids)
+        if not len(self) or not ids.size:
+            return np.full(ids.size, -1, np.int64)
+        h = self._keys(ids)
+        i = np.minimum(np.searchsorted(self.keys, h), self.keys.size - 1)  # (n,)
+        hit = self.keys[i] == h
+        # equal hashes form a run in the sorted keys: try each member of the run (almost always one)
+        pos = np.full(ids.size, -1, np.int64)
+        cand = np.flatnonzero(hit)
+        j = i[cand]
+        while cand.size:
+            at = self.order[j]
+            same = pc.equal(self.ids.take(at), pa.array(ids[cand], from_pandas=True)).to_numpy(zero_copy_only=False)
+            pos[cand[same]] = at[same]
+            nxt = j[~same] + 1
+            more = nxt < self.keys.size
+            more[more] = self.keys[nxt[more]] == h[cand[~same]][more]
+            cand, j = cand[~same][more], nxt[more]
+        return pos
+
+
 # -- helpers -----------------------------------------------------------------------------------
 
 
 def _clean_stale_temps(folder: Path) -> None:
     """Remove the temporary files (``.NAME.PID.*.tmp``) of killed runs in ``folder``."""
-    from maml_anomaly.io import clean_stale_temps
+    from maml_anomaly.data.write import clean_stale_temps
 
     for name in {t.name[1:].rsplit(".", 3)[0] for t in folder.glob(".*.*.*.tmp")}:
         clean_stale_temps(folder / name)

@@ -19,10 +19,10 @@ import torch
 from scipy import stats
 from scipy.special import log_ndtr, ndtr, ndtri
 
-from maml_anomaly import fast_adapt
-from maml_anomaly.maml import adapt_tasks, expand_params, predict
-from maml_anomaly.model import Forecaster
-from maml_anomaly.tasks import (
+from maml_anomaly.core import fast_adapt
+from maml_anomaly.core.maml import adapt_tasks, expand_params, predict
+from maml_anomaly.core.model import Forecaster
+from maml_anomaly.core.tasks import (
     MAD_TO_SD,
     TARGET_CLIP,
     MEAN_AD_TO_SD,

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from maml_anomaly.maml import InnerLrs, Params, _lrs_at
-from maml_anomaly.model import Forecaster
+from maml_anomaly.core.maml import InnerLrs, Params, lrs_at
+from maml_anomaly.core.model import Forecaster
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def adapt_huber(
             d = (out[..., 0] - y).clamp_(-delta, delta).mul_(dscale).unsqueeze(-1)  # (B, K, 1) dLoss/dOutput
             if out.shape[-1] > 1:
                 d = torch.nn.functional.pad(d, (0, out.shape[-1] - 1))  # other outputs are not scored
-            lrs = _lrs_at(inner_lrs, step)
+            lrs = lrs_at(inner_lrs, step)
             for i in range(n_layers - 1, -1, -1):
                 d_in = None
                 if i > 0:  # backprop through the pre-update weights, then ReLU
@@ -176,7 +176,7 @@ def adapt_and_predict(
     fn = _kernel() if x.device.type == "cpu" and x.dtype == torch.float32 else None
     if fn is None:
         adapted = adapt_huber(model, params, x, y, weight, steps=steps, lr=lr, inner_lrs=inner_lrs, delta=delta)
-        from maml_anomaly.maml import predict
+        from maml_anomaly.core.maml import predict
 
         return predict(model, adapted.params, x_pred)[..., 0], adapted.pred_support_init[..., 0]
     return _run_kernel(fn, model, params, x, y, weight, x_pred, steps=steps, lr=lr, inner_lrs=inner_lrs, delta=delta)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from maml_anomaly.periodicity import cycle_profiles, detect_periods
+from maml_anomaly.core.periodicity import cycle_profiles, detect_periods
 
 __all__ = ["PeriodClusterer", "assign_clusters", "profile_bins", "step_tag"]
 

@@ -60,7 +60,7 @@ def expand_params(params: Params, n_tasks: int) -> Params:
     return {name: p.expand(n_tasks, *p.shape) for name, p in params.items()}
 
 
-def _lrs_at(inner_lrs: InnerLrs | None, step: int) -> Params | None:
+def lrs_at(inner_lrs: InnerLrs | None, step: int) -> Params | None:
     """Learned step sizes for one inner step: one Params for all steps, or one per step."""
     if inner_lrs is None or isinstance(inner_lrs, dict):
         return inner_lrs
@@ -145,7 +145,7 @@ def adapt_tasks(
     second_order = not first_order and _needs_graph(task_params, inner_lrs)
     for step in range(steps):
         task_params = sgd_step(
-            model, task_params, x_support, y_support, lr=lr, inner_lrs=_lrs_at(inner_lrs, step),
+            model, task_params, x_support, y_support, lr=lr, inner_lrs=lrs_at(inner_lrs, step),
             weight=weight, second_order=second_order, loss_fn=loss_fn,
         )
     return task_params
@@ -207,7 +207,7 @@ def task_query_losses(
     step_losses = []
     for step in range(steps):
         task_params = sgd_step(
-            model, task_params, x_support, y_support, lr=lr, inner_lrs=_lrs_at(inner_lrs, step),
+            model, task_params, x_support, y_support, lr=lr, inner_lrs=lrs_at(inner_lrs, step),
             weight=weight_support, second_order=second_order, loss_fn=loss_fn,
         )
         if multi_step:

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from maml_anomaly.maml import predict, task_query_losses
-from maml_anomaly.model import Forecaster, init_params
-from maml_anomaly.scoring import (
+from maml_anomaly.core.maml import predict, task_query_losses
+from maml_anomaly.core.model import Forecaster, init_params
+from maml_anomaly.core.scoring import (
     ClusterModel,
     adapt_and_forecast,
     fit_calibration,
@@ -29,7 +29,7 @@ from maml_anomaly.scoring import (
     per_task,
     shrink_to_reference,
 )
-from maml_anomaly.tasks import (
+from maml_anomaly.core.tasks import (
     LagSpec,
     Tasks,
     gather_windows,

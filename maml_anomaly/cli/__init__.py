@@ -1,0 +1,412 @@
+"""The ``maml-anomaly`` command line: commands only declare options and call one command function.
+
+Results and a one-line summary go to stdout (``--json``: one JSON object instead); logs go to
+stderr. Exit codes: 0 success; 1 an error the user can fix (a MamlAnomalyError, printed as one
+paragraph, no traceback); 2 bad usage. Any other exception is a bug and keeps its traceback.
+"""
+
+# no ``from __future__ import annotations``: typer reads these annotations as objects
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from maml_anomaly import __version__
+from maml_anomaly.cli.options import (
+    RUN_GROUPS,
+    Engine,
+    Freq,
+    InputOpt,
+    ModelDirOpt,
+    OutputOpt,
+    ScoresOpt,
+    alerts_group,
+    config_group,
+    data_group,
+    engine_group,
+    lock_group,
+    log_group,
+    options,
+    overwrite_group,
+    score_group,
+    torch_group,
+)
+from maml_anomaly.commands import demo as demo_command
+from maml_anomaly.commands import evaluate as evaluate_command
+from maml_anomaly.commands import fit_clusters as fit_clusters_command
+from maml_anomaly.commands import meta_train as meta_train_command
+from maml_anomaly.commands import plot as plot_command
+from maml_anomaly.commands import score as score_command
+from maml_anomaly.config import Config
+from maml_anomaly.errors import MamlAnomalyError
+from maml_anomaly.store import jsonable
+
+app = typer.Typer(
+    name="maml-anomaly",
+    help=(
+        "Find the day's anomalies in very many time series with meta-learned (MAML) forecasters.\n\n"
+        "Daily use: fit-clusters, then meta-train (once, or weekly), then daily-score (every day)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+bench_app = typer.Typer(
+    help="Benchmarks: the paper's sine benchmark and daily-score at scale.",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+
+
+def _run(fn: Callable[..., dict[str, Any]], *, flags: dict[str, Any], run: dict[str, Any], **kwargs: Any) -> None:
+    """Build the config, call one command function, print its summary; our errors exit 1."""
+    _setup_logging(run["quiet"], run["verbose"])
+    try:
+        config = Config.load(run.get("config_path"), flags)
+        result = fn(config=config, **kwargs)
+    except MamlAnomalyError as exc:
+        typer.echo(f"Error: {' '.join(str(exc).split())}", err=True)
+        raise typer.Exit(1) from None
+    if run["as_json"]:
+        typer.echo(json.dumps(jsonable({k: v for k, v in result.items() if k != "summary"}), sort_keys=False))
+    else:
+        typer.echo(result.get("summary", ""))
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    logger = logging.getLogger("maml_anomaly")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_maml_cli", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)  # the current stderr (tests swap it)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler._maml_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"maml-anomaly {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Find the day's anomalies in very many time series with meta-learned (MAML) forecasters."""
+
+
+@app.command("fit-clusters")
+@options(data_group, *RUN_GROUPS, torch_group, lock_group, overwrite_group, engine_group)
+def fit_clusters(
+    input: InputOpt,
+    model_dir: ModelDirOpt,
+    min_cluster_size: Annotated[
+        Optional[int], typer.Option(min=1, help="Smallest cluster; smaller groups merge (default: 50).")
+    ] = None,
+    max_subclusters: Annotated[
+        Optional[int], typer.Option(min=1, help="Most shape sub-clusters per period group (default: 8).")
+    ] = None,
+    min_strength: Annotated[
+        Optional[float], typer.Option(min=0.0, max=1.0, help="Least periodic strength to keep a period (default: 0.2).")
+    ] = None,
+    max_period: Annotated[
+        Optional[int], typer.Option(min=0, help="Longest period tried, in steps; 0 = automatic (default: 0).")
+    ] = None,
+    *,
+    flags: dict[str, Any],
+    kwargs: dict[str, Any],
+    run: dict[str, Any],
+) -> None:
+    """Detect each series' dominant period and group the series; write DIR/clusters.parquet."""
+    own = {
+        "min_cluster_size": min_cluster_size,
+        "max_subclusters": max_subclusters,
+        "min_strength": min_strength,
+        "max_period": max_period,
+    }
+    _run(fit_clusters_command.fit_clusters, flags={**flags, **own}, run=run, input=input, model_dir=model_dir, **kwargs)
+
+
+@app.command("meta-train")
+@options(data_group, *RUN_GROUPS, torch_group, lock_group, overwrite_group)
+def meta_train(
+    input: InputOpt,
+    model_dir: ModelDirOpt,
+    k_shot: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="K: support pairs per task (and per series when scoring) (default: 24)."),
+    ] = None,
+    inner_steps: Annotated[
+        Optional[int], typer.Option(min=0, help="Gradient steps of the inner loop (default: 5).")
+    ] = None,
+    inner_lr: Annotated[
+        Optional[float], typer.Option(min=0.0, help="Inner learning rate alpha (default: 0.01).")
+    ] = None,
+    meta_batch_size: Annotated[Optional[int], typer.Option(min=1, help="Tasks per meta-update (default: 32).")] = None,
+    meta_lr: Annotated[
+        Optional[float], typer.Option(min=0.0, help="Outer (Adam) learning rate (default: 0.001).")
+    ] = None,
+    iterations: Annotated[Optional[int], typer.Option(min=0, help="Meta-updates per cluster (default: 2000).")] = None,
+    first_order: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--first-order/--second-order",
+            help="First-order MAML approximation (default: second order).",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, help="Random seed (default: 0).")] = None,
+    time_budget: Annotated[
+        Optional[float], typer.Option(min=0.0, help="Seconds of training per cluster at most (default: 300).")
+    ] = None,
+    *,
+    flags: dict[str, Any],
+    kwargs: dict[str, Any],
+    run: dict[str, Any],
+) -> None:
+    """Meta-train one forecaster per cluster with MAML; write weights and a training report to DIR."""
+    own = {
+        "k_shot": k_shot,
+        "inner_steps": inner_steps,
+        "inner_lr": inner_lr,
+        "meta_batch_size": meta_batch_size,
+        "meta_lr": meta_lr,
+        "iterations": iterations,
+        "first_order": first_order,
+        "seed": seed,
+        "time_budget_s": time_budget,
+    }
+    _run(meta_train_command.meta_train, flags={**flags, **own}, run=run, input=input, model_dir=model_dir, **kwargs)
+
+
+SCORE_GROUPS = (score_group, alerts_group, data_group, *RUN_GROUPS, torch_group, lock_group, engine_group)
+
+
+@app.command("daily-score")
+@options(*SCORE_GROUPS)
+def daily_score(
+    input: InputOpt,
+    model_dir: ModelDirOpt,
+    output: OutputOpt,
+    date: Annotated[
+        Optional[str], typer.Option("--date", help="Day to score, YYYY-MM-DD (default: the last day in the input).")
+    ] = None,
+    *,
+    flags: dict[str, Any],
+    kwargs: dict[str, Any],
+    run: dict[str, Any],
+) -> None:
+    """Score one calendar day: adapt each series' cluster model on its last K points, flag the day's outliers."""
+    _run(
+        score_command.daily_score,
+        flags=flags,
+        run=run,
+        input=input,
+        model_dir=model_dir,
+        output=output,
+        date=date,
+        **kwargs,
+    )
+
+
+@app.command("backtest")
+@options(*SCORE_GROUPS)
+def backtest(
+    input: InputOpt,
+    model_dir: ModelDirOpt,
+    output: OutputOpt,
+    start: Annotated[
+        Optional[str], typer.Option("--start", help="First day, YYYY-MM-DD (default: the input's first day).")
+    ] = None,
+    end: Annotated[
+        Optional[str], typer.Option("--end", help="Last day (inclusive), YYYY-MM-DD (default: the input's last day).")
+    ] = None,
+    *,
+    flags: dict[str, Any],
+    kwargs: dict[str, Any],
+    run: dict[str, Any],
+) -> None:
+    """daily-score for every day of a range, batched across days and series, into one output."""
+    _run(
+        score_command.backtest,
+        flags=flags,
+        run=run,
+        input=input,
+        model_dir=model_dir,
+        output=output,
+        start=start,
+        end=end,
+        **kwargs,
+    )
+
+
+@app.command("evaluate")
+@options(*RUN_GROUPS)
+def evaluate(
+    scores: ScoresOpt,
+    labels: Annotated[
+        Path,
+        typer.Option(
+            "--labels",
+            "-l",
+            help="Labelled anomalies: points (unique_id, ds) or windows (unique_id, start, end) parquet.",
+        ),
+    ],
+    *,
+    run: dict[str, Any],
+) -> None:
+    """Precision, recall, F1, false-alarm rate and forecast error of scores against labelled anomalies."""
+    _run(evaluate_command.evaluate, flags={}, run=run, scores=scores, labels=labels)
+
+
+@app.command("demo")
+@options(*RUN_GROUPS, torch_group, overwrite_group)
+def demo(
+    workdir: Annotated[
+        Path, typer.Option("--workdir", "-w", help="Folder for the sample data, the model and the scores.")
+    ] = Path("demo-run"),
+    *,
+    flags: dict[str, Any],
+    kwargs: dict[str, Any],
+    run: dict[str, Any],
+) -> None:
+    """Make labelled sample data and run the whole pipeline on it in WORKDIR."""
+    _run(demo_command.demo, flags=flags, run=run, workdir=workdir, **kwargs)
+
+
+@app.command("plot")
+@options(data_group, *RUN_GROUPS)
+def plot(
+    input: InputOpt,
+    scores: ScoresOpt,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="PNG file (one --series) or folder (--top N, or several --series) to write."
+        ),
+    ],
+    series: Annotated[
+        Optional[list[str]],
+        typer.Option("--series", help="Series id to plot (repeat for several) (default: the top anomalies)."),
+    ] = None,
+    top: Annotated[
+        int,
+        typer.Option(
+            "--top",
+            min=1,
+            help="Without --series: draw the TOP most significant flagged series, one PNG each, into the folder --output.",
+        ),
+    ] = 5,
+    *,
+    flags: dict[str, Any],
+    run: dict[str, Any],
+) -> None:
+    """A PNG of series with their forecast band and flagged points."""
+    _run(
+        plot_command.plot,
+        flags=flags,
+        run=run,
+        input=input,
+        scores=scores,
+        output=output,
+        series=series or None,
+        top=top,
+    )
+
+
+@bench_app.command("sine")
+@options(torch_group, log_group)
+def bench_sine(
+    k_shot: Annotated[
+        Optional[int], typer.Option(min=1, help="K used in meta-training (default: one model per evaluated K).")
+    ] = None,
+    iterations: Annotated[int, typer.Option(min=0, help="Meta-training iterations (the paper: 70,000).")] = 70000,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    first_order: Annotated[
+        bool, typer.Option("--first-order", help="First-order MAML instead of second order.")
+    ] = False,
+    learn_inner_lr: Annotated[
+        bool, typer.Option("--learn-inner-lr/--no-learn-inner-lr", help="Meta-learn the inner learning rates.")
+    ] = True,
+    eval_tasks: Annotated[int, typer.Option(min=1, help="Fixed evaluation tasks (the paper's code: 600).")] = 600,
+    *,
+    flags: dict[str, Any],
+    run: dict[str, Any],
+) -> None:
+    """The MAML paper's sine-wave regression benchmark: MSE after 1 and 10 steps for K = 5, 10, 20."""
+    from maml_anomaly.benchmarks.commands import bench_sine as command  # benchmarks: reached only from here
+
+    _run(
+        command,
+        flags=flags,
+        run=run,
+        k_shot=k_shot,
+        iterations=iterations,
+        seed=seed,
+        first_order=first_order,
+        learn_inner_lr=learn_inner_lr,
+        eval_tasks=eval_tasks,
+    )
+
+
+@bench_app.command("scale")
+@options(config_group, torch_group, log_group)
+def bench_scale(
+    series: Annotated[int, typer.Option("--series", min=1, help="Synthetic series to score.")] = 2_000_000,
+    freq: Annotated[Freq, typer.Option("--freq", help="D (daily) or h (hourly) series.")] = Freq.D,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the synthetic data.")] = 0,
+    workdir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--workdir", help="Folder for the cached data and the run (default: a folder in the system temp dir)."
+        ),
+    ] = None,
+    autoets_series: Annotated[
+        int, typer.Option("--autoets-series", min=1, help="Series scored by StatsForecast AutoETS for the comparison.")
+    ] = 300,
+    nice: Annotated[
+        int, typer.Option("--nice", min=0, max=19, help="Run the steps at this nice level (shared machines).")
+    ] = 0,
+    engine: Annotated[
+        Engine,
+        typer.Option("--engine", help="ray: daily-score also on Ray, after the local engine, in the same run."),
+    ] = Engine.local,
+    *,
+    flags: dict[str, Any],
+    run: dict[str, Any],
+) -> None:
+    """fit-clusters, meta-train and daily-score on N synthetic series: seconds, series/s and peak memory
+    of each step, beside StatsForecast AutoETS on a sample of the same series."""
+    from maml_anomaly.benchmarks.commands import bench_scale as command  # benchmarks: reached only from here
+
+    _run(
+        command,
+        flags=flags,
+        run=run,
+        series=series,
+        freq=freq.value,
+        seed=seed,
+        workdir=workdir,
+        autoets_series=autoets_series,
+        nice=nice,
+        engine=engine.value,
+    )
+
+
+def main() -> None:
+    """Console-script entry point (``maml-anomaly``)."""
+    app(prog_name="maml-anomaly")
+
+
+if __name__ == "__main__":
+    main()

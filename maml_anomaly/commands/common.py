@@ -1,0 +1,171 @@
+"""What every command shares: the input as one panel, torch setup, days and paths, locks, progress, summaries."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from maml_anomaly.config import Config
+from maml_anomaly.data.panel import Panel, build_panel
+from maml_anomaly.data.read import read_long
+from maml_anomaly.data.schemas import ReadReport
+from maml_anomaly.engines.local import tune_allocator
+from maml_anomaly.errors import ConfigError, InputError
+from maml_anomaly.locking import command_locks
+
+log = logging.getLogger("maml_anomaly.commands")
+
+DAY = np.timedelta64(1, "D")
+
+
+@dataclass(frozen=True)
+class LoadedInput:
+    """A validated input: the long frame (sorted, deduplicated), its panel and what reading found."""
+
+    frame: pd.DataFrame  # unique_id, ds, y sorted by (unique_id, ds)
+    panel: Panel
+    report: ReadReport
+
+    @property
+    def window(self) -> dict[str, Any]:
+        """The data window, as stored in the manifest."""
+        ds = self.frame["ds"]
+        return {
+            "start": ds.min(),
+            "end": ds.max(),
+            "rows": self.report.rows,
+            "series": self.report.series,
+        }
+
+
+def load_input(config: Config, input: Path) -> LoadedInput:
+    """Read, validate and build the panel of an input (InputError on anything wrong)."""
+    frame = read_long(input, config.columns, config.input.on_duplicate)
+    panel, report = build_panel(frame, config.input.snap_tolerance)
+    log.info("read %s: %s", input, report.summary())
+    if report.off_grid:
+        log.warning(
+            "%d rows lie off their series' regular grid; they are kept (Panel.off_grid) and reported",
+            report.off_grid,
+        )
+    return LoadedInput(frame=frame, panel=panel, report=report)
+
+
+def setup_torch(config: Config) -> str:
+    """Set torch's thread count and resolve the device ("auto" -> cuda when available)."""
+    import torch
+
+    tune_allocator()
+    torch.set_num_threads(config.runtime.threads)
+    device = config.runtime.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda was asked for, but torch sees no CUDA device on this machine. Use --device cpu (or auto)."
+        )
+    log.debug("torch: device %s, %d thread(s)", device, config.runtime.threads)
+    return device
+
+
+def parse_day(value: str, option: str) -> np.datetime64:
+    """A YYYY-MM-DD option as datetime64[ns] midnight (InputError with the fix otherwise)."""
+    try:
+        day = pd.Timestamp(pd.to_datetime(value, format="%Y-%m-%d"))
+    except (ValueError, TypeError):
+        raise InputError(f"{option} expects a date as YYYY-MM-DD; found {value!r}.") from None
+    return np.datetime64(day.as_unit("ns").to_datetime64(), "ns")
+
+
+def check_output(output: Path) -> None:
+    """The scores output must be a file path whose folder can be made."""
+    if output.is_dir():
+        raise InputError(f"--output {output} is a directory; expected the path of a parquet file to write.")
+    parent = output.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"--output {output}: {parent} is a file, so the folder cannot be made.")
+
+
+@contextmanager
+def progress(description: str, total: int | None) -> Iterator[Any]:
+    """A rich progress bar on stderr when it is a terminal; a no-op otherwise.
+
+    Use as ``with progress("scoring", n_batches) as advance: ... advance(1)``.
+    """
+    if not sys.stderr.isatty() or not log.isEnabledFor(logging.INFO):
+        yield lambda n=1: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def locked(*, model_shared: bool, output: bool = False):
+    """Run a pipeline function holding its model-directory lock (shared for readers) and output lock.
+
+    A second run on the same model directory or output waits ``config.runtime.lock_timeout``
+    seconds at most, then stops with a message naming the holder (maml_anomaly.locking).
+    """
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*, config: Config, **kwargs: Any) -> dict[str, Any]:
+            model_dir = kwargs["model_dir"]
+            with command_locks(
+                model_dir=None if model_shared and not Path(model_dir).is_dir() else model_dir,
+                model_shared=model_shared,
+                output=kwargs["output"] if output else None,
+                timeout=config.runtime.lock_timeout,
+                command=fn.__name__.replace("_", "-"),
+            ):
+                return fn(config=config, **kwargs)
+
+        return run
+
+    return wrap
+
+
+def command_result(text: str, **fields: Any) -> dict[str, Any]:
+    """A command's result: the one-line human summary and the JSON fields."""
+    return {"summary": text, **fields}
+
+
+def parquet_columns(path: Path, option: str) -> list[str]:
+    if not path.exists():
+        raise InputError(f"{option} {path} does not exist; expected a parquet file.")
+    try:
+        return list(pads.dataset(str(path), format="parquet").schema.names)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(
+            f"could not read {option} {path} as parquet ({exc}); expected a complete parquet file."
+        ) from None
+
+
+def read_parquet_frame(path: Path, option: str, required: list[str]) -> pd.DataFrame:
+    names = parquet_columns(path, option)
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise InputError(
+            f"{option} {path} lacks the columns {missing}; found {names}. Expected a scores file "
+            "written by daily-score or backtest."
+        )
+    try:
+        return pads.dataset(str(path), format="parquet").to_table().to_pandas()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"could not read {option} {path} as parquet ({exc}).") from None

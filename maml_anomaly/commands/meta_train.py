@@ -1,0 +1,177 @@
+"""meta-train: one MAML forecaster per cluster, its calibration and the training report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from maml_anomaly.batch import check_id_kinds, plain_ids
+from maml_anomaly.commands.common import LoadedInput, command_result, load_input, locked, progress, setup_torch
+from maml_anomaly.config import Config
+from maml_anomaly.core.tasks import choose_lag_spec, query_len_for_step, training_window_width
+from maml_anomaly.core.training import TrainSettings, train_cluster
+from maml_anomaly.data.panel import Panel, build_panel
+from maml_anomaly.data.stream import iter_series_frames
+from maml_anomaly.errors import InputError
+from maml_anomaly.store import DETECTOR, DETECTOR_FORMAT, TRAINING_REPORT, ModelDir, open_trained, weight_files
+
+log = logging.getLogger("maml_anomaly.commands")
+
+TRAIN_SAMPLE_MIN_SERIES = 200_000  # inputs with more clustered series are sampled before meta-training
+TRAIN_SAMPLE_PER_CLUSTER = 4_000  # series read per cluster (training itself draws at most max_series)
+
+
+@locked(model_shared=False)
+def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
+    """Meta-train one forecaster per cluster; write weights and the training report."""
+    md = open_trained(model_dir)
+    md.guard_overwrite(weight_files(md) + [n for n in (DETECTOR, TRAINING_REPORT) if md.has(n)], overwrite)
+    setup_torch(config)
+    data = load_training_input(config, md, input)
+    panel = data.panel
+    if not np.isfinite(panel.values).any():
+        raise InputError(
+            f"input {input} has no observed values: every y is null, NaN or infinite, so there is "
+            "nothing to meta-train on. Check the --value-col column and the upstream job."
+        )
+    names, cluster_of, period_of = series_clusters(md, panel)
+    settings = train_settings(config)
+    started = time.perf_counter()
+    index: dict[str, Any] = {}
+    reports: dict[str, Any] = {}
+    with progress("meta-training", len(names)) as advance:
+        for i, name in enumerate(names):
+            rows = np.flatnonzero(cluster_of == i)  # panel positions of the cluster's series
+            period = int(pd.Series(period_of[rows]).mode().iloc[0])
+            steps = panel.step_seconds[rows]
+            step = float(pd.Series(steps[np.isfinite(steps)]).mode().iloc[0]) if np.isfinite(steps).any() else np.nan
+            query_len = query_len_for_step(step)
+            spec = choose_lag_spec(period, panel.lengths[rows], settings.k_shot, query_len)
+            log.info(
+                "cluster %s: %d series, period %d, lags %s, query %d", name, rows.size, period, spec.lags, query_len
+            )
+            model = train_cluster(
+                panel.values,
+                panel.indptr,
+                rows,
+                spec,
+                query_len,
+                settings,
+                log=lambda msg, name=name: log.debug("cluster %s: %s", name, msg),
+            )
+            advance(1)
+            if model is None:
+                reports[name] = {
+                    "skipped": "no series is long enough for one task window",
+                    "n_series": int(rows.size),
+                    "window": training_window_width(spec, settings.k_shot, query_len, room=0),
+                }
+                log.warning("cluster %s: skipped, no series holds a full task window", name)
+                continue
+            file = f"cluster-{i:04d}.safetensors"
+            tensors = dict(model.params)
+            tensors.update({f"inner_lr/{k}": v for k, v in (model.inner_lrs or {}).items()})
+            md.save_weights(file, tensors, {"cluster": name})
+            index[name] = {"weights": file, **model.metadata()}
+            reports[name] = model.report
+            errs = model.report["query_errors"]
+            log.info(
+                "cluster %s: adapted query mse %.4f (no adaptation %.4f, scratch %.4f, transfer %.4f, seasonal naive %.4f)",
+                name,
+                errs["maml_adapted"]["mse"],
+                errs["maml_no_adaptation"]["mse"],
+                errs["scratch_same_steps"]["mse"],
+                errs["transfer_finetuned"]["mse"],
+                errs["seasonal_naive"]["mse"],
+            )
+    md.save_json(DETECTOR, {"format": DETECTOR_FORMAT, "clusters": index})
+    md.save_json(TRAINING_REPORT, reports)
+    extra = dict(md.read_manifest().get("extra", {}))
+    extra["meta_train"] = {
+        "clusters": len(names),
+        "trained": len(index),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    md.write_manifest(config, config.columns, data.window, extra=extra)
+    helped = sum(bool(r.get("adaptation_helps")) for r in reports.values())
+    return command_result(
+        f"meta-trained {len(index)} of {len(names)} clusters in {time.perf_counter() - started:.1f} s; "
+        f"adaptation beat no adaptation and training from scratch in {helped}; report: {md.path / TRAINING_REPORT}",
+        clusters=len(names),
+        trained=len(index),
+        adaptation_helps=helped,
+        seconds=round(time.perf_counter() - started, 2),
+        report=str(md.path / TRAINING_REPORT),
+        query_errors={name: r.get("query_errors") for name, r in reports.items()},
+    )
+
+
+def train_settings(config: Config) -> TrainSettings:
+    t = config.train
+    return TrainSettings(
+        k_shot=t.k_shot,
+        inner_steps=t.inner_steps,
+        inner_lr=t.inner_lr,
+        learn_inner_lr=t.learn_inner_lr,
+        meta_batch_size=t.meta_batch_size,
+        meta_lr=t.meta_lr,
+        iterations=t.iterations,
+        first_order=t.first_order,
+        seed=t.seed,
+        hidden=tuple(t.hidden),
+        time_budget_s=t.time_budget_s,
+    )
+
+
+def load_training_input(config: Config, md: ModelDir, input: Path) -> LoadedInput:
+    """The input meta-train needs: all of it when small, else a seeded sample of each cluster's series.
+
+    Meta-training draws its tasks from at most a few thousand series per cluster, so reading
+    2,000,000 series to train would only cost time and memory: above TRAIN_SAMPLE_MIN_SERIES
+    series, up to TRAIN_SAMPLE_PER_CLUSTER series per cluster are picked (seeded, uniform within
+    each cluster) and only their rows are read, streamed in batches.
+    """
+    clusters = md.load_clusters()
+    if len(clusters) <= TRAIN_SAMPLE_MIN_SERIES:
+        return load_input(config, input)
+    rng = np.random.default_rng(config.train.seed)
+    code = pd.factorize(clusters["cluster"].astype(str), sort=True)[0]  # (C,)
+    order = np.lexsort((rng.random(code.size), code))  # clusters together, random order inside each
+    starts = np.r_[0, np.flatnonzero(np.diff(code[order])) + 1]  # first position of each cluster
+    rank = np.arange(code.size) - np.repeat(starts, np.diff(np.r_[starts, code.size]))  # (C,) rank within cluster
+    picked = np.sort(order[rank < TRAIN_SAMPLE_PER_CLUSTER])
+    ids = clusters["unique_id"].to_numpy()[picked]
+    frames = [
+        f.assign(unique_id=plain_ids(f["unique_id"]))
+        for f in iter_series_frames(input, config.columns, config.input.on_duplicate, ids=ids)
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    panel, report = build_panel(frame, config.input.snap_tolerance)
+    log.info(
+        "meta-train reads a sample of %d of %d series (%d per cluster at most): %s",
+        panel.n_series,
+        len(clusters),
+        TRAIN_SAMPLE_PER_CLUSTER,
+        report.summary(),
+    )
+    return LoadedInput(frame=frame, panel=panel, report=report)
+
+
+def series_clusters(md: ModelDir, panel: Panel) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Cluster names (sorted) and, per panel series, its cluster index (-1 unknown) and period."""
+    clusters = md.load_clusters()
+    names = sorted(clusters["cluster"].astype(str).unique().tolist())
+    check_id_kinds(clusters["unique_id"], panel, md)
+    pos = panel.positions(clusters["unique_id"].to_numpy())  # (C,) panel position of each row
+    known = pos >= 0
+    code = pd.Categorical(clusters["cluster"].astype(str), categories=names).codes.astype(np.int64)
+    cluster_of = np.full(panel.n_series, -1, np.int64)
+    cluster_of[pos[known]] = code[known]
+    period_of = np.zeros(panel.n_series, np.int64)
+    period_of[pos[known]] = clusters["period"].to_numpy(np.int64)[known]
+    return names, cluster_of, period_of

@@ -109,6 +109,24 @@ def find_incidents(
     return Incidents(table, event_incident, int(win_inc.size))
 
 
+def series_steps(unique_id: Any, ds: Any) -> pd.Series:
+    """unique_id -> grid step: the smallest positive gap between a series' points (NaT for one point).
+
+    For callers that have only a file of rows (the panel knows its steps already).
+    """
+    codes, ids = pd.factorize(pd.Series(unique_id), sort=True)
+    t = np.asarray(ds, dtype="datetime64[ns]").view(np.int64)
+    order = np.lexsort((t, codes))
+    c, t = codes[order], t[order]
+    gap = np.diff(t)
+    big = np.iinfo(np.int64).max
+    gap = np.where((c[1:] == c[:-1]) & (gap > 0), gap, big)  # (N-1,) gaps within a series
+    per = np.full(len(ids), big)
+    np.minimum.at(per, c[1:], gap)  # one unbuffered pass over all gaps
+    step = np.where(per == big, np.iinfo(np.int64).min, per).view("timedelta64[ns]")  # int64 min is NaT
+    return pd.Series(step, index=pd.Index(ids, name="unique_id"), name="step")
+
+
 def _event_arrays(events: pd.DataFrame, step: Any, cluster_sizes: Any) -> dict[str, np.ndarray]:
     """Integer codes and int64 ns times of the events; ``ok`` marks those that can join an incident."""
     start = events["start"].to_numpy("datetime64[ns]").view(np.int64)
@@ -340,4 +358,5 @@ __all__ = [
     "incident_line",
     "incidents_schema",
     "incidents_text",
+    "series_steps",
 ]

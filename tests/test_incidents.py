@@ -17,6 +17,7 @@ from maml_anomaly.incidents import (
     incident_line,
     incidents_schema,
     incidents_text,
+    series_steps,
 )
 
 HOUR = pd.Timedelta(hours=1)
@@ -191,3 +192,10 @@ def test_rules_are_checked():
         IncidentRules(min_series=1)
     with pytest.raises(ValueError):
         IncidentRules(alpha=0)
+
+
+def test_series_steps_are_the_smallest_gap_of_each_series():
+    ds = pd.to_datetime(["2024-01-01 00:00", "2024-01-01 02:00", "2024-01-01 03:00", "2024-01-01 00:00",
+                         "2024-01-01 00:05", "2024-01-02 00:00"])
+    steps = series_steps(["h", "h", "h", "m", "m", "d"], ds)
+    assert steps["h"] == HOUR and steps["m"] == pd.Timedelta(minutes=5) and pd.isna(steps["d"])

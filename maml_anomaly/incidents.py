@@ -13,9 +13,9 @@ makes it one incident. Pure numpy / pandas / scipy, no I/O. The rule, with its p
    UTC days its events cover).
 4. A window of a unit is *hot* when at least ``min_series`` distinct series start an event in it
    and either (a) that count ``k`` is improbable if the unit's ``T`` starts were independent and
-   uniform over its ``W`` windows, ``P(Binomial(T, 1/W) >= k) <= alpha``, or (b) ``k`` is at
-   least ``min_share`` of the cluster's series (``cluster_sizes``; a run of one window per
-   series, such as daily series in daily-score, can only be judged this way).
+   uniform over its ``W`` windows, ``P(Binomial(T, 1/W) >= k) <= alpha``, or (b) the run spans
+   at most ``share_windows`` windows (daily series in daily-score: one), where (a) cannot tell,
+   and ``k`` is at least ``min_share`` of the cluster's series (``cluster_sizes``).
 5. Hot windows of one direction whose time ranges overlap or touch are one incident, across
    clusters and steps: an upstream outage seen in three clusters is one incident with a share
    of each. Every event of a hot window belongs to its incident; every other event stays an
@@ -56,7 +56,8 @@ class IncidentRules:
     window_steps: int = 1  # window width in the series' steps: 1 = starts on the same grid point
     min_series: int = 2  # an incident needs at least this many series
     alpha: float = 1e-5  # tail probability of a window's count under independent uniform starts
-    min_share: float = 0.05  # or this share of the unit's series in one window (needs cluster_sizes)
+    min_share: float = 0.1  # or, in runs of few windows, this share of the cluster's series (needs cluster_sizes)
+    share_windows: int = 7  # "few windows": at most this many (a week of daily series)
     top_series: int = 5  # ids listed per incident, by severity
 
     def __post_init__(self) -> None:
@@ -189,7 +190,8 @@ def _hot_windows(
     n_windows = np.maximum(-(-(hi - lo) // w_width), 1)  # (K,) windows the run spans at this width
     tail = binom.sf(k - 1, unit_total, 1.0 / n_windows)  # P(Binomial(T, 1/W) >= k)
     size = np.nan_to_num(ev["cluster_size"][w_unit // len(DIRECTIONS) // len(width_of)], nan=np.inf)  # (K,)
-    hot = (k >= rules.min_series) & ((tail <= rules.alpha) | (k >= rules.min_share * size))
+    by_share = (n_windows <= rules.share_windows) & (k >= rules.min_share * size)
+    hot = (k >= rules.min_series) & ((tail <= rules.alpha) | by_share)
     hot_id = np.where(hot, np.cumsum(hot) - 1, -1)  # (K,)
     take = np.full(ev["ok"].size, -1, np.int64)
     take[ok[order]] = hot_id[win]

@@ -13,9 +13,10 @@ EVIL_ID = "<script>alert(1)</script>"  # series ids are user input
 EVIL_CLUSTER = 'c&"<b>'
 
 
-def scored_run(n_series: int = 12, days: int = 4, seed: int = 0) -> dict:
+def scored_run(n_series: int = 24, days: int = 4, seed: int = 0) -> dict:
     """Hourly daily-cycle series, the last day scored (y_hat = the clean cycle, band +-3 sd), with an
-    outage at 03:00 in half the series (an incident) and a spike in the series named EVIL_ID."""
+    outage at 03:00 in half the series of cluster 1h-p24 (an incident) and a spike in the series
+    named EVIL_ID (cluster EVIL_CLUSTER)."""
     rng = np.random.default_rng(seed)
     ids = np.array([f"s{i:02d}" for i in range(n_series - 1)] + [EVIL_ID], dtype=object)
     cluster = np.where(np.arange(n_series) % 3 == 2, EVIL_CLUSTER, "1h-p24").astype(object)
@@ -25,7 +26,7 @@ def scored_run(n_series: int = 12, days: int = 4, seed: int = 0) -> dict:
     sd = 0.02 * level
     y = clean + sd * rng.standard_normal(clean.shape)
     last = slice(24 * (days - 1), None)
-    hit = np.arange(n_series) % 2 == 0
+    hit = (np.arange(n_series) % 2 == 0) & (cluster == "1h-p24")
     y[np.ix_(hit, np.arange(24 * (days - 1) + 3, 24 * (days - 1) + 6))] = 0.0  # outage 03:00..05:00
     y[-1, 24 * (days - 1) + 15] += 12 * sd[-1, 0]  # a spike
     z = (y[:, last] - clean[:, last]) / sd

@@ -183,8 +183,11 @@ def test_one_series_is_never_an_incident_and_unknown_steps_stay_events():
     found = find_incidents(events, pd.Timedelta(minutes=1), cluster_sizes={"c": 1})
     assert len(found.incidents) == 0
     two = _events([("a", "2024-03-24 03:00", "down", "c"), ("b", "2024-03-24 03:00", "down", "c")])
-    assert len(find_incidents(two, np.array([HOUR, HOUR]), cluster_sizes={"c": 2}).incidents) == 1
-    assert len(find_incidents(two, np.array([HOUR, pd.NaT]), cluster_sizes={"c": 2}).incidents) == 0
+    day = pd.Timedelta(days=1)
+    assert len(find_incidents(two, np.array([day, day]), cluster_sizes={"c": 2}).incidents) == 1
+    assert len(find_incidents(two, np.array([day, pd.NaT]), cluster_sizes={"c": 2}).incidents) == 0
+    # two of two hourly series at once in a day of 24 windows: P = 1/24, not improbable enough
+    assert len(find_incidents(two, HOUR, cluster_sizes={"c": 2}).incidents) == 0
 
 
 def test_rules_are_checked():

@@ -54,8 +54,8 @@ def test_one_chart_per_top_event_with_band_forecast_and_flags(run, page):
 
 
 def test_the_summary_incidents_and_clusters_are_shown(run, page):
-    assert "288" in page and "expected false alarms" in page and "0.8" in page
-    assert "Incidents (1)" in page and "6 series of 1h-p24 4 (50%)" in page
+    assert "576" in page and "expected false alarms" in page and "1.6" in page
+    assert "Incidents (1)" in page and "8 series of 1h-p24 (50%) down at 2024-03-24 03:00..05:00" in page
     assert "Per cluster" in page and page.count("<tr><td>1h-p24</td>") == 1
 
 

@@ -9,8 +9,8 @@ makes it one incident. Pure numpy / pandas / scipy, no I/O. The rule, with its p
 2. Time is cut into *windows* of ``window_steps`` x the series' step, aligned on the epoch
    (hourly series: one window per clock hour). An event belongs to the window its ``start`` is in.
 3. A *unit* is (cluster, direction, step). For each unit, ``T`` = its series with an event
-   starting in the run and ``W`` = the windows the run spans (``span``, by default the whole
-   UTC days its events cover).
+   starting in the run and ``W`` = the windows the run spans (``span``: pass the run's first and
+   last scored timestamps; by default the whole UTC days its events start on).
 4. A window of a unit is *hot* when at least ``min_series`` distinct series start an event in it
    and either (a) that count ``k`` is improbable if the unit's ``T`` starts were independent and
    uniform over its ``W`` windows, ``P(Binomial(T, 1/W) >= k) <= alpha``, or (b) the run spans
@@ -94,7 +94,7 @@ def find_incidents(
     ``step``: the series' grid step, one Timedelta for all, an (E,) timedelta64 array aligned
     with ``events``, or a Series unique_id -> Timedelta; NaT or <= 0 means unknown.
     ``cluster_sizes``: cluster -> series in the run (shares and rule 4b; None: shares are NaN).
-    ``span``: (first, last) timestamps the run scored; default: the UTC days of the events.
+    ``span``: (first, last) timestamps the run scored; default: the UTC days its events start on.
     The result does not depend on the order of the event rows.
     """
     n = len(events)
@@ -161,11 +161,11 @@ def _steps_ns(events: pd.DataFrame, step: Any) -> np.ndarray:
 
 
 def _span_ns(start: np.ndarray, end: np.ndarray, span: tuple[Any, Any] | None) -> tuple[int, int]:
-    """[lo, hi) ns of the run: the given (first, last) or the UTC days its events cover."""
+    """[lo, hi) ns of the run: the given (first, last) or the UTC days its events start on."""
     if span is not None:
         first, last = (pd.Timestamp(t).value for t in span)
         return int(first), int(last) + 1
-    return int(start.min() // NS_PER_DAY * NS_PER_DAY), int((end.max() // NS_PER_DAY + 1) * NS_PER_DAY)
+    return int(start.min() // NS_PER_DAY * NS_PER_DAY), int((start.max() // NS_PER_DAY + 1) * NS_PER_DAY)
 
 
 def _hot_windows(

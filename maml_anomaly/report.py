@@ -80,25 +80,30 @@ def write_report(text: str, path: str | Path) -> Path:
 # -- data ------------------------------------------------------------------------------------------
 
 
-def cluster_counts(scores: pd.DataFrame, events: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per cluster: series, points, ok points, flagged points and events (one factorize, bincounts)."""
-    cluster = scores["cluster"].astype(object).where(scores["cluster"].notna(), "(none)")
-    code, names = pd.factorize(cluster, sort=True)
-    n = len(names)
-    pairs = pd.unique(code.astype(np.int64) * (len(scores) + 1) + pd.factorize(scores["unique_id"])[0])
+def cluster_counts(scores: pd.DataFrame, events: pd.DataFrame | None = None, *, series_code: np.ndarray | None = None) -> pd.DataFrame:
+    """Per cluster: series, points, ok points, flagged points and events; one pass, no sort of the rows.
+
+    ``series_code`` (N,) integer series of each row, when the caller has it (spares factorising
+    millions of string ids). A series is counted in the cluster of its rows (one per series).
+    """
+    code, names = pd.factorize(scores["cluster"], sort=True)  # (N,) -1 where no cluster
+    names = np.append(np.asarray(names, dtype=object), "(none)")
+    code = np.where(code < 0, names.size - 1, code)
+    if series_code is None:
+        series_code = pd.factorize(scores["unique_id"])[0]
+    cluster_of = np.full(int(series_code.max()) + 1 if len(series_code) else 0, -1, np.int64)
+    cluster_of[series_code] = code  # (S,) any row's cluster: one per series
+    n = names.size
     out = pd.DataFrame({
-        "cluster": np.asarray(names, dtype=object),
-        "series": np.bincount(pairs // (len(scores) + 1), minlength=n),
+        "cluster": names,
+        "series": np.bincount(cluster_of[cluster_of >= 0], minlength=n),
         "points": np.bincount(code, minlength=n),
-        "ok": np.bincount(code, weights=(scores["status"] == "ok").to_numpy(bool), minlength=n).astype(np.int64),
+        "ok": np.bincount(code, weights=scores["status"].to_numpy() == "ok", minlength=n).astype(np.int64),
         "flagged": np.bincount(code, weights=scores["is_anomaly"].to_numpy(bool), minlength=n).astype(np.int64),
     })
-    if events is not None and len(events):
-        per = events["cluster"].astype(object).fillna("(none)").value_counts()
-        out["events"] = per.reindex(out["cluster"]).fillna(0).to_numpy(np.int64)
-    else:
-        out["events"] = 0
-    return out
+    per = events["cluster"].astype(object).fillna("(none)").value_counts() if events is not None else pd.Series(dtype=int)
+    out["events"] = per.reindex(out["cluster"]).fillna(0).to_numpy(np.int64)
+    return out[(out["points"] > 0) | (out["cluster"] != "(none)")].reset_index(drop=True)
 
 
 def event_charts(scores: pd.DataFrame, history: pd.DataFrame, events: pd.DataFrame, chosen: pd.DataFrame) -> list[str]:

@@ -89,11 +89,13 @@ def charted_rows(events: pd.DataFrame, step: np.ndarray, days: int = 5) -> tuple
     return pd.concat(sc, ignore_index=True), pd.concat(hist, ignore_index=True)
 
 
-def _timed(fn, *args, **kwargs):
+def _timed(fn, *args, trace: bool = True, **kwargs):
     """(result, wall seconds, peak traced MiB): timed untraced, then run again under tracemalloc (it slows Python code)."""
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     seconds = time.perf_counter() - t0
+    if not trace:
+        return out, round(seconds, 3), None
     tracemalloc.start()
     fn(*args, **kwargs)
     peak = tracemalloc.get_traced_memory()[1]
@@ -111,7 +113,7 @@ def scale(n_series: int, n_events: int, points: int) -> dict:
               "find_incidents_s": s_inc, "find_incidents_peak_mib": m_inc}
     if points:
         whole = synthetic_scores(run, points)
-        clusters, s_cc, m_cc = _timed(cluster_counts, whole, events)
+        clusters, s_cc, m_cc = _timed(cluster_counts, whole, events, trace=len(whole) <= 12_000_000)  # traced: memory-bound
         del whole
         result.update(score_rows=n_series * points, cluster_counts_s=s_cc, cluster_counts_peak_mib=m_cc)
     else:

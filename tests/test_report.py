@@ -92,3 +92,11 @@ def test_top_limits_the_charts(run):
     page = render_report(**run, top=2)
     assert len(DATA_URI.findall(page)) == 2 and "Top 2 events by severity (of" in page
     assert np.isfinite(run["events"]["severity"]).all()
+
+
+def test_rows_without_a_cluster_are_counted_as_none(run):
+    scores = run["scores"].copy()
+    scores.loc[scores["unique_id"] == "s00", "cluster"] = None
+    got = cluster_counts(scores).set_index("cluster")
+    assert got.loc["(none)", "series"] == 1 and got.loc["(none)", "points"] == 24
+    assert got["points"].sum() == len(scores) and got["series"].sum() == scores["unique_id"].nunique()

@@ -5,8 +5,8 @@
 
 Scale: a synthetic run of ``--series`` series in 40 clusters (hourly, 5-minute and daily steps)
 with ``--events`` events (independent starts plus one outage of 3,000 series of one cluster at
-03:00), timed stage by stage: find_incidents on the events, cluster_counts on the scores frame
-(``--points`` rows per series: the one pass over the whole run that the report makes), and
+03:00), timed stage by stage: find_incidents on the events, the counts per cluster
+(``--points`` rows per series, as the integer codes the pipeline holds: cluster_table), and
 render_report with its default top N (the charted series' rows only). Wall time of each stage
 and the peak traced memory (tracemalloc: numpy and pandas buffers) are printed.
 
@@ -27,7 +27,7 @@ import pandas as pd
 
 from maml_anomaly.alerts import build_events
 from maml_anomaly.incidents import find_incidents, incidents_text, series_steps
-from maml_anomaly.report import DEFAULT_TOP, cluster_counts, render_report, write_report
+from maml_anomaly.report import DEFAULT_TOP, cluster_counts, cluster_table, render_report, write_report
 
 DAY = pd.Timestamp("2024-03-24")
 STEPS = (pd.Timedelta(hours=1), pd.Timedelta(minutes=5), pd.Timedelta(days=1))
@@ -58,14 +58,14 @@ def synthetic_run(n_series: int, n_events: int, seed: int = 0) -> dict:
     return {"events": events, "step": step_of[who], "cluster_sizes": sizes, "cluster_of": cluster_of, "names": names}
 
 
-def synthetic_scores(run: dict, points: int) -> pd.DataFrame:
-    """``points`` rows per series of the run (columns cluster_counts reads), ids shared, not copied."""
+def synthetic_codes(run: dict, points: int) -> dict:
+    """``points`` rows per series as the integer codes and flags the pipeline holds at its alerts step."""
     n = run["cluster_of"].size
-    ids = np.char.add("series-", np.char.zfill(np.arange(n).astype(str), 7)).astype(object)
-    return pd.DataFrame({
-        "unique_id": np.repeat(ids, points), "cluster": np.repeat(run["names"][run["cluster_of"]], points),
-        "status": "ok", "is_anomaly": np.zeros(n * points, bool),
-    })
+    return {
+        "cluster_code": np.repeat(run["cluster_of"], points), "names": run["names"],
+        "series_code": np.repeat(np.arange(n), points), "ok": np.ones(n * points, bool),
+        "flagged": np.zeros(n * points, bool),
+    }
 
 
 def charted_rows(events: pd.DataFrame, step: np.ndarray, days: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -89,13 +89,11 @@ def charted_rows(events: pd.DataFrame, step: np.ndarray, days: int = 5) -> tuple
     return pd.concat(sc, ignore_index=True), pd.concat(hist, ignore_index=True)
 
 
-def _timed(fn, *args, trace: bool = True, **kwargs):
+def _timed(fn, *args, **kwargs):
     """(result, wall seconds, peak traced MiB): timed untraced, then run again under tracemalloc (it slows Python code)."""
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     seconds = time.perf_counter() - t0
-    if not trace:
-        return out, round(seconds, 3), None
     tracemalloc.start()
     fn(*args, **kwargs)
     peak = tracemalloc.get_traced_memory()[1]
@@ -112,10 +110,10 @@ def scale(n_series: int, n_events: int, points: int) -> dict:
               "incidents_text": incidents_text(found.incidents, top=3),
               "find_incidents_s": s_inc, "find_incidents_peak_mib": m_inc}
     if points:
-        whole = synthetic_scores(run, points)
-        clusters, s_cc, m_cc = _timed(cluster_counts, whole, events, trace=len(whole) <= 12_000_000)  # traced: memory-bound
-        del whole
-        result.update(score_rows=n_series * points, cluster_counts_s=s_cc, cluster_counts_peak_mib=m_cc)
+        codes = synthetic_codes(run, points)
+        clusters, s_cc, m_cc = _timed(cluster_table, **codes, events=events)
+        del codes
+        result.update(score_rows=n_series * points, cluster_table_s=s_cc, cluster_table_peak_mib=m_cc)
     else:
         clusters = None
     summary = {"points": n_series * max(points, 1), "series": n_series, "statuses": {"ok": n_series * max(points, 1)},
@@ -163,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--series", type=int, default=2_000_000)
     ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--points", type=int, default=24, help="score rows per series for cluster_counts (0: skip)")
+    ap.add_argument("--points", type=int, default=24, help="score rows per series for the counts per cluster (0: skip)")
     ap.add_argument("--demo", type=Path, help="a demo workdir: write its report instead")
     ap.add_argument("--output", type=Path, default=Path("report.html"))
     ap.add_argument("--screenshot", type=Path)

@@ -104,16 +104,17 @@ def cluster_table(
     (N,) series of each row (a series is counted in the cluster of its rows).
     """
     names = np.append(np.asarray(names, dtype=object), "(none)")
-    code = np.where(cluster_code < 0, names.size - 1, cluster_code)
+    code = cluster_code if cluster_code.min(initial=0) >= 0 else np.where(cluster_code < 0, names.size - 1, cluster_code)
     cluster_of = np.full(int(series_code.max()) + 1 if len(series_code) else 0, -1, np.int64)
     cluster_of[series_code] = code  # (S,) any row's cluster: one per series
     n = names.size
+    points = np.bincount(code, minlength=n)
     out = pd.DataFrame({
         "cluster": names,
         "series": np.bincount(cluster_of[cluster_of >= 0], minlength=n),
-        "points": np.bincount(code, minlength=n),
-        "ok": np.bincount(code, weights=ok, minlength=n).astype(np.int64),
-        "flagged": np.bincount(code, weights=flagged, minlength=n).astype(np.int64),
+        "points": points,
+        "ok": points - np.bincount(code[~ok], minlength=n),  # few rows are not ok: index those, not all
+        "flagged": np.bincount(code[flagged], minlength=n),
     })
     per = events["cluster"].astype(object).fillna("(none)").value_counts() if events is not None else pd.Series(dtype=int)
     out["events"] = per.reindex(out["cluster"]).fillna(0).to_numpy(np.int64)

@@ -173,6 +173,9 @@ def _hot_windows(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(E,) hot window of each event (-1: none) and the hot windows' [lo, hi) ns and direction."""
     ok = np.flatnonzero(ev["ok"])
+    if ok.size == 0:  # only mixed events or unknown steps
+        none = np.zeros(0, np.int64)
+        return np.full(ev["ok"].size, -1, np.int64), none, none, none
     width = ev["step"][ok] * rules.window_steps  # (M,) ns
     w_code, width_of = pd.factorize(width, sort=True)
     unit = (ev["cluster"][ok] * len(DIRECTIONS) + ev["dir"][ok]) * len(width_of) + w_code  # (M,)

@@ -186,6 +186,7 @@ def test_one_series_is_never_an_incident_and_unknown_steps_stay_events():
     day = pd.Timedelta(days=1)
     assert len(find_incidents(two, np.array([day, day]), cluster_sizes={"c": 2}).incidents) == 1
     assert len(find_incidents(two, np.array([day, pd.NaT]), cluster_sizes={"c": 2}).incidents) == 0
+    assert len(find_incidents(two.assign(direction="mixed"), day, cluster_sizes={"c": 2}).incidents) == 0
     # two of two hourly series at once in a day of 24 windows: P = 1/24, not improbable enough
     assert len(find_incidents(two, HOUR, cluster_sizes={"c": 2}).incidents) == 0
 

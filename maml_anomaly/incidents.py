@@ -101,11 +101,11 @@ def find_incidents(
     if n == 0:
         return Incidents(empty_incidents(), np.zeros(0, np.int64), 0)
     ev = _event_arrays(events, step, cluster_sizes)
-    lo, hi = _span_ns(ev["start"], ev["end"], span)
+    lo, hi = _span_ns(ev["start"], span)
     take, hot_lo, hot_hi, hot_dir = _hot_windows(ev, lo, hi, rules)  # (E,) hot window of each event, -1: none
     win_inc = _merge_windows(hot_lo, hot_hi, hot_dir)
     member = np.append(win_inc, -1)[take]  # (E,) provisional incident number; take = -1 picks the -1
-    table, rank = _incident_table(events, ev, member, cluster_sizes, rules)
+    table, rank = _incident_table(events, ev, member, rules)
     event_incident = np.append(rank, -1)[member].astype(np.int64)
     return Incidents(table, event_incident, int(win_inc.size))
 
@@ -122,8 +122,8 @@ def series_steps(unique_id: Any, ds: Any) -> pd.Series:
     gap = np.diff(t)
     big = np.iinfo(np.int64).max
     gap = np.where((c[1:] == c[:-1]) & (gap > 0), gap, big)  # (N-1,) gaps within a series
-    per = np.full(len(ids), big)
-    np.minimum.at(per, c[1:], gap)  # one unbuffered pass over all gaps
+    first = np.r_[0, np.flatnonzero(c[1:] != c[:-1]) + 1]  # (S,) each series' first sorted row
+    per = np.minimum.reduceat(np.r_[gap, big], first) if c.size else np.zeros(0, np.int64)
     step = np.where(per == big, np.iinfo(np.int64).min, per).view("timedelta64[ns]")  # int64 min is NaT
     return pd.Series(step, index=pd.Index(ids, name="unique_id"), name="step")
 
@@ -160,7 +160,7 @@ def _steps_ns(events: pd.DataFrame, step: Any) -> np.ndarray:
     return np.where(np.isnat(td), 0, td.view(np.int64)).clip(0)
 
 
-def _span_ns(start: np.ndarray, end: np.ndarray, span: tuple[Any, Any] | None) -> tuple[int, int]:
+def _span_ns(start: np.ndarray, span: tuple[Any, Any] | None) -> tuple[int, int]:
     """[lo, hi) ns of the run: the given (first, last) or the UTC days its events start on."""
     if span is not None:
         first, last = (pd.Timestamp(t).value for t in span)
@@ -216,7 +216,7 @@ def _merge_windows(lo: np.ndarray, hi: np.ndarray, direction: np.ndarray) -> np.
 
 
 def _incident_table(
-    events: pd.DataFrame, ev: dict[str, np.ndarray], member: np.ndarray, cluster_sizes: Any, rules: IncidentRules
+    events: pd.DataFrame, ev: dict[str, np.ndarray], member: np.ndarray, rules: IncidentRules
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The incidents frame and (I,) final row of each provisional incident number."""
     rows = np.flatnonzero(member >= 0)

@@ -50,7 +50,8 @@ def render_report(
     ``summary``: the run's summary dict (daily-score / backtest: points, series, statuses,
     anomalies, alerts, threshold, first_day, last_day; missing keys are left out).
     ``scores``: scores rows of at least the charted series (unique_id, ds, y, y_hat, lower, upper,
-    is_anomaly, cluster); ``history``: observed (unique_id, ds, y) of those series before and
+    is_anomaly, cluster; at millions of series pass only those: finding them is an ``isin`` over
+    every row); ``history``: observed (unique_id, ds, y) of those series before and
     during the run. ``events``: alerts.build_events; ``incidents``: incidents.find_incidents'
     frame. ``clusters``: :func:`cluster_counts` of the whole run (computed from ``scores`` when
     None, so pass it when ``scores`` holds only the charted series).
@@ -61,7 +62,7 @@ def render_report(
     charts = event_charts(scores, history, events, chosen)
     body = "\n".join([
         f"<header><h1>{_e(title)}</h1><p class=sub>{_e(_run_span(summary))}</p></header>",
-        _summary_section(summary, len(events), 0 if incidents is None else len(incidents)),
+        _summary_section(summary, len(events), None if incidents is None else len(incidents)),
         _incidents_section(incidents),
         _events_section(chosen, charts, len(events)),
         _clusters_section(clusters),
@@ -133,7 +134,7 @@ def event_charts(scores: pd.DataFrame, history: pd.DataFrame, events: pd.DataFra
         return []
     require_matplotlib()
     ids = pd.unique(chosen["unique_id"])
-    sc = scores[scores["unique_id"].isin(ids)].sort_values(["unique_id", "ds"], kind="stable")  # one pass over the run
+    sc = scores[scores["unique_id"].isin(ids)].sort_values(["unique_id", "ds"], kind="stable")
     hist = history[history["unique_id"].isin(ids)].sort_values(["unique_id", "ds"], kind="stable")
     ev = events[events["unique_id"].isin(ids)]
     sc_by, hist_by, ev_by = (dict(tuple(f.groupby("unique_id", sort=False))) for f in (sc, hist, ev))
@@ -198,7 +199,7 @@ def render_small(plot: SeriesPlot, *, focus: Any = None, salt: str = "", width: 
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     fig.tight_layout(pad=0.4)
     buf = io.BytesIO()
-    # text as paths: no font needed to read it; a per-chart salt keeps ids unique; no date: same bytes on rerun
+    # text as paths: no font needed to read it; a per-chart salt keeps ids apart; no date: same bytes on rerun
     with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": salt}):
         fig.savefig(buf, format="svg", metadata={"Date": None})
     fig.clear()
@@ -236,7 +237,7 @@ def _card(label: str, value: Any, note: str = "") -> str:
         f"<div class=n>{_e(note)}</div>" if note else "") + "</div>"
 
 
-def _summary_section(summary: Mapping[str, Any], n_events: int, n_incidents: int) -> str:
+def _summary_section(summary: Mapping[str, Any], n_events: int, n_incidents: int | None) -> str:
     alerts = summary.get("alerts") or {}
     statuses = summary.get("statuses") or {}
     cards = []
@@ -252,7 +253,8 @@ def _summary_section(summary: Mapping[str, Any], n_events: int, n_incidents: int
         note = f"at threshold {summary['threshold']}" if "threshold" in summary else ""
         cards.append(_card("expected false alarms", f"{float(alerts['expected_false_alarms']):,.1f}", note))
     cards.append(_card("events", n_events, f"{int(alerts['ongoing_events']):,} ongoing" if "ongoing_events" in alerts else ""))
-    cards.append(_card("incidents", n_incidents))
+    if n_incidents is not None:
+        cards.append(_card("incidents", n_incidents))
     rows = "".join(f"<tr><td>{_e(k)}</td><td class=num>{int(v):,}</td></tr>" for k, v in sorted(statuses.items()))
     suppressed = alerts.get("suppressed") or {}
     rows += "".join(f"<tr><td>flag removed by {_e(k)}</td><td class=num>{int(v):,}</td></tr>" for k, v in sorted(suppressed.items()))
@@ -359,7 +361,7 @@ td.ids{overflow-wrap:anywhere;min-width:8rem}
 .dir{font-size:.78rem;font-weight:600;padding:.05rem .4rem;border-radius:4px;color:#fff;background:var(--mute)}
 .dir.up{background:var(--up)}.dir.down{background:var(--down)}
 footer{color:var(--mute);font-size:.8rem;margin:2rem 0 1rem}
-@media (max-width:600px){body{font-size:14px}main{padding:.6rem}.card .v{font-size:1.15rem}}
+@media (max-width:600px){body{font-size:14px}main{padding:.6rem}.card .v{font-size:1.15rem}table{font-size:.82rem}th,td{padding:.3rem .3rem}}
 """
 
 

@@ -10,8 +10,12 @@ with ``--events`` events (independent starts plus one outage of 3,000 series of 
 render_report with its default top N (the charted series' rows only). Wall time of each stage
 and the peak traced memory (tracemalloc: numpy and pandas buffers) are printed.
 
-Demo: the report of ``maml-anomaly demo --workdir WORKDIR`` plus a backtest of its evaluation
-period with ``--events WORKDIR/events.parquet --json > WORKDIR/summary.json`` (docs/alerts.md).
+Demo: the report of a demo workdir after a backtest of its evaluation period that keeps its
+summary (docs/alerts.md)::
+
+    maml-anomaly demo --workdir W
+    cd W && maml-anomaly backtest --input data/values.parquet --model-dir model --output scores2.parquet \
+        --events events.parquet --start 2024-03-18 --end 2024-03-31 --json --quiet > summary.json
 """
 
 from __future__ import annotations
@@ -126,10 +130,10 @@ def scale(n_series: int, n_events: int, points: int) -> dict:
 
 def demo_report(workdir: Path, output: Path, screenshot: Path | None) -> dict:
     """The report of a demo workdir: scores, events and summary of its backtest, values as history."""
-    scores = pd.read_parquet(workdir / "scores2.parquet")
-    events = pd.read_parquet(workdir / "events.parquet") if (workdir / "events.parquet").exists() else build_events(scores)
-    history = pd.read_parquet(workdir / "data" / "values.parquet")
     summary = json.loads((workdir / "summary.json").read_text())
+    scores = pd.read_parquet(workdir / summary["output"])  # a relative --output is relative to the workdir
+    events = pd.read_parquet(workdir / summary["events"]) if summary.get("events") else build_events(scores)
+    history = pd.read_parquet(workdir / "data" / "values.parquet")
     clusters = cluster_counts(scores, events)
     sizes = clusters.set_index("cluster")["series"]
     found = find_incidents(events, series_steps(history["unique_id"], history["ds"]), cluster_sizes=sizes,

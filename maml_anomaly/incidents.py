@@ -234,13 +234,11 @@ def _incident_table(
         start=("start", "min"), end=("end", "max"), dir=("dir", "first"), n_events=("series", "size"),
         n_series=("series", "nunique"), severity=("severity", "sum"),
     )
-    peak = m.sort_values(["inc", "peak_score", "peak_ds", "series"], ascending=[True, False, True, True], kind="stable")
-    peak = peak.drop_duplicates("inc").set_index("inc")
+    peak = _first_by(m, ["peak_score", "peak_ds", "series"], [False, True, True]).set_index("inc")
     series = m.groupby(["inc", "series"], sort=True).agg(
         severity=("severity", "sum"), peak_score=("peak_score", "max"), cluster=("cluster", "first"), uid=("uid", "first"),
     ).reset_index()
-    top = series.sort_values(["inc", "severity", "peak_score", "series"], ascending=[True, False, False, True], kind="stable")
-    top = top[top.groupby("inc").cumcount() < rules.top_series]
+    top = _first_by(series, ["severity", "peak_score", "series"], [False, False, True], n=rules.top_series)
     by_cluster = _cluster_shares(series, ev)
     start = per["start"].to_numpy().astype("datetime64[ns]")
     direction = np.asarray(DIRECTIONS, dtype=object)[per["dir"].to_numpy()]
@@ -260,12 +258,18 @@ def _incident_table(
         "severity": per["severity"].to_numpy(np.float64),
         "top_series": _lists(top["inc"].to_numpy(), top["uid"].to_numpy(), per.index.to_numpy()),
     })
-    order = np.lexsort((table["direction"].to_numpy(str), table["start"].to_numpy()))
+    order = np.lexsort((table["direction"].to_numpy(str), table["start"].to_numpy()))  # by start, then direction
     rank = np.empty(order.size, np.int64)
     rank[order] = np.arange(order.size)
     provisional = np.full(int(per.index.max()) + 1, -1, np.int64)
     provisional[per.index.to_numpy()] = rank
     return table.iloc[order].reset_index(drop=True), provisional
+
+
+def _first_by(frame: pd.DataFrame, by: list[str], ascending: list[bool], n: int = 1) -> pd.DataFrame:
+    """The first ``n`` rows of each incident ("inc") in the order ``by`` (ties end on the series code)."""
+    ranked = frame.sort_values(["inc", *by], ascending=[True, *ascending], kind="stable")
+    return ranked[ranked.groupby("inc").cumcount() < n]
 
 
 def _cluster_shares(series: pd.DataFrame, ev: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -176,14 +176,14 @@ def run(data_name: str, methods=METHODS, workdir: Path = Path("/tmp/maml-bench")
 def markdown(report: dict) -> str:
     """One table row per method."""
     head = ("| method | event recall @ FAR {far:.0%} | point precision @ FAR | F1 @ FAR | event recall "
-            "| point precision | F1 | FAR | MASE | MASE seasonal naive | MAE ratio | seconds |")
-    lines = [head.format(far=report["far"]), "|" + " --- |" * 12]
+            "| point precision | F1 | FAR | MASE | MASE seasonal naive | MAE ratio | worse than references | seconds |")
+    lines = [head.format(far=report["far"]), "|" + " --- |" * 13]
     for method, s in report["results"].items():
         f, d, fc = s["at_far"], s["default"], s.get("forecast", {})
         lines.append("| " + " | ".join([method] + [_fmt(v) for v in (
             f["event_recall"], f["point_precision"], f["f1"], d["event_recall"], d["point_precision"],
             d["f1"], d["false_alarm_rate"], fc.get("mase"), fc.get("mase_naive"), fc.get("mae_ratio_gmean"),
-            s["seconds"])]) + " |")
+            fc.get("share_worse_than_references"), s["seconds"])]) + " |")
     return "\n".join(lines)
 
 

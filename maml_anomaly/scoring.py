@@ -242,6 +242,7 @@ class Forecasts:
     recent: np.ndarray | None = None  # (B, R) the same for the recent targets
     resid_scale: np.ndarray | None = None  # (B,) robust scale of the recent residuals (NaN if none), once measured
     gate: np.ndarray | None = None  # (B,) share of the net's correction kept (see shrink_to_reference)
+    anchor: np.ndarray | None = None  # (B,) what the forecast stands on (see anchored)
 
 
 @dataclass(frozen=True)
@@ -346,31 +347,57 @@ def adapt_and_forecast(
 
 
 GATES = (1.0, 0.75, 0.5, 0.25, 0.0)  # shares of the net's correction a task may keep, best first on ties
+ANCHOR_REFERENCE, ANCHOR_LAST, ANCHOR_NAIVE = 0, 1, 2  # what a forecast stands on (see anchored)
+# the candidate forecasters (share of the net's correction, anchor), preferred in this order on ties:
+# the net on its reference, then the two simple references a user would check it against
+CANDIDATES = tuple((g, ANCHOR_REFERENCE) for g in GATES) + ((0.0, ANCHOR_LAST), (0.0, ANCHOR_NAIVE))
+
+
+def anchored(anchor: np.ndarray, reference: np.ndarray, last: np.ndarray, naive: np.ndarray) -> np.ndarray:
+    """Per task (anchor (B,)), the forecast it stands on: the reference, the last value or seasonal
+    naive; the others (B, ...) broadcast against it."""
+    a = np.asarray(anchor).reshape((-1,) + (1,) * (np.ndim(reference) - 1))
+    return np.where(a == ANCHOR_LAST, last, np.where(a == ANCHOR_NAIVE, naive, reference))
+
+
+def held_out_recent(n_recent: int, k_shot: int) -> slice:
+    """The recent targets adaptation did not fit: those before the support (all of them where the
+    support is every recent target, as for daily series)."""
+    return slice(0, n_recent - k_shot) if n_recent > k_shot else slice(0, n_recent)
 
 
 def shrink_to_reference(tasks: Tasks, forecasts: Forecasts) -> Forecasts:
-    """Keep, per task, the share of the adapted net's correction that forecast its recent points best.
+    """Keep, per task, the candidate forecaster that forecast its recent points best: a share of
+    the adapted net's correction on the reference, or one of the simple references (last value,
+    seasonal naive).
 
-    The share (one of :data:`GATES`) minimises the mean absolute one-step error over the R recent
-    targets (a week of a sub-daily series: mostly points the adaptation never saw). Where the
-    reference alone is better the net steps back: on a noise-free cycle the reference is exact and
-    the net's correction, learned on noisy series of the cluster, was a systematic error over a
-    residual scale of almost nothing (NAB's noise-free daily square wave: 19% of its clean points
-    flagged). On series where the net helps the share stays 1. The residual scale is measured
-    here, on the forecasts with the kept share.
+    The candidate (:data:`CANDIDATES`) minimises the mean absolute one-step error over the recent
+    targets the adaptation did not fit (a week of a sub-daily series before its support). So the
+    forecast scored is never worse over that week than what a user would compare it with: on a
+    noise-free cycle the reference is exact and the net's correction, learned on noisy series of
+    the cluster, was a systematic error over a residual scale of almost nothing (NAB's noise-free
+    daily square wave: 19% of its clean points flagged); on step-like telemetry the last value is
+    the best forecast and a correction learned on other channels was several times worse. On
+    series where the net helps its full share stays. The residual scale is measured here, on the
+    forecasts kept.
     """
     corr_r = forecasts.recent - tasks.base_recent  # (B, R)
-    target = np.where(tasks.w_recent > 0, tasks.y_recent, np.nan)  # (B, R) clipped, as the net was trained
-    n = np.maximum(np.isfinite(target).sum(axis=1), 1)
-    mae = np.stack([np.nansum(np.abs(g * corr_r - target), axis=1) / n for g in GATES], axis=1)  # (B, G)
-    gate = np.asarray(GATES)[np.argmin(mae, axis=1)]  # (B,) the first (largest) share on ties
-    resid = np.abs(gate[:, None] * corr_r - target)
-    return Forecasts(
-        query=tasks.base_query + gate[:, None] * (forecasts.query - tasks.base_query),
-        resid_scale=residual_scale(resid),
-        recent=tasks.base_recent + gate[:, None] * corr_r,
-        gate=gate,
-    )
+    y = tasks.recent_values  # (B, R) unclipped, NaN = missing
+    held = held_out_recent(y.shape[1], tasks.x_support.shape[1])
+    n = np.maximum(np.isfinite(y[:, held]).sum(axis=1), 1)
+    mae = np.empty((y.shape[0], len(CANDIDATES)))
+    for j, (g, a) in enumerate(CANDIDATES):  # a handful of candidates, each batched over tasks
+        cand = g * corr_r[:, held] + anchored(np.full(y.shape[0], a), tasks.base_recent[:, held],
+                                              tasks.last_recent[:, held], tasks.naive_recent[:, held])
+        mae[:, j] = np.nansum(np.abs(cand - y[:, held]), axis=1) / n
+    best = np.argmin(mae, axis=1)  # (B,) the first candidate on ties
+    gate = np.array([g for g, _ in CANDIDATES])[best]
+    anchor = np.array([a for _, a in CANDIDATES])[best]
+    recent = gate[:, None] * corr_r + anchored(anchor, tasks.base_recent, tasks.last_recent, tasks.naive_recent)
+    query = gate[:, None] * (forecasts.query - tasks.base_query) + anchored(
+        anchor, tasks.base_query, tasks.last_query, tasks.naive_query)
+    resid = np.minimum(np.abs(recent - y), 2 * TARGET_CLIP)  # as far as the net's clipped targets reach
+    return Forecasts(query=query, resid_scale=residual_scale(resid), recent=recent, gate=gate, anchor=anchor)
 
 
 def residual_scale(abs_resid: np.ndarray) -> np.ndarray:
@@ -423,6 +450,51 @@ def normalised_residuals(tasks: Tasks, forecasts: Forecasts, scale_floor: float)
     return (tasks.query_values - forecasts.query) / denom[:, None]  # (B, Q)
 
 
+MIN_ROUTINE = 5  # residuals this large seen at least this often in the recent window are the series' routine
+
+
+@dataclass(frozen=True)
+class RoutineTail:
+    """A series' own recent |u| (B, R), NaN = missing: what it does routinely is no anomaly.
+
+    A residual is given at least the tail probability that the series' recent residuals show for
+    its size, where at least :data:`MIN_ROUTINE` of them were as large: the cluster's calibration
+    pools many series and cannot know that one channel jumps between two levels every few
+    minutes (1-minute telemetry: a quarter of its clean points flagged) or that a series' noise
+    grew last week. Below that count the cluster's calibration alone decides, so one anomaly in
+    the recent window does not hide the next one.
+    """
+
+    recent_u: np.ndarray
+
+    @classmethod
+    def of(cls, tasks: Tasks, recent: np.ndarray, denom: np.ndarray) -> "RoutineTail":
+        return cls(np.abs(tasks.recent_values - recent) / denom[:, None])
+
+    def half_width(self, p: float) -> np.ndarray:
+        """(B,) the |u| beyond which the recent window's share is at most p (or fewer than
+        :data:`MIN_ROUTINE` residuals were as large); 0 where the window has too few residuals."""
+        n = np.isfinite(self.recent_u).sum(axis=1)  # (B,)
+        k = np.maximum(MIN_ROUTINE - 1, np.floor(p * n)).astype(np.int64)  # residuals allowed beyond
+        desc = -np.sort(-np.nan_to_num(self.recent_u, nan=-np.inf), axis=1)  # (B, R) largest first
+        at = desc[np.arange(desc.shape[0]), np.minimum(k, desc.shape[1] - 1)]
+        return np.where(k < n, np.maximum(at, 0.0), 0.0)
+
+    def log_tail_probability(self, u_abs: np.ndarray) -> np.ndarray:
+        """(B, Q) log of the share of recent |u| at least u_abs, -inf where fewer than
+        :data:`MIN_ROUTINE` were (one sort of recent and query values together per task)."""
+        r = self.recent_u.shape[1]
+        both = np.nan_to_num(np.concatenate([self.recent_u, u_abs], axis=1), nan=-np.inf)  # (B, R + Q)
+        order = np.argsort(-both, axis=1, kind="stable")  # largest first; ties: recent before query
+        at_least = np.cumsum(order < r, axis=1)  # recent values at or before each sorted position
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(order.shape[1])[None, :], axis=1)
+        count = np.take_along_axis(at_least, rank[:, r:], axis=1)  # (B, Q)
+        n = np.maximum(np.isfinite(self.recent_u).sum(axis=1, keepdims=True), 1)
+        with np.errstate(divide="ignore"):
+            return np.where(count >= MIN_ROUTINE, np.log(count / n), -np.inf)
+
+
 @dataclass(frozen=True)
 class PointScores:
     """Per-point results in the series' own units; all (B, Q)."""
@@ -441,10 +513,14 @@ def score_points(
     """Residuals -> calibrated tail probability -> score, band and flag (NaN where y missing)."""
     u = normalised_residuals(tasks, forecasts, calibration.scale_floor)  # (B, Q)
     log_p = calibration.log_tail_probability(np.abs(u))
-    p = np.clip(np.exp(log_p), MIN_P, 1.0)
-    score = np.where(np.isfinite(u), log_p_to_score(log_p), np.nan)
     half = calibration.quantile(score_to_p(threshold))  # |u| at the threshold
     denom = np.maximum(np.nan_to_num(forecasts.resid_scale, nan=np.inf), calibration.scale_floor)
+    if forecasts.recent is not None:  # the series' own routine (see RoutineTail)
+        routine = RoutineTail.of(tasks, forecasts.recent, denom)
+        log_p = np.maximum(log_p, routine.log_tail_probability(np.abs(u)))
+        half = np.maximum(half, routine.half_width(score_to_p(threshold)))
+    p = np.clip(np.exp(log_p), MIN_P, 1.0)
+    score = np.where(np.isfinite(u), log_p_to_score(log_p), np.nan)
     width = half * denom * tasks.scale  # (B,) band half-width in the series' units
     y_hat = tasks.denormalise(forecasts.query)
     return PointScores(
@@ -554,7 +630,9 @@ def _score_without_echoes(
     forecast = np.concatenate([fast.recent[:, -n_before:], fast.query], axis=1)
     # a task none of whose points is flagged from observed lags gives the same forecasts in time
     # order (nothing to replace): only the others go through the sequential loop
-    redo = (_flags(observed - forecast, denom, cal, threshold)).any(axis=1)
+    routine = RoutineTail.of(tasks, fast.recent, denom).half_width(score_to_p(threshold))  # (B,) |u|
+    redo = (_flags(observed - forecast, denom, cal, threshold, routine)).any(axis=1)
+    hold = cleaning_pays(tasks, fast.recent, np.maximum(cal.quantile(score_to_p(threshold)), routine) * denom)
     if redo.any():
         sub = tasks.take(redo)
         adapted = adapt_support(
@@ -562,36 +640,69 @@ def _score_without_echoes(
             inner_lrs=cluster.inner_lrs, device=device,
         )
         forecast[redo] = _forecast_in_time_order(
-            adapted, fast.gate[redo], sub, observed[redo], denom[redo], cal, threshold, spec,
+            adapted, fast.gate[redo], fast.anchor[redo], sub, observed[redo], denom[redo], routine[redo], cal,
+            threshold, spec, hold[redo],
             accept_after=shift_accepted_after(n_query), first_scored=n_before,
         )
-    forecasts = Forecasts(query=forecast[:, n_before:], resid_scale=fast.resid_scale)
+    forecasts = Forecasts(query=forecast[:, n_before:], resid_scale=fast.resid_scale, recent=fast.recent)
     return tasks, score_points(tasks, forecasts, cal, threshold=threshold)
 
 
-def _flags(dev: np.ndarray, denom: np.ndarray, cal: Calibration, threshold: float) -> np.ndarray:
-    """Which deviations (B, n) (normalised units) score at or above the threshold."""
-    score = log_p_to_score(cal.log_tail_probability(np.abs(dev / denom[:, None])))
-    return np.nan_to_num(score, nan=-np.inf) >= threshold
+MIN_MOVES = 2  # flagged recent moves that must have lasted before a series' flags are read as level changes
+
+
+def cleaning_pays(tasks: Tasks, recent: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """(B,) whether holding flagged points out of the lags suits each series: False where most of
+    its recent flagged moves (|deviation| >= ``half`` (B,), normalised) lasted, at least
+    :data:`MIN_MOVES` of them (the next value stayed nearer the new value than the forecast).
+
+    Cleaning pays where flagged deviations come back (spikes, outages: the lags keep the normal
+    level and the later points are judged against it); on step-like series a flagged move is
+    mostly a new level, and holding the lags on the old one for even three points made 1-minute
+    telemetry's forecasts four times worse than the last value's.
+    """
+    y, f = tasks.recent_values, recent  # (B, R)
+    moved = np.abs(y[:, :-1] - f[:, :-1]) >= half[:, None]  # (B, R-1)
+    nxt = y[:, 1:]
+    lasted = np.abs(nxt - y[:, :-1]) < np.abs(nxt - f[:, :-1])
+    seen = moved & np.isfinite(nxt)
+    n_lasted = (seen & lasted).sum(axis=1)
+    return ~((n_lasted >= MIN_MOVES) & (2 * n_lasted > seen.sum(axis=1)))
+
+
+def _flags(dev: np.ndarray, denom: np.ndarray, cal: Calibration, threshold: float, routine: np.ndarray) -> np.ndarray:
+    """Which deviations (B, n) (normalised units) score at or above the threshold; ``routine`` (B,)
+    is the |u| the series' own recent residuals reach routinely (see RoutineTail)."""
+    u = np.abs(dev / denom[:, None])
+    score = log_p_to_score(cal.log_tail_probability(u))
+    return (np.nan_to_num(score, nan=-np.inf) >= threshold) & (np.nan_to_num(u, nan=-np.inf) > routine[:, None])
 
 
 SHIFT_ACCEPTED_AFTER_S = 3600  # a run of flags this long (and at least 3 points) is a new level
+MAX_HELD_POINTS = 3  # ... but never more points than this, whatever the step (an hour of 5-minute points)
 
 
 def shift_accepted_after(query_len: int) -> int:
-    """Flagged points in a row after which the observed values enter the lags again: an hour of
-    points (a day holds ``query_len``), at least 3."""
-    return max(3, int(np.ceil(query_len * SHIFT_ACCEPTED_AFTER_S / 86_400)))
+    """Flagged points after which the observed values enter the lags again: an hour of points (a
+    day holds ``query_len``), at least 3 and at most :data:`MAX_HELD_POINTS`. On 1-minute telemetry
+    an hour was 60 points: each of its frequent level changes kept the lags on the old level for
+    an hour, and the forecasts were off by the whole step meanwhile."""
+    return max(3, min(int(np.ceil(query_len * SHIFT_ACCEPTED_AFTER_S / 86_400)), MAX_HELD_POINTS))
 
 
 def _forecast_in_time_order(
-    adapted: Adapted, gate: np.ndarray, tasks: Tasks, observed: np.ndarray, denom: np.ndarray, cal: Calibration,
-    threshold: float, spec: LagSpec, *, accept_after: int, first_scored: int,
+    adapted: Adapted, gate: np.ndarray, anchor: np.ndarray, tasks: Tasks, observed: np.ndarray, denom: np.ndarray,
+    routine: np.ndarray, cal: Calibration,
+    threshold: float, spec: LagSpec, hold: np.ndarray, *, accept_after: int, first_scored: int,
 ) -> np.ndarray:
     """One-step forecasts (B, P+Q) of the last P points before the day and the day's Q points, in
     time order (the net's correction times ``gate``, see :func:`shrink_to_reference`); each flagged
-    point enters later lags at forecast + h^2 / deviation, unless it extends a run of more than
-    ``accept_after`` flags inside the day (from column ``first_scored``: a new level).
+    point enters later lags at forecast + h^2 / deviation, unless more than ``accept_after`` of the
+    last ``2 accept_after`` points inside the day (from column ``first_scored``) were flagged: a new
+    level. Counting flags in a trailing window instead of in a row bounds how long the lags can be
+    held off the observed values however intermittent the flags: on step-like telemetry a move to a
+    new level flagged most, not all, of its points, the run never formed and the forecasts stayed
+    on the old level for hours.
 
     Before the day no run is accepted: those points are read through the seasonal lags, where
     yesterday's accepted outage would come back; the recent lags then hold the cleaned level at
@@ -602,25 +713,28 @@ def _forecast_in_time_order(
     normal value that followed by such a forecast locked the whole pass onto the outage (a
     sample series' forecasts were off by 1,400, eighty scales, a week later).
     """
-    half = cal.quantile(score_to_p(threshold)) * denom  # (B,) band half-width, normalised
+    half = np.maximum(cal.quantile(score_to_p(threshold)), routine) * denom  # (B,) band half-width, normalised
     z = tasks.z_window.copy()  # (B, W) inputs; flagged points get replaced here
     first = z.shape[1] - observed.shape[1]  # window column of the first point
     forecast = np.empty_like(observed)
-    run = np.zeros(observed.shape[0], dtype=np.int64)  # (B,) flagged points in a row so far
+    recent_flags = np.zeros((observed.shape[0], 2 * accept_after), dtype=bool)  # (B, 2a) ring buffer
     ago = reference_lag(spec)  # a period (or a step) ago: the unchanged history confirms a jump
     for i in range(observed.shape[1]):
         c = first + i
         if i > 0:  # a missing point carries the (cleaned) previous value forward, as make_windows does
             z[:, c] = np.where(np.isfinite(observed[:, i]), observed[:, i], z[:, c - 1])
-        x, base, _ = lag_inputs(z, np.array([c]), spec)
-        forecast[:, i] = gate * adapted.correction(x)[:, 0] + base[:, 0]
+        x, base, naive = lag_inputs(z, np.array([c]), spec)
+        forecast[:, i] = gate * adapted.correction(x)[:, 0] + anchored(anchor, base[:, 0], z[:, c - 1], naive[:, 0])
         dev = observed[:, i] - forecast[:, i]
-        flagged = _flags(dev[:, None], denom, cal, threshold)[:, 0]  # |dev| >= half where flagged
-        run = np.where(flagged & (i >= first_scored), run + 1, 0)
-        replaced = flagged & (run <= accept_after)
+        flagged = _flags(dev[:, None], denom, cal, threshold, routine)[:, 0]  # |dev| >= half where flagged
+        recent_flags[:, i % recent_flags.shape[1]] = flagged & (i >= first_scored)
+        new_level = recent_flags.sum(axis=1) > accept_after
+        replaced = flagged & ~new_level & hold  # (see cleaning_pays)
         if i < first_scored:  # before the day: a jump against the observed history too, else no lock-in
             replaced &= np.abs(observed[:, i] - tasks.z_window[:, c - ago]) >= half
-        gate = np.where(run > accept_after, 0.0, gate)  # a new level: lags the net never saw, the reference follows it
+        # a new level: lags the net never saw, the reference follows it
+        gate = np.where(new_level, 0.0, gate)
+        anchor = np.where(new_level, ANCHOR_REFERENCE, anchor)
         with np.errstate(divide="ignore", invalid="ignore"):
             kept = np.where(replaced, half**2 / np.where(replaced, dev, 1.0), 0.0)  # band edge .. ~0 far out
         z[:, c] = np.where(replaced, forecast[:, i] + kept, z[:, c])

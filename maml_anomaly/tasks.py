@@ -147,6 +147,9 @@ class Tasks:
     base_recent: np.ndarray  # (B, R) float64, the reference forecast the net corrects (see make_windows)
     base_query: np.ndarray  # (B, Q) float64, same for the query
     naive_query: np.ndarray  # (B, Q) float64, seasonal naive (the value a period, or a step, ago)
+    naive_recent: np.ndarray  # (B, R) float64, same for the recent targets
+    last_recent: np.ndarray  # (B, R) float64, the last value before each recent target (imputed)
+    last_query: np.ndarray  # (B, Q) float64, same for the query
     z_window: np.ndarray  # (B, W) float64, the normalised window, imputed, unclipped (lag_inputs reads it)
     centre: np.ndarray  # (B,) float64
     scale: np.ndarray  # (B,) float64, > 0 where the support window had data
@@ -296,6 +299,9 @@ def make_windows(
         base_recent=np.ascontiguousarray(base[:, :r]),
         base_query=np.ascontiguousarray(base[:, r:]),
         naive_query=np.ascontiguousarray(naive[:, r:]),
+        naive_recent=np.ascontiguousarray(naive[:, :r]),
+        last_recent=np.ascontiguousarray(z_in[:, targets[:r] - 1]),
+        last_query=np.ascontiguousarray(z_in[:, targets[r:] - 1]),
         z_window=z_in,
         centre=centre,
         scale=scale,

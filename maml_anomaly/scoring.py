@@ -421,7 +421,7 @@ NOISE_JUMP = 2.0  # the trailing scale counts where it exceeds the recent window
 def trailing_scale(abs_dev: np.ndarray, denom: np.ndarray) -> np.ndarray:
     """(B, n) the residual scale of each of n points: the recent window's ``denom`` (B,), or where
     the :data:`TRAILING_POINTS` residuals just before the point show a scale more than
-    :data:`NOISE_JUMP` times larger, that scale over NOISE_JUMP.
+    :data:`NOISE_JUMP` times larger, that scale.
 
     ``abs_dev`` (B, L + n): |residuals|, the L = TRAILING_POINTS before the first point first. A
     series whose noise grows within the day (telemetry whose noise rose tenfold when its test part
@@ -432,7 +432,8 @@ def trailing_scale(abs_dev: np.ndarray, denom: np.ndarray) -> np.ndarray:
     n = abs_dev.shape[1] - TRAILING_POINTS
     win = np.lib.stride_tricks.sliding_window_view(abs_dev[:, :-1], TRAILING_POINTS, axis=1)  # (B, n, L)
     trail = residual_scale(win.reshape(-1, TRAILING_POINTS)).reshape(-1, n)  # (B, n)
-    return np.maximum(denom[:, None], np.nan_to_num(trail, nan=0.0) / NOISE_JUMP)
+    trail = np.nan_to_num(trail, nan=0.0)
+    return np.where(trail > NOISE_JUMP * denom[:, None], trail, denom[:, None])
 
 
 def per_task(params: dict[str, torch.Tensor], n_tasks: int) -> dict[str, torch.Tensor]:
@@ -702,7 +703,10 @@ def cleaning_pays(tasks: Tasks, recent: np.ndarray, half: np.ndarray) -> np.ndar
     Cleaning pays where flagged deviations come back (spikes, outages: the lags keep the normal
     level and the later points are judged against it); on step-like series a flagged move is
     mostly a new level, and holding the lags on the old one for even three points made 1-minute
-    telemetry's forecasts four times worse than the last value's.
+    telemetry's forecasts four times worse than the last value's. A series that holds exactly the
+    same value for most of its recent steps is step-like by definition: its moves are followed
+    even where the recent window holds none to learn from (a channel whose first jump in days
+    cost three points of a whole step each time).
     """
     y, f = tasks.recent_values, recent  # (B, R)
     moved = np.abs(y[:, :-1] - f[:, :-1]) >= half[:, None]  # (B, R-1)
@@ -710,7 +714,9 @@ def cleaning_pays(tasks: Tasks, recent: np.ndarray, half: np.ndarray) -> np.ndar
     lasted = np.abs(nxt - y[:, :-1]) < np.abs(nxt - f[:, :-1])
     seen = moved & np.isfinite(nxt)
     n_lasted = (seen & lasted).sum(axis=1)
-    return ~((n_lasted >= MIN_MOVES) & (2 * n_lasted > seen.sum(axis=1)))
+    steps = np.diff(y, axis=1)  # (B, R-1)
+    held_still = (steps == 0).sum(axis=1) * 2 > np.isfinite(steps).sum(axis=1)  # mostly exactly constant
+    return ~(((n_lasted >= MIN_MOVES) & (2 * n_lasted > seen.sum(axis=1))) | held_still)
 
 
 def _flags(dev: np.ndarray, denom: np.ndarray, cal: Calibration, threshold: float, routine: np.ndarray) -> np.ndarray:

@@ -482,7 +482,8 @@ def normalised_residuals(tasks: Tasks, forecasts: Forecasts, scale_floor: float)
 
 
 MIN_ROUTINE = 5  # residuals this large seen at least this often in the recent window are the series' routine
-ROUTINE_MARGIN = 1.5  # ... "this large": at least 1/ROUTINE_MARGIN of the residual's size
+ROUTINE_MARGIN = 1.5  # ... "this large": at least 1/ROUTINE_MARGIN of the residual's size, far out
+ROUTINE_FAR_OUT = 1e-3  # ... where "far out" is beyond the cluster's |u| quantile at this level
 
 
 @dataclass(frozen=True)
@@ -490,20 +491,27 @@ class RoutineTail:
     """A series' own recent |u| (B, R), NaN = missing: what it does routinely is no anomaly.
 
     A residual is given at least the tail probability that the series' recent residuals show for
-    its size, where at least :data:`MIN_ROUTINE` of them were about as large (within
-    :data:`ROUTINE_MARGIN`: a channel's jumps between two levels differ by its noise, and counting
-    only larger ones flagged every jump a little larger than the fifth largest of the week): the cluster's calibration
-    pools many series and cannot know that one channel jumps between two levels every few
-    minutes (1-minute telemetry: a quarter of its clean points flagged) or that a series' noise
-    grew last week. Below that count the cluster's calibration alone decides, so one anomaly in
-    the recent window does not hide the next one.
+    its size, where at least :data:`MIN_ROUTINE` of them were about as large: the cluster's
+    calibration pools many series and cannot know that one channel jumps between two levels
+    every few minutes (1-minute telemetry: a quarter of its clean points flagged) or that a
+    series' noise grew last week. Below that count the cluster's calibration alone decides, so
+    one anomaly in the recent window does not hide the next one. "About as large" is within
+    :data:`ROUTINE_MARGIN` beyond the cluster's 0.1% quantile ``far`` (two-level jumps differ by
+    the noise, and counting only larger ones flagged every jump a little larger than the fifth
+    largest of the week), exactly as large below it (a margin there lowered every Gaussian
+    series' scores: 0.17% of clean points flagged at a stated 1%).
     """
 
     recent_u: np.ndarray
+    far: float
 
     @classmethod
-    def of(cls, tasks: Tasks, recent: np.ndarray, denom: np.ndarray) -> "RoutineTail":
-        return cls(np.abs(tasks.recent_values - recent) / denom[:, None])
+    def of(cls, tasks: Tasks, recent: np.ndarray, denom: np.ndarray, cal: Calibration) -> "RoutineTail":
+        return cls(np.abs(tasks.recent_values - recent) / denom[:, None], cal.quantile(ROUTINE_FAR_OUT))
+
+    def _compared(self, u_abs: np.ndarray) -> np.ndarray:
+        """The size recent residuals must reach to count as about as large as u_abs."""
+        return np.minimum(u_abs, np.maximum(u_abs / ROUTINE_MARGIN, self.far))
 
     def half_width(self, p: float) -> np.ndarray:
         """(B,) the |u| beyond which the recent window's share is at most p (or fewer than
@@ -512,13 +520,14 @@ class RoutineTail:
         k = np.maximum(MIN_ROUTINE - 1, np.floor(p * n)).astype(np.int64)  # residuals allowed beyond
         desc = -np.sort(-np.nan_to_num(self.recent_u, nan=-np.inf), axis=1)  # (B, R) largest first
         at = desc[np.arange(desc.shape[0]), np.minimum(k, desc.shape[1] - 1)]
-        return np.where(k < n, np.maximum(at, 0.0) * ROUTINE_MARGIN, 0.0)
+        at = np.maximum(at, 0.0)  # invert _compared: u_abs with _compared(u_abs) = at
+        return np.where(k < n, np.where(at < self.far, at, at * ROUTINE_MARGIN), 0.0)
 
     def log_tail_probability(self, u_abs: np.ndarray) -> np.ndarray:
         """(B, Q) log of the share of recent |u| at least u_abs, -inf where fewer than
         :data:`MIN_ROUTINE` were (one sort of recent and query values together per task)."""
         r = self.recent_u.shape[1]
-        both = np.nan_to_num(np.concatenate([self.recent_u, u_abs / ROUTINE_MARGIN], axis=1), nan=-np.inf)
+        both = np.nan_to_num(np.concatenate([self.recent_u, self._compared(u_abs)], axis=1), nan=-np.inf)
         order = np.argsort(-both, axis=1, kind="stable")  # largest first; ties: recent before query
         at_least = np.cumsum(order < r, axis=1)  # recent values at or before each sorted position
         rank = np.empty_like(order)
@@ -552,7 +561,7 @@ def score_points(
     if forecasts.point_scale is not None:  # where the noise rose (see trailing_scale)
         u = (tasks.query_values - forecasts.query) / forecasts.point_scale
     if forecasts.recent is not None:  # the series' own routine (see RoutineTail)
-        routine = RoutineTail.of(tasks, forecasts.recent, denom)
+        routine = RoutineTail.of(tasks, forecasts.recent, denom, calibration)
         log_p = np.maximum(log_p, routine.log_tail_probability(np.abs(u)))
         half = np.maximum(half, routine.half_width(score_to_p(threshold)))
     p = np.clip(np.exp(log_p), MIN_P, 1.0)
@@ -667,7 +676,7 @@ def _score_without_echoes(
     forecast = np.concatenate([fast.recent[:, -n_before:], fast.query], axis=1)
     # a task none of whose points is flagged from observed lags gives the same forecasts in time
     # order (nothing to replace): only the others go through the sequential loop
-    routine = RoutineTail.of(tasks, fast.recent, denom).half_width(score_to_p(threshold))  # (B,) |u|
+    routine = RoutineTail.of(tasks, fast.recent, denom, cal).half_width(score_to_p(threshold))  # (B,) |u|
     redo = (_flags(observed - forecast, denom, cal, threshold, routine)).any(axis=1)
     hold = cleaning_pays(tasks, fast.recent, np.maximum(cal.quantile(score_to_p(threshold)), routine) * denom)
     if redo.any():

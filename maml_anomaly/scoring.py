@@ -481,61 +481,66 @@ def normalised_residuals(tasks: Tasks, forecasts: Forecasts, scale_floor: float)
     return (tasks.query_values - forecasts.query) / denom[:, None]  # (B, Q)
 
 
-MIN_ROUTINE = 5  # residuals this large seen at least this often in the recent window are the series' routine
-ROUTINE_MARGIN = 1.5  # ... "this large": at least 1/ROUTINE_MARGIN of the residual's size, far out
-ROUTINE_FAR_OUT = 1e-3  # ... where "far out" is beyond the cluster's |u| quantile at this level
+MIN_ROUTINE = 5  # residuals about this large seen at least this often in the recent window: a routine size
+ROUTINE_MARGIN = 1.5  # ... "about this large": at least 1/ROUTINE_MARGIN of the residual's size
 
 
 @dataclass(frozen=True)
 class RoutineTail:
     """A series' own recent |u| (B, R), NaN = missing: what it does routinely is no anomaly.
 
-    A residual is given at least the tail probability that the series' recent residuals show for
-    its size, where at least :data:`MIN_ROUTINE` of them were about as large: the cluster's
-    calibration pools many series and cannot know that one channel jumps between two levels
-    every few minutes (1-minute telemetry: a quarter of its clean points flagged) or that a
-    series' noise grew last week. Below that count the cluster's calibration alone decides, so
-    one anomaly in the recent window does not hide the next one. "About as large" is within
-    :data:`ROUTINE_MARGIN` beyond the cluster's 0.1% quantile ``far`` (two-level jumps differ by
-    the noise, and counting only larger ones flagged every jump a little larger than the fifth
-    largest of the week), exactly as large below it (a margin there lowered every Gaussian
-    series' scores: 0.17% of clean points flagged at a stated 1%).
+    The cluster's calibration pools many series and cannot know that one channel jumps between
+    two levels every few minutes (1-minute telemetry: a quarter of its clean points flagged) or
+    that a series' residuals have heavier tails than its cluster's. A residual's tail
+    probability is the calibration's times the series' **excess tail weight**: how many times
+    more often than the calibration says its recent residuals reached about the residual's size
+    (at least 1/:data:`ROUTINE_MARGIN` of it: two-level jumps differ by the noise, and counting
+    only larger ones flagged every jump a little larger than the fifth largest of the week),
+    where at least :data:`MIN_ROUTINE` of them did; never less than 1. A series whose residuals
+    follow its cluster's calibration keeps its scores (a share instead of a ratio lowered every
+    Gaussian series' scores: 0.17% of clean points flagged at a stated 1%); below MIN_ROUTINE
+    such residuals the calibration alone decides, so one anomaly in the recent window does not
+    hide the next one.
     """
 
     recent_u: np.ndarray
-    far: float
+    cal: Calibration
 
     @classmethod
     def of(cls, tasks: Tasks, recent: np.ndarray, denom: np.ndarray, cal: Calibration) -> "RoutineTail":
-        return cls(np.abs(tasks.recent_values - recent) / denom[:, None], cal.quantile(ROUTINE_FAR_OUT))
+        return cls(np.abs(tasks.recent_values - recent) / denom[:, None], cal)
 
-    def _compared(self, u_abs: np.ndarray) -> np.ndarray:
-        """The size recent residuals must reach to count as about as large as u_abs."""
-        return np.minimum(u_abs, np.maximum(u_abs / ROUTINE_MARGIN, self.far))
-
-    def half_width(self, p: float) -> np.ndarray:
-        """(B,) the |u| beyond which the recent window's share is at most p (or fewer than
-        :data:`MIN_ROUTINE` residuals were as large); 0 where the window has too few residuals."""
-        n = np.isfinite(self.recent_u).sum(axis=1)  # (B,)
-        k = np.maximum(MIN_ROUTINE - 1, np.floor(p * n)).astype(np.int64)  # residuals allowed beyond
-        desc = -np.sort(-np.nan_to_num(self.recent_u, nan=-np.inf), axis=1)  # (B, R) largest first
-        at = desc[np.arange(desc.shape[0]), np.minimum(k, desc.shape[1] - 1)]
-        at = np.maximum(at, 0.0)  # invert _compared: u_abs with _compared(u_abs) = at
-        return np.where(k < n, np.where(at < self.far, at, at * ROUTINE_MARGIN), 0.0)
+    def _excess(self, count: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """log of the excess tail weight at size v given the count of recent |u| >= v (same shape)."""
+        n = np.maximum(np.isfinite(self.recent_u).sum(axis=1), 1).reshape((-1,) + (1,) * (count.ndim - 1))
+        with np.errstate(divide="ignore"):
+            ratio = np.log(np.maximum(count, 1) / n) - self.cal.log_tail_probability(v)
+        return np.where(count >= MIN_ROUTINE, np.maximum(ratio, 0.0), 0.0)
 
     def log_tail_probability(self, u_abs: np.ndarray) -> np.ndarray:
-        """(B, Q) log of the share of recent |u| at least u_abs, -inf where fewer than
-        :data:`MIN_ROUTINE` were (one sort of recent and query values together per task)."""
+        """(B, Q) log P(|U| >= u_abs) for this series (one sort of recent and query values per task)."""
         r = self.recent_u.shape[1]
-        both = np.nan_to_num(np.concatenate([self.recent_u, self._compared(u_abs)], axis=1), nan=-np.inf)
+        v = u_abs / ROUTINE_MARGIN
+        both = np.nan_to_num(np.concatenate([self.recent_u, v], axis=1), nan=-np.inf)  # (B, R + Q)
         order = np.argsort(-both, axis=1, kind="stable")  # largest first; ties: recent before query
         at_least = np.cumsum(order < r, axis=1)  # recent values at or before each sorted position
         rank = np.empty_like(order)
         np.put_along_axis(rank, order, np.arange(order.shape[1])[None, :], axis=1)
         count = np.take_along_axis(at_least, rank[:, r:], axis=1)  # (B, Q)
-        n = np.maximum(np.isfinite(self.recent_u).sum(axis=1, keepdims=True), 1)
-        with np.errstate(divide="ignore"):
-            return np.where(count >= MIN_ROUTINE, np.log(count / n), -np.inf)
+        return np.minimum(self.cal.log_tail_probability(u_abs) + self._excess(count, v), 0.0)
+
+    def half_width(self, p: float) -> np.ndarray:
+        """(B,) the |u| at which the tail probability falls to p (bisection in log |u|)."""
+        lo = np.full(self.recent_u.shape[0], self.cal.quantile(p))  # the excess is never below 1
+        top = np.nan_to_num(self.recent_u, nan=0.0).max(axis=1, initial=0.0) * ROUTINE_MARGIN
+        hi = np.maximum(lo, top) * (1.0 + 1e-9)  # beyond it no recent residual counts: p_cal < p
+        for _ in range(40):
+            mid = np.sqrt(lo * hi)
+            v = mid / ROUTINE_MARGIN
+            count = (np.nan_to_num(self.recent_u, nan=-np.inf) >= v[:, None]).sum(axis=1)
+            above = self.cal.log_tail_probability(mid) + self._excess(count, v) > np.log(p)  # not flagged
+            lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+        return hi
 
 
 @dataclass(frozen=True)
@@ -555,14 +560,14 @@ def score_points(
 ) -> PointScores:
     """Residuals -> calibrated tail probability -> score, band and flag (NaN where y missing)."""
     u = normalised_residuals(tasks, forecasts, calibration.scale_floor)  # (B, Q)
+    if forecasts.point_scale is not None:  # where the noise rose (see trailing_scale)
+        u = (tasks.query_values - forecasts.query) / forecasts.point_scale
     log_p = calibration.log_tail_probability(np.abs(u))
     half = calibration.quantile(score_to_p(threshold))  # |u| at the threshold
     denom = np.maximum(np.nan_to_num(forecasts.resid_scale, nan=np.inf), calibration.scale_floor)
-    if forecasts.point_scale is not None:  # where the noise rose (see trailing_scale)
-        u = (tasks.query_values - forecasts.query) / forecasts.point_scale
     if forecasts.recent is not None:  # the series' own routine (see RoutineTail)
         routine = RoutineTail.of(tasks, forecasts.recent, denom, calibration)
-        log_p = np.maximum(log_p, routine.log_tail_probability(np.abs(u)))
+        log_p = routine.log_tail_probability(np.abs(u))
         half = np.maximum(half, routine.half_width(score_to_p(threshold)))
     p = np.clip(np.exp(log_p), MIN_P, 1.0)
     score = np.where(np.isfinite(u), log_p_to_score(log_p), np.nan)

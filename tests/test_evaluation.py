@@ -110,6 +110,18 @@ def test_forecast_accuracy_by_hand():
     assert fc["mae_ratio_gmean"] == pytest.approx(np.sqrt(0.5 * 0.25))
     assert fc["mase"] == pytest.approx((1 / 2 + 0.5 / 1) / 2)
     assert fc["mase_naive"] == pytest.approx((2 / 2 + 2 / 1) / 2)
+    assert "share_worse_than_references" not in fc  # no last value given
+
+
+def test_share_of_series_worse_than_the_better_simple_reference():
+    s = _scores({})
+    s["y"] = 2.0
+    s["y_hat"] = np.where(s["unique_id"] == "a", 1.0, 1.9)  # errors 1 and 0.1
+    # the last value misses by 0.5 on both, seasonal naive by 2: only 'a' is more than 1.2x worse
+    naive = s[["unique_id", "ds"]].assign(y_naive=0.0, y_last=1.5)
+    assert evaluate_scores(s, WINDOWS, naive=naive)["forecast"]["share_worse_than_references"] == 0.5
+    naive["y_last"] = 2.0 - 1.0 / 1.19  # 'a' within 1.2x of its last value now
+    assert evaluate_scores(s, WINDOWS, naive=naive)["forecast"]["share_worse_than_references"] == 0.0
 
 
 def test_bad_labels_and_scores_are_input_errors():

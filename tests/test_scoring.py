@@ -184,3 +184,47 @@ def test_an_outage_just_before_the_cleaned_points_does_not_lock_them_onto_it(tin
     out[:, first_cleaned - 6 : first_cleaned] = 0.0
     flagged = _score(tiny_cluster, out, [20]).is_anomaly.mean()
     assert flagged < 0.02, flagged  # without the rule: 7.8% of the day's points
+
+
+def _step_panel(n_series, n_points, mean_run, seed):
+    """Telemetry-like series: a few levels, held for geometric runs of ``mean_run`` points, small noise."""
+    rng = np.random.default_rng(seed)
+    change = rng.random((n_series, n_points)) < 1.0 / mean_run
+    out = np.where(np.cumsum(change, axis=1) % 2 == 0, -1.0, 1.0)  # two levels, as many channels have
+    return out + rng.normal(0, 0.005, out.shape)
+
+
+def _stale_runs(out, y, jump):
+    """Longest run of points per series whose forecast is off by more than half a level change."""
+    off = np.abs(out.y_hat - y) > 0.5 * jump
+    longest = np.zeros(off.shape[0], dtype=int)
+    run = np.zeros(off.shape[0], dtype=int)
+    for j in range(off.shape[1]):
+        run = np.where(off[:, j], run + 1, 0)
+        longest = np.maximum(longest, run)
+    return longest
+
+
+def test_step_like_series_with_frequent_level_changes_keep_the_observed_level(tiny_cluster):
+    # 1-minute telemetry jumps between a few levels; holding flagged points out of the lags kept its
+    # forecasts on the old level for an hour after each change
+    panel = _step_panel(20, 24 * 21, 8, seed=11)
+    out = _score(tiny_cluster, panel, range(17, 21))
+    y = panel[:, 17 * 24 : 21 * 24].reshape(-1, 24)  # tasks are (series, day), series first
+    prev = panel[:, 17 * 24 - 1 : 21 * 24 - 1].reshape(-1, 24)
+    settled = np.abs(y - prev) < 0.1  # the level held since the point before
+    off = np.abs(out.y_hat - y) > 1.0  # forecast off by half a level change
+    assert off[settled].mean() < 0.01, off[settled].mean()  # only the jumps themselves are missed
+    assert out.is_anomaly.mean() < 0.01  # changes this series makes every few points are no anomaly
+
+
+def test_a_rare_level_change_is_flagged_and_the_forecast_follows_within_a_bounded_number_of_points(tiny_cluster):
+    panel = _step_panel(20, 24 * 21, 10**9, seed=12)  # one level all along ...
+    day = 20 * 24
+    panel[:, day + 5 : day + 9] += 1.5  # ... then a change that does not last (4 points)
+    panel[:, day + 14 :] += 1.5  # and one that does
+    out = _score(tiny_cluster, panel, [20])
+    assert out.is_anomaly[:, 5].mean() >= 0.9 and out.is_anomaly[:, 14].mean() >= 0.9  # level shifts flagged
+    bound = 2 * shift_accepted_after(24) + 1  # the lags are held off the observed values at most this long
+    assert _stale_runs(out, panel[:, day : day + 24], 1.5).max() <= bound
+    assert out.is_anomaly[:, 14 + bound :].mean() < 0.05  # the new level is no alarm

@@ -341,11 +341,12 @@ BASELINES = {"seasonal_naive": seasonal_naive_scores, "holt_winters": holt_winte
 
 def seasonal_naive_reference(frame: pd.DataFrame, period: int | Mapping | pd.Series = 0, *,
                              before=None) -> pd.DataFrame:
-    """Per present grid point: y_naive = y_{t-p}, and each series' MASE scale.
+    """Per present grid point: y_naive = y_{t-p}, y_last = y_{t-1} (the two simple references),
+    and each series' MASE scale.
 
     The scale is the mean absolute seasonal difference over points strictly before `before` (a
     timestamp, or one per series as a mapping; all points when None), as in M4's MASE.
-    Returns (unique_id, ds, y_naive, scale).
+    Returns (unique_id, ds, y_naive, y_last, scale).
     """
     grid = to_grid(frame)
     p = period_array(grid.ids, period)
@@ -365,8 +366,9 @@ def seasonal_naive_reference(frame: pd.DataFrame, period: int | Mapping | pd.Ser
     with np.errstate(invalid="ignore"):
         scale = np.nansum(diff, axis=1) / np.sum(np.isfinite(diff), axis=1)  # (S,)
     si, ti = np.nonzero(present)
+    last = seasonal_lag(vals, np.ones_like(p), back=1)
     return pd.DataFrame({"unique_id": grid.ids[si], "ds": ds[si, ti].astype("datetime64[ns]"),
-                         "y_naive": lag[si, ti], "scale": scale[si]})
+                         "y_naive": lag[si, ti], "y_last": last[si, ti], "scale": scale[si]})
 
 
 def default_periods(frame: pd.DataFrame) -> pd.Series:

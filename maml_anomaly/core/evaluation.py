@@ -154,13 +154,19 @@ def _recall_by_kind(windows: pd.DataFrame, win: np.ndarray, flags: dict, covered
     return out
 
 
+WORSE_THAN_REFERENCES = 1.2  # a series' MAE above this multiple of the better simple reference's
+
+
 def forecast_accuracy(scores: pd.DataFrame, naive: pd.DataFrame, *, clean: np.ndarray) -> dict:
-    """MASE of y_hat and of seasonal naive, and the MAE ratio, over clean points with both forecasts."""
+    """MASE of y_hat and of seasonal naive, and the MAE ratio, over clean points with both forecasts.
+
+    With a ``y_last`` column also ``share_worse_than_references``: the share of series whose MAE
+    is more than 1.2 x that of the better simple reference (last value or seasonal naive)."""
     key = pd.DataFrame({"unique_id": _key(scores["unique_id"]),
                         "ds": pd.to_datetime(scores["ds"]).astype("datetime64[ns]").values})
     nv = naive.assign(unique_id=_key(naive["unique_id"]))
     nv["ds"] = pd.to_datetime(nv["ds"]).astype("datetime64[ns]")
-    cols = ["unique_id", "ds", "y_naive"] + (["scale"] if "scale" in nv.columns else [])
+    cols = ["unique_id", "ds", "y_naive"] + [c for c in ("y_last", "scale") if c in nv.columns]
     m = key.merge(nv[cols], on=["unique_id", "ds"], how="left")
     y = scores["y"].to_numpy(float)
     err = np.abs(y - scores["y_hat"].to_numpy(float))
@@ -169,12 +175,17 @@ def forecast_accuracy(scores: pd.DataFrame, naive: pd.DataFrame, *, clean: np.nd
     g = pd.DataFrame({"id": key["unique_id"].to_numpy()[use], "e": err[use], "n": err_naive[use]})
     if "scale" in m.columns:
         g["scale"] = m["scale"].to_numpy(float)[use]
+    if "y_last" in m.columns:  # NaN where the step before is missing: the mean skips it
+        g["last"] = np.abs(y - m["y_last"].to_numpy(float))[use]
     per = g.groupby("id").mean()
     ratio = per["e"] / per["n"]
     ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
     out = {"n_points": int(use.sum()), "n_series": int(len(per)),
            "mae_ratio_gmean": float(np.exp(np.log(ratio).mean())) if len(ratio) else float("nan"),
            "mae_ratio_pooled": _safe_div(g["e"].sum(), g["n"].sum())}
+    if "last" in per.columns:  # (plus rounding: a noise-free series' exact forecasts differ by 1e-16)
+        better = np.minimum(per["n"], per["last"]) + 1e-12 * g.assign(a=np.abs(y[use])).groupby("id")["a"].mean()
+        out["share_worse_than_references"] = float((per["e"] > WORSE_THAN_REFERENCES * better).mean()) if len(per) else float("nan")
     if "scale" in per.columns:
         s = per[np.isfinite(per["scale"]) & (per["scale"] > 0)]
         out["mase"] = float((s["e"] / s["scale"]).mean()) if len(s) else float("nan")

@@ -77,7 +77,7 @@ def _sample_tasks(values, indptr, lengths, rows, spec, k_shot, query_len, n, rng
     """``n`` tasks cut at uniformly drawn places of series ``rows`` (None if none fits).
 
     ``n_recent`` recent targets before the query (default K: a training window; calibration
-    passes the scoring geometry's :func:`~maml_anomaly.tasks.recent_len`)."""
+    passes the scoring geometry's :func:`~maml_anomaly.core.tasks.recent_len`)."""
     width = window_width(spec, k_shot, query_len, n_recent=k_shot if n_recent is None else n_recent)
     picked, starts = sample_window_starts(lengths, width, n, rng, rows=rows)
     if picked.size == 0:

@@ -22,6 +22,7 @@ from scipy.special import log_ndtr, ndtr, ndtri
 from maml_anomaly import fast_adapt
 from maml_anomaly.maml import adapt_tasks, expand_params, predict
 from maml_anomaly.model import Forecaster
+from maml_anomaly.stuck import stuck_log_p
 from maml_anomaly.tasks import (
     MAD_TO_SD,
     TARGET_CLIP,
@@ -566,7 +567,23 @@ def _score_without_echoes(
             accept_after=shift_accepted_after(n_query), first_scored=n_before,
         )
     forecasts = Forecasts(query=forecast[:, n_before:], resid_scale=fast.resid_scale)
-    return tasks, score_points(tasks, forecasts, cal, threshold=threshold)
+    return tasks, with_stuck_runs(score_points(tasks, forecasts, cal, threshold=threshold), raw, tasks.scale, threshold)
+
+
+def with_stuck_runs(pts: PointScores, raw: np.ndarray, scale: np.ndarray, threshold: float) -> PointScores:
+    """Each point's p becomes the smaller of its residual's and its flat run's (:mod:`maml_anomaly.stuck`):
+    a forecast that follows the last value never sees a stuck sensor. The band stays the residual's.
+    As a level shift, a flat line is flagged for an hour of points (at least 3), then it is the new state."""
+    n_query = pts.score.shape[1]
+    log_p = stuck_log_p(  # (B, Q), 0 where no repeat; a flat line flagged for an hour is the new state
+        raw, n_query, scale, log_p_flag=np.log(score_to_p(threshold)), accept_after=shift_accepted_after(n_query)
+    )
+    score = np.where(np.isfinite(pts.score), np.maximum(pts.score, log_p_to_score(log_p)), np.nan)
+    return PointScores(
+        y_hat=pts.y_hat, lower=pts.lower, upper=pts.upper, score=score,
+        p_value=np.where(np.isfinite(pts.p_value), np.minimum(pts.p_value, np.clip(np.exp(log_p), MIN_P, 1.0)), np.nan),
+        is_anomaly=np.nan_to_num(score, nan=-np.inf) >= threshold,
+    )
 
 
 def _flags(dev: np.ndarray, denom: np.ndarray, cal: Calibration, threshold: float) -> np.ndarray:

@@ -522,7 +522,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
     """Meta-train one forecaster per cluster; write weights and the training report."""
     import time
 
-    from maml_anomaly.tasks import choose_lag_spec, query_len_for_step, training_window_width
+    from maml_anomaly.tasks import choose_lag_spec, cluster_second_period, query_len_for_step, training_window_width
     from maml_anomaly.training import train_cluster
 
     md = open_trained(model_dir)
@@ -536,6 +536,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
             "nothing to meta-train on. Check the --value-col column and the upstream job."
         )
     names, cluster_of, period_of = _series_clusters(md, panel)
+    second_of = _series_second_periods(md, panel)
     settings = _train_settings(config)
     started = time.perf_counter()
     index: dict[str, Any] = {}
@@ -547,7 +548,8 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
             steps = panel.step_seconds[rows]
             step = float(pd.Series(steps[np.isfinite(steps)]).mode().iloc[0]) if np.isfinite(steps).any() else np.nan
             query_len = query_len_for_step(step)
-            spec = choose_lag_spec(period, panel.lengths[rows], settings.k_shot, query_len)
+            second = cluster_second_period(period, second_of[rows], step)
+            spec = choose_lag_spec(period, panel.lengths[rows], settings.k_shot, query_len, second=second)
             log.info("cluster %s: %d series, period %d, lags %s, query %d", name, rows.size, period, spec.lags, query_len)
             model = train_cluster(
                 panel.values, panel.indptr, rows, spec, query_len, settings,
@@ -602,6 +604,18 @@ def _train_settings(config: Config):
         meta_batch_size=t.meta_batch_size, meta_lr=t.meta_lr, iterations=t.iterations, first_order=t.first_order,
         seed=t.seed, hidden=tuple(t.hidden), time_budget_s=t.time_budget_s,
     )
+
+
+def _series_second_periods(md: ModelDir, panel: Panel) -> np.ndarray:
+    """Per panel series, its second period from clusters.parquet (0 where unknown or not stored)."""
+    table = md.load_clusters_table()
+    out = np.zeros(panel.n_series, np.int64)
+    if "second_period" not in table.column_names:
+        return out
+    pos = panel.positions(table.column("unique_id").to_numpy(zero_copy_only=False))
+    known = pos >= 0
+    out[pos[known]] = table.column("second_period").to_numpy(zero_copy_only=False).astype(np.int64)[known]
+    return out
 
 
 def _series_clusters(

@@ -629,7 +629,7 @@ def _forecast_in_time_order(
         c = first + i
         if i > 0:  # a missing point carries the (cleaned) previous value forward, as make_windows does
             z[:, c] = np.where(np.isfinite(observed[:, i]), observed[:, i], z[:, c - 1])
-        x, base, _ = lag_inputs(z, np.array([c]), spec)
+        x, base, _ = lag_inputs(z, np.array([c]), spec, use_second=tasks.use_second)
         forecast[:, i] = gate * adapted.correction(x)[:, 0] + base[:, 0]
         dev = observed[:, i] - forecast[:, i]
         flagged = _flags(dev[:, None], denom, cal, threshold)[:, 0]  # |dev| >= half where flagged

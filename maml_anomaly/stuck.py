@@ -66,41 +66,44 @@ def stuck_log_p(values: np.ndarray, n_query: int, scale: np.ndarray, *, log_p_fl
     depth = run_depth(v, STUCK_TOL * np.asarray(scale, np.float64))  # (B, W)
     hist, day = depth[:, :H], depth[:, H:]  # (B, H), (B, Q)
     L = np.maximum(day, 0)  # (B, Q)
+    log_s = _survival(hist, top=v.shape[1] + 1)
     # a run that began before the day had already lasted `aged` repeats at its start: condition on it
     aged = np.where(L > np.arange(n_query)[None, :], np.maximum(hist[:, -1:], 0), 0)  # (B, Q)
-    log_p = _log_survival(hist, L) - _log_survival(hist, aged)
+    log_s_aged = log_s(aged)
+    log_p = log_s(L) - log_s_aged
     live = (day >= 1) & ((hist == 0).sum(axis=1) >= 2)[:, None]  # a repeat, and a history that moved
     if log_p_flag is not None and accept_after > 0:  # flagged accept_after points ago: accepted
         earlier = L - accept_after
-        flagged_then = _log_survival(hist, np.maximum(earlier, 0)) - _log_survival(hist, aged) <= log_p_flag
-        live &= ~((earlier > aged) & flagged_then)
+        live &= ~((earlier > aged) & (log_s(np.maximum(earlier, 0)) - log_s_aged <= log_p_flag))
     return np.where(live, np.minimum(log_p, 0.0), 0.0)
 
 
-def _log_survival(hist: np.ndarray, L: np.ndarray) -> np.ndarray:
-    """log S(L) (B, Q): the probability that a run reaches L repeats, from the history's depths
-    hist (B, H) (-1 = missing). A run that reached depth d has exactly one point at depth d (the
-    run still going when the history ends counts up to where it is: censored, not left out)."""
+def _survival(hist: np.ndarray, top: int):
+    """log S(L) as a function of L (B, Q) -> (B, Q): the probability that a run reaches L repeats,
+    from the history's depths hist (B, H) (-1 = missing; every depth and L below ``top``). A run
+    that reached depth d has exactly one point at depth d (the run still going when the history
+    ends counts up to where it is: censored, not left out). One sort of the history per call."""
+    B, H = hist.shape
     m = (hist == 0).sum(axis=1).astype(np.float64)[:, None]  # (B, 1) runs (each starts at depth 0)
     l_max = hist.max(axis=1, initial=-1)[:, None]  # (B, 1)
     seen = np.maximum(l_max, 0) + 1.0  # the first depth no run reached
-    reached = _count_at_least(hist, L) - _count_at_least(hist, L + 1)  # (B, Q) runs that reached L
-    log_conformal = np.log((reached + 1.0) / (m + 1.0))
-    # beyond: the heavier of a geometric tail (the share of repeats followed by another) and a
-    # power law of index TAIL_INDEX (run lengths of real telemetry are heavy-tailed)
-    c = (((hist >= 2).sum(axis=1) + PRIOR) / ((hist >= 1).sum(axis=1) + 2 * PRIOR))[:, None]
-    geometric = (L - seen).clip(min=0) * np.log(c)
-    power = -TAIL_INDEX * np.log(np.maximum(L, seen) / seen)
-    beyond = np.maximum(geometric, power) - np.log(m + 1.0)
-    return np.where(L <= 0, 0.0, np.minimum(np.where(L <= l_max, log_conformal, beyond), 0.0))
+    # the share of repeats followed by another (geometric tail beyond the longest run)
+    log_c = np.log(((hist >= 2).sum(axis=1) + PRIOR) / ((hist >= 1).sum(axis=1) + 2 * PRIOR))[:, None]
+    shift = (np.arange(B, dtype=np.int64) * (top + 2))[:, None]  # rows of the flat sort never overlap
+    flat = (np.sort(hist, axis=1).astype(np.int64) + 1 + shift).ravel()  # (B * H,) increasing
+    row_start = np.arange(B, dtype=np.int64)[:, None] * H
 
+    def at_least(keys: np.ndarray) -> np.ndarray:  # (B, Q) history points with depth >= keys
+        return H - (np.searchsorted(flat, keys.astype(np.int64) + 1 + shift, side="left") - row_start)
 
-def _count_at_least(a: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Per row, how many entries of a (B, H) int are >= each of keys (B, Q): one sort per row and
-    one search of the flattened rows (each row shifted past the previous one's range)."""
-    B, H = a.shape
-    lo, hi = min(int(a.min(initial=0)), int(keys.min(initial=0))), max(int(a.max(initial=0)), int(keys.max(initial=0)))
-    shift = (np.arange(B, dtype=np.int64) * (hi - lo + 1))[:, None]
-    srt = np.sort(a, axis=1).astype(np.int64) + shift  # (B, H), rows increasing
-    below = np.searchsorted(srt.ravel(), (keys.astype(np.int64) + shift).ravel(), side="left").reshape(keys.shape)
-    return H - (below - np.arange(B)[:, None] * H)
+    def log_s(L: np.ndarray) -> np.ndarray:
+        reached = at_least(L) - at_least(L + 1)  # (B, Q) runs that reached depth L
+        log_conformal = np.log((reached + 1.0) / (m + 1.0))
+        # beyond: the heavier of the geometric tail and a power law of index TAIL_INDEX (run
+        # lengths of real telemetry are heavy-tailed)
+        geometric = (L - seen).clip(min=0) * log_c
+        power = -TAIL_INDEX * np.log(np.maximum(L, seen) / seen)
+        beyond = np.maximum(geometric, power) - np.log(m + 1.0)
+        return np.where(L <= 0, 0.0, np.minimum(np.where(L <= l_max, log_conformal, beyond), 0.0))
+
+    return log_s

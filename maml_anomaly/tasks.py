@@ -131,16 +131,19 @@ MIN_SECOND_SHARE = 0.25  # share of a cluster's series that must show the second
 
 def cluster_second_period(period: int, seconds: np.ndarray, step_seconds: float) -> int:
     """The second seasonal period a cluster's lags use: the most common ``second_period`` of its
-    series (clusters.parquet) that is a multiple or a divisor of the cluster's period, spans at
-    most a week and :data:`MAX_SECOND_POINTS` points, held by at least a quarter of its series;
-    else 0. A daily cluster whose series have a weekly pattern gets the week (and a weekly one
-    its day); a daily series' year would make windows a year long and is never used.
+    series (clusters.parquet) that is a multiple of the cluster's period, spans at most a week
+    and :data:`MAX_SECOND_POINTS` points, held by at least a quarter of its series; else 0.
+
+    A daily cluster whose series have a weekly pattern gets the week; a daily series' year would
+    make windows a year long and is never used. A divisor (a weekly cluster's day, a daily
+    cluster's half-day harmonic) is not used: the period's own lags already hold its cycle, and
+    on the sample (seed 0, 300 iterations) those lags made the held-out query MSE of the weekly
+    cluster 0.051 -> 0.080 and of the 5-minute one 0.148 -> 0.248.
     """
     s = np.asarray(seconds, dtype=np.int64)
     if period <= 0 or s.size == 0 or not np.isfinite(step_seconds) or step_seconds <= 0:
         return 0
-    big, small = np.maximum(s, period), np.maximum(np.minimum(s, period), 1)
-    related = (s > 0) & (s != period) & (big % small == 0)
+    related = (s > period) & (s % period == 0)
     related &= (s * step_seconds <= MAX_SECOND_SPAN_S) & (s <= MAX_SECOND_POINTS)
     if related.sum() < MIN_SECOND_SHARE * s.size:
         return 0

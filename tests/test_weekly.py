@@ -26,7 +26,7 @@ def weekday_weekend(n_series, weeks=WEEKS, seed=0):
 def test_cluster_second_period_is_bounded_and_needs_a_quarter_of_the_series():
     assert cluster_second_period(24, np.array([168] * 30 + [0] * 70), 3600) == 168
     assert cluster_second_period(24, np.array([168] * 20 + [0] * 80), 3600) == 0
-    assert cluster_second_period(168, np.array([24] * 90 + [0] * 10), 3600) == 24
+    assert cluster_second_period(168, np.array([24] * 90 + [0] * 10), 3600) == 0  # a divisor: p's lags hold it
     assert cluster_second_period(7, np.array([365] * 100), 86400) == 0  # a year: never
     assert cluster_second_period(288, np.array([2016] * 100), 300) == 2016
     assert cluster_second_period(1440, np.array([10080] * 100), 60) == 0  # over MAX_SECOND_POINTS

@@ -571,17 +571,22 @@ def _score_without_echoes(
 
 
 def with_stuck_runs(pts: PointScores, raw: np.ndarray, scale: np.ndarray, threshold: float) -> PointScores:
-    """Each point's p becomes the smaller of its residual's and its flat run's (:mod:`maml_anomaly.stuck`):
-    a forecast that follows the last value never sees a stuck sensor. The band stays the residual's.
-    As a level shift, a flat line is flagged for an hour of points (at least 3), then it is the new state."""
+    """A repeated value is tested twice, by its residual and by its flat run (:mod:`maml_anomaly.stuck`):
+    its p becomes twice the smaller of the two (Bonferroni: the smaller alone added the run test's
+    whole false-alarm rate to the residual's). A forecast that follows the last value never sees a
+    stuck sensor. The band stays the residual's. As a level shift, a flat line is flagged for an
+    hour of points (at least 3), then it is the new state. Other points keep their residual's p."""
     n_query = pts.score.shape[1]
     log_p = stuck_log_p(  # (B, Q), 0 where no repeat; a flat line flagged for an hour is the new state
-        raw, n_query, scale, log_p_flag=np.log(score_to_p(threshold)), accept_after=shift_accepted_after(n_query)
+        raw, n_query, scale, log_p_flag=np.log(score_to_p(threshold) / 2.0), accept_after=shift_accepted_after(n_query)
     )
-    score = np.where(np.isfinite(pts.score), np.maximum(pts.score, log_p_to_score(log_p)), np.nan)
+    tested = log_p < 0.0  # (B, Q) a repeat under test: two tests, Bonferroni
+    log_p_res = np.log(np.clip(pts.p_value, MIN_P, 1.0))
+    both = np.minimum(np.log(2.0) + np.minimum(log_p_res, log_p), 0.0)
+    score = np.where(np.isfinite(pts.score), np.where(tested, log_p_to_score(both), pts.score), np.nan)
     return PointScores(
         y_hat=pts.y_hat, lower=pts.lower, upper=pts.upper, score=score,
-        p_value=np.where(np.isfinite(pts.p_value), np.minimum(pts.p_value, np.clip(np.exp(log_p), MIN_P, 1.0)), np.nan),
+        p_value=np.where(np.isfinite(pts.p_value), np.where(tested, np.exp(both), pts.p_value), np.nan),
         is_anomaly=np.nan_to_num(score, nan=-np.inf) >= threshold,
     )
 

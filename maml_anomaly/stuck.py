@@ -23,7 +23,8 @@ lasted ``a`` repeats when the day began gets S(L) / S(a), the chance that a run 
 that much longer (without the conditioning, a long run still going at midnight, the normal state
 of a step-like series, was flagged all the next day; with it, a flat line is judged once, from
 its start). A series that never repeated in 216 points gives a single repeat p = 0.005 (not
-flagged at the default threshold 3), two 0.0023, an 8-hour flat line 7e-4 at its end. Points
+flagged at the default threshold 3), two 0.0023, an 8-hour flat line 7e-4 at its end
+(scoring doubles the smaller of this and the residual's p: Bonferroni over the two tests). Points
 without a repeat, or missing, get p = 1, and so does every point of a task whose history never
 moved. Everything is batched over tasks: no loop over series or points.
 """

@@ -34,7 +34,7 @@ from maml_anomaly.data.panel import Panel
 from maml_anomaly.data.write import write_bytes_atomic
 from maml_anomaly.errors import ModelDirError
 
-FORMAT_VERSION = 3  # 2: lags relative to the last value, reference y[t-1] + seasonal step; 3: step unclipped, lag 2p+1 (seasonal_step)
+FORMAT_VERSION = 4  # 2: lags relative to the last value, reference y[t-1] + seasonal step; 3: step unclipped, lag 2p+1 (seasonal_step); 4: lag_spec.second (lags and reference step of a second period)
 MANIFEST = "manifest.json"
 CLUSTERS = "clusters.parquet"
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -121,3 +122,43 @@ def test_flat_series_spikes_and_perfect_cycles():
     rare = np.zeros((200, t.size))                         # rare random events: no cycle,
     np.put_along_axis(rare, rng.integers(0, t.size, (200, 5)), 7.0, 1)
     assert (detect_periods(rare, HOUR).period > 0).mean() <= 0.05   # but for coincidences
+
+
+def _weekday_weekend(weeks: int, step: float, S: int = 60, seed: int = 3, half_hourly: bool = False):
+    """Daily sine of random phase and amplitude a; weekend days lower by ``step`` x a; noise 0.3 a."""
+    rng = np.random.default_rng(seed)
+    per_day = 48 if half_hourly else 24
+    T = 7 * per_day * weeks
+    t = np.arange(T)
+    weekend = ((t // per_day) % 7 >= 5).astype(float)
+    rows = []
+    for _ in range(S):
+        a = rng.uniform(1, 3)
+        daily = a * np.sin(2 * np.pi * (t % per_day - rng.uniform(0, per_day)) / per_day)
+        rows.append(100 + daily - step * a * weekend + rng.normal(0, 0.3 * a, T))
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("weeks", [4, 6])
+def test_weekday_weekend_step_gets_the_weekly_period(weeks):
+    """A weekend level half the daily amplitude below the weekdays: the daily fold's levels absorb
+    the step, so only a comparison inside the weekly fold sees it (the old rule gave 24 to all)."""
+    got = detect_periods(_weekday_weekend(weeks, 0.5), HOUR)
+    assert (got.period == 168).mean() >= 0.95, np.unique(got.period, return_counts=True)
+    assert (got.second_period[got.period == 168] == 24).all()
+    half = detect_periods(_weekday_weekend(weeks, 0.5, half_hourly=True), 1800.0)
+    assert (half.period == 336).mean() >= 0.95, np.unique(half.period, return_counts=True)
+
+
+def test_a_weekly_step_too_short_to_win_is_the_second_period():
+    """Two weeks do not predict held-out weekend points better than the daily profile, but the
+    weekly profile is significant: the period stays daily and the week is its second period."""
+    got = detect_periods(_weekday_weekend(2, 0.5), HOUR)
+    assert (got.period == 24).mean() >= 0.9
+    assert (got.second_period[got.period == 24] == 168).mean() >= 0.7
+
+
+def test_a_daily_cycle_without_a_weekly_pattern_has_no_weekly_second_period():
+    got = detect_periods(_weekday_weekend(4, 0.0), HOUR)
+    assert (got.period == 24).all()
+    assert not (got.second_period == 168).any()

@@ -13,7 +13,7 @@ import pandas as pd
 from maml_anomaly.batch import check_id_kinds, plain_ids
 from maml_anomaly.commands.common import LoadedInput, command_result, load_input, locked, progress, setup_torch
 from maml_anomaly.config import Config
-from maml_anomaly.core.tasks import choose_lag_spec, query_len_for_step, training_window_width
+from maml_anomaly.core.tasks import choose_lag_spec, cluster_second_period, query_len_for_step, training_window_width
 from maml_anomaly.core.training import TrainSettings, train_cluster
 from maml_anomaly.data.panel import Panel, build_panel
 from maml_anomaly.data.stream import iter_series_frames
@@ -40,6 +40,7 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
             "nothing to meta-train on. Check the --value-col column and the upstream job."
         )
     names, cluster_of, period_of = series_clusters(md, panel)
+    second_of = series_second_periods(md, panel)
     settings = train_settings(config)
     started = time.perf_counter()
     index: dict[str, Any] = {}
@@ -51,7 +52,8 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
             steps = panel.step_seconds[rows]
             step = float(pd.Series(steps[np.isfinite(steps)]).mode().iloc[0]) if np.isfinite(steps).any() else np.nan
             query_len = query_len_for_step(step)
-            spec = choose_lag_spec(period, panel.lengths[rows], settings.k_shot, query_len)
+            second = cluster_second_period(period, second_of[rows], step)
+            spec = choose_lag_spec(period, panel.lengths[rows], settings.k_shot, query_len, second=second)
             log.info(
                 "cluster %s: %d series, period %d, lags %s, query %d", name, rows.size, period, spec.lags, query_len
             )
@@ -160,6 +162,18 @@ def load_training_input(config: Config, md: ModelDir, input: Path) -> LoadedInpu
         report.summary(),
     )
     return LoadedInput(frame=frame, panel=panel, report=report)
+
+
+def series_second_periods(md: ModelDir, panel: Panel) -> np.ndarray:
+    """Per panel series, its second period from clusters.parquet (0 where unknown or not stored)."""
+    table = md.load_clusters_table()
+    out = np.zeros(panel.n_series, np.int64)
+    if "second_period" not in table.column_names:
+        return out
+    pos = panel.positions(table.column("unique_id").to_numpy(zero_copy_only=False))
+    known = pos >= 0
+    out[pos[known]] = table.column("second_period").to_numpy(zero_copy_only=False).astype(np.int64)[known]
+    return out
 
 
 def series_clusters(md: ModelDir, panel: Panel) -> tuple[list[str], np.ndarray, np.ndarray]:

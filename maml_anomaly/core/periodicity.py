@@ -12,10 +12,11 @@ value and shorter series are left-padded with NaN. Every stage works on blocks o
 4. each candidate p is scored by folding the series by p (level per cycle + profile per phase):
    adjusted share of variance explained (the reported strength), leave-one-out share (each
    point predicted from the other cycles) and an F test, which gate it;
-5. the best leave-one-out candidate wins, then harmonics are resolved: a divisor (p/2, p/3,
-   p/4) that predicts about as well, or that p does not significantly beat (nested F test),
-   is the real period; a multiple wins only when it explains clearly more and passes that
-   nested test (a weekly profile over its daily part).
+5. the best leave-one-out candidate wins, then harmonics are resolved inside the multiple's
+   fold (same cycle levels, same variance): a multiple is the period only when it beats its
+   divisor there by a nested F test and predicts held-out points clearly better (a weekly
+   profile over its daily part, a weekday / weekend step); a significant calendar multiple
+   that is not clearly better becomes the second period.
 
 A period needs ``MIN_CYCLES`` (2) full cycles within the observed span. Series with no
 significant cycle get period 0. docs/periods.md has the figures.
@@ -39,11 +40,7 @@ CLIP_Z = 3.5            # robust z beyond which a point is an outlier and is cli
 ALPHA = 0.01            # F-test level of a calendar period; free periods get ALPHA / lags tried
 NESTED_ALPHA = 0.001    # a multiple must beat its divisor at this level (weekly over daily)
 LOO_MIN = 0.1           # leave-one-out share a period must explain (noise scores <= 0)
-HARMONIC_SLACK = 0.15   # a divisor this close (share of the winner's unexplained part) wins
-HARMONIC_SLACK_MIN = 0.03
-MULTIPLE_MARGIN = 0.12  # a multiple must explain this much more of the unexplained part
-MULTIPLE_MARGIN_MIN = 0.05
-MULTIPLE_LOO_SLACK = 0.15  # ... and predict held-out points about as well (few-cycle overfit)
+MULTIPLE_GAIN = 0.05    # a multiple must cut its divisor's held-out error by this share (same fold)
 ADJ, LOO, PVAL, SSR, DFR, N_STATS = range(6)   # fold statistics per candidate (last axis)
 FREE_ACF_MIN = 0.1      # free candidates need at least this autocorrelation at their lag
 SMOOTH_FROM_LAG = 16    # ACF peaks from this lag on are found on a 5-tap smoothed ACF
@@ -143,8 +140,8 @@ def _detect_chunk(x: np.ndarray, calendar: list[int], max_lag: int, nfft: int,
     cands = np.concatenate([cands, divs], 1)
     stats = np.concatenate([stats, stats2], 1)
     good = np.concatenate([good, good2], 1)
-    nested = _nested_pvals(z, mask, np.where(good, cands, 0), stats)   # (C, K, K)
-    return _select(cands, stats, good, nested)
+    nested, gain = _nested_pvals(z, mask, np.where(good, cands, 0), stats)   # (C, K, K) each
+    return _select(cands, stats, good, nested, gain, np.isin(cands, calendar))
 
 
 def _passes(cands: np.ndarray, stats: np.ndarray, min_strength: float, alpha) -> np.ndarray:
@@ -335,20 +332,27 @@ def _fold(z: np.ndarray, mask: np.ndarray, p: int
 
 
 def _nested_pvals(z: np.ndarray, mask: np.ndarray, cands: np.ndarray, stats: np.ndarray
-                  ) -> np.ndarray:
-    """P[i, a, b]: F-test p-value that period cands[i, a] beats its exact divisor cands[i, b].
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """P[i, a, b]: F-test p-value that period cands[i, a] beats its exact divisor cands[i, b], and
+    G[i, a, b]: the share of the divisor's held-out error that the multiple removes.
 
     Within the fold by the multiple m, the profile is tested against its own average over the
-    m / d repeats of the divisor d (nested models with the same cycle levels). 1 elsewhere.
+    m / d repeats of the divisor d (nested models with the same cycle levels). P is 1 elsewhere.
+    G compares both profiles' leave-one-out errors in that same fold, so on the same variance:
+    each fold has its own cycle levels, and a daily fold's levels absorb a weekday / weekend step
+    that the weekly fold must explain with its profile (shares from different folds are not
+    comparable). G is -inf where not computed.
     """
     C, K = cands.shape
     out = np.ones((C, K, K), np.float32)
+    gain = np.full((C, K, K), -np.inf, np.float32)
     slot_of = {p: (rows, slots) for p, rows, slots in _by_period(cands)}
     for m, (rows, a_idx) in slot_of.items():
         divs = [d for d in slot_of if 2 <= d < m and m % d == 0]
         if not divs:
             continue
-        _, ph_n, ph_sum, _ = _fold(z[rows], mask[rows], m)  # (r, m) each
+        _, ph_n, ph_sum, ph_sq = _fold(z[rows], mask[rows], m)  # (r, m) each
+        loo_m = _loo_ss(ph_n, ph_sum, ph_sq)                # (r,) held-out error of m's profile
         st = stats[rows, a_idx]                             # (r, N_STATS) of m
         sigma2 = st[:, SSR] / np.maximum(st[:, DFR], 1)
         prof = ph_sum / np.maximum(ph_n, 1)
@@ -372,7 +376,18 @@ def _nested_pvals(z: np.ndarray, mask: np.ndarray, cands: np.ndarray, stats: np.
             f = chi / np.maximum(df1, 1) / np.maximum(sigma2[i], 1e-9)
             pv = np.where(ok, fdtrc(np.maximum(df1, 1), np.maximum(dfr, 1), f), 1.0)
             out[d_rows[both], a_idx[i], d_slots[both]] = pv
-    return out
+            loo_d = _loo_ss(w_d, ph_sum[i].reshape(-1, k, d).sum(1), ph_sq[i].reshape(-1, k, d).sum(1))
+            g = 1.0 - loo_m[i] / np.maximum(loo_d, 1e-12)
+            gain[d_rows[both], a_idx[i], d_slots[both]] = np.where(ok, g, -np.inf)
+    return out, gain
+
+
+def _loo_ss(ph_n: np.ndarray, ph_sum: np.ndarray, ph_sq: np.ndarray) -> np.ndarray:
+    """Leave-one-out squared error of a phase profile, per row: each point predicted by the mean
+    of its phase's other points (n / (n - 1) x its in-sample residual; a lone point by 0)."""
+    ssw = np.maximum(ph_sq - ph_sum * ph_sum / np.maximum(ph_n, 1), 0.0)
+    infl = np.where(ph_n > 1, ph_n / np.maximum(ph_n - 1, 1), 0.0)
+    return (ssw * infl * infl + ph_sq * (ph_n <= 1)).sum(1).astype(np.float64)
 
 
 def _fold_strength(z: np.ndarray, mask: np.ndarray, p: int) -> np.ndarray:
@@ -420,43 +435,46 @@ def _is_multiple(big: np.ndarray, small: np.ndarray) -> np.ndarray:
     return (q >= 2) & (np.abs(big - q * small) <= np.maximum(1.0, 0.02 * big))
 
 
-def _select(cands: np.ndarray, stats: np.ndarray, good: np.ndarray, nested: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pick the period per row among the good candidates: best leave-one-out, then harmonics."""
+def _select(cands: np.ndarray, stats: np.ndarray, good: np.ndarray, nested: np.ndarray,
+            gain: np.ndarray, on_calendar: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pick the period per row among the good candidates: best leave-one-out, then harmonics.
+
+    A multiple and its divisor are compared in the multiple's fold (``gain``, see
+    :func:`_nested_pvals`), never by shares from their own folds.
+    """
     C, K = cands.shape
     rows = np.arange(C)
     adj, loo = stats[..., ADJ], stats[..., LOO]
     s = np.where(good, loo, -np.inf)
     best = s.argmax(1)
     has = good[rows, best]
-    p_best, s_best = cands[rows, best], s[rows, best]
-    # a divisor that predicts about as well is the real period (2p folds as well as p)
-    slack = np.maximum(HARMONIC_SLACK_MIN, HARMONIC_SLACK * (1.0 - s_best))       # (C,)
-    a_best = adj[rows, best]
-    slack_adj = np.maximum(HARMONIC_SLACK_MIN, HARMONIC_SLACK * (1.0 - a_best))
-    close = (s >= (s_best - slack)[:, None]) & (adj >= (a_best - slack_adj)[:, None])
-    # ... or one the winner does not beat significantly (nested F test)
-    not_beaten = nested[rows, best, :] >= NESTED_ALPHA                                # (C, K)
-    divides = good & _is_multiple(p_best[:, None], cands) & (close | not_beaten)
+    p_best = cands[rows, best]
+    # a divisor is the real period when the winner does not beat it significantly (nested F
+    # test; 2p folds as well as p) or does not predict held-out points clearly better
+    not_beaten = (nested[rows, best, :] >= NESTED_ALPHA) | (gain[rows, best, :] < MULTIPLE_GAIN)  # (C, K)
+    divides = good & _is_multiple(p_best[:, None], cands) & not_beaten
     j = np.where(divides, cands, np.iinfo(np.int64).max).argmin(1)
     j = np.where(divides[rows, j], j, best)
-    # a multiple whose profile explains clearly more is the real period (weekly over daily);
-    # compared on the adjusted share, which does not penalise the fewer cycles of a long period
-    a_j = adj[rows, j]
-    margin = np.maximum(MULTIPLE_MARGIN_MIN, MULTIPLE_MARGIN * (1.0 - a_j))
-    wider = good & _is_multiple(cands, cands[rows, j][:, None]) & (adj >= (a_j + margin)[:, None]) \
-        & (loo >= (loo[rows, j] - MULTIPLE_LOO_SLACK)[:, None]) \
-        & (nested[rows, :, j] < NESTED_ALPHA)
-    jm = np.where(wider, adj, -np.inf).argmax(1)
-    j = np.where(wider[rows, jm], jm, j)
-    period = np.where(has, cands[rows, j], 0)
-    strength = np.where(has, adj[rows, j], 0.0)
+    # a multiple that is significant and predicts held-out points clearly better in its own fold
+    # is the real period (a weekly profile over its daily part, a weekday / weekend step)
+    beats = (nested[rows, :, j] < NESTED_ALPHA) & good & _is_multiple(cands, cands[rows, j][:, None])   # (C, K)
+    wider = beats & (gain[rows, :, j] >= MULTIPLE_GAIN)
+    jm = np.where(wider, gain[rows, :, j], -np.inf).argmax(1)
+    j_final = np.where(wider[rows, jm], jm, j)
+    period = np.where(has, cands[rows, j_final], 0)
+    strength = np.where(has, adj[rows, j_final], 0.0)
     # second period: the best other candidate that is neither a divisor nor a multiple of it
     related = _is_multiple(cands, period[:, None]) | _is_multiple(period[:, None], cands)
     other = good & ~related & (cands != period[:, None]) & has[:, None]
     j2 = np.where(other, s, -np.inf).argmax(1)
     second = np.where(other[rows, j2], cands[rows, j2], 0)
-    # a weekly period over a daily one: the daily cycle is the natural second period
+    # ... before it, a significant calendar multiple that did not win (a weekly step over a daily
+    # period, with too few weeks to predict held-out points better): the detector may still use
+    # it (a free multiple that is significant is mostly a one-off event folded onto itself)
+    kept = beats & on_calendar & ~wider[rows, jm][:, None] & has[:, None]
+    jw = np.where(kept, gain[rows, :, j], -np.inf).argmax(1)
+    second = np.where(kept[rows, jw], cands[rows, jw], second)
+    # ... and first, for a weekly period over a daily one, the daily cycle
     sub = good & _is_multiple(period[:, None], cands) & has[:, None]
     js = np.where(sub, adj, -np.inf).argmax(1)
     second = np.where(sub[rows, js], cands[rows, js], second)

@@ -22,6 +22,7 @@ from scipy.special import log_ndtr, ndtr, ndtri
 from maml_anomaly.core import fast_adapt
 from maml_anomaly.core.maml import adapt_tasks, expand_params, predict
 from maml_anomaly.core.model import Forecaster
+from maml_anomaly.core.stuck import stuck_log_p
 from maml_anomaly.core.tasks import (
     MAD_TO_SD,
     TARGET_CLIP,
@@ -700,7 +701,28 @@ def _score_without_echoes(
     point_scale = trailing_scale(_last_columns(np.abs(before), TRAILING_POINTS + n_query), denom)
     forecasts = Forecasts(query=forecast[:, n_before:], resid_scale=fast.resid_scale, recent=fast.recent,
                           point_scale=point_scale)
-    return tasks, score_points(tasks, forecasts, cal, threshold=threshold)
+    return tasks, with_stuck_runs(score_points(tasks, forecasts, cal, threshold=threshold), raw, tasks.scale, threshold)
+
+
+def with_stuck_runs(pts: PointScores, raw: np.ndarray, scale: np.ndarray, threshold: float) -> PointScores:
+    """A repeated value is tested twice, by its residual and by its flat run (:mod:`maml_anomaly.core.stuck`):
+    its p becomes twice the smaller of the two (Bonferroni: the smaller alone added the run test's
+    whole false-alarm rate to the residual's). A forecast that follows the last value never sees a
+    stuck sensor. The band stays the residual's. As a level shift, a flat line is flagged for an
+    hour of points (at least 3), then it is the new state. Other points keep their residual's p."""
+    n_query = pts.score.shape[1]
+    log_p = stuck_log_p(  # (B, Q), 0 where no repeat; a flat line flagged for an hour is the new state
+        raw, n_query, scale, log_p_flag=np.log(score_to_p(threshold) / 2.0), accept_after=shift_accepted_after(n_query)
+    )
+    tested = log_p < 0.0  # (B, Q) a repeat under test: two tests, Bonferroni
+    log_p_res = np.log(np.clip(pts.p_value, MIN_P, 1.0))
+    both = np.minimum(np.log(2.0) + np.minimum(log_p_res, log_p), 0.0)
+    score = np.where(np.isfinite(pts.score), np.where(tested, log_p_to_score(both), pts.score), np.nan)
+    return PointScores(
+        y_hat=pts.y_hat, lower=pts.lower, upper=pts.upper, score=score,
+        p_value=np.where(np.isfinite(pts.p_value), np.where(tested, np.exp(both), pts.p_value), np.nan),
+        is_anomaly=np.nan_to_num(score, nan=-np.inf) >= threshold,
+    )
 
 
 def _last_columns(a: np.ndarray, n: int) -> np.ndarray:
@@ -794,7 +816,7 @@ def _forecast_in_time_order(
             z[:, c] = np.where(np.isfinite(observed[:, i]), observed[:, i], z[:, c - 1])
         scale_i = trailing_scale(np.concatenate([trail, trail[:, :1]], axis=1), denom)[:, 0]  # (B,) see trailing_scale
         half = q_half * scale_i
-        x, base, naive = lag_inputs(z, np.array([c]), spec)
+        x, base, naive = lag_inputs(z, np.array([c]), spec, use_second=tasks.use_second)
         forecast[:, i] = gate * adapted.correction(x)[:, 0] + anchored(anchor, base[:, 0], z[:, c - 1], naive[:, 0])
         dev = observed[:, i] - forecast[:, i]
         flagged = _flags(dev[:, None], scale_i, cal, threshold, routine)[:, 0]

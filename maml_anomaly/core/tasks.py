@@ -31,6 +31,7 @@ class LagSpec:
 
     period: int
     lags: tuple[int, ...]  # sorted, unique, all >= 1
+    second: int = 0  # a second seasonal period (a week over a day, a day in a week); 0 = none
 
     @property
     def n_inputs(self) -> int:
@@ -41,28 +42,33 @@ class LagSpec:
         return max(self.lags)
 
     def to_dict(self) -> dict:
-        return {"period": int(self.period), "lags": [int(v) for v in self.lags]}
+        return {"period": int(self.period), "lags": [int(v) for v in self.lags], "second": int(self.second)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "LagSpec":
-        return cls(period=int(data["period"]), lags=tuple(int(v) for v in data["lags"]))
+        return cls(period=int(data["period"]), lags=tuple(int(v) for v in data["lags"]),
+                   second=int(data.get("second", 0)))
 
 
-def lag_spec(period: int, *, n_recent: int = 6, history: int | None = None) -> LagSpec:
+def lag_spec(period: int, *, n_recent: int = 6, history: int | None = None, second: int = 0) -> LagSpec:
     """Recent lags 1..n_recent, plus seasonal lags p-1, p, p+1 (and 2p, 2p+1 when history allows).
 
     ``history`` is the number of grid points a typical series of the cluster has before a task's
     first support target; ``2p`` is only used when it fits, so long periods do not starve tasks.
-    Without a period (p = 0) twice as many recent lags stand in for the seasonal ones.
+    Without a period (p = 0) twice as many recent lags stand in for the seasonal ones. A
+    ``second`` period s (see :func:`cluster_second_period`) adds s-1, s, s+1 (and 2s, 2s+1 under
+    the same rule): the reference can then take its step from either cycle (:func:`make_windows`).
     """
-    if period < 0 or n_recent < 1:
-        raise ValueError(f"period must be >= 0 and n_recent >= 1, got {period}, {n_recent}")
+    if period < 0 or n_recent < 1 or second < 0:
+        raise ValueError(f"period, second must be >= 0 and n_recent >= 1, got {period}, {second}, {n_recent}")
     if period == 0:
         return LagSpec(period=0, lags=tuple(range(1, 2 * n_recent + 1)))
-    lags = set(range(1, n_recent + 1)) | {max(period - 1, 1), period, period + 1}
-    if history is None or history >= 2 * period + 1:
-        lags |= {2 * period, 2 * period + 1}
-    return LagSpec(period=int(period), lags=tuple(sorted(lags)))
+    lags = set(range(1, n_recent + 1))
+    for p in (period, second) if second > 0 else (period,):
+        lags |= {max(p - 1, 1), p, p + 1}
+        if history is None or history >= 2 * p + 1:
+            lags |= {2 * p, 2 * p + 1}
+    return LagSpec(period=int(period), lags=tuple(sorted(lags)), second=int(second))
 
 
 MIN_TRAINING_QUERY = 8  # query points of a meta-training task even where a day holds fewer
@@ -98,21 +104,51 @@ def training_window_width(spec: LagSpec, k_shot: int, query_len: int, room: int 
 
 
 def choose_lag_spec(
-    period: int, lengths: np.ndarray, k_shot: int, query_len: int, *, n_recent: int = 6
+    period: int, lengths: np.ndarray, k_shot: int, query_len: int, *, n_recent: int = 6, second: int = 0
 ) -> LagSpec:
     """The most seasonal lag set whose windows fit the cluster's typical series.
 
-    Tries recent + seasonal lags with 2p, then without 2p, then recent lags only; a spec fits
-    when the median series holds a training window plus as many more distinct window starts.
+    Tries recent + seasonal lags of both periods (``second`` > 0) with 2p and 2s, then without
+    2p and 2s, then the same with the period alone, then recent lags only; a spec fits when the
+    median series holds a training window plus as many more distinct window starts.
     """
     typical = float(np.median(lengths)) if np.size(lengths) else 0.0
-    candidates = [lag_spec(period, n_recent=n_recent), lag_spec(period, n_recent=n_recent, history=0)]
+    candidates = [lag_spec(period, n_recent=n_recent, second=second),
+                  lag_spec(period, n_recent=n_recent, history=0, second=second)] if second > 0 else []
+    candidates += [lag_spec(period, n_recent=n_recent), lag_spec(period, n_recent=n_recent, history=0)]
     candidates.append(lag_spec(0, n_recent=n_recent))
     q = training_query_len(query_len, k_shot, room=0)  # the day: lags come before a longer query
     for spec in candidates:
         if typical >= training_window_width(spec, k_shot, query_len, room=0) + q:
             return spec
     return candidates[-1]
+
+
+MAX_SECOND_SPAN_S = 7 * SECONDS_PER_DAY  # a second period spans at most a week ...
+MAX_SECOND_POINTS = 2016  # ... and at most this many points (a week of 5-minute steps): bounded windows
+MIN_SECOND_SHARE = 0.25  # share of a cluster's series that must show the second period
+
+
+def cluster_second_period(period: int, seconds: np.ndarray, step_seconds: float) -> int:
+    """The second seasonal period a cluster's lags use: the most common ``second_period`` of its
+    series (clusters.parquet) that is a multiple of the cluster's period, spans at most a week
+    and :data:`MAX_SECOND_POINTS` points, held by at least a quarter of its series; else 0.
+
+    A daily cluster whose series have a weekly pattern gets the week; a daily series' year would
+    make windows a year long and is never used. A divisor (a weekly cluster's day, a daily
+    cluster's half-day harmonic) is not used: the period's own lags already hold its cycle, and
+    on the sample (seed 0, 300 iterations) those lags made the held-out query MSE of the weekly
+    cluster 0.051 -> 0.080 and of the 5-minute one 0.148 -> 0.248.
+    """
+    s = np.asarray(seconds, dtype=np.int64)
+    if period <= 0 or s.size == 0 or not np.isfinite(step_seconds) or step_seconds <= 0:
+        return 0
+    related = (s > period) & (s % period == 0)
+    related &= (s * step_seconds <= MAX_SECOND_SPAN_S) & (s <= MAX_SECOND_POINTS)
+    if related.sum() < MIN_SECOND_SHARE * s.size:
+        return 0
+    values, counts = np.unique(s[related], return_counts=True)
+    return int(values[np.argmax(counts)])  # ties: the shorter one
 
 
 def query_len_for_step(step_seconds: float) -> int:
@@ -154,6 +190,7 @@ class Tasks:
     centre: np.ndarray  # (B,) float64
     scale: np.ndarray  # (B,) float64, > 0 where the support window had data
     n_support_observed: np.ndarray  # (B,) int64, observed support targets
+    use_second: np.ndarray  # (B,) bool: the reference takes its step from the second period (see make_windows)
 
     def take(self, which: np.ndarray) -> "Tasks":
         """The tasks selected by a boolean mask or index array (every field has tasks first)."""
@@ -283,6 +320,9 @@ def make_windows(
     targets = np.arange(spec.max_lag, width)  # (R+Q,) columns of the targets
     x, base, naive = lag_inputs(z_in, targets, spec, clip=clip)  # (B, R+Q, D), (B, R+Q), (B, R+Q)
     y_raw = z[:, targets]  # (B, R+Q)
+    use_second = choose_second_reference(y_raw[:, :n_recent], base[:, :n_recent], z_in, targets[:n_recent], spec)
+    if use_second.any():
+        base = np.where(use_second[:, None], second_reference(z_in, targets, spec), base)
     observed = np.isfinite(y_raw)
     y = np.clip(np.where(observed, y_raw - base, 0.0), -clip, clip).astype(np.float32)
     w = observed.astype(np.float32)
@@ -309,17 +349,20 @@ def make_windows(
         centre=centre,
         scale=scale,
         n_support_observed=observed[:, r - k : r].sum(axis=1).astype(np.int64),
+        use_second=use_second,
     )
 
 
 def lag_inputs(
-    z_in: np.ndarray, targets: np.ndarray, spec: LagSpec, *, clip: float = TARGET_CLIP
+    z_in: np.ndarray, targets: np.ndarray, spec: LagSpec, *, clip: float = TARGET_CLIP,
+    use_second: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Net inputs, reference forecast and seasonal naive for target columns of normalised windows.
 
     z_in (B, W) imputed, unclipped; targets (T,) column indices >= max_lag. Returns x (B, T, D)
     float32 (lags relative to the most recent one, which keeps the level; clipped), the reference
     (B, T) float64 the net corrects, and seasonal naive (B, T) float64 (see :func:`make_windows`).
+    ``use_second`` (B,) bool: tasks whose reference takes the second period's step (``Tasks.use_second``).
     """
     lagged = z_in[:, targets[:, None] - np.asarray(spec.lags)[None, :]]  # (B, T, D)
     col = {lag: i for i, lag in enumerate(spec.lags)}
@@ -331,10 +374,50 @@ def lag_inputs(
         if {2 * p, 2 * p + 1} <= col.keys():
             step = seasonal_step(step, lagged[..., col[2 * p]] - lagged[..., col[2 * p + 1]])
         base = last + step
+    if use_second is not None and use_second.any():
+        base = np.where(np.asarray(use_second)[:, None], second_reference(z_in, targets, spec), base)
     naive = lagged[..., col.get(reference_lag(spec), 0)]
     x = lagged - last[..., None]
     x[..., 0] = last
     return np.clip(x, -clip, clip).astype(np.float32), base, naive
+
+
+def second_reference(z_in: np.ndarray, targets: np.ndarray, spec: LagSpec) -> np.ndarray:
+    """The reference with the second period's step, y[t-1] + (y[t-s] - y[t-s-1]) confirmed by the
+    cycle before (:func:`seasonal_step`) where the lags hold 2s: (B, T) float64 for the target
+    columns; the plain reference's last value where the spec has no second period."""
+    have = set(spec.lags)
+    last = z_in[:, targets - 1]  # (B, T)
+    s = spec.second
+    if s <= 0 or spec.period <= 0 or not {s, s + 1} <= have:
+        return last
+    step = z_in[:, targets - s] - z_in[:, targets - s - 1]
+    if {2 * s, 2 * s + 1} <= have:
+        step = seasonal_step(step, z_in[:, targets - 2 * s] - z_in[:, targets - 2 * s - 1])
+    return last + step
+
+
+def choose_second_reference(
+    y_recent: np.ndarray, base_recent: np.ndarray, z_in: np.ndarray, recent_targets: np.ndarray, spec: LagSpec
+) -> np.ndarray:
+    """(B,) bool: tasks whose reference should take the second period's step, the one whose
+    one-step error over the recent targets (before the query) is smaller.
+
+    Where the weekly cycle explains more than the daily one (a weekday / weekend step, a
+    different weekend shape), a week-old step foresees the change at midnight on Saturday and
+    Monday that yesterday's step cannot; where it does not, yesterday's step is fresher. Scoring
+    measures this over the week before the day (both transitions inside), training over the
+    K support points. y_recent (B, R) normalised observed targets (NaN = missing).
+    """
+    n_tasks = y_recent.shape[0]
+    if spec.second <= 0 or spec.period <= 0 or not {spec.second, spec.second + 1} <= set(spec.lags):
+        return np.zeros(n_tasks, dtype=bool)
+    alt = second_reference(z_in, recent_targets, spec)  # (B, R)
+    seen = np.isfinite(y_recent)
+    n = np.maximum(seen.sum(axis=1), 1)
+    err = np.where(seen, np.abs(y_recent - base_recent), 0.0).sum(axis=1) / n
+    err_alt = np.where(seen, np.abs(y_recent - alt), 0.0).sum(axis=1) / n
+    return err_alt < err
 
 
 STEP_DISAGREEMENT = 3.0  # normalised units: two cycles' steps this far apart mean a one-off jump

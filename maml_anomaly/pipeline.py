@@ -12,6 +12,7 @@ input has been validated, so a bad input never leaves a partial output or a dama
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -639,8 +640,9 @@ def _check_id_kinds(model_ids: pd.Series, panel: Panel, md: ModelDir | str) -> N
         )
 
 
-def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
-    """Cluster names and their ClusterModels, as meta-train wrote them."""
+def _load_models(md: ModelDir, inner_steps: int = -1) -> tuple[list[str], list[Any]]:
+    """Cluster names and their ClusterModels, as meta-train wrote them (``inner_steps`` >= 0
+    replaces the trained number of adaptation steps, for scoring only)."""
     from maml_anomaly.scoring import ClusterModel
 
     if not md.has(DETECTOR):
@@ -661,7 +663,8 @@ def _load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
         params = {k: v for k, v in tensors.items() if not k.startswith("inner_lr/")}
         lrs = {k[len("inner_lr/"):]: v for k, v in tensors.items() if k.startswith("inner_lr/")} or None
         names.append(name)
-        models.append(ClusterModel.from_metadata(meta, params, inner_lrs=lrs))
+        model = ClusterModel.from_metadata(meta, params, inner_lrs=lrs)
+        models.append(model if inner_steps < 0 else dataclasses.replace(model, inner_steps=inner_steps))
     return names, models
 
 
@@ -746,7 +749,7 @@ class Scorer:
 
 def load_scorer(config: Config, md: ModelDir, device: str) -> Scorer:
     """Read the forecasters, clusters and clusterer state of a trained model directory once."""
-    names, models = _load_models(md)
+    names, models = _load_models(md, config.score.inner_steps_at_scoring)
     clusterer = md.load_json(CLUSTERER) if md.has(CLUSTERER) else None
     return Scorer(config, device, str(md.path), names, models, md.load_clusters(), clusterer)
 
@@ -1390,7 +1393,7 @@ def _score_stream(
     if first > data_last or last < data_first:  # nothing to score: say so before reading anything
         raise _no_data_error(date_option, first, last, data_first, data_last)
     try:
-        names, models = _load_models(md)
+        names, models = _load_models(md, config.score.inner_steps_at_scoring)
     except ModelDirError:
         # a bad input is reported before a missing model (fix the data first): check a batch
         next(iter_series_frames(input, config.columns, config.input.on_duplicate, batch_rows=STREAM_ROWS), None)
@@ -1539,7 +1542,7 @@ def _worker_init(job: _ScoreJob) -> None:
     import torch
 
     torch.set_num_threads(job.config.runtime.threads)
-    names, models = _load_models(ModelDir(job.model_dir))
+    names, models = _load_models(ModelDir(job.model_dir), job.config.score.inner_steps_at_scoring)
     _WORKER.update(job=job, names=names, models=models)
 
 

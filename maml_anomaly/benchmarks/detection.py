@@ -1,6 +1,6 @@
 """Detection benchmark: the MAML detector beside the baselines, on sample, NAB or M4 hourly data.
 
-    python -m maml_anomaly.benchmarks.detection --data sample|nab|m4 [--methods ...] [--workdir DIR]
+    python -m maml_anomaly.benchmarks.detection --data sample|nab|msl|m4 [--methods ...] [--workdir DIR]
 
 Per data set, every method scores the same points of the same days, and `evaluation` measures
 them against the same labels:
@@ -11,6 +11,9 @@ them against the same labels:
 * nab: NAB's rule: the first 15% of each series is probationary (meta-train sees only that part,
   nothing is scored there); every method scores the rest; labels are NAB's combined windows.
   Duplicate timestamps (7 series) are averaged (`--on-duplicate mean`).
+* msl: NASA MSL spacecraft telemetry (27 channels, a synthetic 1-minute grid): meta-train sees
+  what comes before each channel's published `test_start`; every method scores from it on;
+  labels are the published anomaly windows (all in the test part).
 * m4: M4 hourly; meta-train sees train.parquet; every method forecasts the 48 test points one step
   ahead from observed lags; reported: MASE (in-sample seasonal scale, period 24) and the flag
   rate on the test points (no labels).
@@ -18,7 +21,7 @@ them against the same labels:
 Methods: `maml` (fit-clusters, meta-train, backtest through the pipeline), `seasonal_naive`,
 `holt_winters` (maml_anomaly.baselines). All use the same period per series: the one fit-clusters
 found when `maml` runs first, otherwise the data set's hint (sample: true periods; NAB: the daily
-cycle at each series' step; M4: 24).
+cycle at each series' step; MSL: none, its clock is synthetic; M4: 24).
 """
 
 from __future__ import annotations
@@ -93,6 +96,18 @@ def load_nab(root: Path = DATA / "nab", probation: float = 0.15) -> Dataset:
                    cutoff.min().normalize(), values["ds"].max().normalize(), hint, on_duplicate="mean")
 
 
+def load_msl(root: Path = DATA / "msl") -> Dataset:
+    """Telemetry: the published training part of each channel is what meta-training sees."""
+    values = read_long(root / "values.parquet", ColumnConfig())
+    values["unique_id"] = values["unique_id"].astype(str)
+    info = pd.read_parquet(root / "series.parquet")
+    cutoff = info.set_index(info["unique_id"].astype(str))["test_start"].astype("datetime64[ns]")
+    train = values[values["ds"] < values["unique_id"].map(cutoff)]
+    ids = cutoff.index
+    return Dataset("msl", values, train, pd.read_parquet(root / "windows.parquet"), cutoff,
+                   cutoff.min().normalize(), values["ds"].max().normalize(), pd.Series(0, index=ids))
+
+
 def load_m4(root: Path = DATA / "m4_hourly") -> Dataset:
     train = pd.read_parquet(root / "train.parquet")
     test = pd.read_parquet(root / "test.parquet")
@@ -103,7 +118,7 @@ def load_m4(root: Path = DATA / "m4_hourly") -> Dataset:
                    test["ds"].max().normalize(), pd.Series(24, index=ids))
 
 
-LOADERS = {"sample": load_sample, "nab": load_nab, "m4": load_m4}
+LOADERS = {"sample": load_sample, "nab": load_nab, "msl": load_msl, "m4": load_m4}
 
 
 def _measured(scores: pd.DataFrame, cutoff: pd.Series) -> pd.DataFrame:

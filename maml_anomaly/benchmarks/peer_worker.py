@@ -148,10 +148,14 @@ def run_merlion(g: pd.DataFrame, cutoff: int, step: pd.Timedelta):
 
 
 def _version(method: str) -> str:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     lib = {"adtk": "adtk", "merlion": "salesforce-merlion"}.get(method, "statsforecast")
-    return f"{lib} {version(lib)}, pandas {pd.__version__}, numpy {np.__version__}"
+    try:
+        found = version(lib)
+    except PackageNotFoundError:
+        found = "not installed"
+    return f"{lib} {found}, pandas {pd.__version__}, numpy {np.__version__}"
 
 
 def main(argv: list[str]) -> None:

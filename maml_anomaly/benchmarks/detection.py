@@ -22,6 +22,12 @@ Methods: `maml` (fit-clusters, meta-train, backtest through the pipeline), `seas
 `holt_winters` (maml_anomaly.baselines). All use the same period per series: the one fit-clusters
 found when `maml` runs first, otherwise the data set's hint (sample: true periods; NAB: the daily
 cycle at each series' step; MSL: none, its clock is synthetic; M4: 24).
+
+`maml_0step`: the model `maml` trained, scored with 0 inner steps (`score.inner_steps_at_scoring`):
+what adaptation is worth. Peers (`adtk`, `sf_autoets`, `sf_mstl`, `sf_mstl_dayahead`, `merlion`;
+maml_anomaly.benchmarks.peers) run in their own environments on the same rows and always use the
+data set's hint, so their results do not depend on the detector and are cached per data set
+(`--reuse-peers`). `--methods all` runs everything, `--methods peers` the peers only.
 """
 
 from __future__ import annotations
@@ -243,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", choices=sorted(LOADERS), default="sample")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated: " + ", ".join(METHODS + (MAML_0STEP,) + tuple(peers.PEERS))
-                        + f"; 'all' = {','.join(ALL)}")
+                        + f"; 'all' = {','.join(ALL)}; 'peers' = the peers only")
     parser.add_argument("--reuse-model", action="store_true",
                         help="maml: score with the model a previous run left in the workdir (no training)")
     parser.add_argument("--reuse-peers", action="store_true",
@@ -261,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     config = Config.load(args.config, {"threads": args.threads})
-    methods = ALL if args.methods == "all" else tuple(args.methods.split(","))
+    methods = {"all": ALL, "peers": tuple(peers.PEERS)}.get(args.methods) or tuple(args.methods.split(","))
     report = run(args.data, methods, args.workdir, args.far, config, args.seed, args.reuse_model, args.reuse_peers,
                  args.peer_max_seconds)
     print(markdown(report))

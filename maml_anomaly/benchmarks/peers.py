@@ -185,7 +185,7 @@ def run_peer(method: str, frame: pd.DataFrame, period: pd.Series, cutoff: pd.Ser
     """Run `method` in its environment on the panel, caching its results in `folder`.
 
     With ``reuse``, results cached for the same inputs (same fingerprint) are read instead of
-    rerun. A peer whose environment is missing comes back with ``info["not_run"]`` saying how to
+    rerun (a run cut short by ``max_seconds`` only for the same limit). A peer whose environment is missing comes back with ``info["not_run"]`` saying how to
     install it.
     """
     folder.mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,8 @@ def run_peer(method: str, frame: pd.DataFrame, period: pd.Series, cutoff: pd.Ser
     result_path, info_path = folder / f"{method}.parquet", folder / f"{method}.json"
     if reuse and result_path.exists() and info_path.exists():
         info = json.loads(info_path.read_text())
-        if info.get("fingerprint") == fp:
+        complete = not info.get("skipped_for_time") or info.get("max_seconds") == max_seconds  # a partial run: same cap
+        if info.get("fingerprint") == fp and complete:
             info["cached"] = True
             return PeerRun(read_outputs(grid, pd.read_parquet(result_path), method, start, end,
                                         info["skipped_for_time"]), info)
@@ -211,7 +212,7 @@ def run_peer(method: str, frame: pd.DataFrame, period: pd.Series, cutoff: pd.Ser
         return PeerRun(None, {"method": method, "not_run": f"the worker failed (exit {proc.returncode}): "
                                                            + proc.stderr.strip()[-2000:]})
     info = json.loads(Path(f"{result_path}.json").read_text())
-    info.update(wall_seconds=wall, fingerprint=fp, n_failed=len(info["failed"]),
+    info.update(wall_seconds=wall, fingerprint=fp, max_seconds=max_seconds, n_failed=len(info["failed"]),
                 n_skipped_for_time=len(info["skipped_for_time"]))
     info_path.write_text(json.dumps(info, indent=2))
     return PeerRun(read_outputs(grid, pd.read_parquet(result_path), method, start, end, info["skipped_for_time"]),

@@ -230,6 +230,9 @@ def markdown_notes(report: dict) -> str:
                  f"{p['n_skipped_for_time']} series not reached in the time allowed (not measured)"
                  if p["n_skipped_for_time"]
                  else "", "cached result" if p.get("cached") else ""]
+        if same := p.get("maml_on_same_series"):
+            extra.append(f"maml on the same {same['n_series']} series: event recall at the fixed FAR "
+                         f"{same['event_recall_at_far']:.3f}, F1 at its default {same['f1_default']:.3f}")
         lines.append(f"- {method}: {p['version']}; {p['wall_seconds']:.0f} s wall ({p['seconds']:.0f} s in the peer)"
                      + "".join(f"; {e}" for e in extra if e))
     return "peers:\n" + "\n".join(lines) if lines else ""

@@ -99,7 +99,11 @@ def run_sf_insample(method: str, g: pd.DataFrame, period: int, cutoff: int):
     return mean[cutoff:], score[cutoff:], flag[cutoff:]
 
 
-def run_sf_dayahead(g: pd.DataFrame, period: int, cutoff: int):
+class OutOfTime(Exception):
+    """The time limit ran out inside a series: it counts as not reached."""
+
+
+def run_sf_dayahead(g: pd.DataFrame, period: int, cutoff: int, deadline: float = float("inf")):
     """MSTL fitted on everything before each scored day, forecasting that day with 99% intervals."""
     y = g["y"].to_numpy(float)
     day = g["day"].to_numpy()
@@ -111,6 +115,8 @@ def run_sf_dayahead(g: pd.DataFrame, period: int, cutoff: int):
     starts = np.flatnonzero((day >= first) & np.r_[True, day[1:] != day[:-1]])  # first index of each day
     ends = np.r_[starts[1:], n]
     for a, b in zip(starts, ends):
+        if time.perf_counter() > deadline:  # one long series refits once a day: hundreds of fits
+            raise OutOfTime
         if a < 2:
             continue
         out = _sf_model("sf_mstl", period).forecast(y=_filled(y[:a]), h=int(b - a), level=[99])
@@ -185,11 +191,14 @@ def main(argv: list[str]) -> None:
             elif method in ("sf_autoets", "sf_mstl"):
                 y_hat, score, flag = run_sf_insample(method, g, period, cutoff)
             elif method == "sf_mstl_dayahead":
-                y_hat, score, flag = run_sf_dayahead(g, period, cutoff)
+                y_hat, score, flag = run_sf_dayahead(g, period, cutoff, t0 + max_seconds)
             elif method == "merlion":
                 y_hat, score, flag = run_merlion(g, cutoff, step)
             else:
                 raise SystemExit(f"unknown peer method {method!r}")
+        except OutOfTime:
+            skipped.append(str(uid))
+            continue
         except Exception as exc:  # one bad series does not stop the run; it is counted
             failed[str(uid)] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc(file=sys.stderr)

@@ -119,3 +119,6 @@ def test_run_peer_goes_through_a_subprocess_and_caches_by_inputs(tmp_path, monke
     assert again.info.get("cached") is True
     changed = peers.run_peer("adtk", _frame(), pd.Series({"a": 12, "b": 0}), _cutoff(), reuse=True, **kw)
     assert not changed.info.get("cached")
+    monkeypatch.setitem(peers.REVISION, "adtk", peers.REVISION["adtk"] + 1)  # the method's code changed
+    rerun = peers.run_peer("adtk", _frame(), pd.Series({"a": 12, "b": 0}), _cutoff(), reuse=True, **kw)
+    assert not rerun.info.get("cached")

@@ -45,35 +45,22 @@ def _interval_score(y, mean, lo, hi):
 
 
 def run_adtk(g: pd.DataFrame, period: int, cutoff: int, step: pd.Timedelta):
+    """SeasonalAD or PersistAD: both flag |residual| (|change| for PersistAD) above Q3 + c * IQR of
+    the history's; the continuous score is that statistic, (|r| - Q3) / IQR."""
     from adtk.detector import PersistAD, SeasonalAD
 
     idx = pd.date_range(g["ds"].iloc[0], periods=len(g), freq=step)
-    y = g["y"].to_numpy(float)
-    s = pd.Series(_filled(y), index=idx)
-    train = s.iloc[:cutoff]
-    if period > 1:
-        det = SeasonalAD(freq=int(period))
-        det.fit(train)
-        inter = det.pipe_.detect(s, return_intermediate=True)
-        resid = inter["deseasonal_residual"]
-        abs_hi = det.pipe_.steps["iqr_ad"]["model"].abs_high_
-        q1, q3 = np.nanpercentile(np.abs(inter["deseasonal_residual"].iloc[:cutoff]), [25, 75])
-        iqr = max(q3 - q1, 1e-12)
-        score = (np.abs(resid.to_numpy(float)) - q3) / iqr
-        flag = np.abs(resid.to_numpy(float)) > abs_hi
-        y_hat = s.to_numpy(float) - resid.to_numpy(float)
-    else:
-        det = PersistAD()
-        det.fit(train)
-        inter = det.pipe_.detect(s, return_intermediate=True)
-        diff = inter["diff_abs"] if "diff_abs" in inter else inter["diff"]
-        d = diff.to_numpy(float)
-        q1, q3 = np.nanpercentile(diff.iloc[:cutoff].dropna(), [25, 75])
-        iqr = max(q3 - q1, 1e-12)
-        score = np.maximum((d - q3) / iqr, (q1 - d) / iqr)
-        flag = (inter["iqr_ad"].to_numpy() == 1) if "iqr_ad" in inter else score > 3.0
-        y_hat = s.to_numpy(float) - d
-    return y_hat[cutoff:], score[cutoff:], np.asarray(flag, bool)[cutoff:]
+    s = pd.Series(_filled(g["y"].to_numpy(float)), index=idx)
+    seasonal = period > 1
+    det = SeasonalAD(freq=int(period)) if seasonal else PersistAD()
+    det.fit(s.iloc[:cutoff])
+    inter = det.pipe_.detect(s, return_intermediate=True)
+    absolute = (inter["abs_residual"] if seasonal else inter["diff_abs"]).to_numpy(float)
+    signed = (inter["deseasonal_residual"] if seasonal else inter["diff"]).to_numpy(float)
+    q1, q3 = pd.Series(absolute[:cutoff]).quantile([0.25, 0.75])  # what InterQuartileRangeAD fitted
+    score = (absolute - q3) / max(q3 - q1, 1e-12)
+    flag = det.detect(s).fillna(False).to_numpy(bool)  # ADTK's own rule
+    return (s.to_numpy(float) - signed)[cutoff:], score[cutoff:], flag[cutoff:]
 
 
 # -- statsforecast -------------------------------------------------------------------------------

@@ -69,6 +69,8 @@ ENVS = {
                                    "prophet==1.1.5", "lightgbm==4.3.0", "matplotlib==3.8.4",
                                    "pyarrow==14.0.2"), needs_java=True),
 }
+# bumped when a method's code in peer_worker changes: cached results of an older revision are rerun
+REVISION = {"adtk": 2, "sf_autoets": 1, "sf_mstl": 1, "sf_mstl_dayahead": 1, "merlion": 1}
 # method -> environment it runs in
 PEERS = {"adtk": "adtk", "sf_autoets": "statsforecast", "sf_mstl": "statsforecast",
          "sf_mstl_dayahead": "statsforecast", "merlion": "merlion"}
@@ -196,7 +198,7 @@ def run_peer(method: str, frame: pd.DataFrame, period: pd.Series, cutoff: pd.Ser
     if reuse and result_path.exists() and info_path.exists():
         info = json.loads(info_path.read_text())
         complete = not info.get("skipped_for_time") or info.get("max_seconds") == max_seconds  # a partial run: same cap
-        if info.get("fingerprint") == fp and complete:
+        if info.get("fingerprint") == fp and complete and info.get("revision", 1) == REVISION[method]:
             info["cached"] = True
             return PeerRun(read_outputs(grid, pd.read_parquet(result_path), method, start, end,
                                         info["skipped_for_time"]), info)
@@ -212,7 +214,7 @@ def run_peer(method: str, frame: pd.DataFrame, period: pd.Series, cutoff: pd.Ser
         return PeerRun(None, {"method": method, "not_run": f"the worker failed (exit {proc.returncode}): "
                                                            + proc.stderr.strip()[-2000:]})
     info = json.loads(Path(f"{result_path}.json").read_text())
-    info.update(wall_seconds=wall, fingerprint=fp, max_seconds=max_seconds, n_failed=len(info["failed"]),
+    info.update(wall_seconds=wall, fingerprint=fp, max_seconds=max_seconds, revision=REVISION[method], n_failed=len(info["failed"]),
                 n_skipped_for_time=len(info["skipped_for_time"]))
     info_path.write_text(json.dumps(info, indent=2))
     return PeerRun(read_outputs(grid, pd.read_parquet(result_path), method, start, end, info["skipped_for_time"]),

@@ -121,11 +121,13 @@ class ScoreConfig:
     threshold: float = 3.0  # measured: 0.26% false alarms on clean sample points (docs/detector.md)
     batch_size: int = 4096  # tasks per adaptation chunk: 4096 peaked at 0.7 GB vs 1.6 GB for 20000, no slower (docs/performance.md)
     max_failed_fraction: float = 1.0
+    inner_steps_at_scoring: int = -1  # -1: the trained inner steps; 0 scores the meta-init unadapted (what adaptation is worth)
 
     def __post_init__(self) -> None:
         _check_positive("score.threshold", self.threshold)
         _check_min("score.batch_size", self.batch_size, 1)
         _check_range("score.max_failed_fraction", self.max_failed_fraction, 0.0, 1.0)
+        _check_min("score.inner_steps_at_scoring", self.inner_steps_at_scoring, -1)
 
 
 @dataclass(frozen=True)

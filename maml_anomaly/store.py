@@ -14,6 +14,7 @@ manifest; loading verifies it, so a corrupt or hand-edited file is refused, not 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -322,8 +323,9 @@ def weight_files(md: ModelDir) -> list[str]:
     return sorted(p.name for p in md.path.glob("*.safetensors"))
 
 
-def load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
-    """Cluster names and their ClusterModels, as meta-train wrote them."""
+def load_models(md: ModelDir, inner_steps: int = -1) -> tuple[list[str], list[Any]]:
+    """Cluster names and their ClusterModels, as meta-train wrote them (``inner_steps`` >= 0
+    replaces the trained number of adaptation steps, for scoring only)."""
     from maml_anomaly.core.scoring import ClusterModel  # torch: imported when scoring, not for --help
 
     if not md.has(DETECTOR):
@@ -344,7 +346,8 @@ def load_models(md: ModelDir) -> tuple[list[str], list[Any]]:
         params = {k: v for k, v in tensors.items() if not k.startswith("inner_lr/")}
         lrs = {k[len("inner_lr/"):]: v for k, v in tensors.items() if k.startswith("inner_lr/")} or None
         names.append(name)
-        models.append(ClusterModel.from_metadata(meta, params, inner_lrs=lrs))
+        model = ClusterModel.from_metadata(meta, params, inner_lrs=lrs)
+        models.append(model if inner_steps < 0 else dataclasses.replace(model, inner_steps=inner_steps))
     return names, models
 
 

@@ -143,3 +143,30 @@ def test_failure_budget_fails_after_writing(trained):
     )
     assert result.exit_code == 1 and "could not be scored" in result.output  # the 'late' series
     assert "still written" in result.output and out.exists()  # issue 7: the scores show which failed
+
+
+def test_zero_inner_steps_at_scoring_scores_the_meta_init(trained):
+    """score.inner_steps_at_scoring = 0 scores as a model meta-trained with 0 steps would, and
+    differs from the adapted scores (the detection benchmark's "0 inner steps" row)."""
+    import shutil
+
+    from maml_anomaly.store import ModelDir
+
+    root, _ = trained
+    (root / "zero.toml").write_text("[score]\ninner_steps_at_scoring = 0\n")
+    adapted = _score(root, root / "adapted.parquet")
+    zero = _score(root, root / "zero.parquet", "--config", root / "zero.toml")
+    unadapted_model = root / "model_0"
+    shutil.copytree(root / "model", unadapted_model)
+    md = ModelDir(unadapted_model)
+    index = md.load_json("detector.json")
+    assert all(c["inner_steps"] > 0 for c in index["clusters"].values())
+    for c in index["clusters"].values():
+        c["inner_steps"] = 0
+    md.save_json("detector.json", index)  # as if meta-train had stored 0 steps
+    result = _invoke("daily-score", "--input", root / "input.parquet", "--model-dir", unadapted_model,
+                     "--output", root / "zero_model.parquet")
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(zero, pd.read_parquet(root / "zero_model.parquet"))
+    ok = (adapted["status"] == "ok") & (zero["status"] == "ok")
+    assert not np.allclose(adapted.loc[ok, "y_hat"], zero.loc[ok, "y_hat"])

@@ -22,6 +22,12 @@ Methods: `maml` (fit-clusters, meta-train, backtest through the pipeline), `seas
 `holt_winters` (maml_anomaly.core.baselines). All use the same period per series: the one fit-clusters
 found when `maml` runs first, otherwise the data set's hint (sample: true periods; NAB: the daily
 cycle at each series' step; MSL: none, its clock is synthetic; M4: 24).
+
+`maml_0step`: the model `maml` trained, scored with 0 inner steps (`score.inner_steps_at_scoring`):
+what adaptation is worth. Peers (`adtk`, `sf_autoets`, `sf_mstl`, `sf_mstl_dayahead`, `merlion`;
+maml_anomaly.benchmarks.peers) run in their own environments on the same rows and always use the
+data set's hint, so their results do not depend on the detector and are cached per data set
+(`--reuse-peers`). `--methods all` runs everything, `--methods peers` the peers only.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from maml_anomaly.core import baselines
+from maml_anomaly.benchmarks import peers
 from maml_anomaly.config import ColumnConfig, Config
 from maml_anomaly.data.read import read_long
 from maml_anomaly.sample import make_sample
@@ -46,6 +53,9 @@ from maml_anomaly.core.evaluation import evaluate_scores
 log = logging.getLogger(__name__)
 DATA = Path("/work/shared/data")
 METHODS = ("maml", "seasonal_naive", "holt_winters")
+MAML_0STEP = "maml_0step"  # the same meta-trained model scored without adaptation
+ALL = ("maml", MAML_0STEP, "seasonal_naive", "holt_winters") + tuple(peers.PEERS)
+LABELS = {MAML_0STEP: "maml, 0 inner steps at scoring", **peers.LABELS}
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data"
 EMPTY_LABELS = pd.DataFrame({"unique_id": pd.Series([], dtype=str),
                              "start": pd.Series([], dtype="datetime64[ns]"),
@@ -133,17 +143,22 @@ def run_baseline(name: str, data: Dataset, period: pd.Series) -> pd.DataFrame:
     return baselines.BASELINES[name](data.values, period, start=data.start, end=data.end, **extra)
 
 
-def run_maml(data: Dataset, workdir: Path, config: Config) -> tuple[pd.DataFrame, pd.Series]:
-    """fit-clusters and meta-train on the training part, backtest over the scored days."""
+def run_maml(data: Dataset, workdir: Path, config: Config, reuse_model: bool = False,
+             name: str = "maml") -> tuple[pd.DataFrame, pd.Series]:
+    """fit-clusters and meta-train on the training part, backtest over the scored days.
+
+    reuse_model: score with the model a previous run left in the workdir (no training).
+    """
     from maml_anomaly import api as pipeline
 
     workdir.mkdir(parents=True, exist_ok=True)
     train_path, all_path = workdir / "train.parquet", workdir / "values.parquet"
-    data.train.to_parquet(train_path, index=False)
+    model_dir, scores_path = workdir / "model", workdir / f"scores_{name}.parquet"
     data.values.to_parquet(all_path, index=False)
-    model_dir, scores_path = workdir / "model", workdir / "scores_maml.parquet"
-    pipeline.fit_clusters(config=config, input=train_path, model_dir=model_dir, overwrite=True)
-    pipeline.meta_train(config=config, input=train_path, model_dir=model_dir, overwrite=True)
+    if not (reuse_model and (model_dir / "clusters.parquet").exists()):
+        data.train.to_parquet(train_path, index=False)
+        pipeline.fit_clusters(config=config, input=train_path, model_dir=model_dir, overwrite=True)
+        pipeline.meta_train(config=config, input=train_path, model_dir=model_dir, overwrite=True)
     pipeline.backtest(config=config, input=all_path, model_dir=model_dir, output=scores_path,
                       start=str(data.start.date()), end=str(data.end.date()))
     clusters = pd.read_parquet(model_dir / "clusters.parquet")
@@ -151,24 +166,51 @@ def run_maml(data: Dataset, workdir: Path, config: Config) -> tuple[pd.DataFrame
 
 
 def run(data_name: str, methods=METHODS, workdir: Path = Path("/tmp/maml-bench"), far: float = 0.01,
-        config: Config | None = None, seed: int = 0) -> dict:
+        config: Config | None = None, seed: int = 0, reuse_model: bool = False, reuse_peers: bool = False,
+        peer_max_seconds: float | None = None) -> dict:
     data = load_sample(seed=seed) if data_name == "sample" else LOADERS[data_name]()
     config = config or Config()
     period = data.period_hint
-    results = {}
+    results, measured = {}, {}
     for method in methods:
         t0 = time.perf_counter()
         if method == "maml":
-            scores, period = run_maml(data, workdir / data.name, config)
+            scores, period = run_maml(data, workdir / data.name, config, reuse_model)
+        elif method == MAML_0STEP:
+            unadapted = config.replace_from_flags({"score.inner_steps_at_scoring": 0})
+            scores, period = run_maml(data, workdir / data.name, unadapted, reuse_model=True, name=method)
+        elif method in peers.PEERS:  # the data set's periods, so cached results do not depend on the detector
+            ran = peers.run_peer(method, data.values, data.period_hint, data.cutoff, start=data.start, end=data.end,
+                                 folder=workdir / data.name / "peers", reuse=reuse_peers, max_seconds=peer_max_seconds)
+            if ran.scores is None:
+                log.warning("%s on %s: not run: %s", method, data.name, ran.info["not_run"])
+                results[method] = {"not_run": ran.info["not_run"]}
+                continue
+            scores = ran.scores
         else:
             scores = run_baseline(method, data, period)
         seconds = time.perf_counter() - t0
+        if method in peers.PEERS:  # the peer's own run (cached results keep the time they took)
+            seconds = ran.info["wall_seconds"]
         log.info("%s on %s: scored in %.1f s", method, data.name, seconds)
         scores = _measured(scores, data.cutoff)
         naive = baselines.seasonal_naive_reference(data.values, period, before=data.cutoff)
         summary = evaluate_scores(scores, data.labels, far=far, naive=naive)
         summary["seconds"] = seconds
+        if method in peers.PEERS:
+            summary["peer"] = ran.info
         results[method] = summary
+        measured[method] = (scores, naive)
+    if "maml" in measured:  # a peer cut short is measured on fewer series: the detector on the same ones
+        for method, (scores, naive) in measured.items():
+            if method in peers.PEERS and results[method]["peer"].get("n_skipped_for_time"):
+                reached = set(scores["unique_id"].astype(str))
+                maml = measured["maml"][0]
+                sub = evaluate_scores(maml[maml["unique_id"].astype(str).isin(reached)], data.labels, far=far,
+                                      naive=naive)
+                results[method]["peer"]["maml_on_same_series"] = {
+                    "n_series": len(reached), "event_recall_at_far": sub["at_far"]["event_recall"],
+                    "f1_default": sub["default"]["f1"], "mae_ratio": sub.get("forecast", {}).get("mae_ratio_gmean")}
     return {"data": data.name, "far": far, "config": config.to_dict(), "results": results,
             "periods": {str(k): int(v) for k, v in pd.Series(period).value_counts().sort_index().items()}}
 
@@ -179,8 +221,11 @@ def markdown(report: dict) -> str:
             "| point precision | F1 | FAR | MASE | MASE seasonal naive | MAE ratio | worse than references | seconds |")
     lines = [head.format(far=report["far"]), "|" + " --- |" * 13]
     for method, s in report["results"].items():
+        if "not_run" in s:
+            lines.append(f"| {LABELS.get(method, method)} | not run: {s['not_run']} |" + " |" * 10)
+            continue
         f, d, fc = s["at_far"], s["default"], s.get("forecast", {})
-        lines.append("| " + " | ".join([method] + [_fmt(v) for v in (
+        lines.append("| " + " | ".join([LABELS.get(method, method)] + [_fmt(v) for v in (
             f["event_recall"], f["point_precision"], f["f1"], d["event_recall"], d["point_precision"],
             d["f1"], d["false_alarm_rate"], fc.get("mase"), fc.get("mase_naive"), fc.get("mae_ratio_gmean"),
             fc.get("share_worse_than_references"), s["seconds"])]) + " |")
@@ -189,15 +234,18 @@ def markdown(report: dict) -> str:
 
 def markdown_by_kind(report: dict) -> str:
     """Event recall per anomaly kind at the fixed FAR (labels with a kind column only)."""
-    kinds = sorted({k for s in report["results"].values() for k in s["recall_by_kind"]})
+    ran = [s for s in report["results"].values() if "not_run" not in s]
+    kinds = sorted({k for s in ran for k in s["recall_by_kind"]})
     if not kinds:
         return ""
-    first = next(iter(report["results"].values()))["recall_by_kind"]
+    first = ran[0]["recall_by_kind"]
     lines = ["| method | " + " | ".join(f"{k} ({first.get(k, {}).get('n', 0)})" for k in kinds) + " |",
              "|" + " --- |" * (len(kinds) + 1)]
     for method, s in report["results"].items():
+        if "not_run" in s:
+            continue
         row = [_fmt(s["recall_by_kind"].get(k, {}).get("recall_at_far")) for k in kinds]
-        lines.append(f"| {method} | " + " | ".join(row) + " |")
+        lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -210,7 +258,15 @@ def _fmt(v) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=sorted(LOADERS), default="sample")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: " + ", ".join(METHODS))
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated: " + ", ".join(METHODS + (MAML_0STEP,) + tuple(peers.PEERS))
+                        + f"; 'all' = {','.join(ALL)}; 'peers' = the peers only")
+    parser.add_argument("--reuse-model", action="store_true",
+                        help="maml: score with the model a previous run left in the workdir (no training)")
+    parser.add_argument("--reuse-peers", action="store_true",
+                        help="peers: read results cached in the workdir for the same inputs instead of rerunning")
+    parser.add_argument("--peer-max-seconds", type=float, default=None,
+                        help="stop a peer after this many seconds; the series it did not reach are not scored")
     parser.add_argument("--far", type=float, default=0.01, help="false-alarm rate for recall at fixed FAR")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/maml-bench"))
     parser.add_argument("--json", type=Path, default=None, help="also write the full report here")
@@ -222,8 +278,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     config = Config.load(args.config, {"threads": args.threads})
-    report = run(args.data, tuple(args.methods.split(",")), args.workdir, args.far, config, args.seed)
+    methods = {"all": ALL, "peers": tuple(peers.PEERS)}.get(args.methods) or tuple(args.methods.split(","))
+    report = run(args.data, methods, args.workdir, args.far, config, args.seed, args.reuse_model, args.reuse_peers,
+                 args.peer_max_seconds)
     print(markdown(report))
+    if peer_notes := peers.markdown_notes(report):
+        print(f"\n{peer_notes}")
     if by_kind := markdown_by_kind(report):
         print(f"\nevent recall by kind at FAR {report['far']:.0%} (windows in brackets):\n{by_kind}")
     if args.json:

@@ -181,7 +181,7 @@ def score_days(
     if first > data_last or last < data_first:  # nothing to score: say so before reading anything
         raise _no_data_error(date_option, first, last, data_first, data_last)
     try:
-        names, models = load_models(md)
+        names, models = load_models(md, config.score.inner_steps_at_scoring)
     except ModelDirError:
         # a bad input is reported before a missing model (fix the data first): check a batch
         next(iter_series_frames(input, config.columns, config.input.on_duplicate, batch_rows=STREAM_ROWS), None)

@@ -51,7 +51,7 @@ from maml_anomaly.sample import make_sample
 from maml_anomaly.core.evaluation import evaluate_scores
 
 log = logging.getLogger(__name__)
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data beside the repo
 METHODS = ("maml", "seasonal_naive", "holt_winters")
 MAML_0STEP = "maml_0step"  # the same meta-trained model scored without adaptation
 ALL = ("maml", MAML_0STEP, "seasonal_naive", "holt_winters") + tuple(peers.PEERS)

@@ -1,7 +1,7 @@
 """Period-detection benchmark: accuracy on generated series with known periods, and speed.
 
     python -m maml_anomaly.benchmarks.periods [--n 400] [--seed 1] [--speed/--no-speed] [--json]
-    python -m maml_anomaly.benchmarks.periods --nab /work/shared/data/nab/values.parquet
+    python -m maml_anomaly.benchmarks.periods --nab ../shared/data/nab/values.parquet
     python -m maml_anomaly.benchmarks.periods --end-to-end 1000000 56 D   # fit-clusters from parquet
 
 Accuracy: series of several steps and periods (hourly 24 / 168 / 12 / 48, half-hourly 48,

@@ -9,12 +9,17 @@ from __future__ import annotations
 import atexit
 import functools
 import hashlib
+import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from maml_anomaly.cli import app
@@ -176,3 +181,61 @@ class ForkRunner:
         if self._proc.stdin:
             self._proc.stdin.close()
         self._proc.wait(timeout=60)
+
+
+def case(*ids: str):
+    """Name the reliability suite's case(s) a status test covers (listed in docs/operations.md)."""
+
+    def mark(fn):
+        fn.case_ids = ids
+        return fn
+
+    return mark
+
+
+class Work:
+    """A work folder for one case: inputs, a model directory and an output path inside it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.out = root / "scores.parquet"
+
+    def parquet(self, data: pd.DataFrame | pa.Table, name: str = "input.parquet") -> Path:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, pa.Table):
+            pq.write_table(data, path)
+        else:
+            data.to_parquet(path, index=False)
+        return path
+
+    def good(self) -> Path:
+        return self.parquet(history())
+
+    def model(self, name: str = "model") -> Path:
+        return trained_model(self.root / name)
+
+    def manifest(self, model: Path, **changes) -> Path:
+        path = model / "manifest.json"
+        data = json.loads(path.read_text())
+        data.update(changes)
+        path.write_text(json.dumps(data))
+        return model
+
+    def toml(self, text: str) -> Path:
+        path = self.root / "config.toml"
+        path.write_text(text)
+        return path
+
+    def score(self, inp: Path, model: Path, *extra) -> list:
+        return ["daily-score", "-i", inp, "-m", model, "-o", self.out, *extra]
+
+    def backtest(self, inp: Path, model: Path, *extra) -> list:
+        return ["backtest", "-i", inp, "-m", model, "-o", self.out, *extra]
+
+
+@dataclass(frozen=True)
+class ErrorCase:
+    id: str
+    build: Callable[[Work], list]  # makes the inputs, returns the CLI arguments
+    words: tuple[str, ...]  # all must appear in the message

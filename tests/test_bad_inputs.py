@@ -10,9 +10,9 @@ documented per-series status. docs/operations.md lists every case id (a test bel
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +23,17 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_data import TRAIN_ARGS, assert_clean_failure, history, invoke, snapshot, trained_model
+from reliability_data import (
+    TRAIN_ARGS,
+    ErrorCase,
+    Work,
+    assert_clean_failure,
+    case,
+    history,
+    invoke,
+    snapshot,
+    trained_model,
+)
 
 from maml_anomaly import api
 from maml_anomaly.config import Config
@@ -34,47 +44,6 @@ from maml_anomaly.store import ModelDir
 DOC = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 LAST_DAY = "2024-01-10"
 STATUSES = {"ok", "missing_value", "insufficient_history", "unknown_series", "off_grid", "no_model"}
-
-
-class Work:
-    """A work folder for one case: inputs, a model directory and an output path inside it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.out = root / "scores.parquet"
-
-    def parquet(self, data: pd.DataFrame | pa.Table, name: str = "input.parquet") -> Path:
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(data, pa.Table):
-            pq.write_table(data, path)
-        else:
-            data.to_parquet(path, index=False)
-        return path
-
-    def good(self) -> Path:
-        return self.parquet(history())
-
-    def model(self, name: str = "model") -> Path:
-        return trained_model(self.root / name)
-
-    def manifest(self, model: Path, **changes) -> Path:
-        path = model / "manifest.json"
-        data = json.loads(path.read_text())
-        data.update(changes)
-        path.write_text(json.dumps(data))
-        return model
-
-    def toml(self, text: str) -> Path:
-        path = self.root / "config.toml"
-        path.write_text(text)
-        return path
-
-    def score(self, inp: Path, model: Path, *extra) -> list:
-        return ["daily-score", "-i", inp, "-m", model, "-o", self.out, *extra]
-
-    def backtest(self, inp: Path, model: Path, *extra) -> list:
-        return ["backtest", "-i", inp, "-m", model, "-o", self.out, *extra]
 
 
 def _frame(**columns) -> pd.DataFrame:
@@ -109,13 +78,6 @@ def _weights(model: Path) -> Path:
 
 
 # -- cases that must fail cleanly -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ErrorCase:
-    id: str
-    build: Callable[[Work], list]  # makes the inputs, returns the CLI arguments
-    words: tuple[str, ...]  # all must appear in the message
 
 
 def _not_parquet(w: Work) -> list:
@@ -284,16 +246,6 @@ def test_there_are_at_least_30_distinct_error_cases_across_the_four_commands(tmp
 
 
 # -- cases that succeed with a documented per-series status ------------------------------------------
-
-
-def case(*ids: str):
-    """Name the suite's case(s) a status test covers (listed in docs/operations.md)."""
-
-    def mark(fn):
-        fn.case_ids = ids
-        return fn
-
-    return mark
 
 
 def _score(w: Work, frame: pd.DataFrame | pa.Table, model: Path | None = None, *extra) -> pd.DataFrame:
@@ -609,12 +561,21 @@ def test_weights_are_safetensors_and_checksummed(tmp_path):
 # -- the docs list every case --------------------------------------------------------------------
 
 
+def _suite_modules() -> list:
+    """This module and every other test module that names its cases with @case or ERROR_CASES."""
+    here = Path(__file__).parent
+    names = [p.stem for p in sorted(here.glob("test_*.py")) if re.search(r"^(@case\(|ERROR_CASES = )", p.read_text(), re.M)]
+    return [importlib.import_module(name) for name in names]
+
+
 def test_operations_doc_lists_every_case_of_the_suite():
-    tests = {name: fn for name, fn in globals().items() if name.startswith("test_")}
+    modules = _suite_modules()
+    assert __name__.rsplit(".", 1)[-1] in {m.__name__.rsplit(".", 1)[-1] for m in modules}
+    tests = {(m.__name__, name): fn for m in modules for name, fn in vars(m).items() if name.startswith("test_")}
     status_ids = [i for fn in tests.values() for i in getattr(fn, "case_ids", ())]
-    assert all(hasattr(fn, "case_ids") for name, fn in tests.items() if name.startswith("test_status_"))
+    assert all(hasattr(fn, "case_ids") for (_, name), fn in tests.items() if name.startswith("test_status_"))
     doc = DOC.read_text(encoding="utf-8")
-    names = [c.id for c in ERROR_CASES] + status_ids
+    names = [c.id for m in modules for c in getattr(m, "ERROR_CASES", [])] + status_ids
     assert len(set(names)) == len(names)
     missing = [name for name in names if f"| `{name}` |" not in doc]
     assert not missing, f"docs/operations.md does not list: {missing}"

@@ -33,6 +33,7 @@ data set's hint, so their results do not depend on the detector and are cached p
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -143,22 +144,44 @@ def run_baseline(name: str, data: Dataset, period: pd.Series) -> pd.DataFrame:
     return baselines.BASELINES[name](data.values, period, start=data.start, end=data.end, **extra)
 
 
+TRAINING_SECTIONS = ("columns", "input", "clusters", "train")  # what a trained model depends on
+
+
+def model_key(data: Dataset, config: Config) -> str:
+    """Fingerprint of what meta-training sees: the training rows and the config sections it reads."""
+    settings = {k: v for k, v in config.to_dict().items() if k in TRAINING_SECTIONS}
+    rows = pd.util.hash_pandas_object(data.train, index=False).to_numpy()
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest.update(rows.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def run_maml(data: Dataset, workdir: Path, config: Config, reuse_model: bool = False,
-             name: str = "maml") -> tuple[pd.DataFrame, pd.Series]:
+             name: str = "maml", retrain: bool = False) -> tuple[pd.DataFrame, pd.Series]:
     """fit-clusters and meta-train on the training part, backtest over the scored days.
 
-    reuse_model: score with the model a previous run left in the workdir (no training).
+    The trained model is kept in ``workdir/models/<key>`` (:func:`model_key`: training rows and
+    the training config) and reused by later runs with the same key, so a change to scoring alone
+    does not re-train. ``retrain``: train again anyway (the training code changed).
+    reuse_model: score with the model the previous run used, whatever its key (no training).
     """
     from maml_anomaly import api as pipeline
 
     workdir.mkdir(parents=True, exist_ok=True)
     train_path, all_path = workdir / "train.parquet", workdir / "values.parquet"
-    model_dir, scores_path = workdir / "model", workdir / f"scores_{name}.parquet"
+    last, scores_path = workdir / "model_last.txt", workdir / f"scores_{name}.parquet"
+    model_dir = workdir / "models" / model_key(data, config)
+    if reuse_model and last.exists():
+        model_dir = Path(last.read_text().strip())
     data.values.to_parquet(all_path, index=False)
-    if not (reuse_model and (model_dir / "clusters.parquet").exists()):
+    if retrain or not (model_dir / "clusters.parquet").exists() or not (model_dir / "trained.ok").exists():
         data.train.to_parquet(train_path, index=False)
         pipeline.fit_clusters(config=config, input=train_path, model_dir=model_dir, overwrite=True)
         pipeline.meta_train(config=config, input=train_path, model_dir=model_dir, overwrite=True)
+        (model_dir / "trained.ok").write_text("meta-train finished\n")  # a run killed mid-training is not reused
+    else:
+        log.info("maml: reusing the model in %s (same training rows and config)", model_dir)
+    last.write_text(str(model_dir))
     pipeline.backtest(config=config, input=all_path, model_dir=model_dir, output=scores_path,
                       start=str(data.start.date()), end=str(data.end.date()))
     clusters = pd.read_parquet(model_dir / "clusters.parquet")
@@ -167,7 +190,7 @@ def run_maml(data: Dataset, workdir: Path, config: Config, reuse_model: bool = F
 
 def run(data_name: str, methods=METHODS, workdir: Path = Path("/tmp/maml-bench"), far: float = 0.01,
         config: Config | None = None, seed: int = 0, reuse_model: bool = False, reuse_peers: bool = False,
-        peer_max_seconds: float | None = None) -> dict:
+        peer_max_seconds: float | None = None, retrain: bool = False) -> dict:
     data = load_sample(seed=seed) if data_name == "sample" else LOADERS[data_name]()
     config = config or Config()
     period = data.period_hint
@@ -175,7 +198,7 @@ def run(data_name: str, methods=METHODS, workdir: Path = Path("/tmp/maml-bench")
     for method in methods:
         t0 = time.perf_counter()
         if method == "maml":
-            scores, period = run_maml(data, workdir / data.name, config, reuse_model)
+            scores, period = run_maml(data, workdir / data.name, config, reuse_model, retrain=retrain)
         elif method == MAML_0STEP:
             unadapted = config.replace_from_flags({"score.inner_steps_at_scoring": 0})
             scores, period = run_maml(data, workdir / data.name, unadapted, reuse_model=True, name=method)
@@ -263,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
                         + f"; 'all' = {','.join(ALL)}; 'peers' = the peers only")
     parser.add_argument("--reuse-model", action="store_true",
                         help="maml: score with the model a previous run left in the workdir (no training)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="maml: meta-train again even where a model for the same rows and config is cached")
     parser.add_argument("--reuse-peers", action="store_true",
                         help="peers: read results cached in the workdir for the same inputs instead of rerunning")
     parser.add_argument("--peer-max-seconds", type=float, default=None,
@@ -280,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     config = Config.load(args.config, {"threads": args.threads})
     methods = {"all": ALL, "peers": tuple(peers.PEERS)}.get(args.methods) or tuple(args.methods.split(","))
     report = run(args.data, methods, args.workdir, args.far, config, args.seed, args.reuse_model, args.reuse_peers,
-                 args.peer_max_seconds)
+                 args.peer_max_seconds, args.retrain)
     print(markdown(report))
     if peer_notes := peers.markdown_notes(report):
         print(f"\n{peer_notes}")

@@ -38,7 +38,7 @@ from maml_anomaly.core.references import shrink_to_reference
 from maml_anomaly.core.residual_scales import TRAILING_POINTS, RoutineTail, trailing_scale
 from maml_anomaly.core.residual_scales import normalised_residuals as normalised_residuals
 from maml_anomaly.core.stuck import stuck_log_p
-from maml_anomaly.core.tasks import Tasks, gather_windows, make_windows, window_width
+from maml_anomaly.core.tasks import MAX_Z, Tasks, gather_windows, make_windows, window_width
 
 CHUNK_CELLS = 16_000_000  # lag-input cells (tasks x window x lags) per chunk: bounds memory on fine steps
 
@@ -63,6 +63,12 @@ class PointScores:
     is_anomaly: np.ndarray  # bool
 
 
+def finite(a: np.ndarray) -> np.ndarray:
+    """a with +-inf replaced by the largest finite float of that sign (NaN stays NaN)."""
+    big = np.finfo(np.float64).max
+    return np.clip(a, -big, big)
+
+
 def score_points(
     tasks: Tasks, forecasts: Forecasts, calibration: Calibration, *, threshold: float
 ) -> PointScores:
@@ -70,6 +76,7 @@ def score_points(
     u = normalised_residuals(tasks, forecasts, calibration.scale_floor)  # (B, Q)
     if forecasts.point_scale is not None:  # where the noise rose (see trailing_scale)
         u = (tasks.query_values - forecasts.query) / forecasts.point_scale
+    u = np.clip(u, -MAX_Z, MAX_Z)  # an overflowing residual is as far out as any: the largest score, not NaN
     log_p = calibration.log_tail_probability(np.abs(u))
     half = calibration.quantile(score_to_p(threshold))  # |u| at the threshold
     denom = np.maximum(np.nan_to_num(forecasts.resid_scale, nan=np.inf), calibration.scale_floor)
@@ -80,12 +87,14 @@ def score_points(
     p = np.clip(np.exp(log_p), MIN_P, 1.0)
     score = np.where(np.isfinite(u), log_p_to_score(log_p), np.nan)
     point = forecasts.point_scale if forecasts.point_scale is not None else denom[:, None]  # (B, Q) or (B, 1)
-    width = np.asarray(half).reshape(-1, 1) * point * tasks.scale[:, None]  # band half-width in the series' units
-    y_hat = tasks.denormalise(forecasts.query)
+    with np.errstate(over="ignore"):  # near the float limit the band saturates at it (see finite)
+        width = finite(np.asarray(half).reshape(-1, 1) * point * tasks.scale[:, None])  # half-width, series' units
+        y_hat = finite(tasks.denormalise(forecasts.query))
+        lower, upper = finite(y_hat - width), finite(y_hat + width)
     return PointScores(
         y_hat=y_hat,
-        lower=y_hat - width,
-        upper=y_hat + width,
+        lower=lower,
+        upper=upper,
         score=score,
         p_value=np.where(np.isfinite(u), p, np.nan),
         is_anomaly=np.nan_to_num(score, nan=-np.inf) >= threshold,

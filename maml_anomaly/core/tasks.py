@@ -23,6 +23,7 @@ MAD_TO_SD = 1.4826  # MAD of a normal sample times this estimates its standard d
 MEAN_AD_TO_SD = 1.2533  # same for the mean absolute deviation
 SCALE_FLOOR = 1e-3  # scale never below this fraction of the window's largest |value|
 TARGET_CLIP = 10.0  # normalised inputs and corrections are clipped to +-this
+MAX_Z = 1e100  # normalised values beyond this are equally far out: later squares and sums stay finite
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,8 @@ def robust_centre_scale(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.where(mad > 0, mad, mean_ad)
     scale = np.maximum(scale, SCALE_FLOOR * peak)
     scale = np.where(peak > 0, scale, 1.0)
-    return centre, scale
+    big = np.finfo(np.float64).max  # sums of values near the float limit overflow: saturate instead
+    return np.clip(centre, -big, big), np.minimum(scale, big)
 
 
 def _forward_fill(a: np.ndarray) -> np.ndarray:
@@ -314,7 +316,8 @@ def make_windows(
         raise ValueError(f"window width {width} does not fit max_lag={spec.max_lag}, k={k_shot}, q={n_query}")
     centre, scale = robust_centre_scale(windows[:, :lead])  # (B,), (B,)
     safe_centre = np.where(np.isfinite(centre), centre, 0.0)
-    z = (windows - safe_centre[:, None]) / scale[:, None]  # (B, W) normalised, NaN = missing
+    with np.errstate(over="ignore", invalid="ignore"):  # a value near the float limit: clipped just below
+        z = np.clip((windows - safe_centre[:, None]) / scale[:, None], -MAX_Z, MAX_Z)  # (B, W), NaN = missing
     z_in = np.nan_to_num(_forward_fill(z), nan=0.0)  # (B, W) imputed for inputs, unclipped
 
     targets = np.arange(spec.max_lag, width)  # (R+Q,) columns of the targets

@@ -269,6 +269,16 @@ def grid_positions(t_ns: np.ndarray, start_ns: np.ndarray, step_ns: np.ndarray) 
     return delta // safe, (step_ns > 0) & (delta % safe == 0)
 
 
+def first_with_support(models: list[ClusterModel]) -> np.ndarray:
+    """(n_models,) the first grid position of a series that has K support points with their lags.
+
+    A day's task is adapted on the K points before its first point; on a series' first day
+    (its history starts within the day) the task starts here instead of at midnight, so the
+    rest of that day is scored rather than all of it left insufficient_history.
+    """
+    return np.array([m.spec.max_lag + m.k_shot for m in models] + [0], dtype=np.int64)  # [-1]: no model
+
+
 def score_rows(
     models: list[ClusterModel],
     values: np.ndarray,
@@ -302,9 +312,6 @@ def score_rows(
     start, step = start_ns[row_series], step_ns[row_series]
     pos, on_grid = grid_positions(row_t_ns, start, step)
     day = np.floor_divide(row_t_ns, NS_PER_DAY)  # (N,) calendar day number of each row
-    safe = np.where(step > 0, step, 1)
-    first = -((start - day * NS_PER_DAY) // safe)  # (N,) ceil((day start - start) / step)
-    q = pos - first  # (N,) index of the row inside its day's query
     model_of = series_model[row_series]  # (N,)
     scorable = on_grid & (model_of >= 0)
 
@@ -314,10 +321,15 @@ def score_rows(
     task_of_row = task_of_row.reshape(-1)
     t_series, t_day = tasks[:, 0], tasks[:, 1]
     t_step = step_ns[t_series]
-    t_first = -((start_ns[t_series] - t_day * NS_PER_DAY) // t_step)  # (M,)
     t_model = series_model[t_series]
+    t_first = np.maximum(-((start_ns[t_series] - t_day * NS_PER_DAY) // t_step),  # (M,) the day's first point
+                         first_with_support(models)[t_model])
     t_q = np.maximum(1, -(-NS_PER_DAY // t_step))  # (M,) most grid points a day can hold
     rows_idx = np.flatnonzero(scorable)
+    q = np.full(n, -1)
+    q[rows_idx] = pos[rows_idx] - t_first[task_of_row]  # index of the row inside its task's query
+    before_support = scorable & (q < 0)  # the series' first points, before it has K support points
+    status[before_support] = STATUS_INSUFFICIENT
     for m, qlen in sorted(set(zip(t_model.tolist(), t_q.tolist()))):
         sel = np.flatnonzero((t_model == m) & (t_q == qlen))  # tasks of this group
         res = score_tasks(
@@ -326,7 +338,7 @@ def score_rows(
         )
         local = np.full(tasks.shape[0], -1)
         local[sel] = np.arange(sel.size)
-        k = np.flatnonzero(local[task_of_row] >= 0)
+        k = np.flatnonzero((local[task_of_row] >= 0) & (q[rows_idx] >= 0))
         r, b, qq = rows_idx[k], local[task_of_row[k]], q[rows_idx[k]]  # rows of this group, their task, slot
         for name in out:
             out[name][r] = getattr(res, name)[b, qq]

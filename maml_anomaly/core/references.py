@@ -53,14 +53,17 @@ def shrink_to_reference(tasks: Tasks, forecasts: Forecasts) -> Forecasts:
     held = held_out_recent(y.shape[1], tasks.x_support.shape[1])
     # without held-out points only the net's shares compete, on the support (the previous rule): in
     # sample, ten days of a flatline anomaly made the last value win and the daily forecasts stuck
-    candidates = CANDIDATES if held.stop > 0 else CANDIDATES[: len(GATES)]
-    cols = held if held.stop > 0 else slice(None)
-    n = np.maximum(np.isfinite(y[:, cols]).sum(axis=1), 1)
-    mae = np.empty((y.shape[0], len(candidates)))
-    for j, (g, a) in enumerate(candidates):  # a handful of candidates, each batched over tasks
-        cand = g * corr_r[:, cols] + anchored(np.full(y.shape[0], a), tasks.base_recent[:, cols],
-                                              tasks.last_recent[:, cols], tasks.naive_recent[:, cols])
-        mae[:, j] = np.nansum(np.abs(cand - y[:, cols]), axis=1) / n
+    # a task without observed held-out points (a series' first day) is judged like that too: on
+    # all-missing held-out points every candidate tied at 0 and the net's full share was kept (a
+    # step-like channel's first-day forecasts 54x worse than the last value's)
+    seen = np.isfinite(y[:, held]).any(axis=1)  # (B,) held-out points to choose on
+    mae = np.empty((y.shape[0], len(CANDIDATES)))
+    for j, (g, a) in enumerate(CANDIDATES):  # a handful of candidates, each batched over tasks
+        err = np.abs(g * corr_r + anchored(np.full(y.shape[0], a), tasks.base_recent, tasks.last_recent,
+                                           tasks.naive_recent) - y)  # (B, R)
+        on_held = np.nansum(err[:, held], axis=1) / np.maximum(np.isfinite(err[:, held]).sum(axis=1), 1)
+        on_all = np.nansum(err, axis=1) / np.maximum(np.isfinite(err).sum(axis=1), 1)
+        mae[:, j] = np.where(seen, on_held, on_all if j < len(GATES) else np.inf)
     mae[:, len(GATES) :] *= SWITCH_MARGIN  # choosing on a few recent points is noisy: see docstring
     best = np.argmin(mae, axis=1)  # (B,) the first candidate on ties
     gate = np.array([g for g, _ in CANDIDATES])[best]

@@ -124,8 +124,16 @@ def adapt_support(
             task_params, pred_s0 = fast.params, fast.pred_support_init
         else:
             task_params = adapt_tasks(
-                model, per_task(base, x_s.shape[0]), x_s, y_s, steps=inner_steps, lr=inner_lr, inner_lrs=lrs,
-                weight=w_s, first_order=True, loss_fn=huber_loss,
+                model,
+                per_task(base, x_s.shape[0]),
+                x_s,
+                y_s,
+                steps=inner_steps,
+                lr=inner_lr,
+                inner_lrs=lrs,
+                weight=w_s,
+                first_order=True,
+                loss_fn=huber_loss,
             )
             pred_s0 = predict(model, expand_params(base, x_s.shape[0]), x_s)
         if inner_steps > 0:
@@ -184,7 +192,9 @@ def per_task(params: dict[str, torch.Tensor], n_tasks: int) -> dict[str, torch.T
     return {k: v.expand(n_tasks, *v.shape).clone() for k, v in params.items()}
 
 
-def huber_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, delta: float = 1.0) -> torch.Tensor:
+def huber_loss(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, delta: float = 1.0
+) -> torch.Tensor:
     """Weighted Huber loss per task (x2, so it equals the squared error within ``delta``).
 
     pred (B, K, n_out) (output 0 is scored), target (B, K), weight (B, K) or None -> (B,).

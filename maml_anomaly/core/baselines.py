@@ -70,11 +70,11 @@ def to_grid(frame: pd.DataFrame) -> Grid:
     present = np.zeros(len(panel.values), dtype=bool)
     present[panel.indptr[codes[on]] + j[on]] = True
     off = panel.off_grid
-    off = pd.DataFrame({"unique_id": panel.ids[off["series"].to_numpy()], "ds": off["ds"].to_numpy(),
-                        "y": off["y"].to_numpy()})
+    off = pd.DataFrame(
+        {"unique_id": panel.ids[off["series"].to_numpy()], "ds": off["ds"].to_numpy(), "y": off["y"].to_numpy()}
+    )
     step_all = np.where(np.isnat(panel.step), _DAY_NS, panel.step.astype(np.int64))  # one point: a day
-    return Grid(panel.ids, panel.indptr, panel.values, present, panel.start,
-                step_all.astype("timedelta64[ns]"), off)
+    return Grid(panel.ids, panel.indptr, panel.values, present, panel.start, step_all.astype("timedelta64[ns]"), off)
 
 
 def dense(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -146,8 +146,9 @@ def scored_points(grid: Grid, present: np.ndarray, days: tuple[int, int]) -> Sco
     return ScoredPoints(si, ti, ds[si, ti], pair.reshape(-1), ps, bound.astype(np.int64))
 
 
-def trailing_robust(resid: np.ndarray, vals: np.ndarray, series: np.ndarray, bound: np.ndarray,
-                    window: np.ndarray, min_count: int):
+def trailing_robust(
+    resid: np.ndarray, vals: np.ndarray, series: np.ndarray, bound: np.ndarray, window: np.ndarray, min_count: int
+):
     """Median and robust scale of the `window` residuals before each bound (strictly before a day).
 
     resid, vals (S, T); series, bound (M,) pairs; window (S,) -> med (M,), scale (M,), ok (M,).
@@ -173,38 +174,62 @@ def trailing_robust(resid: np.ndarray, vals: np.ndarray, series: np.ndarray, bou
     return med, scale, count >= min_count
 
 
-def _frame_out(grid: Grid, sp: ScoredPoints, days: tuple[int, int], vals, y_hat, resid, med, scale, ok_hist,
-               threshold: float, cluster: np.ndarray) -> pd.DataFrame:
+def _frame_out(
+    grid: Grid,
+    sp: ScoredPoints,
+    days: tuple[int, int],
+    vals,
+    y_hat,
+    resid,
+    med,
+    scale,
+    ok_hist,
+    threshold: float,
+    cluster: np.ndarray,
+) -> pd.DataFrame:
     """The scored points in the scores schema (+ off-grid rows of the scored days, unscored)."""
     si, ti, pr = sp.si, sp.ti, sp.pair
     m, sc = med[pr], scale[pr]
     yv = vals[si, ti]
     fc = y_hat[si, ti] + m
     z = np.abs(resid[si, ti] - m) / sc
-    status = np.where(np.isnan(yv), "missing_value",
-                      np.where(~ok_hist[pr] | np.isnan(fc), "insufficient_history", "ok"))
+    status = np.where(
+        np.isnan(yv), "missing_value", np.where(~ok_hist[pr] | np.isnan(fc), "insufficient_history", "ok")
+    )
     good = status == "ok"
     score = np.where(good, z, np.nan)
-    out = pd.DataFrame({
-        "unique_id": grid.ids[si],
-        "ds": sp.ds.astype("datetime64[ns]"),
-        "y": yv,
-        "y_hat": fc,
-        "lower": fc - threshold * sc,
-        "upper": fc + threshold * sc,
-        "score": score,
-        "is_anomaly": good & (score >= threshold),
-        "cluster": cluster[si],
-        "status": status,
-    })
+    out = pd.DataFrame(
+        {
+            "unique_id": grid.ids[si],
+            "ds": sp.ds.astype("datetime64[ns]"),
+            "y": yv,
+            "y_hat": fc,
+            "lower": fc - threshold * sc,
+            "upper": fc + threshold * sc,
+            "score": score,
+            "is_anomaly": good & (score >= threshold),
+            "cluster": cluster[si],
+            "status": status,
+        }
+    )
     off = grid.off_grid
     if len(off):
         off_day = off["ds"].to_numpy("datetime64[ns]").astype(np.int64) // _DAY_NS
         off = off[(off_day >= days[0]) & (off_day <= days[1])]
-        extra = pd.DataFrame({"unique_id": off["unique_id"].to_numpy(), "ds": off["ds"].to_numpy(),
-                              "y": off["y"].to_numpy(np.float64), "y_hat": np.nan, "lower": np.nan,
-                              "upper": np.nan, "score": np.nan, "is_anomaly": False,
-                              "cluster": "", "status": "off_grid"})
+        extra = pd.DataFrame(
+            {
+                "unique_id": off["unique_id"].to_numpy(),
+                "ds": off["ds"].to_numpy(),
+                "y": off["y"].to_numpy(np.float64),
+                "y_hat": np.nan,
+                "lower": np.nan,
+                "upper": np.nan,
+                "score": np.nan,
+                "is_anomaly": False,
+                "cluster": "",
+                "status": "off_grid",
+            }
+        )
         out = pd.concat([out, extra], ignore_index=True).sort_values(["unique_id", "ds"], ignore_index=True)
     return out
 
@@ -223,8 +248,15 @@ def _window(period: np.ndarray, cfg: RobustZ) -> np.ndarray:
     return np.clip(cfg.periods * np.maximum(period, 1), cfg.min_points, cfg.max_points)
 
 
-def seasonal_naive_scores(frame: pd.DataFrame, period: int | Mapping | pd.Series = 0, *, start=None,
-                          end=None, threshold: float = 3.5, robust: RobustZ = RobustZ()) -> pd.DataFrame:
+def seasonal_naive_scores(
+    frame: pd.DataFrame,
+    period: int | Mapping | pd.Series = 0,
+    *,
+    start=None,
+    end=None,
+    threshold: float = 3.5,
+    robust: RobustZ = RobustZ(),
+) -> pd.DataFrame:
     """Seasonal naive forecast + robust z-score of its residual, for the days start..end."""
     grid = to_grid(frame)
     p = period_array(grid.ids, period)  # (S,)
@@ -233,20 +265,25 @@ def seasonal_naive_scores(frame: pd.DataFrame, period: int | Mapping | pd.Series
     resid = vals - lag
     days = _scored_days(grid, start, end)
     sp = scored_points(grid, present, days)
-    med, scale, ok = trailing_robust(resid, vals, sp.pair_series, sp.pair_bound, _window(p, robust),
-                                     robust.min_count)
+    med, scale, ok = trailing_robust(resid, vals, sp.pair_series, sp.pair_bound, _window(p, robust), robust.min_count)
     cluster = np.array([f"seasonal_naive_p{q}" for q in p], dtype=object)
     return _frame_out(grid, sp, days, vals, lag, resid, med, scale, ok, threshold, cluster)
 
 
 # Holt-Winters grid: (alpha, beta, gamma) with beta <= alpha and gamma <= 1 - alpha (admissible ETS).
-_HW_GRID = np.array([(a, b, g) for a in (0.05, 0.15, 0.35, 0.6, 0.9) for b in (0.0, 0.01)
-                     for g in (0.0, 0.05, 0.2) if b <= a and g <= 1 - a])  # (G, 3)
+_HW_GRID = np.array(
+    [
+        (a, b, g)
+        for a in (0.05, 0.15, 0.35, 0.6, 0.9)
+        for b in (0.0, 0.01)
+        for g in (0.0, 0.05, 0.2)
+        if b <= a and g <= 1 - a
+    ]
+)  # (G, 3)
 _PHI = 0.98  # damped trend: keeps forecasts sane over gaps
 
 
-def holt_winters_filter(vals: np.ndarray, period: np.ndarray, params: np.ndarray,
-                        fit_end: np.ndarray | None = None):
+def holt_winters_filter(vals: np.ndarray, period: np.ndarray, params: np.ndarray, fit_end: np.ndarray | None = None):
     """One-step forecasts of additive damped Holt-Winters, batched over series and parameter sets.
 
     vals (S, T) with NaN for missing, period (S,), params (S, G, 3) -> y_hat (S, G, T) unless
@@ -297,9 +334,16 @@ def holt_winters_forecast(vals: np.ndarray, period: np.ndarray, fit_end: np.ndar
     return holt_winters_filter(vals, period, best)[:, 0, :], best[:, 0, :]
 
 
-def holt_winters_scores(frame: pd.DataFrame, period: int | Mapping | pd.Series = 0, *, start=None,
-                        end=None, threshold: float = 3.5, robust: RobustZ = RobustZ(),
-                        fit_before=None) -> pd.DataFrame:
+def holt_winters_scores(
+    frame: pd.DataFrame,
+    period: int | Mapping | pd.Series = 0,
+    *,
+    start=None,
+    end=None,
+    threshold: float = 3.5,
+    robust: RobustZ = RobustZ(),
+    fit_before=None,
+) -> pd.DataFrame:
     """Holt-Winters one-step forecasts + robust z-score of their residuals, for the days start..end.
 
     The smoothing parameters are fitted on each series' history before `fit_before` (a
@@ -312,8 +356,7 @@ def holt_winters_scores(frame: pd.DataFrame, period: int | Mapping | pd.Series =
     sp = scored_points(grid, present, days)
     y_hat, _ = holt_winters_forecast(vals, p, _fit_end(grid, sp, fit_before))
     resid = vals - y_hat
-    med, scale, ok = trailing_robust(resid, vals, sp.pair_series, sp.pair_bound, _window(p, robust),
-                                     robust.min_count)
+    med, scale, ok = trailing_robust(resid, vals, sp.pair_series, sp.pair_bound, _window(p, robust), robust.min_count)
     cluster = np.array([f"holt_winters_p{q}" for q in p], dtype=object)
     return _frame_out(grid, sp, days, vals, y_hat, resid, med, scale, ok, threshold, cluster)
 
@@ -339,8 +382,9 @@ def _fit_end(grid: Grid, sp: ScoredPoints, fit_before) -> np.ndarray:
 BASELINES = {"seasonal_naive": seasonal_naive_scores, "holt_winters": holt_winters_scores}
 
 
-def seasonal_naive_reference(frame: pd.DataFrame, period: int | Mapping | pd.Series = 0, *,
-                             before=None) -> pd.DataFrame:
+def seasonal_naive_reference(
+    frame: pd.DataFrame, period: int | Mapping | pd.Series = 0, *, before=None
+) -> pd.DataFrame:
     """Per present grid point: y_naive = y_{t-p}, y_last = y_{t-1} (the two simple references),
     and each series' MASE scale.
 
@@ -367,8 +411,15 @@ def seasonal_naive_reference(frame: pd.DataFrame, period: int | Mapping | pd.Ser
         scale = np.nansum(diff, axis=1) / np.sum(np.isfinite(diff), axis=1)  # (S,)
     si, ti = np.nonzero(present)
     last = seasonal_lag(vals, np.ones_like(p), back=1)
-    return pd.DataFrame({"unique_id": grid.ids[si], "ds": ds[si, ti].astype("datetime64[ns]"),
-                         "y_naive": lag[si, ti], "y_last": last[si, ti], "scale": scale[si]})
+    return pd.DataFrame(
+        {
+            "unique_id": grid.ids[si],
+            "ds": ds[si, ti].astype("datetime64[ns]"),
+            "y_naive": lag[si, ti],
+            "y_last": last[si, ti],
+            "scale": scale[si],
+        }
+    )
 
 
 def default_periods(frame: pd.DataFrame) -> pd.Series:

@@ -46,7 +46,9 @@ def cleaning_pays(tasks: Tasks, recent: np.ndarray, half: np.ndarray) -> np.ndar
     return ~(((n_lasted >= MIN_MOVES) & (2 * n_lasted > seen.sum(axis=1))) | held_still)
 
 
-def over_threshold(dev: np.ndarray, denom: np.ndarray, cal: Calibration, threshold: float, routine: np.ndarray) -> np.ndarray:
+def over_threshold(
+    dev: np.ndarray, denom: np.ndarray, cal: Calibration, threshold: float, routine: np.ndarray
+) -> np.ndarray:
     """Which deviations (B, n) (normalised units) score at or above the threshold; ``routine`` (B,)
     is the |u| the series' own recent residuals reach routinely (see RoutineTail)."""
     u = np.abs(dev / denom[:, None])
@@ -67,9 +69,21 @@ def shift_accepted_after(query_len: int) -> int:
 
 
 def forecast_in_time_order(
-    adapted: Adapted, gate: np.ndarray, anchor: np.ndarray, tasks: Tasks, observed: np.ndarray, denom: np.ndarray,
-    routine: np.ndarray, recent: np.ndarray, cal: Calibration,
-    threshold: float, spec: LagSpec, hold: np.ndarray, *, accept_after: int, first_scored: int,
+    adapted: Adapted,
+    gate: np.ndarray,
+    anchor: np.ndarray,
+    tasks: Tasks,
+    observed: np.ndarray,
+    denom: np.ndarray,
+    routine: np.ndarray,
+    recent: np.ndarray,
+    cal: Calibration,
+    threshold: float,
+    spec: LagSpec,
+    hold: np.ndarray,
+    *,
+    accept_after: int,
+    first_scored: int,
 ) -> np.ndarray:
     """One-step forecasts (B, P+Q) of the last P points before the day and the day's Q points, in
     time order (the net's correction times ``gate``, see :func:`shrink_to_reference`); each flagged
@@ -90,8 +104,9 @@ def forecast_in_time_order(
     sample series' forecasts were off by 1,400, eighty scales, a week later).
     """
     q_half = np.maximum(cal.quantile(score_to_p(threshold)), routine)  # (B,) band half-width, in scales
-    trail = last_columns(np.abs(tasks.recent_values - recent)[:, : tasks.recent_values.shape[1] - first_scored],
-                          TRAILING_POINTS)  # (B, L) ring buffer of the residuals before each point
+    trail = last_columns(
+        np.abs(tasks.recent_values - recent)[:, : tasks.recent_values.shape[1] - first_scored], TRAILING_POINTS
+    )  # (B, L) ring buffer of the residuals before each point
     z = tasks.z_window.copy()  # (B, W) inputs; flagged points get replaced here
     first = z.shape[1] - observed.shape[1]  # window column of the first point
     forecast = np.empty_like(observed)

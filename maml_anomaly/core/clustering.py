@@ -26,10 +26,10 @@ from maml_anomaly.core.periodicity import cycle_profiles, detect_periods
 __all__ = ["PeriodClusterer", "assign_clusters", "profile_bins", "step_tag"]
 
 FORMAT_VERSION = 1
-MAX_BINS = 48          # long cycles are compared on at most this many phase bins
-SPLIT_GAIN = 0.2       # an extra sub-cluster must cut the remaining inertia by 20%
-MIN_OWN_CLUSTER = 5    # a small period group keeps its own cluster from this many series
-FIT_SAMPLE = 10_000    # rows used to choose k and fit k-means in one period group
+MAX_BINS = 48  # long cycles are compared on at most this many phase bins
+SPLIT_GAIN = 0.2  # an extra sub-cluster must cut the remaining inertia by 20%
+MIN_OWN_CLUSTER = 5  # a small period group keeps its own cluster from this many series
+FIT_SAMPLE = 10_000  # rows used to choose k and fit k-means in one period group
 
 
 def step_tag(step_seconds: float) -> str:
@@ -67,8 +67,8 @@ class PeriodClusterer:
 
     # ------------------------------------------------------------------ fit
     def fit(self, matrix: np.ndarray, periods: np.ndarray) -> "PeriodClusterer":
-        x = np.asarray(matrix, dtype=np.float64)           # (S, T)
-        per = np.asarray(periods, dtype=np.int64)          # (S,)
+        x = np.asarray(matrix, dtype=np.float64)  # (S, T)
+        per = np.asarray(periods, dtype=np.int64)  # (S,)
         if x.ndim != 2 or per.shape != (x.shape[0],):
             raise ValueError(f"matrix (S, T) and periods (S,) expected, got {x.shape} and {per.shape}")
         return self.fit_profiles(per, lambda p, rows: cycle_profiles(x[rows], p, bins=profile_bins(p)))
@@ -80,7 +80,7 @@ class PeriodClusterer:
         (len(rows), bins) for the series ``rows`` (increasing) whose period is p. It is called
         only for period groups large enough to be split by shape.
         """
-        per = np.asarray(periods, dtype=np.int64)          # (S,)
+        per = np.asarray(periods, dtype=np.int64)  # (S,)
         labels = np.empty(per.shape[0], dtype=object)
         self.centroids_: dict[int, np.ndarray] = {}
         self.centroid_names_: dict[int, list[str]] = {}
@@ -97,7 +97,7 @@ class PeriodClusterer:
             elif p in big or c >= MIN_OWN_CLUSTER or not big:
                 self.assign_[p] = _name(p)
                 labels[rows] = _name(p)
-        for p, c in zip(uniq.tolist(), counts.tolist()):   # tiny groups join a neighbour
+        for p, c in zip(uniq.tolist(), counts.tolist()):  # tiny groups join a neighbour
             if p > 0 and p not in self.assign_ and p not in self.centroids_:
                 target = self._nearest_group(p, big)
                 self.assign_[p] = self._largest_cluster(target, labels, per)
@@ -121,7 +121,7 @@ class PeriodClusterer:
         if model is None:
             self.assign_[p] = _name(p)
             return np.full(len(prof), _name(p), dtype=object)
-        centroids = model                                   # (k, bins)
+        centroids = model  # (k, bins)
         lab = _nearest(prof, centroids)
         centroids, lab = self._merge_small(prof, centroids, lab)
         order = self._stable_order(centroids, lab)
@@ -135,8 +135,7 @@ class PeriodClusterer:
         self.centroid_names_[p] = names
         return np.asarray(names, dtype=object)[lab]
 
-    def _merge_small(self, prof: np.ndarray, centroids: np.ndarray, lab: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def _merge_small(self, prof: np.ndarray, centroids: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fold sub-clusters under min_cluster_size into their nearest sibling, smallest first."""
         while len(centroids) > 1:
             sizes = np.bincount(lab, minlength=len(centroids))
@@ -146,8 +145,9 @@ class PeriodClusterer:
             keep = np.arange(len(centroids)) != j
             centroids = centroids[keep]
             lab = _nearest(prof, centroids)
-            centroids = np.stack([prof[lab == i].mean(0) if (lab == i).any() else centroids[i]
-                                  for i in range(len(centroids))])
+            centroids = np.stack(
+                [prof[lab == i].mean(0) if (lab == i).any() else centroids[i] for i in range(len(centroids))]
+            )
             lab = _nearest(prof, centroids)
         return centroids, lab
 
@@ -196,7 +196,7 @@ class PeriodClusterer:
                     prof = cycle_profiles(x[rows], p, bins=self.centroids_[p].shape[1])
                     lab = _nearest(prof, self.centroids_[p])
                     out[rows] = np.asarray(self.centroid_names_[p], dtype=object)[lab]
-                else:                      # unseen period: shapes do not compare across periods
+                else:  # unseen period: shapes do not compare across periods
                     out[rows] = self.centroid_names_[q][0]
             else:
                 out[rows] = self.assign_[q]
@@ -219,32 +219,41 @@ class PeriodClusterer:
         self._check_fitted()
         return {
             "format_version": FORMAT_VERSION,
-            "params": {"min_cluster_size": self.min_cluster_size,
-                       "max_subclusters": self.max_subclusters, "seed": self.seed},
+            "params": {
+                "min_cluster_size": self.min_cluster_size,
+                "max_subclusters": self.max_subclusters,
+                "seed": self.seed,
+            },
             "assign": [{"period": int(p), "cluster": c} for p, c in sorted(self.assign_.items())],
-            "shape_groups": [{"period": int(p), "clusters": list(self.centroid_names_[p]),
-                              "centroids": self.centroids_[p].round(8).tolist()}
-                             for p in sorted(self.centroids_)],
+            "shape_groups": [
+                {
+                    "period": int(p),
+                    "clusters": list(self.centroid_names_[p]),
+                    "centroids": self.centroids_[p].round(8).tolist(),
+                }
+                for p in sorted(self.centroids_)
+            ],
             "clusters": self.clusters_.to_dict(orient="records") if hasattr(self, "clusters_") else [],
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "PeriodClusterer":
         if d.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"clusterer state format {d.get('format_version')!r} is not "
-                             f"{FORMAT_VERSION}: refit the clusters with this version")
+            raise ValueError(
+                f"clusterer state format {d.get('format_version')!r} is not "
+                f"{FORMAT_VERSION}: refit the clusters with this version"
+            )
         self = cls(**d["params"])
         self.assign_ = {int(a["period"]): str(a["cluster"]) for a in d["assign"]}
-        self.centroids_ = {int(g["period"]): np.asarray(g["centroids"], np.float64)
-                           for g in d["shape_groups"]}
-        self.centroid_names_ = {int(g["period"]): [str(n) for n in g["clusters"]]
-                                for g in d["shape_groups"]}
+        self.centroids_ = {int(g["period"]): np.asarray(g["centroids"], np.float64) for g in d["shape_groups"]}
+        self.centroid_names_ = {int(g["period"]): [str(n) for n in g["clusters"]] for g in d["shape_groups"]}
         self.clusters_ = pd.DataFrame(d.get("clusters", []))
         return self
 
 
-def assign_clusters(state: dict, matrix: np.ndarray, step_seconds: float, *, min_strength: float = 0.2,
-                    max_period: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def assign_clusters(
+    state: dict, matrix: np.ndarray, step_seconds: float, *, min_strength: float = 0.2, max_period: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(period (S,), cluster (S,)) for series of one step that fit-clusters never saw.
 
     ``state`` is the model directory's clusterer.json ({"step_groups": [{"step_seconds",
@@ -271,25 +280,24 @@ def _nearest(prof: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return d.argmin(1)
 
 
-def _kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 2, max_iter: int = 30
-            ) -> tuple[np.ndarray, float]:
+def _kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 2, max_iter: int = 30) -> tuple[np.ndarray, float]:
     """Lloyd's k-means with k-means++ seeding, best of n_init; numpy only, deterministic.
 
     (scikit-learn's OpenMP k-means busy-waits on a shared 2-core machine; these inputs are at
     most FIT_SAMPLE x MAX_BINS, so plain numpy is fast enough.) Returns (centers (k, d), inertia).
     """
-    x = np.asarray(x, np.float64)                           # (n, d)
+    x = np.asarray(x, np.float64)  # (n, d)
     rng = np.random.default_rng(seed)
-    sq = (x * x).sum(1)                                     # (n,)
+    sq = (x * x).sum(1)  # (n,)
     best, best_inertia = None, np.inf
     for _ in range(n_init):
         centers = _kmeans_pp(x, sq, k, rng)
         for _ in range(max_iter):
-            d = sq[:, None] - 2.0 * x @ centers.T + (centers * centers).sum(1)[None, :]   # (n, k)
+            d = sq[:, None] - 2.0 * x @ centers.T + (centers * centers).sum(1)[None, :]  # (n, k)
             lab = d.argmin(1)
-            onehot = np.eye(k)[lab]                         # (n, k)
+            onehot = np.eye(k)[lab]  # (n, k)
             counts = onehot.sum(0)
-            sums = onehot.T @ x                             # (k, d)
+            sums = onehot.T @ x  # (k, d)
             new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centers)
             shift = float(np.abs(new - centers).max())
             centers = new
@@ -305,7 +313,7 @@ def _kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 2, max_iter: int 
 def _kmeans_pp(x: np.ndarray, sq: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++ seeding: each next center drawn with probability proportional to distance^2."""
     centers = [x[rng.integers(len(x))]]
-    d2 = np.maximum(sq - 2.0 * x @ centers[0] + centers[0] @ centers[0], 0.0)   # (n,)
+    d2 = np.maximum(sq - 2.0 * x @ centers[0] + centers[0] @ centers[0], 0.0)  # (n,)
     for _ in range(1, k):
         total = d2.sum()
         i = rng.integers(len(x)) if total <= 0 else rng.choice(len(x), p=d2 / total)

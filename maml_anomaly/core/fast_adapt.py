@@ -205,9 +205,24 @@ def _run_kernel(fn, model, params, x, y, weight, x_pred, *, steps, lr, inner_lrs
     pred, pred_s0 = torch.empty(n, p), torch.empty(n, k)
     ptr = lambda t: ctypes.c_void_p(t.data_ptr()) if t is not None else None  # noqa: E731
     rc = fn(
-        ctypes.c_int64(n), k, p, len(model.layers), sizes, ptr(x), ptr(y), ptr(w), ptr(x_pred), ptr(init),
-        ctypes.c_int64(init.numel()), ptr(lrs), len(lr_sets), ctypes.c_float(lr), steps, ctypes.c_float(delta),
-        ptr(pred), ptr(pred_s0),
+        ctypes.c_int64(n),
+        k,
+        p,
+        len(model.layers),
+        sizes,
+        ptr(x),
+        ptr(y),
+        ptr(w),
+        ptr(x_pred),
+        ptr(init),
+        ctypes.c_int64(init.numel()),
+        ptr(lrs),
+        len(lr_sets),
+        ctypes.c_float(lr),
+        steps,
+        ctypes.c_float(delta),
+        ptr(pred),
+        ptr(pred_s0),
     )
     if rc != 0:
         raise MemoryError("the adaptation kernel could not allocate its workspace")
@@ -236,7 +251,12 @@ def _load_kernel():
     try:
         if not lib.exists():
             lib.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([cc, *_CFLAGS, "-shared", "-fPIC", "-o", str(tmp), str(source)], check=True, capture_output=True, timeout=120)
+            subprocess.run(
+                [cc, *_CFLAGS, "-shared", "-fPIC", "-o", str(tmp), str(source)],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
             os.replace(tmp, lib)
         fn = ctypes.CDLL(str(lib)).adapt_mlp_huber
     except (OSError, subprocess.SubprocessError) as exc:

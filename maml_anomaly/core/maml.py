@@ -145,8 +145,15 @@ def adapt_tasks(
     second_order = not first_order and _needs_graph(task_params, inner_lrs)
     for step in range(steps):
         task_params = sgd_step(
-            model, task_params, x_support, y_support, lr=lr, inner_lrs=lrs_at(inner_lrs, step),
-            weight=weight, second_order=second_order, loss_fn=loss_fn,
+            model,
+            task_params,
+            x_support,
+            y_support,
+            lr=lr,
+            inner_lrs=lrs_at(inner_lrs, step),
+            weight=weight,
+            second_order=second_order,
+            loss_fn=loss_fn,
         )
     return task_params
 
@@ -175,8 +182,16 @@ def adapt(
     """
     task_params = expand_params(params, x_support.shape[0])
     return adapt_tasks(
-        model, task_params, x_support, y_support, steps=steps, lr=lr, inner_lrs=inner_lrs,
-        weight=weight, first_order=first_order, loss_fn=loss_fn,
+        model,
+        task_params,
+        x_support,
+        y_support,
+        steps=steps,
+        lr=lr,
+        inner_lrs=inner_lrs,
+        weight=weight,
+        first_order=first_order,
+        loss_fn=loss_fn,
     )
 
 
@@ -207,8 +222,15 @@ def task_query_losses(
     step_losses = []
     for step in range(steps):
         task_params = sgd_step(
-            model, task_params, x_support, y_support, lr=lr, inner_lrs=lrs_at(inner_lrs, step),
-            weight=weight_support, second_order=second_order, loss_fn=loss_fn,
+            model,
+            task_params,
+            x_support,
+            y_support,
+            lr=lr,
+            inner_lrs=lrs_at(inner_lrs, step),
+            weight=weight_support,
+            second_order=second_order,
+            loss_fn=loss_fn,
         )
         if multi_step:
             step_losses.append(loss_fn(forward(task_params, x_query), y_query, weight_query))
@@ -242,7 +264,18 @@ def meta_loss(
     """
     task_params = expand_params(params, x_support.shape[0])
     return task_query_losses(
-        model, task_params, x_support, y_support, x_query, y_query, steps=steps, lr=lr,
-        inner_lrs=inner_lrs, weight_support=weight_support, weight_query=weight_query,
-        first_order=first_order, loss_fn=loss_fn, multi_step=multi_step,
+        model,
+        task_params,
+        x_support,
+        y_support,
+        x_query,
+        y_query,
+        steps=steps,
+        lr=lr,
+        inner_lrs=inner_lrs,
+        weight_support=weight_support,
+        weight_query=weight_query,
+        first_order=first_order,
+        loss_fn=loss_fn,
+        multi_step=multi_step,
     ).mean()

@@ -43,8 +43,9 @@ class Forecaster(nn.Module):
                 x = torch.relu(x)
         return x
 
-
-    def batched_mse_grads(self, params: dict[str, Tensor], x: Tensor, y: Tensor, weight: Tensor | None) -> dict[str, Tensor]:
+    def batched_mse_grads(
+        self, params: dict[str, Tensor], x: Tensor, y: Tensor, weight: Tensor | None
+    ) -> dict[str, Tensor]:
         """Per-task gradients of ``masked_mse`` (output 0) by hand-written backpropagation.
 
         params with leading B, x (B, K, n_inputs), y and weight (B, K). Built from plain

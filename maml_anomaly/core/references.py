@@ -59,8 +59,9 @@ def shrink_to_reference(tasks: Tasks, forecasts: Forecasts) -> Forecasts:
     seen = np.isfinite(y[:, held]).any(axis=1)  # (B,) held-out points to choose on
     mae = np.empty((y.shape[0], len(CANDIDATES)))
     for j, (g, a) in enumerate(CANDIDATES):  # a handful of candidates, each batched over tasks
-        err = np.abs(g * corr_r + anchored(np.full(y.shape[0], a), tasks.base_recent, tasks.last_recent,
-                                           tasks.naive_recent) - y)  # (B, R)
+        err = np.abs(
+            g * corr_r + anchored(np.full(y.shape[0], a), tasks.base_recent, tasks.last_recent, tasks.naive_recent) - y
+        )  # (B, R)
         on_held = np.nansum(err[:, held], axis=1) / np.maximum(np.isfinite(err[:, held]).sum(axis=1), 1)
         on_all = np.nansum(err, axis=1) / np.maximum(np.isfinite(err).sum(axis=1), 1)
         mae[:, j] = np.where(seen, on_held, on_all if j < len(GATES) else np.inf)
@@ -70,6 +71,7 @@ def shrink_to_reference(tasks: Tasks, forecasts: Forecasts) -> Forecasts:
     anchor = np.array([a for _, a in CANDIDATES])[best]
     recent = gate[:, None] * corr_r + anchored(anchor, tasks.base_recent, tasks.last_recent, tasks.naive_recent)
     query = gate[:, None] * (forecasts.query - tasks.base_query) + anchored(
-        anchor, tasks.base_query, tasks.last_query, tasks.naive_query)
+        anchor, tasks.base_query, tasks.last_query, tasks.naive_query
+    )
     resid = np.minimum(np.abs(recent - y), 2 * TARGET_CLIP)  # as far as the net's clipped targets reach
     return Forecasts(query=query, resid_scale=residual_scale(resid), recent=recent, gate=gate, anchor=anchor)

@@ -69,9 +69,7 @@ def finite(a: np.ndarray) -> np.ndarray:
     return np.clip(a, -big, big)
 
 
-def score_points(
-    tasks: Tasks, forecasts: Forecasts, calibration: Calibration, *, threshold: float
-) -> PointScores:
+def score_points(tasks: Tasks, forecasts: Forecasts, calibration: Calibration, *, threshold: float) -> PointScores:
     """Residuals -> calibrated tail probability -> score, band and flag (NaN where y missing)."""
     u = normalised_residuals(tasks, forecasts, calibration.scale_floor)  # (B, Q)
     if forecasts.point_scale is not None:  # where the noise rose (see trailing_scale)
@@ -188,10 +186,18 @@ def _score_without_echoes(
     """
     spec, k, cal = cluster.spec, cluster.k_shot, cluster.calibration
     tasks = make_windows(raw, spec, k, n_query)
-    fast = shrink_to_reference(tasks, adapt_and_forecast(
-        model, cluster.params, tasks, inner_steps=cluster.inner_steps, inner_lr=cluster.inner_lr,
-        inner_lrs=cluster.inner_lrs, device=device,
-    ))
+    fast = shrink_to_reference(
+        tasks,
+        adapt_and_forecast(
+            model,
+            cluster.params,
+            tasks,
+            inner_steps=cluster.inner_steps,
+            inner_lr=cluster.inner_lr,
+            inner_lrs=cluster.inner_lrs,
+            device=device,
+        ),
+    )
     denom = np.maximum(np.nan_to_num(fast.resid_scale, nan=np.inf), cal.scale_floor)  # (B,)
     n_before = min(spec.max_lag, tasks.recent_values.shape[1])  # the points before the day that lags read
     observed = np.concatenate([tasks.recent_values[:, -n_before:], tasks.query_values], axis=1)  # (B, P+Q)
@@ -204,19 +210,35 @@ def _score_without_echoes(
     if redo.any():
         sub = tasks.take(redo)
         adapted = adapt_support(
-            model, cluster.params, sub, inner_steps=cluster.inner_steps, inner_lr=cluster.inner_lr,
-            inner_lrs=cluster.inner_lrs, device=device,
+            model,
+            cluster.params,
+            sub,
+            inner_steps=cluster.inner_steps,
+            inner_lr=cluster.inner_lr,
+            inner_lrs=cluster.inner_lrs,
+            device=device,
         )
         forecast[redo] = forecast_in_time_order(
-            adapted, fast.gate[redo], fast.anchor[redo], sub, observed[redo], denom[redo], routine[redo],
-            fast.recent[redo], cal,
-            threshold, spec, hold[redo],
-            accept_after=shift_accepted_after(n_query), first_scored=n_before,
+            adapted,
+            fast.gate[redo],
+            fast.anchor[redo],
+            sub,
+            observed[redo],
+            denom[redo],
+            routine[redo],
+            fast.recent[redo],
+            cal,
+            threshold,
+            spec,
+            hold[redo],
+            accept_after=shift_accepted_after(n_query),
+            first_scored=n_before,
         )
     before = np.concatenate([tasks.recent_values[:, :-n_before] - fast.recent[:, :-n_before], observed - forecast], 1)
     point_scale = trailing_scale(last_columns(np.abs(before), TRAILING_POINTS + n_query), denom)
-    forecasts = Forecasts(query=forecast[:, n_before:], resid_scale=fast.resid_scale, recent=fast.recent,
-                          point_scale=point_scale)
+    forecasts = Forecasts(
+        query=forecast[:, n_before:], resid_scale=fast.resid_scale, recent=fast.recent, point_scale=point_scale
+    )
     return tasks, with_stuck_runs(score_points(tasks, forecasts, cal, threshold=threshold), raw, tasks.scale, threshold)
 
 
@@ -235,7 +257,10 @@ def with_stuck_runs(pts: PointScores, raw: np.ndarray, scale: np.ndarray, thresh
     both = np.minimum(np.log(2.0) + np.minimum(log_p_res, log_p), 0.0)
     score = np.where(np.isfinite(pts.score), np.where(tested, log_p_to_score(both), pts.score), np.nan)
     return PointScores(
-        y_hat=pts.y_hat, lower=pts.lower, upper=pts.upper, score=score,
+        y_hat=pts.y_hat,
+        lower=pts.lower,
+        upper=pts.upper,
+        score=score,
         p_value=np.where(np.isfinite(pts.p_value), np.where(tested, np.exp(both), pts.p_value), np.nan),
         is_anomaly=np.nan_to_num(score, nan=-np.inf) >= threshold,
     )
@@ -322,8 +347,10 @@ def score_rows(
     t_series, t_day = tasks[:, 0], tasks[:, 1]
     t_step = step_ns[t_series]
     t_model = series_model[t_series]
-    t_first = np.maximum(-((start_ns[t_series] - t_day * NS_PER_DAY) // t_step),  # (M,) the day's first point
-                         first_with_support(models)[t_model])
+    t_first = np.maximum(
+        -((start_ns[t_series] - t_day * NS_PER_DAY) // t_step),  # (M,) the day's first point
+        first_with_support(models)[t_model],
+    )
     t_q = np.maximum(1, -(-NS_PER_DAY // t_step))  # (M,) most grid points a day can hold
     rows_idx = np.flatnonzero(scorable)
     q = np.full(n, -1)
@@ -333,8 +360,15 @@ def score_rows(
     for m, qlen in sorted(set(zip(t_model.tolist(), t_q.tolist()))):
         sel = np.flatnonzero((t_model == m) & (t_q == qlen))  # tasks of this group
         res = score_tasks(
-            models[m], values, indptr, t_series[sel], t_first[sel], n_query=int(qlen),
-            threshold=threshold, batch_size=batch_size, device=device,
+            models[m],
+            values,
+            indptr,
+            t_series[sel],
+            t_first[sel],
+            n_query=int(qlen),
+            threshold=threshold,
+            batch_size=batch_size,
+            device=device,
         )
         local = np.full(tasks.shape[0], -1)
         local[sel] = np.arange(sel.size)

@@ -53,8 +53,9 @@ def run_depth(values: np.ndarray, tol: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(v), col - last_change, -1)
 
 
-def stuck_log_p(values: np.ndarray, n_query: int, scale: np.ndarray, *, log_p_flag: float | None = None,
-                accept_after: int = 0) -> np.ndarray:
+def stuck_log_p(
+    values: np.ndarray, n_query: int, scale: np.ndarray, *, log_p_flag: float | None = None, accept_after: int = 0
+) -> np.ndarray:
     """log p of the depth of each of the last ``n_query`` points of windows (B, W) under the runs
     of the window's history (its first W - n_query points); 0 (p = 1) where there is no repeat.
 

@@ -47,8 +47,9 @@ class LagSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LagSpec":
-        return cls(period=int(data["period"]), lags=tuple(int(v) for v in data["lags"]),
-                   second=int(data.get("second", 0)))
+        return cls(
+            period=int(data["period"]), lags=tuple(int(v) for v in data["lags"]), second=int(data.get("second", 0))
+        )
 
 
 def lag_spec(period: int, *, n_recent: int = 6, history: int | None = None, second: int = 0) -> LagSpec:
@@ -114,8 +115,14 @@ def choose_lag_spec(
     median series holds a training window plus as many more distinct window starts.
     """
     typical = float(np.median(lengths)) if np.size(lengths) else 0.0
-    candidates = [lag_spec(period, n_recent=n_recent, second=second),
-                  lag_spec(period, n_recent=n_recent, history=0, second=second)] if second > 0 else []
+    candidates = (
+        [
+            lag_spec(period, n_recent=n_recent, second=second),
+            lag_spec(period, n_recent=n_recent, history=0, second=second),
+        ]
+        if second > 0
+        else []
+    )
     candidates += [lag_spec(period, n_recent=n_recent), lag_spec(period, n_recent=n_recent, history=0)]
     candidates.append(lag_spec(0, n_recent=n_recent))
     q = training_query_len(query_len, k_shot, room=0)  # the day: lags come before a longer query
@@ -357,7 +364,11 @@ def make_windows(
 
 
 def lag_inputs(
-    z_in: np.ndarray, targets: np.ndarray, spec: LagSpec, *, clip: float = TARGET_CLIP,
+    z_in: np.ndarray,
+    targets: np.ndarray,
+    spec: LagSpec,
+    *,
+    clip: float = TARGET_CLIP,
     use_second: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Net inputs, reference forecast and seasonal naive for target columns of normalised windows.

@@ -45,6 +45,7 @@ BUCKET_ROWS = 1_000_000  # input rows per bucket (one map_groups call): ~30,000 
 BUCKET = "bucket"
 BATCH_KEY = "batch_key"  # a result's place in output order (its run or bucket: ranges of ids)
 SPLITTER_SAMPLE_GROUPS = 64  # row groups read to sample the ids the buckets are cut at
+SPLITTER_SAMPLE_IDS = 10_000  # ids kept of each sampled row group
 
 
 def require_ray() -> Any:
@@ -190,11 +191,19 @@ def range_splitters(dataset: Any, id_col: str, flt: Any, n_buckets: int) -> np.n
         return np.zeros(0)
     groups = [rg for frag in dataset.get_fragments(filter=flt) for rg in frag.split_by_row_group(filter=flt)]
     chosen = np.unique(np.linspace(0, len(groups) - 1, min(len(groups), SPLITTER_SAMPLE_GROUPS)).astype(int))
-    sample = [_distinct_ids(groups[i].to_table(columns=[id_col], filter=flt).column(id_col)) for i in chosen]
+    sample = [_spread(_distinct_ids(groups[i].to_table(columns=[id_col], filter=flt).column(id_col))) for i in chosen]
     ids = np.unique(np.concatenate(sample)) if sample else np.zeros(0)
     if ids.size == 0:
         return ids
     return np.unique(ids[(np.arange(1, n_buckets) * ids.size) // n_buckets])
+
+
+def _spread(ids: np.ndarray) -> np.ndarray:
+    """At most SPLITTER_SAMPLE_IDS of a row group's sorted distinct ids, evenly spaced (bounded driver memory)."""
+    ids = np.sort(ids)
+    if ids.size <= SPLITTER_SAMPLE_IDS:
+        return ids
+    return ids[np.linspace(0, ids.size - 1, SPLITTER_SAMPLE_IDS).astype(np.int64)]
 
 
 def _distinct_ids(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -196,6 +196,7 @@ class ScoredBatch:
     failed_series: int  # of which could not be scored (FAILED_STATUSES)
     counts: dict[str, int]  # rows per status
     part: str | None = None  # where an engine spilled ``rows``
+    tested: dict[str, np.ndarray] | None = None  # Benjamini-Hochberg summary (core.alerts.bh_summary)
 
 
 def score_batch(scorer: Scorer, frame: pd.DataFrame, first: np.datetime64, last: np.datetime64) -> ScoredBatch:
@@ -484,10 +485,11 @@ class PeriodCodec:
 
 
 class ScoredCodec:
-    """A spilled ScoredBatch (its rows already written to ``part``) <-> one Arrow row of JSON."""
+    """A spilled ScoredBatch (its rows already written to ``part``) <-> one Arrow row: JSON and its p-values."""
 
     def encode(self, result: ScoredBatch) -> pa.Table:
         assert result.rows is None, "score rows travel as files, not in the result"
+        tested = result.tested or {}
         ns = lambda t: None if t is None else int(np.datetime64(t, "ns").astype(np.int64))  # noqa: E731
         fields = {
             "report": result.report.to_dict(),
@@ -497,12 +499,23 @@ class ScoredCodec:
             "failed_series": result.failed_series,
             "counts": result.counts,
             "part": result.part,
+            "groups": list(tested),
         }
-        return pa.table({"scored": pa.array([json.dumps(fields)], pa.string())})
+        values = np.concatenate(list(tested.values())) if tested else np.zeros(0)
+        return pa.table(
+            {
+                "scored": pa.array([json.dumps(fields)], pa.string()),
+                "tested": _as_row(pa.array(values, pa.float64())),  # every group's p-values, one after another
+                "sizes": _as_row(pa.array([v.size for v in tested.values()], pa.int64())),
+            }
+        )
 
     def decode(self, table: pa.Table) -> Iterator[ScoredBatch]:
-        for text in table.column("scored").to_pylist():
+        for i, text in enumerate(table.column("scored").to_pylist()):
             f = json.loads(text)
+            values = table.column("tested")[i].values.to_numpy(zero_copy_only=False)
+            ends = np.cumsum(table.column("sizes")[i].values.to_numpy(zero_copy_only=False))
+            tested = dict(zip(f["groups"], np.split(values, ends[:-1]))) if f["groups"] else None
             at = lambda v: None if v is None else np.int64(v).view("M8[ns]")  # noqa: E731
             yield ScoredBatch(
                 rows=None,
@@ -513,4 +526,5 @@ class ScoredCodec:
                 failed_series=f["failed_series"],
                 counts=f["counts"],
                 part=f["part"],
+                tested=tested,
             )

@@ -230,6 +230,7 @@ def test_error_case_exits_1_with_a_message_and_writes_nothing(case, tmp_path, mo
             raise OSError(errno.ENOSPC, "No space left on device")
 
         monkeypatch.setattr(pq, "write_table", no_space)
+        monkeypatch.setattr(pq.ParquetWriter, "write_table", no_space)  # the streamed writers too
     before = snapshot(tmp_path)
     result = invoke(args)
     assert_clean_failure(result, *case.words)

@@ -20,3 +20,14 @@ def test_a_spilled_scored_batch_survives_its_arrow_row():
     table = pa.concat_tables([codec.encode(b) for b in batches])
     back = list(codec.decode(table))
     assert back == batches
+
+
+def test_a_scored_batchs_tested_p_values_come_back_per_group_to_the_bit():
+    report = ReadReport(rows=3, series=1, grid_points=3, missing=0, off_grid=0, duplicates=0, non_finite=0, snapped=0)
+    tested = {"daily_7_0": np.array([1e-300, 0.1, 0.1, 0.7]), "": np.zeros(0), "hourly_24_1": np.array([0.3])}
+    batch = ScoredBatch(None, report, None, None, n_series=1, failed_series=0, counts={"ok": 5}, part="p", tested=tested)
+    codec = ScoredCodec()
+    (back,) = codec.decode(codec.encode(batch))
+    assert list(back.tested) == list(tested)
+    for key, values in tested.items():
+        np.testing.assert_array_equal(back.tested[key], values)

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from conftest import TINY
 from synth import seasonal_panel
 from typer.testing import CliRunner
 
@@ -25,16 +27,6 @@ from maml_anomaly.engines import RAY_INSTALL
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data" / "values.parquet"
 DAYS = 10
-TINY = """
-[train]
-iterations = 3
-hidden = [8, 8]
-meta_batch_size = 4
-time_budget_s = 5.0
-
-[clusters]
-min_cluster_size = 5
-"""
 
 
 def _invoke(*args):
@@ -156,15 +148,9 @@ def _generated() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, ray_local):
-    root = tmp_path_factory.mktemp("ray")
+def trained(train_tiny, ray_local):
     frame = _generated()
-    frame.to_parquet(root / "input.parquet")
-    frame[frame["unique_id"] != "late"].to_parquet(root / "history.parquet")
-    (root / "tiny.toml").write_text(TINY)
-    for cmd in ("fit-clusters", "meta-train"):
-        _ok(cmd, "-i", root / "history.parquet", "-m", root / "model", "-c", root / "tiny.toml", "-q")
-    return root
+    return train_tiny("ray", frame, frame[frame["unique_id"] != "late"])
 
 
 def _assert_same(local: Path, ray: Path) -> None:
@@ -228,6 +214,7 @@ def test_worker_errors_reach_the_user_as_messages(trained):
                      "--date", "2025-06-01")
     assert result.exit_code == 1 and "no data" in result.output
     assert not out.exists()
+    assert not list(root.glob(".dup_scores.parquet.*"))  # no staging folder left after a failure
 
 
 def _assert_close_json(a, b, where="clusterer.json"):
@@ -288,9 +275,8 @@ def test_sample_data_ray_matches_local(tmp_path, ray_local):
 
 
 def test_unordered_row_groups_go_through_the_hash_shuffle_and_match_local(trained, monkeypatch):
-    """Row groups whose id ranges overlap cannot be read as runs of whole series: Ray groups rows by hash."""
+    """Row groups whose id ranges overlap cannot be read as runs of whole series: Ray shuffles rows into id ranges."""
     import pyarrow.dataset as pads
-    import pyarrow.parquet as pq
 
     from maml_anomaly.data.stream import series_ordered_runs
     from maml_anomaly.engines import ray_engine
@@ -309,3 +295,50 @@ def test_unordered_row_groups_go_through_the_hash_shuffle_and_match_local(traine
         _ok(*args, "-o", root / f"{name}_local.parquet")
         _ok(*args, "-o", root / f"{name}_ray.parquet", "--engine", "ray")
         _assert_same(root / f"{name}_local.parquet", root / f"{name}_ray.parquet")
+
+
+def test_the_driver_receives_summaries_never_score_rows(trained, monkeypatch):
+    """What comes back to the driver from the batches is counts, tested p-values, a few candidates
+    and the events; the score rows go from the workers' parts to the output file."""
+    from maml_anomaly.batch import ScoredBatch
+    from maml_anomaly.commands.alerting import PartAlerts
+    from maml_anomaly.core.alerts import EVENT_COLUMNS
+    from maml_anomaly.engines import ray_engine
+
+    monkeypatch.setattr(ray_engine, "BUCKET_ROWS", 2000)  # several buckets, so several batches
+    received: list[pa.Table] = []
+    parts_back: list = []
+    in_order, map_parts = ray_engine._in_output_order, ray_engine.RayEngine.map_parts
+
+    def spy_batches(tables, codec):
+        received.extend(tables)
+        yield from in_order(tables, codec)
+
+    def spy_parts(self, fn, payload, items):
+        for result in map_parts(self, fn, payload, items):
+            parts_back.append(result)
+            yield result
+
+    monkeypatch.setattr(ray_engine, "_in_output_order", spy_batches)
+    monkeypatch.setattr(ray_engine.RayEngine, "map_parts", spy_parts)
+    root = trained
+    out = root / "summaries.parquet"
+    table = pa.Table.from_pandas(pd.read_parquet(root / "input.parquet"), preserve_index=False)
+    pq.write_table(table, root / "shuffled.parquet", row_group_size=500)  # row groups overlap: buckets
+    _ok("backtest", "-i", root / "shuffled.parquet", "-m", root / "model", "-q", "--start", "2026-01-08",
+        "--max-alerts", "5", "--fdr", "0.5", "-o", out, "--engine", "ray")
+    scores = pd.read_parquet(out)
+    batches = pa.concat_tables(received)  # a block may hold several batches' rows
+    assert batches.num_rows >= 2  # several batches
+    assert set(batches.column_names) == {"scored", "tested", "sizes", "batch_key"}
+    tested = sum(len(v) for v in batches.column("tested").to_pylist())
+    assert tested == (scores["status"] == "ok").sum()  # one float per tested point, nothing else per row
+    candidates = [r for r in parts_back if isinstance(r, tuple)]
+    alerted = [r for r in parts_back if isinstance(r, PartAlerts)]
+    assert len(candidates) == len(alerted) == batches.num_rows
+    assert all(len(c[0]) <= 5 for c in candidates)  # at most the budget per batch
+    for part in alerted:
+        assert list(part.events.columns) == list(EVENT_COLUMNS) and len(part.events) == part.counts["events"]
+    assert not [r for r in parts_back if isinstance(r, (ScoredBatch, pd.DataFrame))]
+    assert 0 < scores["is_anomaly"].sum() <= 5
+    assert not list(root.glob(".summaries.parquet.*"))  # the staging folder is gone

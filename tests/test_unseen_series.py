@@ -23,16 +23,6 @@ from maml_anomaly.data.panel import build_panel
 from maml_anomaly.store import CLUSTERER, ModelDir
 
 DAYS = 16
-TINY = """
-[train]
-iterations = 3
-hidden = [8, 8]
-meta_batch_size = 4
-time_budget_s = 5.0
-
-[clusters]
-min_cluster_size = 5
-"""
 
 
 def _frame() -> tuple[pd.DataFrame, list[str]]:
@@ -58,14 +48,9 @@ def _ok(*args):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("unseen")
+def trained(train_tiny):
     frame, late = _frame()
-    frame.to_parquet(root / "input.parquet", index=False)
-    frame[~frame["unique_id"].isin(late)].to_parquet(root / "history.parquet", index=False)
-    (root / "tiny.toml").write_text(TINY)
-    for cmd in ("fit-clusters", "meta-train"):
-        _ok(cmd, "-i", root / "history.parquet", "-m", root / "model", "-c", root / "tiny.toml", "-q")
+    root = train_tiny("unseen", frame, frame[~frame["unique_id"].isin(late)])
     return root, frame, late
 
 

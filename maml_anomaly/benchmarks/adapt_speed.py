@@ -95,9 +95,19 @@ def looped_meta_step(model, params: Params, x, y, *, steps: int, lr: float, firs
     (total / x.shape[0]).backward()
 
 
-def run_adapt_speed(*, series: int = 10_000, loop_series: int = 300, n_inputs: int = 8, k_shot: int = 24,
-                    inner_steps: int = 5, inner_lr: float = 0.01, chunk: int = 2_000, meta_batch_size: int = 32,
-                    repeats: int = 3, seed: int = 0) -> dict:
+def run_adapt_speed(
+    *,
+    series: int = 10_000,
+    loop_series: int = 300,
+    n_inputs: int = 8,
+    k_shot: int = 24,
+    inner_steps: int = 5,
+    inner_lr: float = 0.01,
+    chunk: int = 2_000,
+    meta_batch_size: int = 32,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict:
     torch.manual_seed(seed)
     model = Forecaster(n_inputs, (40, 40), 1)
     params = init_params(model)
@@ -106,22 +116,40 @@ def run_adapt_speed(*, series: int = 10_000, loop_series: int = 300, n_inputs: i
 
     # Same numbers from both paths: the comparison is of the same work.
     n_check = min(50, loop_series)
-    diff = (batched_adapt_forecast(model, params, x[:n_check], y[:n_check], chunk=chunk, **kw)
-            - looped_adapt_forecast(model, params, x[:n_check], y[:n_check], **kw)).abs().max().item()
+    diff = (
+        (
+            batched_adapt_forecast(model, params, x[:n_check], y[:n_check], chunk=chunk, **kw)
+            - looped_adapt_forecast(model, params, x[:n_check], y[:n_check], **kw)
+        )
+        .abs()
+        .max()
+        .item()
+    )
 
     t_batched = _median_seconds(lambda: batched_adapt_forecast(model, params, x, y, chunk=chunk, **kw), repeats)
-    t_loop = _median_seconds(lambda: looped_adapt_forecast(model, params, x[:loop_series], y[:loop_series], **kw), repeats)
+    t_loop = _median_seconds(
+        lambda: looped_adapt_forecast(model, params, x[:loop_series], y[:loop_series], **kw), repeats
+    )
     adapt_batched, adapt_loop = series / t_batched, loop_series / t_loop
 
     mx, my = _series_tasks(meta_batch_size, 2 * k_shot - 1, n_inputs, seed + 1)  # (B, 2K, d), (B, 2K)
     theta = {k: v.clone().requires_grad_() for k, v in params.items()}
     meta = {}
     for order, first_order in (("second_order", False), ("first_order", True)):
+
         def batched_step():
             for v in theta.values():
                 v.grad = None
-            meta_loss(model, theta, mx[:, :k_shot], my[:, :k_shot], mx[:, k_shot:], my[:, k_shot:],
-                      first_order=first_order, **kw).backward()
+            meta_loss(
+                model,
+                theta,
+                mx[:, :k_shot],
+                my[:, :k_shot],
+                mx[:, k_shot:],
+                my[:, k_shot:],
+                first_order=first_order,
+                **kw,
+            ).backward()
 
         def looped_step():
             for v in theta.values():
@@ -131,33 +159,55 @@ def run_adapt_speed(*, series: int = 10_000, loop_series: int = 300, n_inputs: i
         n_rep = 10
         tb = _median_seconds(lambda: [batched_step() for _ in range(n_rep)], repeats) / n_rep
         tl = _median_seconds(looped_step, repeats)
-        meta[order] = {"batched_steps_per_s": round(1 / tb, 1), "loop_steps_per_s": round(1 / tl, 2),
-                       "ratio": round(tl / tb, 1)}
+        meta[order] = {
+            "batched_steps_per_s": round(1 / tb, 1),
+            "loop_steps_per_s": round(1 / tl, 2),
+            "ratio": round(tl / tb, 1),
+        }
     return {
         "benchmark": "adapt_speed",
-        "setting": {"mlp": f"{n_inputs}-40-40-1", "k_shot": k_shot, "inner_steps": inner_steps, "series": series,
-                    "loop_series": loop_series, "chunk": chunk, "meta_batch_size": meta_batch_size,
-                    "threads": torch.get_num_threads(), "dtype": "float32", "timing": "CPU seconds"},
-        "adaptation": {"batched_series_per_s": round(adapt_batched), "loop_series_per_s": round(adapt_loop, 1),
-                       "ratio": round(adapt_batched / adapt_loop, 1), "max_abs_forecast_difference": diff},
+        "setting": {
+            "mlp": f"{n_inputs}-40-40-1",
+            "k_shot": k_shot,
+            "inner_steps": inner_steps,
+            "series": series,
+            "loop_series": loop_series,
+            "chunk": chunk,
+            "meta_batch_size": meta_batch_size,
+            "threads": torch.get_num_threads(),
+            "dtype": "float32",
+            "timing": "CPU seconds",
+        },
+        "adaptation": {
+            "batched_series_per_s": round(adapt_batched),
+            "loop_series_per_s": round(adapt_loop, 1),
+            "ratio": round(adapt_batched / adapt_loop, 1),
+            "max_abs_forecast_difference": diff,
+        },
         "meta_training": meta,
     }
 
 
 def format_report(r: dict) -> str:
     a, s = r["adaptation"], r["setting"]
-    lines = [f"MLP {s['mlp']}, K = {s['k_shot']}, {s['inner_steps']} inner steps, {s['threads']} thread(s), rates per CPU second",
-             f"adaptation   batched {a['batched_series_per_s']:>10,} series/s ({s['series']} series)   "
-             f"loop {a['loop_series_per_s']:>8,} series/s ({s['loop_series']} series)   ratio {a['ratio']}x",
-             f"             forecasts agree to {a['max_abs_forecast_difference']:.1e}"]
+    lines = [
+        f"MLP {s['mlp']}, K = {s['k_shot']}, {s['inner_steps']} inner steps, {s['threads']} thread(s), rates per CPU second",
+        f"adaptation   batched {a['batched_series_per_s']:>10,} series/s ({s['series']} series)   "
+        f"loop {a['loop_series_per_s']:>8,} series/s ({s['loop_series']} series)   ratio {a['ratio']}x",
+        f"             forecasts agree to {a['max_abs_forecast_difference']:.1e}",
+    ]
     for order, m in r["meta_training"].items():
-        lines.append(f"meta-train   {order:<12} batched {m['batched_steps_per_s']:>7} steps/s   "
-                     f"loop {m['loop_steps_per_s']:>6} steps/s   ratio {m['ratio']}x (meta-batch {s['meta_batch_size']})")
+        lines.append(
+            f"meta-train   {order:<12} batched {m['batched_steps_per_s']:>7} steps/s   "
+            f"loop {m['loop_steps_per_s']:>6} steps/s   ratio {m['ratio']}x (meta-batch {s['meta_batch_size']})"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m maml_anomaly.benchmarks.adapt_speed", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m maml_anomaly.benchmarks.adapt_speed", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--series", type=int, default=10_000)
     p.add_argument("--loop-series", type=int, default=300)
     p.add_argument("--inputs", type=int, default=8)
@@ -170,8 +220,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    r = run_adapt_speed(series=a.series, loop_series=a.loop_series, n_inputs=a.inputs, k_shot=a.k_shot,
-                        inner_steps=a.inner_steps, chunk=a.chunk, meta_batch_size=a.meta_batch_size, repeats=a.repeats)
+    r = run_adapt_speed(
+        series=a.series,
+        loop_series=a.loop_series,
+        n_inputs=a.inputs,
+        k_shot=a.k_shot,
+        inner_steps=a.inner_steps,
+        chunk=a.chunk,
+        meta_batch_size=a.meta_batch_size,
+        repeats=a.repeats,
+    )
     print(json.dumps(r) if a.json else format_report(r))
     return 0
 

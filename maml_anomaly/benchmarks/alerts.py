@@ -100,10 +100,25 @@ def score_day(cluster, matrix: np.ndarray, *, threshold: float, batch_size: int)
 
     s, t = matrix.shape
     values, indptr = matrix.reshape(-1), np.arange(s + 1, dtype=np.int64) * t
-    res = score_tasks(cluster, values, indptr, np.arange(s), np.full(s, FIRST), n_query=t - FIRST,
-                      threshold=threshold, batch_size=batch_size)
-    return Scored(p_value=res.p_value, score=res.score, is_anomaly=res.is_anomaly, y=matrix[:, FIRST:],
-                  y_hat=res.y_hat, lower=res.lower, upper=res.upper)
+    res = score_tasks(
+        cluster,
+        values,
+        indptr,
+        np.arange(s),
+        np.full(s, FIRST),
+        n_query=t - FIRST,
+        threshold=threshold,
+        batch_size=batch_size,
+    )
+    return Scored(
+        p_value=res.p_value,
+        score=res.score,
+        is_anomaly=res.is_anomaly,
+        y=matrix[:, FIRST:],
+        y_hat=res.y_hat,
+        lower=res.lower,
+        upper=res.upper,
+    )
 
 
 def train(n_series: int, iterations: int, seed: int, time_budget_s: float = 300.0):
@@ -118,8 +133,17 @@ def train(n_series: int, iterations: int, seed: int, time_budget_s: float = 300.
 
 
 def run(
-    *, n_series: int = 100_000, cluster=None, train_series: int = 400, iterations: int = 300, threshold: float = 4.0,
-    fdr: float = 0.01, anomaly_share: float = 0.02, seed: int = 0, chunk: int = 10_000, batch_size: int = 10_000,
+    *,
+    n_series: int = 100_000,
+    cluster=None,
+    train_series: int = 400,
+    iterations: int = 300,
+    threshold: float = 4.0,
+    fdr: float = 0.01,
+    anomaly_share: float = 0.02,
+    seed: int = 0,
+    chunk: int = 10_000,
+    batch_size: int = 10_000,
 ) -> dict:
     """Both checks; returns the figures as a JSON-ready dict."""
     from maml_anomaly.core.alerts import AlertRules, apply_alerts, bh_qvalues
@@ -228,15 +252,23 @@ def _anomalies_found(flags: np.ndarray, labels: np.ndarray) -> dict:
     found = (flags & labels).any(axis=1)[hit]
     shift = labels.sum(axis=1)[hit] > 1
     share = lambda m: round(float(found[m].mean()), 4) if m.any() else None  # noqa: E731
-    return {"anomalies": int(hit.sum()), "all": share(np.ones_like(shift)), "spike_or_dip": share(~shift),
-            "level_shift": share(shift)}
+    return {
+        "anomalies": int(hit.sum()),
+        "all": share(np.ones_like(shift)),
+        "spike_or_dip": share(~shift),
+        "level_shift": share(shift),
+    }
 
 
 def _fdp(flags: np.ndarray, labels: np.ndarray) -> dict:
     n = int(flags.sum())
     false = int((flags & ~labels).sum())
-    return {"flags": n, "false": false, "fdp": round(false / n, 5) if n else 0.0,
-            "recall": round(float((flags & labels).sum() / max(labels.sum(), 1)), 4)}
+    return {
+        "flags": n,
+        "false": false,
+        "fdp": round(false / n, 5) if n else 0.0,
+        "recall": round(float((flags & labels).sum() / max(labels.sum(), 1)), 4),
+    }
 
 
 def _frame(s: Scored, offset: int) -> pd.DataFrame:
@@ -244,13 +276,21 @@ def _frame(s: Scored, offset: int) -> pd.DataFrame:
     n, q = s.p_value.shape
     ds = pd.Timestamp("2024-01-21") + pd.to_timedelta(np.arange(q), "h")
     ok = np.isfinite(s.p_value).reshape(-1)
-    return pd.DataFrame({
-        "unique_id": np.repeat(np.arange(offset, offset + n), q),
-        "ds": np.tile(ds.to_numpy(), n),
-        "y": s.y.reshape(-1), "y_hat": s.y_hat.reshape(-1), "lower": s.lower.reshape(-1), "upper": s.upper.reshape(-1),
-        "score": s.score.reshape(-1), "is_anomaly": s.is_anomaly.reshape(-1), "cluster": "c0",
-        "status": np.where(ok, "ok", "missing_value"), "p_value": s.p_value.reshape(-1),
-    })
+    return pd.DataFrame(
+        {
+            "unique_id": np.repeat(np.arange(offset, offset + n), q),
+            "ds": np.tile(ds.to_numpy(), n),
+            "y": s.y.reshape(-1),
+            "y_hat": s.y_hat.reshape(-1),
+            "lower": s.lower.reshape(-1),
+            "upper": s.upper.reshape(-1),
+            "score": s.score.reshape(-1),
+            "is_anomaly": s.is_anomaly.reshape(-1),
+            "cluster": "c0",
+            "status": np.where(ok, "ok", "missing_value"),
+            "p_value": s.p_value.reshape(-1),
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -267,28 +307,43 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
-    out = run(n_series=args.series, train_series=args.train_series, iterations=args.iterations,
-              threshold=args.threshold, fdr=args.fdr, anomaly_share=args.anomaly_share, seed=args.seed)
+    out = run(
+        n_series=args.series,
+        train_series=args.train_series,
+        iterations=args.iterations,
+        threshold=args.threshold,
+        fdr=args.fdr,
+        anomaly_share=args.anomaly_share,
+        seed=args.seed,
+    )
     if args.json:
         print(json.dumps(out))
         return
     c, i = out["clean"], out["injected"]
     print(out["data"])
-    print(f"clean: {c['flagged']:,} of {c['points']:,} points flagged at threshold {out['threshold']}: rate "
-          f"{c['observed_rate']:.2e} vs stated {c['stated_rate']:.2e} (ratio {c['ratio']}); "
-          f"observed/nominal at p cut-offs {c['observed_over_nominal_at_p']}; BH flags on clean data {c['bh_flags_at_fdr']}")
+    print(
+        f"clean: {c['flagged']:,} of {c['points']:,} points flagged at threshold {out['threshold']}: rate "
+        f"{c['observed_rate']:.2e} vs stated {c['stated_rate']:.2e} (ratio {c['ratio']}); "
+        f"observed/nominal at p cut-offs {c['observed_over_nominal_at_p']}; BH flags on clean data {c['bh_flags_at_fdr']}"
+    )
     for name in ("bh", "bh_without_echo", "bh_and_threshold", "threshold_only"):
         r = i[name]
-        print(f"injected, {name}: {r['flags']:,} flags, {r['false']:,} false (FDP {r['fdp']:.4f}), recall {r['recall']:.3f}")
+        print(
+            f"injected, {name}: {r['flags']:,} flags, {r['false']:,} false (FDP {r['fdp']:.4f}), recall {r['recall']:.3f}"
+        )
     for name in ("anomalies_found_threshold_only", "anomalies_found_fdr"):
         r = i[name]
-        print(f"{name}: {r['all']} of {r['anomalies']:,} anomalies (spikes/dips {r['spike_or_dip']}, "
-              f"level shifts {r['level_shift']})")
+        print(
+            f"{name}: {r['all']} of {r['anomalies']:,} anomalies (spikes/dips {r['spike_or_dip']}, "
+            f"level shifts {r['level_shift']})"
+        )
     for name in ("events_fdr", "events_threshold_only"):
         r = i[name]
         print(f"{name}: {r['events']:,} events, {r['false']:,} without an altered point (FDP {r['fdp']:.4f})")
-    print(f"apply_alerts on {i['points']:,} points: {i['apply_alerts_seconds']} s; train {out['train_seconds']} s, "
-          f"score {out['score_seconds']} s")
+    print(
+        f"apply_alerts on {i['points']:,} points: {i['apply_alerts_seconds']} s; train {out['train_seconds']} s, "
+        f"score {out['score_seconds']} s"
+    )
 
 
 if __name__ == "__main__":

@@ -33,12 +33,14 @@ def _per_series(scores: pd.DataFrame, far: float) -> pd.DataFrame:
     above = scores["score"] > threshold
     clean = scores[scores["clean"]].assign(above=above)
     hits = scores[(scores["window"] >= 0) & above].groupby("unique_id")["window"].nunique()
-    return pd.DataFrame({
-        "mae": clean.groupby("unique_id")["abs_error"].mean(),
-        "q99": clean.groupby("unique_id")["score"].quantile(0.99),
-        "far": clean.groupby("unique_id")["above"].mean(),
-        "hits": hits,
-    }).fillna({"hits": 0})
+    return pd.DataFrame(
+        {
+            "mae": clean.groupby("unique_id")["abs_error"].mean(),
+            "q99": clean.groupby("unique_id")["score"].quantile(0.99),
+            "far": clean.groupby("unique_id")["above"].mean(),
+            "hits": hits,
+        }
+    ).fillna({"hits": 0})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,8 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     table["windows"] = maml[maml["window"] >= 0].groupby("unique_id")["window"].nunique()
     pd.set_option("display.width", 250)
     print(table.fillna({"windows": 0}).round(3).sort_values("far_maml", ascending=False).to_string())
-    print(f"windows hit at a {args.far:.0%} FAR: maml {int(table['hits_maml'].sum())}, "
-          f"seasonal naive {int(table['hits_naive'].sum())}, of {int(table['windows'].sum())} with scored rows")
+    print(
+        f"windows hit at a {args.far:.0%} FAR: maml {int(table['hits_maml'].sum())}, "
+        f"seasonal naive {int(table['hits_naive'].sum())}, of {int(table['windows'].sum())} with scored rows"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,15 @@ def bench_sine(
 
 
 def bench_scale(
-    *, config: Config, series: int, freq: str, seed: int = 0, workdir: Path | None = None, autoets_series: int = 300,
-    nice: int = 0, engine: str = "local",
+    *,
+    config: Config,
+    series: int,
+    freq: str,
+    seed: int = 0,
+    workdir: Path | None = None,
+    autoets_series: int = 300,
+    nice: int = 0,
+    engine: str = "local",
 ) -> dict[str, Any]:
     """fit-clusters, meta-train and daily-score on N synthetic series, each step in its own process,
     beside StatsForecast AutoETS on a sample (maml_anomaly.benchmarks.scale)."""
@@ -56,7 +63,14 @@ def bench_scale(
         raise InputError(f"--autoets-series must be at least 1; found {autoets_series}.")
     setup_torch(config)
     report = run_scale_benchmark(
-        config_dict=config.to_dict(), series=series, freq=freq, seed=seed, workdir=workdir,
-        autoets_series=autoets_series, nice=nice, engine=engine, log=lambda msg: log.info("%s", msg),
+        config_dict=config.to_dict(),
+        series=series,
+        freq=freq,
+        seed=seed,
+        workdir=workdir,
+        autoets_series=autoets_series,
+        nice=nice,
+        engine=engine,
+        log=lambda msg: log.info("%s", msg),
     )
     return {"summary": format_report(report), **report}

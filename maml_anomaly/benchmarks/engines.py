@@ -69,8 +69,9 @@ def tree_rss(root: int) -> int:
 def run_measured(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
     """Run ``cmd``; its wall seconds and the peak resident memory of its process tree (MB)."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     peak = [0]
 
     def sample() -> None:
@@ -99,23 +100,53 @@ def main(argv: list[str] | None = None) -> dict:
     data, _ = cached_series(SyntheticSpec(args.series, "D"), work)
     model = work / f"engines-model-{args.series}"
     (work / "engines-train.toml").write_text(TRAIN)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
+    }
     cli = [sys.executable, "-m", "maml_anomaly"]
     if not (model / "detector.json").exists():
         for step in ("fit-clusters", "meta-train"):
-            run_measured([*cli, step, "-i", str(data), "-m", str(model), "-c", str(work / "engines-train.toml"),
-                          "-q", "--overwrite"], env)
+            run_measured(
+                [
+                    *cli,
+                    step,
+                    "-i",
+                    str(data),
+                    "-m",
+                    str(model),
+                    "-c",
+                    str(work / "engines-train.toml"),
+                    "-q",
+                    "--overwrite",
+                ],
+                env,
+            )
     result = {"series": args.series, "input": str(data), "engines": {}}
     outputs = {}
     for engine in ("local", "ray"):
         outputs[engine] = work / f"engines-scores-{engine}-{args.series}.parquet"
         result["engines"][engine] = run_measured(
-            [*cli, "daily-score", "-i", str(data), "-m", str(model), "-o", str(outputs[engine]), "-q",
-             "--engine", engine], env)
+            [
+                *cli,
+                "daily-score",
+                "-i",
+                str(data),
+                "-m",
+                str(model),
+                "-o",
+                str(outputs[engine]),
+                "-q",
+                "--engine",
+                engine,
+            ],
+            env,
+        )
     a, b = pd.read_parquet(outputs["local"]), pd.read_parquet(outputs["ray"])
     same_keys = len(a) == len(b) and a[["unique_id", "ds", "status", "is_anomaly", "cluster"]].equals(
-        b[["unique_id", "ds", "status", "is_anomaly", "cluster"]])
+        b[["unique_id", "ds", "status", "is_anomaly", "cluster"]]
+    )
     diff = np.nanmax(np.abs(a["score"].to_numpy() - b["score"].to_numpy())) if same_keys and len(a) else float("nan")
     result.update(rows=len(a), same_rows_flags_statuses=bool(same_keys), max_abs_score_diff=float(diff))
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))

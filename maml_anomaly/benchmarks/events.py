@@ -57,9 +57,15 @@ def events_table(scores: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
         flagged = scores.assign(is_anomaly=(scores["status"] == "ok") & (scores["score"] >= threshold))
         alerts = apply_alerts(flagged, rules)
         hit, on_window = overlaps(alerts.events, windows)
-        rows.append({"rule": name, "flagged points": int(alerts.scores["is_anomaly"].sum()),
-                     "events": len(alerts.events), "event recall": hit.mean() if hit.size else np.nan,
-                     "event precision": on_window.mean() if on_window.size else np.nan})
+        rows.append(
+            {
+                "rule": name,
+                "flagged points": int(alerts.scores["is_anomaly"].sum()),
+                "events": len(alerts.events),
+                "event recall": hit.mean() if hit.size else np.nan,
+                "event precision": on_window.mean() if on_window.size else np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 

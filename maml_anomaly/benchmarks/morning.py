@@ -52,12 +52,24 @@ def synthetic_run(n_series: int, n_events: int, seed: int = 0) -> dict:
     n = who.size
     down = np.r_[rng.random(n_events) < 0.5, np.ones(outage.size, bool)]
     ids = np.char.add("series-", np.char.zfill(who.astype(str), 7)).astype(object)
-    events = pd.DataFrame({
-        "unique_id": ids, "start": start, "end": start + step_of[who] * (step_of[who] < np.timedelta64(1, "D")), "peak_ds": start,
-        "peak_score": 3 + rng.exponential(1.0, n), "peak_p_value": 1e-3, "min_q_value": np.nan,
-        "peak_y": 1.0, "peak_y_hat": 2.0, "direction": np.where(down, "down", "up").astype(object),
-        "severity": 3 + rng.exponential(2.0, n), "n_points": 2, "cluster": names[cluster_of[who]], "ongoing": False,
-    })
+    events = pd.DataFrame(
+        {
+            "unique_id": ids,
+            "start": start,
+            "end": start + step_of[who] * (step_of[who] < np.timedelta64(1, "D")),
+            "peak_ds": start,
+            "peak_score": 3 + rng.exponential(1.0, n),
+            "peak_p_value": 1e-3,
+            "min_q_value": np.nan,
+            "peak_y": 1.0,
+            "peak_y_hat": 2.0,
+            "direction": np.where(down, "down", "up").astype(object),
+            "severity": 3 + rng.exponential(2.0, n),
+            "n_points": 2,
+            "cluster": names[cluster_of[who]],
+            "ongoing": False,
+        }
+    )
     sizes = pd.Series(np.bincount(cluster_of, minlength=40), index=names)
     return {"events": events, "step": step_of[who], "cluster_sizes": sizes, "cluster_of": cluster_of, "names": names}
 
@@ -66,8 +78,10 @@ def synthetic_codes(run: dict, points: int) -> dict:
     """``points`` rows per series as the integer codes and flags the pipeline holds at its alerts step."""
     n = run["cluster_of"].size
     return {
-        "cluster_code": np.repeat(run["cluster_of"], points), "names": run["names"],
-        "series_code": np.repeat(np.arange(n), points), "ok": np.ones(n * points, bool),
+        "cluster_code": np.repeat(run["cluster_of"], points),
+        "names": run["names"],
+        "series_code": np.repeat(np.arange(n), points),
+        "ok": np.ones(n * points, bool),
         "flagged": np.zeros(n * points, bool),
     }
 
@@ -88,8 +102,21 @@ def charted_rows(events: pd.DataFrame, step: np.ndarray, days: int = 5) -> tuple
         y[flag] -= 3
         hist.append(pd.DataFrame({"unique_id": uid, "ds": ds, "y": y}))
         last = ds >= DAY
-        sc.append(pd.DataFrame({"unique_id": uid, "ds": ds[last], "y": y[last], "y_hat": 10.0, "lower": 9.5, "upper": 10.5,
-                                "is_anomaly": flag[last], "cluster": ev["cluster"].iloc[0], "status": "ok"}))
+        sc.append(
+            pd.DataFrame(
+                {
+                    "unique_id": uid,
+                    "ds": ds[last],
+                    "y": y[last],
+                    "y_hat": 10.0,
+                    "lower": 9.5,
+                    "upper": 10.5,
+                    "is_anomaly": flag[last],
+                    "cluster": ev["cluster"].iloc[0],
+                    "status": "ok",
+                }
+            )
+        )
     return pd.concat(sc, ignore_index=True), pd.concat(hist, ignore_index=True)
 
 
@@ -110,9 +137,14 @@ def scale(n_series: int, n_events: int, points: int) -> dict:
     found, s_inc, m_inc = _timed(find_incidents, run["events"], run["step"], cluster_sizes=run["cluster_sizes"])
     events = run["events"]
     scores, hist = charted_rows(events, run["step"])
-    result = {"series": n_series, "events": len(events), "incidents": len(found.incidents),
-              "incidents_text": incidents_text(found.incidents, top=3),
-              "find_incidents_s": s_inc, "find_incidents_peak_mib": m_inc}
+    result = {
+        "series": n_series,
+        "events": len(events),
+        "incidents": len(found.incidents),
+        "incidents_text": incidents_text(found.incidents, top=3),
+        "find_incidents_s": s_inc,
+        "find_incidents_peak_mib": m_inc,
+    }
     if points:
         codes = synthetic_codes(run, points)
         clusters, s_cc, m_cc = _timed(cluster_table, **codes, events=events)
@@ -120,10 +152,22 @@ def scale(n_series: int, n_events: int, points: int) -> dict:
         result.update(score_rows=n_series * points, cluster_table_s=s_cc, cluster_table_peak_mib=m_cc)
     else:
         clusters = None
-    summary = {"points": n_series * max(points, 1), "series": n_series, "statuses": {"ok": n_series * max(points, 1)},
-               "alerts": {"flagged": len(events), "events": len(events)}, "threshold": 3.0}
-    page, s_rep, m_rep = _timed(render_report, summary=summary, scores=scores, history=hist, events=events,
-                                incidents=found.incidents, clusters=clusters)
+    summary = {
+        "points": n_series * max(points, 1),
+        "series": n_series,
+        "statuses": {"ok": n_series * max(points, 1)},
+        "alerts": {"flagged": len(events), "events": len(events)},
+        "threshold": 3.0,
+    }
+    page, s_rep, m_rep = _timed(
+        render_report,
+        summary=summary,
+        scores=scores,
+        history=hist,
+        events=events,
+        incidents=found.incidents,
+        clusters=clusters,
+    )
     result.update(report_s=s_rep, report_peak_mib=m_rep, report_bytes=len(page.encode()))
     return result
 
@@ -136,14 +180,24 @@ def demo_report(workdir: Path, output: Path, screenshot: Path | None) -> dict:
     history = pd.read_parquet(workdir / "data" / "values.parquet")
     clusters = cluster_counts(scores, events)
     sizes = clusters.set_index("cluster")["series"]
-    found = find_incidents(events, series_steps(history["unique_id"], history["ds"]), cluster_sizes=sizes,
-                           span=(summary["first_day"], pd.Timestamp(summary["last_day"]) + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")))
-    page = render_report(summary=summary, scores=scores, history=history, events=events, incidents=found.incidents,
-                         clusters=clusters)
+    found = find_incidents(
+        events,
+        series_steps(history["unique_id"], history["ds"]),
+        cluster_sizes=sizes,
+        span=(summary["first_day"], pd.Timestamp(summary["last_day"]) + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")),
+    )
+    page = render_report(
+        summary=summary, scores=scores, history=history, events=events, incidents=found.incidents, clusters=clusters
+    )
     write_report(page, output)
     if screenshot is not None:
         _screenshot(output, screenshot)
-    return {"output": str(output), "incidents": incidents_text(found.incidents), "events": len(events), "bytes": len(page)}
+    return {
+        "output": str(output),
+        "incidents": incidents_text(found.incidents),
+        "events": len(events),
+        "bytes": len(page),
+    }
 
 
 def _screenshot(page: Path, png: Path, width: int = 1100) -> None:

@@ -190,16 +190,43 @@ def main(argv: list[str]) -> None:
             failed[str(uid)] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc(file=sys.stderr)
             continue
-        parts.append(pd.DataFrame({"unique_id": str(uid), "t": g["t"].to_numpy()[cutoff:], "y_hat": y_hat,
-                                   "score": score, "flag": np.asarray(flag, bool)}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "unique_id": str(uid),
+                    "t": g["t"].to_numpy()[cutoff:],
+                    "y_hat": y_hat,
+                    "score": score,
+                    "flag": np.asarray(flag, bool),
+                }
+            )
+        )
     seconds = time.perf_counter() - t0
-    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        {"unique_id": pd.Series([], dtype=str), "t": pd.Series([], dtype="int64"), "y_hat": [], "score": [],
-         "flag": pd.Series([], dtype=bool)})
+    out = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(
+            {
+                "unique_id": pd.Series([], dtype=str),
+                "t": pd.Series([], dtype="int64"),
+                "y_hat": [],
+                "score": [],
+                "flag": pd.Series([], dtype=bool),
+            }
+        )
+    )
     out.to_parquet(output, index=False)
     with open(f"{output}.json", "w") as fh:
-        json.dump({"method": method, "version": _version(method), "seconds": seconds, "failed": failed,
-                   "skipped_for_time": skipped}, fh)
+        json.dump(
+            {
+                "method": method,
+                "version": _version(method),
+                "seconds": seconds,
+                "failed": failed,
+                "skipped_for_time": skipped,
+            },
+            fh,
+        )
 
 
 if __name__ == "__main__":

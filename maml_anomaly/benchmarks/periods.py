@@ -32,7 +32,7 @@ from maml_anomaly.core.periodicity import detect_periods
 
 HOUR, DAY = 3600.0, 86400.0
 MONTH = 365.25 * DAY / 12
-CLEAR_SNR = 1.5   # "clearly periodic": the seasonal part holds at least ~70% of the variance
+CLEAR_SNR = 1.5  # "clearly periodic": the seasonal part holds at least ~70% of the variance
 
 # (name, step seconds, true period (0 = aperiodic), min length, max length)
 KINDS: list[tuple[str, float, int, int, int]] = [
@@ -54,30 +54,30 @@ KINDS: list[tuple[str, float, int, int, int]] = [
 class Group:
     name: str
     step_seconds: float
-    matrix: np.ndarray   # (S, T) NaN = missing, left-padded
-    period: np.ndarray   # (S,) true period, 0 = aperiodic
-    clear: np.ndarray    # (S,) bool: periodic with seasonal sd >= CLEAR_SNR x noise sd
-    snr: np.ndarray      # (S,) seasonal sd / noise sd (0 for aperiodic series)
+    matrix: np.ndarray  # (S, T) NaN = missing, left-padded
+    period: np.ndarray  # (S,) true period, 0 = aperiodic
+    clear: np.ndarray  # (S,) bool: periodic with seasonal sd >= CLEAR_SNR x noise sd
+    snr: np.ndarray  # (S,) seasonal sd / noise sd (0 for aperiodic series)
 
 
 def _profile(rng: np.random.Generator, p: int, kind: str) -> np.ndarray:
     """One cycle of a zero-mean, unit-sd seasonal shape."""
-    ph = (np.arange(p) / p + rng.uniform()) % 1.0                       # (p,) phase in [0, 1)
+    ph = (np.arange(p) / p + rng.uniform()) % 1.0  # (p,) phase in [0, 1)
     if kind == "sine":
         f = np.sin(2 * np.pi * ph)
-        for h in range(2, 5):                                             # a few harmonics
+        for h in range(2, 5):  # a few harmonics
             f = f + rng.uniform(0, 0.5) / h * np.sin(2 * np.pi * h * ph + rng.uniform(0, 6.3))
     elif kind == "square":
         f = np.tanh(rng.uniform(3, 20) * np.sin(2 * np.pi * ph))
     elif kind == "sawtooth":
         f = ph if rng.uniform() < 0.5 else 1.0 - ph
-    elif kind == "spiky":                                                 # a busy hour or two
+    elif kind == "spiky":  # a busy hour or two
         f = np.zeros(p)
         for _ in range(rng.integers(1, 3)):
             c, w = rng.uniform(), rng.uniform(0.02, 0.08)
             d = np.minimum(np.abs(ph - c), 1 - np.abs(ph - c))
             f = f + rng.uniform(0.5, 1.0) * np.exp(-0.5 * (d / w) ** 2)
-    else:                                                                 # random smooth profile
+    else:  # random smooth profile
         f = np.zeros(p)
         for h in range(1, 6):
             f = f + rng.normal() / h * np.cos(2 * np.pi * h * ph + rng.uniform(0, 6.3))
@@ -89,26 +89,26 @@ def _seasonal(rng: np.random.Generator, p: int, step: float, T: int) -> np.ndarr
     kind = rng.choice(["sine", "square", "sawtooth", "spiky", "random"])
     prof = _profile(rng, p, kind)
     s = np.tile(prof, T // p + 2)[:T]
-    if p == 168 and step == HOUR:                                        # weekly: day shape x weekday level
+    if p == 168 and step == HOUR:  # weekly: day shape x weekday level
         day = np.tile(_profile(rng, 24, kind), 8)[:168]
         weekday = np.repeat(np.r_[np.ones(5), rng.uniform(0.1, 0.6, 2)], 24)
         weekday = np.roll(weekday, rng.integers(0, 168))
         w = (rng.uniform(0.3, 1.0) * day + 1.5) * weekday + 0.3 * prof
         w = (w - w.mean()) / w.std()
         s = np.tile(w, T // 168 + 2)[:T]
-    if rng.uniform() < 0.3:                                              # amplitude drifts a little
+    if rng.uniform() < 0.3:  # amplitude drifts a little
         s = s * np.linspace(1.0, rng.uniform(0.6, 1.5), T)
     return s
 
 
 def _noise(rng: np.random.Generator, T: int) -> np.ndarray:
     u = rng.uniform()
-    if u < 0.15:                                                         # heavy tails, unit sd
+    if u < 0.15:  # heavy tails, unit sd
         return rng.standard_t(5, size=T) / np.sqrt(5 / 3)
     if u < 0.5:
         return rng.normal(size=T)
-    phi = rng.uniform(0.2, 0.8)                                          # AR(1), unit marginal sd
-    e = rng.normal(size=T) * np.sqrt(1 - phi ** 2)
+    phi = rng.uniform(0.2, 0.8)  # AR(1), unit marginal sd
+    e = rng.normal(size=T) * np.sqrt(1 - phi**2)
     out = np.empty(T)
     out[0] = rng.normal()
     for t in range(1, T):
@@ -120,9 +120,9 @@ def _aperiodic(rng: np.random.Generator, T: int) -> np.ndarray:
     kind = rng.integers(0, 6)
     if kind == 0:
         return rng.normal(size=T)
-    if kind == 4:                                                        # heavy tails
+    if kind == 4:  # heavy tails
         return rng.standard_t(3, size=T)
-    if kind == 5:                                                        # random bursts
+    if kind == 5:  # random bursts
         y = rng.normal(size=T) * 0.3
         for start in np.flatnonzero(rng.uniform(size=T) < rng.uniform(0.002, 0.02)):
             y[start:] += rng.exponential(3.0) * np.exp(-np.arange(T - start) / rng.uniform(2, 30))
@@ -137,9 +137,9 @@ def _aperiodic(rng: np.random.Generator, T: int) -> np.ndarray:
         return out
     if kind == 2:
         return np.cumsum(rng.normal(size=T)) * rng.uniform(0.1, 0.5) + rng.normal(size=T)
-    y = rng.normal(size=T)                                               # level shifts
+    y = rng.normal(size=T)  # level shifts
     for _ in range(rng.integers(1, 4)):
-        y[rng.integers(0, T):] += rng.normal(0, 3)
+        y[rng.integers(0, T) :] += rng.normal(0, 3)
     return y
 
 
@@ -156,8 +156,9 @@ def _trend(rng: np.random.Generator, T: int) -> np.ndarray:
     return np.zeros(T)
 
 
-def make_group(name: str, step: float, period: int, t_min: int, t_max: int, n: int,
-               rng: np.random.Generator, missing: float = 0.05) -> Group:
+def make_group(
+    name: str, step: float, period: int, t_min: int, t_max: int, n: int, rng: np.random.Generator, missing: float = 0.05
+) -> Group:
     """n series of one kind in an (n, t_max) matrix, left-padded with NaN."""
     mat = np.full((n, t_max), np.nan)
     snr_all = np.zeros(n)
@@ -171,13 +172,13 @@ def make_group(name: str, step: float, period: int, t_min: int, t_max: int, n: i
             y = _aperiodic(rng, T)
         scale = float(np.exp(rng.uniform(-3, 8)))
         y = y + _trend(rng, T)
-        if rng.uniform() < 0.2:                                          # multiplicative season
+        if rng.uniform() < 0.2:  # multiplicative season
             y = y * np.linspace(1.0, rng.uniform(1.0, 3.0), T)
         y = scale * y + rng.uniform(-100, 100) * scale
-        out = rng.uniform(size=T) < rng.uniform(0, 0.02)                 # outliers
+        out = rng.uniform(size=T) < rng.uniform(0, 0.02)  # outliers
         y[out] += scale * rng.choice([-1, 1], out.sum()) * rng.uniform(6, 15, out.sum())
         y[rng.uniform(size=T) < missing] = np.nan
-        mat[i, t_max - T:] = y
+        mat[i, t_max - T :] = y
     return Group(name, step, mat, np.full(n, period, np.int64), snr_all >= CLEAR_SNR, snr_all)
 
 
@@ -199,17 +200,28 @@ def accuracy(groups: list[Group]) -> dict:
             n_clear += hit.size
             ok_clear += int(hit.sum())
             wrong = np.unique(got[g.clear][~hit], return_counts=True)
-            rows.append({"kind": g.name, "clear": int(hit.size), "exact": round(float(hit.mean()), 4),
-                         "wrong": dict(zip(map(int, wrong[0]), map(int, wrong[1])))})
+            rows.append(
+                {
+                    "kind": g.name,
+                    "clear": int(hit.size),
+                    "exact": round(float(hit.mean()), 4),
+                    "wrong": dict(zip(map(int, wrong[0]), map(int, wrong[1]))),
+                }
+            )
         else:
             fp = got > 0
             n_none += fp.size
             fp_none += int(fp.sum())
-            rows.append({"kind": g.name, "aperiodic": int(fp.size),
-                         "false_period": round(float(fp.mean()), 4)})
-    return {"exact_rate_clear": ok_clear / max(n_clear, 1), "n_clear": n_clear,
-            "false_period_rate": fp_none / max(n_none, 1), "n_aperiodic": n_none,
-            "exact_rate_weak": ok_weak / max(n_weak, 1), "n_weak": n_weak, "kinds": rows}
+            rows.append({"kind": g.name, "aperiodic": int(fp.size), "false_period": round(float(fp.mean()), 4)})
+    return {
+        "exact_rate_clear": ok_clear / max(n_clear, 1),
+        "n_clear": n_clear,
+        "false_period_rate": fp_none / max(n_none, 1),
+        "n_aperiodic": n_none,
+        "exact_rate_weak": ok_weak / max(n_weak, 1),
+        "n_weak": n_weak,
+        "kinds": rows,
+    }
 
 
 def _fast_matrix(rng: np.random.Generator, S: int, T: int, period: int) -> np.ndarray:
@@ -228,16 +240,24 @@ def _fast_matrix(rng: np.random.Generator, S: int, T: int, period: int) -> np.nd
 def speed(seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     out = []
-    for name, S, T, step, period in [("daily", 1_000_000, 56, DAY, 7),
-                                     ("hourly", 100_000, 672, HOUR, 24)]:
+    for name, S, T, step, period in [("daily", 1_000_000, 56, DAY, 7), ("hourly", 100_000, 672, HOUR, 24)]:
         x = _fast_matrix(rng, S, T, period)
         t0, c0 = time.perf_counter(), time.process_time()
         res = detect_periods(x, step)
         secs, cpu = time.perf_counter() - t0, time.process_time() - c0
         del x
-        out.append({"case": name, "series": S, "length": T, "seconds": round(secs, 2), "cpu_seconds": round(cpu, 2),
-                    "series_per_s": round(S / secs), "periodic_share": round(float((res.period > 0).mean()), 3),
-                    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
+        out.append(
+            {
+                "case": name,
+                "series": S,
+                "length": T,
+                "seconds": round(secs, 2),
+                "cpu_seconds": round(cpu, 2),
+                "series_per_s": round(S / secs),
+                "periodic_share": round(float((res.period > 0).mean()), 3),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            }
+        )
     return out
 
 
@@ -253,7 +273,7 @@ def nab_listing(path: str) -> list[dict]:
     df = pd.read_parquet(path, columns=["unique_id", "ds", "y"])
     df = df.drop_duplicates(["unique_id", "ds"], keep="first").sort_values(["unique_id", "ds"])
     series = []
-    for uid, g in df.groupby("unique_id", sort=True):                 # 58 series: fine here
+    for uid, g in df.groupby("unique_id", sort=True):  # 58 series: fine here
         ds = g["ds"].to_numpy("datetime64[ns]").astype(np.int64)
         step = int(pd.Series(np.diff(ds)).mode().iloc[0])
         idx = np.rint((ds - ds[0]) / step).astype(np.int64)
@@ -267,13 +287,20 @@ def nab_listing(path: str) -> list[dict]:
         T = max(len(v) for _, v in group)
         mat = np.full((len(group), T), np.nan)
         for i, (_, v) in enumerate(group):
-            mat[i, T - len(v):] = v
+            mat[i, T - len(v) :] = v
         res = detect_periods(mat, step)
         for i, (u, v) in enumerate(group):
-            out.append({"unique_id": u, "step_s": step, "points": len(v),
-                        "missing": int(np.isnan(v).sum()), "period": int(res.period[i]),
-                        "strength": round(float(res.strength[i]), 3),
-                        "second_period": int(res.second_period[i])})
+            out.append(
+                {
+                    "unique_id": u,
+                    "step_s": step,
+                    "points": len(v),
+                    "missing": int(np.isnan(v).sum()),
+                    "period": int(res.period[i]),
+                    "strength": round(float(res.strength[i]), 3),
+                    "second_period": int(res.second_period[i]),
+                }
+            )
     return sorted(out, key=lambda r: r["unique_id"])
 
 
@@ -289,11 +316,11 @@ def write_history(path: str, n_series: int, n_points: int, freq: str, seed: int 
     writer = None
     rows = 0
     ids = np.char.add("series_", np.char.zfill(np.arange(n_series).astype(str), 7))
-    chunk = max(1, 5_000_000 // n_points)                                # ~5 M rows at a time
+    chunk = max(1, 5_000_000 // n_points)  # ~5 M rows at a time
     for lo in range(0, n_series, chunk):
         hi = min(n_series, lo + chunk)
-        codes = np.repeat(np.arange(lo, hi), n_points)                   # (N,)
-        j = np.tile(np.arange(n_points), hi - lo)                        # (N,) grid index
+        codes = np.repeat(np.arange(lo, hi), n_points)  # (N,)
+        j = np.tile(np.arange(n_points), hi - lo)  # (N,) grid index
         amp = np.where(rng.uniform(size=hi - lo) < 0.5, rng.uniform(0.5, 3, hi - lo), 0.0)
         phase = rng.uniform(0, 2 * np.pi, hi - lo)
         y = amp[codes - lo] * np.sin(2 * np.pi * j / period + phase[codes - lo]) + rng.normal(size=j.size)
@@ -318,19 +345,36 @@ def end_to_end(n_series: int, n_points: int, freq: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "history.parquet")
         rows = write_history(path, n_series, n_points, freq)
-        cmd = [sys.executable, "-m", "maml_anomaly", "fit-clusters", "-i", path, "-m",
-               os.path.join(tmp, "model"), "--json", "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "maml_anomaly",
+            "fit-clusters",
+            "-i",
+            path,
+            "-m",
+            os.path.join(tmp, "model"),
+            "--json",
+            "--quiet",
+        ]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         secs = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     summary = json.loads(out.stdout)
-    return {"case": f"fit-clusters end to end, {freq}", "series": n_series, "points": n_points,
-            "rows": rows, "seconds": round(secs, 1),
-            "cpu_seconds": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
-            "peak_rss_mb": round(after.ru_maxrss / 1024), "clusters": len(summary["clusters"]),
-            "periodic": summary["periodic"], "compute_seconds": summary["seconds"]}
+    return {
+        "case": f"fit-clusters end to end, {freq}",
+        "series": n_series,
+        "points": n_points,
+        "rows": rows,
+        "seconds": round(secs, 1),
+        "cpu_seconds": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+        "peak_rss_mb": round(after.ru_maxrss / 1024),
+        "clusters": len(summary["clusters"]),
+        "periodic": summary["periodic"],
+        "compute_seconds": summary["seconds"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,8 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--nab", metavar="PARQUET", help="only list the periods found in this file")
-    ap.add_argument("--end-to-end", nargs=3, metavar=("SERIES", "POINTS", "FREQ"),
-                    help="only time fit-clusters from parquet, e.g. 1000000 56 D or 100000 672 h")
+    ap.add_argument(
+        "--end-to-end",
+        nargs=3,
+        metavar=("SERIES", "POINTS", "FREQ"),
+        help="only time fit-clusters from parquet, e.g. 1000000 56 D or 100000 672 h",
+    )
     args = ap.parse_args(argv)
     if args.end_to_end:
         n, t, freq = args.end_to_end
@@ -353,8 +401,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows))
         else:
             for r in rows:
-                print(f"{r['unique_id']:62s} {r['step_s']:>7.0f}s {r['points']:>6d} "
-                      f"{r['missing']:>5d} {r['period']:>5d} {r['strength']:>6.3f} {r['second_period']:>5d}")
+                print(
+                    f"{r['unique_id']:62s} {r['step_s']:>7.0f}s {r['points']:>6d} "
+                    f"{r['missing']:>5d} {r['period']:>5d} {r['strength']:>6.3f} {r['second_period']:>5d}"
+                )
         return 0
     t0 = time.perf_counter()
     acc = accuracy(make_groups(args.n, args.seed))

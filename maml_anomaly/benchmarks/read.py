@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--series", type=int, default=100_000)
     parser.add_argument("--points", type=int, default=100)
-    parser.add_argument("--order", choices=["shuffled", "series", "time"], default="shuffled", help="row order in the file")
+    parser.add_argument(
+        "--order", choices=["shuffled", "series", "time"], default="shuffled", help="row order in the file"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--write-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -74,8 +76,19 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "long.parquet"
         # Generate in a child process so that the peak RSS below is the reader's alone.
-        child = [sys.executable, "-m", "maml_anomaly.benchmarks.read", "--series", str(args.series),
-                 "--points", str(args.points), "--order", args.order, "--write-only", str(path)]
+        child = [
+            sys.executable,
+            "-m",
+            "maml_anomaly.benchmarks.read",
+            "--series",
+            str(args.series),
+            "--points",
+            str(args.points),
+            "--order",
+            args.order,
+            "--write-only",
+            str(path),
+        ]
         rows = int(subprocess.run(child, check=True, capture_output=True, text=True).stdout.strip())
         c0 = time.process_time()
         t0 = time.perf_counter()

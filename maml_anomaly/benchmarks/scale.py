@@ -182,8 +182,14 @@ def run_step(step: str, args: dict[str, Any], *, nice: int = 0, sample_s: float 
     env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
     cmd = [sys.executable, "-m", "maml_anomaly.benchmarks.scale", "--step", step, "--args", json.dumps(args)]
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=(lambda: os.nice(nice)) if nice else None,
+    )
     peak = 0
     import threading
 
@@ -204,7 +210,12 @@ def run_step(step: str, args: dict[str, Any], *, nice: int = 0, sample_s: float 
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = "\n".join(err.strip().splitlines()[-15:])
-        return {"step": step, "ok": False, "error": f"exit {proc.returncode}: {tail}", "process_seconds": round(wall, 2)}
+        return {
+            "step": step,
+            "ok": False,
+            "error": f"exit {proc.returncode}: {tail}",
+            "process_seconds": round(wall, 2),
+        }
     result = json.loads(lines[-1])
     result.update(step=step, ok=True, process_seconds=round(wall, 2))
     result["peak_rss_bytes"] = max(peak, result.get("max_rss_self_bytes", 0), result.get("max_rss_children_bytes", 0))
@@ -222,12 +233,21 @@ def _child(step: str, args: dict[str, Any]) -> dict[str, Any]:
     config = Config.from_dict(args.get("config", {}))
     started, cpu = time.perf_counter(), _cpu_seconds()
     if step == "fit-clusters":
-        result = pipeline.fit_clusters(config=config, input=Path(args["input"]), model_dir=Path(args["model_dir"]), overwrite=True)
+        result = pipeline.fit_clusters(
+            config=config, input=Path(args["input"]), model_dir=Path(args["model_dir"]), overwrite=True
+        )
     elif step == "meta-train":
-        result = pipeline.meta_train(config=config, input=Path(args["input"]), model_dir=Path(args["model_dir"]), overwrite=True)
+        result = pipeline.meta_train(
+            config=config, input=Path(args["input"]), model_dir=Path(args["model_dir"]), overwrite=True
+        )
     elif step in ("daily-score", "daily-score-ray"):
-        result = pipeline.daily_score(config=config, input=Path(args["input"]), model_dir=Path(args["model_dir"]), output=Path(args["output"]),
-                                      engine="ray" if step == "daily-score-ray" else "local")
+        result = pipeline.daily_score(
+            config=config,
+            input=Path(args["input"]),
+            model_dir=Path(args["model_dir"]),
+            output=Path(args["output"]),
+            engine="ray" if step == "daily-score-ray" else "local",
+        )
     elif step == "autoets":
         result = _autoets(args)
     else:
@@ -239,7 +259,23 @@ def _child(step: str, args: dict[str, Any]) -> dict[str, Any]:
         "max_rss_self_bytes": usage_self.ru_maxrss * 1024,
         "max_rss_children_bytes": usage_children.ru_maxrss * 1024,
         "summary": result.get("summary", ""),
-        "result": {k: v for k, v in result.items() if k in ("series", "points", "anomalies", "statuses", "trained", "clusters", "sample", "flagged", "model_seconds", "available")},
+        "result": {
+            k: v
+            for k, v in result.items()
+            if k
+            in (
+                "series",
+                "points",
+                "anomalies",
+                "statuses",
+                "trained",
+                "clusters",
+                "sample",
+                "flagged",
+                "model_seconds",
+                "available",
+            )
+        },
     }
 
 
@@ -273,7 +309,9 @@ def _autoets(args: dict[str, Any]) -> dict[str, Any]:
     history = history.dropna(subset=["y"])  # AutoETS takes no missing values
     season = 7 if spec.freq == "D" else 24  # weekly for daily data; daily for hourly (ETS caps seasons at 24)
     started = time.perf_counter()
-    sf = StatsForecast(models=[AutoETS(season_length=season)], freq="D" if spec.freq == "D" else "h", n_jobs=args.get("n_jobs", 1))
+    sf = StatsForecast(
+        models=[AutoETS(season_length=season)], freq="D" if spec.freq == "D" else "h", n_jobs=args.get("n_jobs", 1)
+    )
     fc = sf.forecast(df=history, h=spec.points_per_day, level=[99])
     model_seconds = time.perf_counter() - started
     merged = today.merge(fc, on=["unique_id", "ds"], how="left")
@@ -307,8 +345,17 @@ def bench_config(config_dict: dict[str, Any], freq: str) -> dict[str, Any]:
 
 
 def run_scale_benchmark(
-    *, config_dict: dict[str, Any], series: int, freq: str = "D", seed: int = 0, workdir: Path | None = None,
-    autoets_series: int = 300, nice: int = 0, steps: tuple[str, ...] = STEPS, engine: str = "local", log=print,
+    *,
+    config_dict: dict[str, Any],
+    series: int,
+    freq: str = "D",
+    seed: int = 0,
+    workdir: Path | None = None,
+    autoets_series: int = 300,
+    nice: int = 0,
+    steps: tuple[str, ...] = STEPS,
+    engine: str = "local",
+    log=print,
 ) -> dict[str, Any]:
     """Generate (or reuse) the data, run each step in its own process, then AutoETS on a sample.
 
@@ -331,14 +378,23 @@ def run_scale_benchmark(
         results[step] = run_step(step, args, nice=nice)
         _rates(results[step], series)
         log("  " + _step_line(results[step]))
-        (run_dir / "partial.json").write_text(json.dumps(results, indent=1, default=str))  # long runs: keep what finished
+        (run_dir / "partial.json").write_text(
+            json.dumps(results, indent=1, default=str)
+        )  # long runs: keep what finished
         if not results[step]["ok"]:
             break
     log(f"running AutoETS on {autoets_series} series ...")
     ets = run_step(
         "autoets",
-        {"input": str(path), "n_series": series, "freq": freq, "seed": seed, "sample": autoets_series,
-         "n_jobs": os.cpu_count() or 1, "config": {}},
+        {
+            "input": str(path),
+            "n_series": series,
+            "freq": freq,
+            "seed": seed,
+            "sample": autoets_series,
+            "n_jobs": os.cpu_count() or 1,
+            "config": {},
+        },
         nice=nice,
     )
     return {

@@ -98,7 +98,9 @@ def _stack_tasks(k_shots: tuple[int, ...], batch: int, chunk: int, gens: list[to
     for k, g in zip(k_shots, gens):  # one generator per model: a model's tasks do not depend on its neighbours
         x, y = sample_sine_tasks(batch, 2 * k, g, leading=(chunk,))  # (C, B, 2K, 1), (C, B, 2K)
         pad = k_max - k
-        x = torch.cat([x[:, :, :k], x.new_zeros(chunk, batch, pad, 1), x[:, :, k:], x.new_zeros(chunk, batch, pad, 1)], 2)
+        x = torch.cat(
+            [x[:, :, :k], x.new_zeros(chunk, batch, pad, 1), x[:, :, k:], x.new_zeros(chunk, batch, pad, 1)], 2
+        )
         y = torch.cat([y[:, :, :k], y.new_zeros(chunk, batch, pad), y[:, :, k:], y.new_zeros(chunk, batch, pad)], 2)
         xs.append(x)
         ys.append(y)
@@ -109,8 +111,9 @@ def _stack_tasks(k_shots: tuple[int, ...], batch: int, chunk: int, gens: list[to
     return x, y, mask
 
 
-def meta_train_sine(k_shots: tuple[int, ...], settings: SineSettings, seed: int,
-                    progress: Callable[[int, int], None] | None = None) -> tuple[list[Params], list[Params | None]]:
+def meta_train_sine(
+    k_shots: tuple[int, ...], settings: SineSettings, seed: int, progress: Callable[[int, int], None] | None = None
+) -> tuple[list[Params], list[Params | None]]:
     """Meta-train one model per entry of k_shots, stacked along the task dimension in one process.
 
     Returns each model's initial weights and learned inner learning rates (None when fixed).
@@ -136,10 +139,19 @@ def meta_train_sine(k_shots: tuple[int, ...], settings: SineSettings, seed: int,
             xc, yc, mask = _stack_tasks(k_shots, b, min(s.chunk, s.iterations - it), gens)
         x, y = xc[it % s.chunk], yc[it % s.chunk]  # (M*B, 2*Kmax, 1), (M*B, 2*Kmax)
         losses = task_query_losses(
-            model, _unflat(theta, layout, b), x[:, :k_max], y[:, :k_max], x[:, k_max:], y[:, k_max:],
-            steps=s.train_inner_steps, lr=s.inner_lr,
+            model,
+            _unflat(theta, layout, b),
+            x[:, :k_max],
+            y[:, :k_max],
+            x[:, k_max:],
+            y[:, k_max:],
+            steps=s.train_inner_steps,
+            lr=s.inner_lr,
             inner_lrs=None if alphas is None else _unflat(alphas, layout, b),
-            weight_support=mask, weight_query=mask, first_order=s.first_order, multi_step=s.multi_step,
+            weight_support=mask,
+            weight_query=mask,
+            first_order=s.first_order,
+            multi_step=s.multi_step,
         )  # (M*B,)
         loss = losses.view(m, b).mean(1).sum()  # models are independent: each gets its own gradient
         opt.zero_grad(set_to_none=True)
@@ -153,8 +165,11 @@ def meta_train_sine(k_shots: tuple[int, ...], settings: SineSettings, seed: int,
     out_params, out_lrs = [], []
     for i in range(m):
         out_params.append({k: t.detach().view(sh).clone() for k, t, sh in zip(names, theta[i].split(sizes), shapes)})
-        out_lrs.append(None if alphas is None else
-                       {k: t.detach().view(sh).clone() for k, t, sh in zip(names, alphas[i].split(sizes), shapes)})
+        out_lrs.append(
+            None
+            if alphas is None
+            else {k: t.detach().view(sh).clone() for k, t, sh in zip(names, alphas[i].split(sizes), shapes)}
+        )
     return out_params, out_lrs
 
 
@@ -175,7 +190,9 @@ def pretrain_sine(settings: SineSettings, seed: int, points_per_task: int = 20) 
     g = torch.Generator().manual_seed(seed * 1000 + 8)
     for it in range(s.iterations):
         if it % s.chunk == 0:
-            xc, yc = sample_sine_tasks(s.meta_batch_size, points_per_task, g, leading=(min(s.chunk, s.iterations - it),))
+            xc, yc = sample_sine_tasks(
+                s.meta_batch_size, points_per_task, g, leading=(min(s.chunk, s.iterations - it),)
+            )
         loss = (model(xc[it % s.chunk])[..., 0] - yc[it % s.chunk]).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -211,8 +228,9 @@ def _row(k_shot: int, steps: int, mse: Tensor, **extra) -> dict:
     return {"k_shot": k_shot, "inner_steps": steps, "mse": round(mean, 4), "ci95": round(ci, 4), **extra}
 
 
-def _steps_row(params: Params, inner_lrs: Params | None, tasks, mse: Tensor, k_shot: int, steps: int,
-               s: SineSettings, **extra) -> dict:
+def _steps_row(
+    params: Params, inner_lrs: Params | None, tasks, mse: Tensor, k_shot: int, steps: int, s: SineSettings, **extra
+) -> dict:
     """The row for ``steps`` inner steps (``mse``: query MSE by step with the weights' own step sizes).
 
     Learned (Meta-SGD) step sizes are trained for one step; applied ten times they overshoot and
@@ -226,8 +244,7 @@ def _steps_row(params: Params, inner_lrs: Params | None, tasks, mse: Tensor, k_s
     split = {k: v / steps for k, v in inner_lrs.items()}
     split_mse = query_mse_by_step(params, split, tasks, lr=s.inner_lr, hidden=s.hidden, max_steps=steps)[steps]
     full = _row(k_shot, steps, mse[steps])["mse"]
-    return _row(k_shot, steps, split_mse, inner_lr_per_step=f"learned / {steps}", mse_full_learned_steps=full,
-                **extra)
+    return _row(k_shot, steps, split_mse, inner_lr_per_step=f"learned / {steps}", mse_full_learned_steps=full, **extra)
 
 
 def _train_and_evaluate(job: dict) -> dict:
@@ -246,10 +263,17 @@ def _train_and_evaluate(job: dict) -> dict:
             zero.append(_row(k_eval, 0, mse[0], train_k_shot=k_train))
         if a is not None:
             flat = torch.cat([v.reshape(-1) for v in a.values()])
-            zero[-1]["learned_inner_lr"] = {"mean": round(flat.mean().item(), 5), "min": round(flat.min().item(), 5),
-                                            "max": round(flat.max().item(), 5)}
-    return {"rows": rows, "no_adaptation": zero, "train_seconds": round(train_seconds, 1),
-            "train_cpu_seconds": round(train_cpu, 1)}
+            zero[-1]["learned_inner_lr"] = {
+                "mean": round(flat.mean().item(), 5),
+                "min": round(flat.min().item(), 5),
+                "max": round(flat.max().item(), 5),
+            }
+    return {
+        "rows": rows,
+        "no_adaptation": zero,
+        "train_seconds": round(train_seconds, 1),
+        "train_cpu_seconds": round(train_cpu, 1),
+    }
 
 
 def _baseline(job: dict) -> dict:
@@ -261,10 +285,18 @@ def _baseline(job: dict) -> dict:
     params = pretrain_sine(s, job["seed"])
     rows = []
     for k in job["eval_k_shots"]:
-        val = {lr: query_mse_by_step(params, None, eval_tasks(k, 200, VALIDATION_SEED), lr=lr, hidden=s.hidden,
-                                     max_steps=max(EVAL_STEPS)).mean(1) for lr in BASELINE_LRS}
-        mse = {lr: query_mse_by_step(params, None, eval_tasks(k, s.eval_tasks), lr=lr, hidden=s.hidden,
-                                     max_steps=max(EVAL_STEPS)) for lr in BASELINE_LRS}
+        val = {
+            lr: query_mse_by_step(
+                params, None, eval_tasks(k, 200, VALIDATION_SEED), lr=lr, hidden=s.hidden, max_steps=max(EVAL_STEPS)
+            ).mean(1)
+            for lr in BASELINE_LRS
+        }
+        mse = {
+            lr: query_mse_by_step(
+                params, None, eval_tasks(k, s.eval_tasks), lr=lr, hidden=s.hidden, max_steps=max(EVAL_STEPS)
+            )
+            for lr in BASELINE_LRS
+        }
         rows.append(_row(k, 0, mse[BASELINE_LRS[0]][0]))
         for st in EVAL_STEPS:
             best = min(BASELINE_LRS, key=lambda lr: val[lr][st].item())
@@ -293,9 +325,15 @@ def run_sine_benchmark(
     trained at K, evaluated at all three. ``processes`` worker processes (one torch thread each)
     share the jobs; 1 runs everything in this process, with the caller's thread setting.
     """
-    settings = SineSettings(iterations=iterations, first_order=first_order, learn_inner_lr=learn_inner_lr,
-                            eval_tasks=eval_tasks, multi_step=multi_step, grad_clip=grad_clip,
-                            train_inner_steps=train_inner_steps)
+    settings = SineSettings(
+        iterations=iterations,
+        first_order=first_order,
+        learn_inner_lr=learn_inner_lr,
+        eval_tasks=eval_tasks,
+        multi_step=multi_step,
+        grad_clip=grad_clip,
+        train_inner_steps=train_inner_steps,
+    )
     base = {"settings": asdict(settings), "seed": seed, "threads": 1}
     if k_shot is None:  # the heaviest model alone, the two lighter ones stacked in one process
         jobs = [dict(base, k_shots=[20], eval_k_shots=None), dict(base, k_shots=[5, 10], eval_k_shots=None)]
@@ -331,9 +369,11 @@ def run_sine_benchmark(
         "published_one_step_mse": PUBLISHED,
     }
     if base_out is not None:
-        result["baseline"] = {"name": "pretrained on all tasks jointly, fine-tuned with SGD (step size tuned on "
-                                      "validation tasks)", "results": base_out["rows"],
-                              "train_seconds": base_out["train_seconds"]}
+        result["baseline"] = {
+            "name": "pretrained on all tasks jointly, fine-tuned with SGD (step size tuned on validation tasks)",
+            "results": base_out["rows"],
+            "train_seconds": base_out["train_seconds"],
+        }
     say(f"sine: done in {seconds:.0f} s")
     return result
 
@@ -345,8 +385,10 @@ def _num(v: float | None) -> str:
 
 def format_table(result: dict) -> str:
     """A plain-text table of the result rows (and the baseline's) for the terminal."""
-    lines = [f"{result['method']}, {result['iterations']} iterations, {result['seconds']} s",
-             f"{'K':>3} {'steps':>5} {'train K':>7} {'MSE':>8} {'ci95':>7}   {'baseline MSE':<16} note"]
+    lines = [
+        f"{result['method']}, {result['iterations']} iterations, {result['seconds']} s",
+        f"{'K':>3} {'steps':>5} {'train K':>7} {'MSE':>8} {'ci95':>7}   {'baseline MSE':<16} note",
+    ]
     base = {(r["k_shot"], r["inner_steps"]): r for r in result.get("baseline", {}).get("results", [])}
     for r in result["results"]:
         b = base.get((r["k_shot"], r["inner_steps"]))
@@ -354,8 +396,10 @@ def format_table(result: dict) -> str:
         note = ""
         if "inner_lr_per_step" in r:
             note = f"steps of {r['inner_lr_per_step']} (full learned steps: {_num(r.get('mse_full_learned_steps'))})"
-        lines.append(f"{r['k_shot']:>3} {r['inner_steps']:>5} {r.get('train_k_shot', ''):>7} {_num(r.get('mse')):>8} "
-                     f"{_num(r.get('ci95')):>7}   {bs:<16} {note}".rstrip())
+        lines.append(
+            f"{r['k_shot']:>3} {r['inner_steps']:>5} {r.get('train_k_shot', ''):>7} {_num(r.get('mse')):>8} "
+            f"{_num(r.get('ci95')):>7}   {bs:<16} {note}".rstrip()
+        )
     return "\n".join(lines)
 
 
@@ -376,10 +420,18 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     result = run_sine_benchmark(
-        k_shot=a.k_shot, iterations=a.iterations, seed=a.seed, first_order=a.first_order,
-        learn_inner_lr=not a.no_learn_inner_lr, eval_tasks=a.eval_tasks,
-        progress=lambda msg: print(msg, file=sys.stderr), multi_step=a.multi_step, grad_clip=a.grad_clip,
-        train_inner_steps=a.train_inner_steps, processes=a.processes, baseline=not a.no_baseline,
+        k_shot=a.k_shot,
+        iterations=a.iterations,
+        seed=a.seed,
+        first_order=a.first_order,
+        learn_inner_lr=not a.no_learn_inner_lr,
+        eval_tasks=a.eval_tasks,
+        progress=lambda msg: print(msg, file=sys.stderr),
+        multi_step=a.multi_step,
+        grad_clip=a.grad_clip,
+        train_inner_steps=a.train_inner_steps,
+        processes=a.processes,
+        baseline=not a.no_baseline,
     )
     print(json.dumps(result) if a.json else format_table(result))
     return 0

@@ -39,7 +39,9 @@ def make_data(n_series: int, weeks: int, seed: int) -> tuple[pd.DataFrame, pd.Da
     for i in range(n_series):
         a = 1.0
         phase = rng.uniform(0, 24)
-        cycle = np.sin(2 * np.pi * (hour - phase) / 24) + 0.3 * np.sin(4 * np.pi * (hour - phase) / 24 + rng.uniform(0, 6))
+        cycle = np.sin(2 * np.pi * (hour - phase) / 24) + 0.3 * np.sin(
+            4 * np.pi * (hour - phase) / 24 + rng.uniform(0, 6)
+        )
         flatten = 1.0 - rng.uniform(0.2, 0.6) * weekend
         y = a * cycle * flatten - rng.uniform(0.5, 1.5) * a * weekend + rng.normal(0, rng.uniform(0.2, 0.4) * a, T)
         scale, level = 10 ** rng.uniform(-1, 4), rng.uniform(3, 10)
@@ -70,22 +72,38 @@ def run(n_series: int, weeks: int, seed: int, config: Path | None, workdir: Path
     _cli("fit-clusters", "--input", str(workdir / "train.parquet"), "--model-dir", str(md), "--overwrite", *cfg)
     periods = pd.read_parquet(md / "clusters.parquet")
     _cli("meta-train", "--input", str(workdir / "train.parquet"), "--model-dir", str(md), *cfg)
-    _cli("backtest", "--input", str(workdir / "values.parquet"), "--model-dir", str(md), "--output", str(out),
-         "--start", str(cut.date()), *cfg)
+    _cli(
+        "backtest",
+        "--input",
+        str(workdir / "values.parquet"),
+        "--model-dir",
+        str(md),
+        "--output",
+        str(out),
+        "--start",
+        str(cut.date()),
+        *cfg,
+    )
     scores = pd.read_parquet(out)
     summary = evaluate_scores(scores, labels, far=0.01)
     ok = scores["status"].eq("ok").to_numpy()
     ds = pd.to_datetime(scores["ds"])
     inside = np.zeros(len(scores), bool)
     for r in labels.itertuples():
-        inside |= (scores["unique_id"].eq(r.unique_id) & (ds >= r.start - pd.Timedelta(hours=1)) & (ds <= r.end)).to_numpy()
+        inside |= (
+            scores["unique_id"].eq(r.unique_id) & (ds >= r.start - pd.Timedelta(hours=1)) & (ds <= r.end)
+        ).to_numpy()
     clean = ok & ~inside
     transition = ((ds.dt.day_of_week == 5) | (ds.dt.day_of_week == 0)).to_numpy() & (ds.dt.hour < 6).to_numpy()
     flag = scores["is_anomaly"].fillna(False).to_numpy(bool)
-    found = [bool((scores["unique_id"].eq(r.unique_id) & (ds >= r.start) & (ds <= r.end)).to_numpy()[flag].any())
-             for r in labels.itertuples()]
+    found = [
+        bool((scores["unique_id"].eq(r.unique_id) & (ds >= r.start) & (ds <= r.end)).to_numpy()[flag].any())
+        for r in labels.itertuples()
+    ]
     return {
-        "series": n_series, "weeks": weeks, "seed": seed,
+        "series": n_series,
+        "weeks": weeks,
+        "seed": seed,
         "periods": {str(k): int(v) for k, v in periods["period"].value_counts().items()},
         "second_periods": {str(k): int(v) for k, v in periods["second_period"].value_counts().items()},
         "clean_flag_rate": float(flag[clean].mean()),

@@ -3,17 +3,16 @@
 The run: the days to score from the input's time bounds (no rows read), the history the models
 need before them (:func:`history_span`), the engine maps :func:`score_and_spill` over batches of
 whole series (each batch scored by :func:`~maml_anomaly.batch.score_batch` and its rows written
-to a part file of a temporary folder, on whichever machine scored it), then here: the alerts over
-the whole run (q-values, rules, budget, events), the failure budget, the scores and events files
-written atomically, the summary.
+to a part file of a staging folder beside the output, on whichever machine scored it; only counts
+and the batch's tested p-values come back), then the alerts over the whole run from those small
+summaries and one atomic publish (:mod:`maml_anomaly.commands.alerting`), the failure budget, the
+summary.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,17 +21,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from maml_anomaly.batch import FAILED_STATUSES, ReadTotals, ScoredBatch, ScoredCodec, Scorer, score_batch, scores_table
+from maml_anomaly.batch import FAILED_STATUSES, ReadTotals, ScoredBatch, ScoredCodec, Scorer, score_batch
+from maml_anomaly.commands.alerting import publish_run
 from maml_anomaly.commands.common import DAY, check_output, command_result, locked, parse_day, progress, setup_torch
-from maml_anomaly.config import Config
-from maml_anomaly.core.alerts import apply_alerts, events_schema, summary_text, top_events
+from maml_anomaly.config import AlertConfig, Config
+from maml_anomaly.core.alerts import bh_summary, summary_text, top_events
 from maml_anomaly.core.scoring import STATUS_OK
 from maml_anomaly.core.tasks import recent_len
 from maml_anomaly.data.stream import iter_series_frames, time_bounds
-from maml_anomaly.data.write import write_parquet_atomic
+from maml_anomaly.data.write import staging_folder
 from maml_anomaly.engines import Engine, Source, get_engine
 from maml_anomaly.engines.local import LocalEngine, cpu_processes
 from maml_anomaly.errors import ConfigError, InputError, MamlAnomalyError, ModelDirError
@@ -128,14 +127,16 @@ class ScoreTask:
     scorer: Scorer
     first: np.datetime64
     last: np.datetime64
-    spill_dir: str  # folder the batches' score rows are written to
+    spill_dir: str  # folder the batches' score rows are written to (beside the output)
+    rules: AlertConfig  # which p-values Benjamini-Hochberg groups together
 
     def for_batch(self, frame: pd.DataFrame) -> ScoreTask:
         return dataclasses.replace(self, scorer=self.scorer.for_batch(frame))
 
 
 def score_and_spill(task: ScoreTask, frame: pd.DataFrame) -> ScoredBatch:
-    """score_batch, then its rows written to a part file of the run's folder (only counts travel back)."""
+    """score_batch, then its rows written to a part file of the run's staging folder; only counts
+    and the batch's tested p-values (the Benjamini-Hochberg summary) travel back."""
     scored = score_batch(task.scorer, frame, task.first, task.last)
     part = Path(task.spill_dir) / f"part-{uuid.uuid4().hex}.parquet"
     try:
@@ -143,10 +144,11 @@ def score_and_spill(task: ScoreTask, frame: pd.DataFrame) -> ScoredBatch:
             writer.write_table(scored.rows)
     except OSError as exc:
         raise MamlAnomalyError(
-            f"could not write a batch's scores to the temporary folder {task.spill_dir} ({exc}). Free space "
-            "there, or point TMPDIR at a folder with room for the run's scores."
+            f"could not write a batch's scores to the staging folder {task.spill_dir} ({exc}). Free space "
+            "in the output's folder, or choose an output on a volume with room for the run's scores. Nothing was replaced: a previous output is unchanged."
         ) from None
-    return dataclasses.replace(scored, rows=None, part=str(part))
+    tested = bh_summary(scored.rows.select(["status", "p_value", "cluster"]).to_pandas(), task.rules)
+    return dataclasses.replace(scored, rows=None, part=str(part), tested=tested)
 
 
 def score_days(
@@ -166,8 +168,8 @@ def score_days(
     """Score the days [first, last] reading the input in batches of whole series on ``runner``.
 
     ``first``/``last`` None: the input's last day (daily-score) or its first/last day (backtest).
-    Only the history the models need is read; only the scored points are kept, on disk, until
-    the alerts step, which needs the whole run for its q-values and alert budget.
+    Only the history the models need is read; the scored points are kept on disk, beside the
+    output, until the alerts step has applied the run's cut-offs to them and they are published.
     """
     started = time.perf_counter()
     data_first, data_last = (
@@ -202,13 +204,16 @@ def score_days(
     counts: dict[str, int] = {}
     series = failed_series = 0
     parts: list[str] = []
-    spill = Path(tempfile.mkdtemp(prefix="maml-anomaly-scores-"))  # removed whatever happens
-    try:
-        task = ScoreTask(scorer, first, last, str(spill))
+    tested: list[dict[str, np.ndarray]] = []
+    with staging_folder(output) as staging, runner.session():  # the folder is removed whatever happens
+        spill = staging / "scored"
+        spill.mkdir()
+        task = ScoreTask(scorer, first, last, str(spill), config.alerts)
         with progress("scoring", None) as advance:
-            for scored in runner.map_batches(score_and_spill, task, source, ScoredCodec()):
+            for scored in runner.map_batches(score_and_spill, task, source, ScoredCodec()):  # in output order
                 totals.add_counts(scored.report.to_dict(), scored.start, scored.end)
                 parts.append(scored.part)
+                tested.append(scored.tested or {})
                 series += scored.n_series
                 failed_series += scored.failed_series
                 for k, v in scored.counts.items():
@@ -217,29 +222,9 @@ def score_days(
         log.info("read %s: %s", input, totals.summary())
         if sum(counts.values()) == 0:
             raise _no_data_error(date_option, first, last, data_first, data_last)
-        table = pa.concat_tables([pq.read_table(p) for p in parts])
-        if runner.name != "local":  # groups come back in any order: the local engine's order is (unique_id, ds)
-            table = table.sort_by([("unique_id", "ascending"), ("ds", "ascending")])
-        alerted = _publish(table, config, output, events)
-    finally:
-        shutil.rmtree(spill, ignore_errors=True)
+        alerted = publish_run(runner, parts, tested, config, staging, output, events)
     _fail_over_budget(failed_series, series, counts, config.score.max_failed_fraction, output)
     return _run_summary(config, alerted, events, output, first, last, series, counts, started)
-
-
-def _publish(table: pa.Table, config: Config, output: Path, events: Path | None) -> Any:
-    """Alerts over the whole run (q-values, rules, budget, events), then the scores and events files."""
-    scores = table.to_pandas()
-    del table  # the frame holds the rows now
-    step = scores.pop("step").to_numpy()
-    alerted = apply_alerts(scores, config.alerts, step=step, threshold=config.score.threshold)
-    write_parquet_atomic(scores_table(alerted.scores), output)
-    if events is not None:
-        id_type = pa.int64() if alerted.scores["unique_id"].dtype.kind in "iu" else pa.string()
-        write_parquet_atomic(
-            pa.Table.from_pandas(alerted.events, schema=events_schema(id_type), preserve_index=False), events
-        )
-    return alerted
 
 
 def _run_summary(
@@ -255,9 +240,9 @@ def _run_summary(
 ) -> dict[str, Any]:
     """The summary of a daily-score / backtest run, whichever engine scored it."""
     counts = dict(sorted(counts.items()))
-    points = len(alerted.scores)
+    points = sum(counts.values())
     ok = counts.get(STATUS_OK, 0)
-    anomalies = int(alerted.scores["is_anomaly"].sum())
+    anomalies = int(alerted.counts["flagged"])
     seconds = time.perf_counter() - started
     days = f"{first.astype('datetime64[D]')}" + ("" if first == last else f" to {last.astype('datetime64[D]')}")
     not_ok = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != STATUS_OK) or "none"

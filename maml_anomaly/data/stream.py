@@ -1,8 +1,9 @@
 """The input as a stream of batches of whole series, in bounded memory, only the rows of a time window.
 
 Both engines read through here: the local engine iterates :func:`iter_series_frames`; the Ray
-engine opens the same dataset, pushes down the same time filter (:func:`time_filter`), groups rows
-by :func:`stable_buckets` and turns each group into the same frame with :func:`long_frame`.
+engine opens the same dataset, pushes down the same time filter (:func:`time_filter`), reads runs
+of row groups of whole series (:func:`read_run`) or groups rows into ranges of ids, and turns each
+into the same frame with :func:`long_frame`.
 """
 
 from __future__ import annotations

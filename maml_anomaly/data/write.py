@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -201,3 +204,73 @@ class AtomicParquetWriter:
 
     def __exit__(self, *exc) -> None:
         self.abort()  # a no-op after commit()
+
+
+# -- staging a run's parts beside its output, then one publish ---------------------------------
+
+_STAGING_SUFFIX = ".staging"
+ROW_GROUP_ROWS = 1024 * 1024  # pyarrow's default row group: the published file is laid out like a one-shot write
+
+
+@contextmanager
+def staging_folder(output: str | Path) -> Iterator[Path]:
+    """A hidden folder beside ``output`` for a run's part files, removed when the block ends.
+
+    Named ``.NAME.PID.XXXX.staging`` in the output's folder: on a cluster every worker writes its
+    parts there, so that folder must be on storage every worker sees. Removed on success and on
+    failure; a killed run's folder is removed by the next run for the same output.
+    """
+    output = Path(output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        for old in output.parent.glob(f".{glob_escape(output.name)}.*{_STAGING_SUFFIX}"):
+            pid = old.name[len(output.name) + 2 :].split(".", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+                log.info("removed %s, left by a killed run (pid %s)", old, pid)
+        folder = Path(
+            tempfile.mkdtemp(prefix=f".{output.name}.{os.getpid()}.", suffix=_STAGING_SUFFIX, dir=output.parent)
+        )
+    except OSError as exc:
+        raise _write_error(output, exc) from None
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish_parts(parts: list[str | Path], output: str | Path) -> int:
+    """Stream part files, in order, into one parquet file that appears at ``output`` atomically.
+
+    One part is in memory at a time (plus a row group being filled); row groups are cut every
+    ROW_GROUP_ROWS rows across parts, as one ``pq.write_table`` of all rows would cut them.
+    Returns the number of rows.
+    """
+    schema = pq.read_schema(parts[0]) if parts else None
+    if schema is None:
+        raise ValueError("publish_parts needs at least one part")
+    try:
+        return _stream_parts(parts, AtomicParquetWriter(output, schema))
+    except OSError as exc:  # the writer removed its temporary file: the previous output stands
+        raise _write_error(Path(output), exc) from None
+
+
+def _stream_parts(parts: list[str | Path], writer: AtomicParquetWriter) -> int:
+    with writer:
+        pending: list[pa.Table] = []
+        held = 0
+        for part in parts:
+            table = pq.read_table(part)
+            if table.num_rows == 0:
+                continue
+            pending.append(table)
+            held += table.num_rows
+            while held >= ROW_GROUP_ROWS:
+                rows = pa.concat_tables(pending)
+                writer.write(rows.slice(0, ROW_GROUP_ROWS).combine_chunks())
+                rest = rows.slice(ROW_GROUP_ROWS)
+                pending, held = [rest], rest.num_rows
+        if held:
+            writer.write(pa.concat_tables(pending).combine_chunks())
+        writer.commit()
+        return writer.rows

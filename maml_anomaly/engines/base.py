@@ -1,9 +1,10 @@
-"""The engine interface: map a per-batch function over batches of whole series of an input."""
+"""The engine interface: map a per-batch function over batches of whole series of an input, then over their parts."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +50,20 @@ class Engine(ABC):
         picklable; when it has a ``for_batch(frame)`` method, each batch gets what that returns
         (the part of the payload its series need). ``frame`` is what
         :func:`~maml_anomaly.data.read.read_long` returns for the batch's series. Results come
-        in input order on the local engine, in any order on Ray, which sends them back through
-        ``codec`` (no pickles).
+        in output order on both engines: the input's order of batches locally; on Ray, the
+        order of the batches' first series (ranges of ids), whichever worker finishes first.
+        Ray sends them back through ``codec`` (no pickles).
         """
+
+    @abstractmethod
+    def map_parts(self, fn: Callable[[Any, Any], Any], payload: Any, items: list[Any]) -> Iterator[Any]:
+        """``fn(payload, item)`` for every item (a part file a batch wrote, say); results in item order.
+
+        For the steps after :meth:`map_batches` that work on what the batches left in storage
+        every worker reads: the local engine runs them one at a time in this process, Ray on its
+        workers with ``payload`` in the object store once. Results must be small.
+        """
+
+    def session(self) -> AbstractContextManager[Any]:
+        """Hold the engine's resources (a Ray session) across several map calls of one command."""
+        return nullcontext()

@@ -101,6 +101,10 @@ class LocalEngine(Engine):
                 for fut in pending:
                     fut.cancel()
 
+    def map_parts(self, fn: Callable[[Any, Any], Any], payload: Any, items: list[Any]) -> Iterator[Any]:
+        for item in items:  # one part at a time in this process: memory stays one part's
+            yield fn(payload, item)
+
 
 def _for_batch(payload: Any, frame: Any) -> Any:
     """The part of the payload a batch needs (the payload's ``for_batch``), or all of it."""

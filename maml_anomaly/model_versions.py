@@ -94,10 +94,32 @@ def training_folder(root: Path) -> Path:
 
 def new_version(root: Path) -> Path:
     """Create an empty version folder named by the UTC time (sortable) plus a random suffix."""
+    remove_dead_versions(root)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     folder = root / VERSIONS / f"{stamp}-{secrets.token_hex(2)}"
     folder.mkdir(parents=True)
     return folder
+
+
+def remove_dead_versions(root: Path) -> list[str]:
+    """Remove the folders of runs that died before their switch: unlinked and newer than ``current``.
+
+    Only under the exclusive lock (a live writer's folder would look the same).
+    """
+    folder = root / VERSIONS
+    if not folder.is_dir():
+        return []
+    current = linked_version(root, CURRENT)
+    pending = linked_version(root, PENDING)
+    linked = {p.name for p in (current, pending) if p is not None}
+    dead = [
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and p.name not in linked and (current is None or p.name > current.name)
+    ]
+    for p in dead:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in dead]
 
 
 def switch(root: Path, link: str, folder: Path | None) -> None:
@@ -108,7 +130,7 @@ def switch(root: Path, link: str, folder: Path | None) -> None:
             where.unlink()
         return
     if where.is_dir() and not where.is_symlink():  # a copied version in place of the link: keep it as one
-        where.rename(root / VERSIONS / f"{where.name}-copy-{secrets.token_hex(2)}")
+        where.rename(root / VERSIONS / f"00000000T000000.000000Z-copy-{secrets.token_hex(2)}")  # sorts oldest
     tmp = root / f".{link}.{os.getpid()}.{secrets.token_hex(3)}.tmp"
     os.symlink(f"{VERSIONS}/{folder.name}", tmp)
     os.replace(tmp, where)

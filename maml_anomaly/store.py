@@ -7,14 +7,11 @@ Layout (plain, inspectable, safe to load; never a pickle)::
     DIR/versions/<stamp>/manifest.json       format_version, package version, config, columns,
                             data window, state, created_at / updated_at, files: {name: {sha256, bytes}}
     DIR/versions/<stamp>/clusters.parquet    unique_id, cluster (string), period (int64 steps), ...
-    DIR/versions/<stamp>/<name>.json         reports and small metadata
-    DIR/versions/<stamp>/<name>.safetensors  weights (tensors + string metadata)
+    DIR/versions/<stamp>/<name>.json, .safetensors   reports, metadata; weights (tensors + str metadata)
 
-fit-clusters writes a new version and points ``pending`` at it; meta-train builds a new version
-on ``pending`` (else on ``current``): the clusters are linked in, the weights, calibration and
-report written, and only then is ``current`` switched to it. Scoring reads ``current`` only, so
-it always sees one complete version. A directory of the earlier flat layout (the files directly
-in DIR) is still read, and the next meta-train replaces it by a version.
+fit-clusters writes a version and points ``pending`` at it; meta-train builds a version on
+``pending`` (else ``current``) and switches ``current`` to it only once it is complete: scoring
+reads ``current`` only. A flat directory of the earlier layout is read as one version.
 
 Every file is written atomically (temporary file + rename), its sha256 recorded in the manifest and
 verified on load; non-finite weights or calibration are refused: a damaged file is never half-used.
@@ -112,9 +109,12 @@ class ModelDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self._folder = versions.new_version(self.path)
         self._manifest = None
+        if versions.linked_version(self.path, versions.CURRENT) is None and not (self.path / MANIFEST).is_file():
+            versions.switch(self.path, versions.PENDING, self._folder)  # nothing serves yet: reachable at once
 
     def new_version(self, keep: tuple[str, ...] = ()) -> ModelDir:
         """A new version folder beside this one, holding this version's files ``keep`` (hard links)."""
+        _clean_stale_temps(self.path)  # a killed switch's temporary link
         folder = versions.new_version(self.path)
         built = ModelDir(self.path, folder)
         files = self.read_manifest().get("files", {})

@@ -97,9 +97,9 @@ def test_overwrite_refused_then_allowed(tmp_path):
     with pytest.raises(ModelDirError, match="--overwrite"):
         ModelDir(tmp_path / "m").prepare(overwrite=False)
     md = ModelDir(tmp_path / "m")
-    md.prepare(overwrite=True)  # a new version: the published one serves until the new one is published
-    assert ModelDir(tmp_path / "m").load_clusters()["unique_id"].tolist() == ["a", "b"]
+    md.prepare(overwrite=True)  # a new, empty version (nothing was trained: it is pending at once)
     assert md.dir.parent == tmp_path / "m" / "versions" and list(md.dir.iterdir()) == []
+    assert (tmp_path / "m" / "pending").resolve() == md.dir.resolve()
 
 
 def test_foreign_directory_never_cleared(tmp_path):

@@ -155,13 +155,13 @@ def run_maml(data: Dataset, workdir: Path, config: Config, reuse_model: bool = F
     train_path, all_path = workdir / "train.parquet", workdir / "values.parquet"
     model_dir, scores_path = workdir / "model", workdir / f"scores_{name}.parquet"
     data.values.to_parquet(all_path, index=False)
-    if not (reuse_model and (model_dir / "clusters.parquet").exists()):
+    if not (reuse_model and (model_dir / "current" / "clusters.parquet").exists()):
         data.train.to_parquet(train_path, index=False)
         pipeline.fit_clusters(config=config, input=train_path, model_dir=model_dir, overwrite=True)
-        pipeline.meta_train(config=config, input=train_path, model_dir=model_dir, overwrite=True)
+        pipeline.meta_train(config=config, input=train_path, model_dir=model_dir, overwrite=True, allow_partial=True)
     pipeline.backtest(config=config, input=all_path, model_dir=model_dir, output=scores_path,
                       start=str(data.start.date()), end=str(data.end.date()))
-    clusters = pd.read_parquet(model_dir / "clusters.parquet")
+    clusters = pd.read_parquet(model_dir / "current" / "clusters.parquet")
     return pd.read_parquet(scores_path), clusters.set_index("unique_id")["period"]
 
 

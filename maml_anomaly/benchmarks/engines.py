@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
     cli = [sys.executable, "-m", "maml_anomaly"]
-    if not (model / "detector.json").exists():
+    if not (model / "current" / "detector.json").exists():
         for step in ("fit-clusters", "meta-train"):
             run_measured([*cli, step, "-i", str(data), "-m", str(model), "-c", str(work / "engines-train.toml"),
                           "-q", "--overwrite"], env)

@@ -224,7 +224,7 @@ def _child(step: str, args: dict[str, Any]) -> dict[str, Any]:
     if step == "fit-clusters":
         result = pipeline.fit_clusters(config=config, input=Path(args["input"]), model_dir=Path(args["model_dir"]), overwrite=True)
     elif step == "meta-train":
-        result = pipeline.meta_train(config=config, input=Path(args["input"]), model_dir=Path(args["model_dir"]), overwrite=True)
+        result = pipeline.meta_train(config=config, input=Path(args["input"]), model_dir=Path(args["model_dir"]), overwrite=True, allow_partial=True)
     elif step in ("daily-score", "daily-score-ray"):
         result = pipeline.daily_score(config=config, input=Path(args["input"]), model_dir=Path(args["model_dir"]), output=Path(args["output"]),
                                       engine="ray" if step == "daily-score-ray" else "local")

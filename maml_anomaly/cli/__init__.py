@@ -68,9 +68,9 @@ def _run(fn: Callable[..., dict[str, Any]], *, flags: dict[str, Any], run: dict[
     _setup_logging(run["quiet"], run["verbose"])
     try:
         config = Config.load(run.get("config_path"), flags)
-        if kwargs.get("model_dir") is not None and fn is not fit_clusters_command.fit_clusters:
-            training = fn is meta_train_command.meta_train  # it reads the clusters fit-clusters made last
-            config = recorded_columns_as_defaults(config, flags, kwargs["model_dir"], training)
+        if kwargs.get("model_dir") is not None:
+            refit = fn in (fit_clusters_command.fit_clusters, meta_train_command.meta_train)  # newest clusters
+            config = recorded_columns_as_defaults(config, flags, kwargs["model_dir"], refit)
         result = fn(config=config, **kwargs)
     except MamlAnomalyError as exc:
         typer.echo(f"Error: {' '.join(str(exc).split())}", err=True)

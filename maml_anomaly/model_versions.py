@@ -46,7 +46,7 @@ def is_model_dir(path: str | Path) -> bool:
 def inside_model_dir(path: str | Path) -> Path | None:
     """The model directory that ``path`` is or lies inside of, or None (for output guards)."""
     path = Path(os.path.abspath(path))
-    for folder in (path, *path.parents):
+    for folder in (*reversed(path.parents), path):  # the outermost: a version folder lies inside one
         if is_model_dir(folder):
             return folder
     return None

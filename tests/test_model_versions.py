@@ -357,3 +357,42 @@ def test_status_a_flat_model_directory_of_the_earlier_layout_still_scores_and_is
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in flat.iterdir()) == ["current", "versions"]
     assert sha256(scores_of(w, data, flat, "upgraded.parquet")) == expected  # same data, same seed
+
+
+# -- the version folders themselves -----------------------------------------------------------------------
+
+
+def test_prune_keeps_the_linked_versions_and_the_newest_trained_ones(tmp_path):
+    from maml_anomaly import model_versions as v
+
+    root = tmp_path / "model"
+    made = []
+    for i, trained in enumerate((True, True, True, False, True, False)):  # oldest first
+        folder = root / v.VERSIONS / f"20260101T00000{i}.000000Z-abcd"
+        folder.mkdir(parents=True)
+        if trained:
+            (folder / "detector.json").write_text("{}")
+        made.append(folder.name)
+    v.switch(root, v.CURRENT, root / v.VERSIONS / made[1])  # an older version serves (a rollback)
+    v.switch(root, v.PENDING, root / v.VERSIONS / made[3])
+    removed = v.prune(root, keep=2)
+    left = sorted(p.name for p in (root / v.VERSIONS).iterdir())
+    assert left == sorted([made[1], made[3], made[4]])  # serving, pending, and the newest other trained one
+    assert sorted(removed) == sorted([made[0], made[2], made[5]])
+    assert v.remove_dead_versions(root) == [made[4]]  # newer than the serving one and unlinked
+
+
+def test_is_model_dir_and_inside_model_dir(tmp_path):
+    from maml_anomaly.store import inside_model_dir, is_model_dir
+
+    model = trained_model_dir(tmp_path)
+    assert (
+        is_model_dir(model) and not is_model_dir(tmp_path) and not is_model_dir(model / "current" / "clusters.parquet")
+    )
+    assert inside_model_dir(model / "current" / "clusters.parquet") == model
+    assert inside_model_dir(model / "scores.parquet") == model
+    assert inside_model_dir(tmp_path / "scores.parquet") is None
+
+
+def trained_model_dir(root: Path) -> Path:
+    return Work(root).model()

@@ -21,7 +21,7 @@ import secrets
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -186,6 +186,18 @@ def non_finite_fields(obj: Any, where: str = "") -> list[str]:
     return []
 
 
+def parsed(file: Path, kind: str, parse: Callable[[], Any]) -> Any:
+    """``parse()`` of a model file's verified bytes; a damaged file (a checksum rewritten to match)
+    ends in one message naming it, not a traceback."""
+    try:
+        return parse()
+    except Exception as exc:  # each format raises its own error types (ArrowInvalid, SafetensorError, ...)
+        raise ModelDirError(
+            f"{file} is not a readable {kind} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}): "
+            "it is damaged (its header or content). Re-run the command that writes it with --overwrite."
+        ) from None
+
+
 def link_or_copy(source: Path, dest: Path) -> None:
     """Hard link (model files are never changed in place), else a copy (another filesystem)."""
     try:
@@ -251,6 +263,7 @@ __all__ = [
     "non_finite_tensors",
     "non_finite_fields",
     "link_or_copy",
+    "parsed",
     "recorded_columns",
     "recorded_columns_as_defaults",
 ]

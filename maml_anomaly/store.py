@@ -293,7 +293,7 @@ class ModelDir:
     def load_clusters_table(self) -> pa.Table:
         """clusters.parquet as an Arrow table (no Python object per series: scoring at scale reads it so)."""
         data = self._verified_bytes(CLUSTERS)
-        return pq.read_table(pa.BufferReader(data))
+        return versions.parsed(self.dir / CLUSTERS, "parquet file", lambda: pq.read_table(pa.BufferReader(data)))
 
     def save_json(self, name: str, obj: Any) -> Path:
         name = _with_suffix(name, ".json")
@@ -302,7 +302,8 @@ class ModelDir:
 
     def load_json(self, name: str) -> Any:
         name = _with_suffix(name, ".json")
-        return json.loads(self._verified_bytes(name).decode("utf-8"))
+        data = self._verified_bytes(name)
+        return versions.parsed(self.dir / name, "JSON file", lambda: json.loads(data.decode("utf-8")))
 
     def save_weights(self, name: str, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
         """Tensors in safetensors format (no pickle); metadata is a str -> str dict."""
@@ -326,14 +327,7 @@ class ModelDir:
         name = _with_suffix(name, ".safetensors")
         data = self._verified_bytes(name)
         file = self.dir / name
-        try:
-            tensors = load(data)
-            metadata = _safetensors_metadata(data)
-        except Exception as exc:  # safetensors raises its own error types on a damaged header
-            raise ModelDirError(
-                f"{file} is not a readable safetensors file ({type(exc).__name__}: "
-                f"{' '.join(str(exc).split())[:200]}): its header is damaged. Re-run meta-train with --overwrite."
-            ) from None
+        tensors, metadata = versions.parsed(file, "safetensors file", lambda: (load(data), _safetensors_metadata(data)))
         bad = versions.non_finite_tensors(tensors)
         if bad:
             raise ModelDirError(

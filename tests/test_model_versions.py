@@ -134,13 +134,26 @@ def _safetensors_header_damaged(w: Work) -> list:
     return w.score(w.good(), model)
 
 
+def _clusters_damaged(w: Work) -> list:
+    model = w.model()
+    rewrite_in_manifest(model, "clusters.parquet", b"PAR1" + b"\x00" * 64 + b"PAR1")
+    return w.score(w.good(), model)
+
+
 ERROR_CASES = [
     ErrorCase("meta-train-too-little-history", _too_little_history, ("trained none", "keeps serving")),
     ErrorCase("meta-train-k-shot-too-large", _k_shot_too_large, ("trained none", "--k-shot", "keeps serving")),
     ErrorCase("meta-train-skips-a-cluster", _partial_without_flag, ("skipped 1 of", "p0", "--allow-partial")),
     ErrorCase("weights-not-finite-on-load", _weights_not_finite, (".safetensors", "NaN or infinite")),
     ErrorCase("calibration-not-finite-on-load", _calibration_not_finite, ("detector.json", "calibration")),
-    ErrorCase("safetensors-header-damaged", _safetensors_header_damaged, (".safetensors", "header is damaged")),
+    ErrorCase(
+        "safetensors-header-damaged",
+        _safetensors_header_damaged,
+        (".safetensors", "not a readable safetensors file", "damaged"),
+    ),
+    ErrorCase(
+        "clusters-damaged-checksum-rewritten", _clusters_damaged, ("clusters.parquet", "not a readable parquet file")
+    ),
 ]
 
 

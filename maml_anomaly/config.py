@@ -160,17 +160,20 @@ class RuntimeConfig:
     """Where and how compute runs (threads: one torch thread is often fastest on small cores).
 
     lock_timeout: seconds a run waits for another run's lock on the same model directory or
-    output before it stops (0 = stop at once).
+    output before it stops (0 = stop at once). keep_versions: trained model versions kept in a
+    model directory, the serving one included; older ones are removed after each switch.
     """
 
     device: str = "auto"
     threads: int = 1
     lock_timeout: float = 0.0
+    keep_versions: int = 3
 
     def __post_init__(self) -> None:
         _check_choice("runtime.device", self.device, DEVICES)
         _check_min("runtime.threads", self.threads, 1)
         _check_range("runtime.lock_timeout", self.lock_timeout, 0.0, 86400.0)
+        _check_min("runtime.keep_versions", self.keep_versions, 1)
 
 
 @dataclass(frozen=True)

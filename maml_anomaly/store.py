@@ -2,14 +2,19 @@
 
 Layout (plain, inspectable, safe to load; never a pickle)::
 
-    DIR/manifest.json       format_version, package version, config, columns, data window,
-                            created_at / updated_at, files: {name: {sha256, bytes}}
-    DIR/clusters.parquet    unique_id, cluster (string), period (int64 steps; 0 = no period), ...
-    DIR/<name>.json         reports and small metadata
-    DIR/<name>.safetensors  weights (tensors + string metadata)
+    DIR/current -> versions/<stamp>   the serving version (see maml_anomaly.model_versions)
+    DIR/pending -> versions/<stamp>   clusters fit-clusters made, waiting for meta-train
+    DIR/versions/<stamp>/manifest.json       format_version, package version, config, columns,
+                            data window, state, created_at / updated_at, files: {name: {sha256, bytes}}
+    DIR/versions/<stamp>/clusters.parquet    unique_id, cluster (string), period (int64 steps), ...
+    DIR/versions/<stamp>/<name>.json, .safetensors   reports, metadata; weights (tensors + str metadata)
 
-Every file is written atomically (temporary file + rename) and its sha256 recorded in the
-manifest; loading verifies it, so a corrupt or hand-edited file is refused, not half-used.
+fit-clusters writes a version and points ``pending`` at it; meta-train builds a version on
+``pending`` (else ``current``) and switches ``current`` to it only once it is complete: scoring
+reads ``current`` only. A flat directory of the earlier layout is read as one version.
+
+Every file is written atomically (temporary file + rename), its sha256 recorded in the manifest and
+verified on load; non-finite weights or calibration are refused: a damaged file is never half-used.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from maml_anomaly import __version__
+from maml_anomaly import model_versions as versions
 from maml_anomaly.config import ColumnConfig, Config
 from maml_anomaly.data.panel import Panel
 from maml_anomaly.data.write import write_bytes_atomic
@@ -38,26 +44,41 @@ from maml_anomaly.errors import ModelDirError
 FORMAT_VERSION = 4  # 2: lags relative to the last value, reference y[t-1] + seasonal step; 3: step unclipped, lag 2p+1 (seasonal_step); 4: lag_spec.second (lags and reference step of a second period)
 MANIFEST = "manifest.json"
 CLUSTERS = "clusters.parquet"
+is_model_dir = versions.is_model_dir  # for output guards: True for a model directory (any layout)
+inside_model_dir = versions.inside_model_dir  # the model directory a path lies in, or None
 
 
 class ModelDir:
-    """A model directory made by fit-clusters and completed by meta-train."""
+    """A model directory made by fit-clusters and completed by meta-train.
 
-    def __init__(self, path: str | Path) -> None:
+    ``path`` is the directory the user names; ``dir`` the version folder whose files are read
+    (the serving one, see :func:`~maml_anomaly.model_versions.serving_folder`) or written (a new
+    version made by :meth:`new_version`).
+    """
+
+    def __init__(self, path: str | Path, folder: str | Path | None = None) -> None:
         self.path = Path(path)
+        self._folder = Path(folder) if folder is not None else None
         self._manifest: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"ModelDir({str(self.path)!r})"
 
+    @property
+    def dir(self) -> Path:
+        """The version folder this object reads and writes."""
+        if self._folder is None:
+            self._folder = versions.serving_folder(self.path) if self.path.is_dir() else self.path
+        return self._folder
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        """True when the directory holds a manifest (a previous run)."""
-        return (self.path / MANIFEST).is_file()
+        """True when the version folder holds a manifest (a previous run)."""
+        return (self.dir / MANIFEST).is_file()
 
     def has(self, name: str) -> bool:
-        return (self.path / name).is_file()
+        return (self.dir / name).is_file()
 
     def check_fresh(self, overwrite: bool) -> None:
         """Raise unless a fresh run may start here (new/empty dir, or a previous run + overwrite).
@@ -70,7 +91,7 @@ class ModelDir:
         if self.path.is_dir():
             _clean_stale_temps(self.path)  # a killed run's temporary files do not make it "not empty"
         if self.path.is_dir() and any(self.path.iterdir()):
-            if not self.exists():
+            if not versions.is_model_dir(self.path):
                 raise ModelDirError(
                     f"model directory {self.path} is not empty and is not a maml-anomaly model "
                     "directory (no manifest.json); refusing to write into it, even with --overwrite. "
@@ -83,12 +104,39 @@ class ModelDir:
                 )
 
     def prepare(self, overwrite: bool) -> None:
-        """Make the directory ready for a fresh run; refuse to replace a previous run silently."""
+        """Start a new version for a fresh run (the serving one stays until :meth:`publish`)."""
         self.check_fresh(overwrite)
-        if self.path.is_dir() and any(self.path.iterdir()):
-            self._clear()
         self.path.mkdir(parents=True, exist_ok=True)
+        self._folder = versions.new_version(self.path)
         self._manifest = None
+        if versions.linked_version(self.path, versions.CURRENT) is None and not (self.path / MANIFEST).is_file():
+            versions.switch(self.path, versions.PENDING, self._folder)  # nothing serves yet: reachable at once
+
+    def new_version(self, keep: tuple[str, ...] = ()) -> ModelDir:
+        """A new version folder beside this one, holding this version's files ``keep`` (hard links)."""
+        _clean_stale_temps(self.path)  # a killed switch's temporary link
+        folder = versions.new_version(self.path)
+        built = ModelDir(self.path, folder)
+        files = self.read_manifest().get("files", {})
+        for name in keep:
+            versions.link_or_copy(self.dir / name, folder / name)
+        built._manifest = {"files": {n: files[n] for n in keep if n in files}}
+        built._write_placeholder_manifest()
+        return built
+
+    def publish(self, link: str, keep_versions: int = versions.KEEP_VERSIONS) -> list[str]:
+        """Point ``link`` (current or pending) at this version, then prune old versions; pruned names."""
+        versions.switch(self.path, link, self.dir)
+        if link == versions.CURRENT:
+            versions.switch(self.path, versions.PENDING, None)  # meta-train consumed the pending clusters
+            if (self.path / MANIFEST).is_file():
+                versions.remove_flat_files(self.path)  # the earlier flat layout, now superseded
+        return versions.prune(self.path, keep_versions)
+
+    def discard(self) -> None:
+        """Remove this unpublished version folder (a failed run)."""
+        if self.dir.parent.name == versions.VERSIONS and self.dir.parent.parent == self.path:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def guard_overwrite(self, names: list[str], overwrite: bool) -> None:
         """Refuse when any of ``names`` exists (a later stage of a previous run) unless overwrite."""
@@ -99,14 +147,6 @@ class ModelDir:
                 "refusing to overwrite. Pass --overwrite to replace them."
             )
 
-    def _clear(self) -> None:
-        # Called only on a directory with our manifest (prepare refuses foreign folders).
-        for child in self.path.iterdir():
-            if child.is_dir():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-
     # -- manifest ------------------------------------------------------------------------------
 
     def write_manifest(
@@ -115,6 +155,7 @@ class ModelDir:
         columns: ColumnConfig,
         data_window: Mapping[str, Any],
         extra: Mapping[str, Any] | None = None,
+        state: str = "complete",
     ) -> dict[str, Any]:
         """Write manifest.json, keeping the checksums of files already saved in this directory."""
         now = _now()
@@ -132,6 +173,7 @@ class ModelDir:
             "data_window": jsonable(dict(data_window)),
             "extra": jsonable(dict(extra or {})),
             "files": files,
+            "state": state,
         }
         self._write_manifest(manifest)
         return manifest
@@ -153,7 +195,7 @@ class ModelDir:
 
     def config(self) -> Config:
         """The configuration stored with the model."""
-        return Config.from_dict(self.read_manifest()["config"], source=str(self.path / MANIFEST))
+        return Config.from_dict(self.read_manifest()["config"], source=str(self.dir / MANIFEST))
 
     def _read_manifest_raw(self) -> dict[str, Any]:
         if self.path.exists() and not self.path.is_dir():
@@ -166,7 +208,7 @@ class ModelDir:
                 f"model directory {self.path} does not exist. Expected a directory made by "
                 "fit-clusters (and meta-train); check --model-dir or run those commands first."
             )
-        file = self.path / MANIFEST
+        file = self.dir / MANIFEST
         if not file.is_file():
             state = "is empty" if not any(self.path.iterdir()) else "has no manifest.json"
             raise ModelDirError(
@@ -189,7 +231,7 @@ class ModelDir:
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
-        write_bytes_atomic(text.encode("utf-8"), self.path / MANIFEST)
+        write_bytes_atomic(text.encode("utf-8"), self.dir / MANIFEST)
         self._manifest = manifest
 
     def _record(self, name: str, data: bytes) -> None:
@@ -206,7 +248,7 @@ class ModelDir:
 
     def _verified_bytes(self, name: str) -> bytes:
         manifest = self._manifest if self._manifest and "format_version" in self._manifest else self.read_manifest()
-        file = self.path / name
+        file = self.dir / name
         entry = manifest.get("files", {}).get(name)
         if not file.is_file():
             raise ModelDirError(
@@ -251,7 +293,7 @@ class ModelDir:
     def load_clusters_table(self) -> pa.Table:
         """clusters.parquet as an Arrow table (no Python object per series: scoring at scale reads it so)."""
         data = self._verified_bytes(CLUSTERS)
-        return pq.read_table(pa.BufferReader(data))
+        return versions.parsed(self.dir / CLUSTERS, "parquet file", lambda: pq.read_table(pa.BufferReader(data)))
 
     def save_json(self, name: str, obj: Any) -> Path:
         name = _with_suffix(name, ".json")
@@ -260,13 +302,20 @@ class ModelDir:
 
     def load_json(self, name: str) -> Any:
         name = _with_suffix(name, ".json")
-        return json.loads(self._verified_bytes(name).decode("utf-8"))
+        data = self._verified_bytes(name)
+        return versions.parsed(self.dir / name, "JSON file", lambda: json.loads(data.decode("utf-8")))
 
     def save_weights(self, name: str, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
         """Tensors in safetensors format (no pickle); metadata is a str -> str dict."""
         from safetensors.torch import save
 
         name = _with_suffix(name, ".safetensors")
+        bad = versions.non_finite_tensors(tensors)
+        if bad:
+            raise ModelDirError(
+                f"refusing to write {self.dir / name}: tensors {', '.join(bad)} hold NaN or infinite values "
+                "(a diverged training). Nothing was published; the previous model keeps serving."
+            )
         meta = {str(k): str(v) for k, v in (metadata or {}).items()}
         data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
         return self._save_bytes(name, data)
@@ -277,24 +326,31 @@ class ModelDir:
 
         name = _with_suffix(name, ".safetensors")
         data = self._verified_bytes(name)
-        tensors = load(data)
-        metadata = _safetensors_metadata(data)
+        file = self.dir / name
+        tensors, metadata = versions.parsed(file, "safetensors file", lambda: (load(data), _safetensors_metadata(data)))
+        bad = versions.non_finite_tensors(tensors)
+        if bad:
+            raise ModelDirError(
+                f"{file} holds NaN or infinite values in {', '.join(bad)}: the weights are damaged. "
+                "Re-run meta-train with --overwrite."
+            )
         return tensors, metadata
 
+    def _write_placeholder_manifest(self) -> None:
+        # Before the first file: a killed run's folder is recognisably ours and incomplete.
+        now = _now()
+        files = (self._manifest or {}).get("files", {})
+        self._write_manifest({
+            "format_version": FORMAT_VERSION,
+            "package": {"name": "maml-anomaly", "version": __version__},
+            "created_at": now, "updated_at": now, "state": "incomplete", "config": {}, "files": files,
+        })
+
     def _save_bytes(self, name: str, data: bytes) -> Path:
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         if not self.exists():
-            # A placeholder manifest before the first file: a run killed before writing its own
-            # manifest leaves a directory recognisably ours (replaced with --overwrite), not a
-            # "foreign" folder that no rerun may touch.
-            now = _now()
-            files = (self._manifest or {}).get("files", {})
-            self._write_manifest({
-                "format_version": FORMAT_VERSION,
-                "package": {"name": "maml-anomaly", "version": __version__},
-                "created_at": now, "updated_at": now, "state": "incomplete", "config": {}, "files": files,
-            })
-        path = write_bytes_atomic(data, self.path / name)
+            self._write_placeholder_manifest()
+        path = write_bytes_atomic(data, self.dir / name)
         self._record(name, data)
         return path
 
@@ -307,9 +363,11 @@ TRAINING_REPORT = "training_report.json"
 CLUSTERER = "clusterer.json"  # PeriodClusterer state written by fit-clusters
 
 
-def open_trained(model_dir: Path) -> ModelDir:
-    """A model directory with a valid manifest and clusters (ModelDirError otherwise)."""
-    md = ModelDir(model_dir)
+def open_trained(model_dir: Path, for_training: bool = False) -> ModelDir:
+    """The serving version (``for_training``: the one meta-train builds on), with a valid manifest
+    and clusters (ModelDirError otherwise)."""
+    path = Path(model_dir)
+    md = ModelDir(path, versions.training_folder(path) if for_training and path.is_dir() else None)
     md.read_manifest()
     if not md.has(CLUSTERS):
         raise ModelDirError(
@@ -320,7 +378,7 @@ def open_trained(model_dir: Path) -> ModelDir:
 
 def weight_files(md: ModelDir) -> list[str]:
     """The weights files meta-train wrote (names)."""
-    return sorted(p.name for p in md.path.glob("*.safetensors"))
+    return sorted(p.name for p in md.dir.glob("*.safetensors"))
 
 
 def load_models(md: ModelDir, inner_steps: int = -1) -> tuple[list[str], list[Any]]:
@@ -342,6 +400,12 @@ def load_models(md: ModelDir, inner_steps: int = -1) -> tuple[list[str], list[An
     names, models = [], []
     for name in sorted(index["clusters"]):
         meta = index["clusters"][name]
+        bad = versions.non_finite_fields({k: meta.get(k) for k in ("inner_lr", "calibration")})
+        if bad:
+            raise ModelDirError(
+                f"{md.dir / DETECTOR} holds missing, NaN or infinite values for cluster {name} "
+                f"({', '.join(bad)}): the calibration is damaged. Re-run meta-train with --overwrite."
+            )
         tensors, _ = md.load_weights(meta["weights"])
         params = {k: v for k, v in tensors.items() if not k.startswith("inner_lr/")}
         lrs = {k[len("inner_lr/"):]: v for k, v in tensors.items() if k.startswith("inner_lr/")} or None
@@ -527,4 +591,4 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "CLUSTERS", "ModelDir", "jsonable"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "CLUSTERS", "ModelDir", "is_model_dir", "inside_model_dir", "jsonable"]

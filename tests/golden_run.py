@@ -96,8 +96,9 @@ def run(root: Path, engine: str) -> dict[str, Path]:
     for args in commands:
         result = CliRunner().invoke(app, [str(a) for a in args] + ["-q"])
         assert result.exit_code == 0, (args, result.output)
-    outputs = {name: model / name for name in MODEL_FILES}
-    outputs.update({f"cluster-{i}": p for i, p in enumerate(sorted(model.glob("*.safetensors")))})
+    serving = model / "current"  # the version meta-train published
+    outputs = {name: serving / name for name in MODEL_FILES}
+    outputs.update({f"cluster-{i}": p for i, p in enumerate(sorted(serving.glob("*.safetensors")))})
     outputs.update({name: root / f"{name}.parquet" for name in ("daily", "backtest", "events")})
     return outputs
 

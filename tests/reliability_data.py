@@ -71,8 +71,16 @@ def _trained() -> tuple[Path, Path]:
 
 def trained_model(dest: Path) -> Path:
     """A copy of the tiny trained model directory at ``dest``."""
-    shutil.copytree(_trained()[1], dest)
+    shutil.copytree(_trained()[1], dest, symlinks=True)
     return dest
+
+
+def served(model: Path) -> Path:
+    """The version folder of a model directory that scoring reads (``current``, else ``pending``)."""
+    for link in ("current", "pending"):
+        if (model / link).exists():
+            return model / link
+    return model
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -216,7 +224,7 @@ class Work:
         return trained_model(self.root / name)
 
     def manifest(self, model: Path, **changes) -> Path:
-        path = model / "manifest.json"
+        path = served(model) / "manifest.json"
         data = json.loads(path.read_text())
         data.update(changes)
         path.write_text(json.dumps(data))

@@ -11,6 +11,7 @@ import torch
 from maml_anomaly import __version__
 from maml_anomaly.config import Config
 from maml_anomaly.errors import ModelDirError
+from maml_anomaly.model_versions import PENDING
 from maml_anomaly.store import FORMAT_VERSION, ModelDir
 
 WINDOW = {"start": pd.Timestamp("2024-01-01"), "end": pd.Timestamp("2024-02-01"), "rows": 10, "series": 2}
@@ -26,6 +27,7 @@ def _made(path) -> ModelDir:
     md.save_clusters(_clusters())
     config = Config.load(None, {"k_shot": 12})
     md.write_manifest(config, config.columns, WINDOW, {"note": "test"})
+    md.publish(PENDING)
     return md
 
 
@@ -51,7 +53,7 @@ def test_round_trip(tmp_path):
     assert again.load_json("report") == {"loss": 0.5, "when": "2024-01-01T00:00:00"}
     files = again.read_manifest()["files"]
     assert set(files) == {"clusters.parquet", "cluster_0.safetensors", "report.json"}
-    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "m").iterdir())
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "m").rglob("*"))
 
 
 def test_weights_are_not_pickles(tmp_path):
@@ -63,16 +65,15 @@ def test_weights_are_not_pickles(tmp_path):
 def test_checksum_mismatch_is_refused(tmp_path):
     md = _made(tmp_path / "m")
     md.save_weights("w", {"x": torch.ones(4)})
-    raw = bytearray((tmp_path / "m" / "w.safetensors").read_bytes())
+    raw = bytearray((md.dir / "w.safetensors").read_bytes())
     raw[-1] ^= 0xFF
-    (tmp_path / "m" / "w.safetensors").write_bytes(bytes(raw))
+    (md.dir / "w.safetensors").write_bytes(bytes(raw))
     with pytest.raises(ModelDirError, match="checksum"):
         ModelDir(tmp_path / "m").load_weights("w")
 
 
 def test_other_format_version_is_refused(tmp_path):
-    _made(tmp_path / "m")
-    path = tmp_path / "m" / "manifest.json"
+    path = _made(tmp_path / "m").dir / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["format_version"] = FORMAT_VERSION + 1
     path.write_text(json.dumps(manifest))
@@ -86,8 +87,7 @@ def test_missing_empty_and_corrupt_directories(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelDirError, match="is empty"):
         ModelDir(tmp_path / "empty").read_manifest()
-    _made(tmp_path / "m")
-    (tmp_path / "m" / "manifest.json").write_text("{not json")
+    (_made(tmp_path / "m").dir / "manifest.json").write_text("{not json")
     with pytest.raises(ModelDirError, match="not valid JSON"):
         ModelDir(tmp_path / "m").read_manifest()
 
@@ -97,8 +97,9 @@ def test_overwrite_refused_then_allowed(tmp_path):
     with pytest.raises(ModelDirError, match="--overwrite"):
         ModelDir(tmp_path / "m").prepare(overwrite=False)
     md = ModelDir(tmp_path / "m")
-    md.prepare(overwrite=True)
-    assert list((tmp_path / "m").iterdir()) == []
+    md.prepare(overwrite=True)  # a new, empty version (nothing was trained: it is pending at once)
+    assert md.dir.parent == tmp_path / "m" / "versions" and list(md.dir.iterdir()) == []
+    assert (tmp_path / "m" / "pending").resolve() == md.dir.resolve()
 
 
 def test_foreign_directory_never_cleared(tmp_path):
@@ -117,6 +118,6 @@ def test_guard_overwrite_and_missing_files(tmp_path):
     md.guard_overwrite(["w.safetensors"], overwrite=True)
     with pytest.raises(ModelDirError, match="has no"):
         ModelDir(tmp_path / "m").load_weights("absent")
-    (tmp_path / "m" / "stray.json").write_text("{}")
+    (md.dir / "stray.json").write_text("{}")
     with pytest.raises(ModelDirError, match="not recorded"):
         ModelDir(tmp_path / "m").load_json("stray")

@@ -31,6 +31,7 @@ from reliability_data import (
     case,
     history,
     invoke,
+    served,
     snapshot,
     trained_model,
 )
@@ -74,7 +75,7 @@ def _flip_byte(path: Path) -> None:
 
 
 def _weights(model: Path) -> Path:
-    return sorted(model.glob("*.safetensors"))[0]
+    return sorted(served(model).glob("*.safetensors"))[0]
 
 
 # -- cases that must fail cleanly -------------------------------------------------------------------
@@ -112,7 +113,8 @@ def _other_version(w: Work) -> list:
 
 def _untrained(w: Work) -> list:
     model = w.model()
-    for p in [*model.glob("*.safetensors"), model / "detector.json", model / "training_report.json"]:
+    version = served(model)
+    for p in [*version.glob("*.safetensors"), version / "detector.json", version / "training_report.json"]:
         p.unlink()
     return w.score(w.good(), model)
 
@@ -131,21 +133,21 @@ def _weights_corrupt(w: Work) -> list:
 
 def _weights_unrecorded(w: Work) -> list:
     model = w.model()
-    manifest = json.loads((model / "manifest.json").read_text())
+    manifest = json.loads((served(model) / "manifest.json").read_text())
     del manifest["files"][_weights(model).name]
-    (model / "manifest.json").write_text(json.dumps(manifest))
+    (served(model) / "manifest.json").write_text(json.dumps(manifest))
     return w.backtest(w.good(), model)
 
 
 def _clusters_corrupt(w: Work) -> list:
     model = w.model()
-    _flip_byte(model / "clusters.parquet")
+    _flip_byte(served(model) / "clusters.parquet")
     return w.score(w.good(), model)
 
 
 def _manifest_corrupt(w: Work) -> list:
     model = w.model()
-    (model / "manifest.json").write_text('{"format_version": 1, "files": ')
+    (served(model) / "manifest.json").write_text('{"format_version": 1, "files": ')
     return w.score(w.good(), model)
 
 
@@ -551,8 +553,8 @@ def test_no_unpickling_anywhere_in_the_package():
 
 def test_weights_are_safetensors_and_checksummed(tmp_path):
     model = trained_model(tmp_path / "m")
-    manifest = json.loads((model / "manifest.json").read_text())
-    weights = sorted(model.glob("*.safetensors"))
+    manifest = json.loads((served(model) / "manifest.json").read_text())
+    weights = sorted(served(model).glob("*.safetensors"))
     assert weights
     for path in weights:
         assert not path.read_bytes().startswith(b"\x80")  # not a pickle stream

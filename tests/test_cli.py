@@ -14,6 +14,7 @@ import pytest
 from maml_anomaly.cli import app
 from maml_anomaly.commands import common, fit_clusters, meta_train
 from maml_anomaly.config import Config
+from maml_anomaly.model_versions import PENDING
 from maml_anomaly.store import ModelDir
 
 COMMANDS = {
@@ -127,6 +128,7 @@ def _model_dir(path: Path) -> Path:
     md.prepare(overwrite=False)
     md.save_clusters(pd.DataFrame({"unique_id": ["s0", "s1", "s2"], "cluster": ["0"] * 3, "period": [24] * 3}))
     md.write_manifest(Config(), Config().columns, {"start": "2024-01-01", "end": "2024-01-02"})
+    md.publish(PENDING)
     return path
 
 
@@ -157,19 +159,19 @@ def test_daily_score_bad_model_dir(runner, tmp_path, long_parquet, state, words)
         model.mkdir()
     if state == "version":
         _model_dir(model)
-        manifest = json.loads((model / "manifest.json").read_text())
+        manifest = json.loads((model / "pending" / "manifest.json").read_text())
         manifest["format_version"] = 99
-        (model / "manifest.json").write_text(json.dumps(manifest))
+        (model / "pending" / "manifest.json").write_text(json.dumps(manifest))
     result = _invoke(runner, ["daily-score", "-i", long_parquet, "-m", model, "-o", tmp_path / "s.parquet"])
     _assert_clean_failure(result, words)
 
 
 def test_fit_clusters_refuses_to_overwrite_a_model(runner, tmp_path, long_parquet):
     model = _model_dir(tmp_path / "model")
-    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    before = {str(p): p.read_bytes() for p in model.rglob("*") if p.is_file()}
     result = _invoke(runner, ["fit-clusters", "-i", long_parquet, "-m", model])
     _assert_clean_failure(result, "--overwrite")
-    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+    assert {str(p): p.read_bytes() for p in model.rglob("*") if p.is_file()} == before
 
 
 def test_bad_config_file_exit_1(runner, tmp_path, long_parquet):
@@ -185,7 +187,7 @@ def test_bad_config_file_exit_1(runner, tmp_path, long_parquet):
 def test_config_precedence_and_json_through_the_cli(runner, tmp_path, long_parquet, monkeypatch):
     seen: dict = {}
 
-    def fake(*, config: Config, input: Path, model_dir: Path, overwrite: bool):
+    def fake(*, config: Config, input: Path, model_dir: Path, overwrite: bool, allow_partial: bool):
         seen.update(config=config, input=input, overwrite=overwrite)
         return {"summary": "trained 2 clusters", "clusters": 2}
 

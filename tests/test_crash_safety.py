@@ -92,15 +92,18 @@ def test_kill_while_replacing_scores_leaves_old_or_new_then_rerun_succeeds(setup
 
 
 def test_kill_during_meta_train_leaves_a_directory_a_rerun_can_replace(fork, tmp_path):
-    """Killed while writing its first weights file, meta-train leaves a directory that scoring
-    refuses with a message and that meta-train --overwrite replaces."""
+    """Killed while writing its first weights file, meta-train leaves the previous version serving
+    (daily-score scores as before) and meta-train --overwrite replaces it."""
     model = trained_model(tmp_path / "model")
     data = tmp_path / "history.parquet"
     history().to_parquet(data, index=False)
+    before = invoke(["daily-score", "-i", data, "-m", model, "-o", tmp_path / "before.parquet", "-q"])
+    assert before.exit_code == 0, before.output
     args = ["meta-train", "-i", data, "-m", model, "--overwrite", *TRAIN_ARGS, "-q"]
     _killed(fork, args, "bytes:before-rename")
     scored = invoke(["daily-score", "-i", data, "-m", model, "-o", tmp_path / "s.parquet"])
-    assert scored.exit_code in (0, 1) and "Traceback" not in scored.output
+    assert scored.exit_code == 0, scored.output
+    assert sha256(tmp_path / "s.parquet") == sha256(tmp_path / "before.parquet")
     rerun = invoke(args)
     assert rerun.exit_code == 0, rerun.output
     assert not list(model.glob(".*.tmp")) and not lock_path(model).exists()

@@ -200,7 +200,8 @@ def test_fit_clusters_stops_while_daily_score_reads_the_model(scored):
     with Holder(model, shared=True):
         result = invoke(["fit-clusters", "-i", data, "-m", model, "--overwrite"])
     assert result.exit_code == 1 and "reading it" in result.stderr
-    assert sha256(model / "clusters.parquet") == sha256(trained_model(model.parent / "again") / "clusters.parquet")
+    again = trained_model(model.parent / "again")
+    assert sha256(model / "current" / "clusters.parquet") == sha256(again / "current" / "clusters.parquet")
 
 
 def test_two_daily_scores_on_one_model_with_different_outputs_both_run(scored, tmp_path):

@@ -247,17 +247,17 @@ def test_fit_clusters_ray_matches_local(tmp_path, ray_local, monkeypatch):
     args = ["fit-clusters", "-i", tmp_path / "input.parquet", "-c", tmp_path / "tiny.toml", "-q", "--json"]
     local = json.loads(_ok(*args, "-m", tmp_path / "local").stdout)
     ray = json.loads(_ok(*args, "-m", tmp_path / "ray", "--engine", "ray").stdout)
-    a, b = pd.read_parquet(tmp_path / "local" / "clusters.parquet"), pd.read_parquet(tmp_path / "ray" / "clusters.parquet")
+    a, b = pd.read_parquet(tmp_path / "local" / "pending" / "clusters.parquet"), pd.read_parquet(tmp_path / "ray" / "pending" / "clusters.parquet")
     assert len(a) == frame["unique_id"].nunique()
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9)
     for col in ("unique_id", "cluster", "period", "second_period", "step", "n_obs"):
         pd.testing.assert_series_equal(a[col], b[col], check_exact=True)
     assert a["cluster"].nunique() > 2  # more than one cluster per step: shapes were compared
-    _assert_close_json(json.loads((tmp_path / "local" / "clusterer.json").read_text()),
-                       json.loads((tmp_path / "ray" / "clusterer.json").read_text()))
+    _assert_close_json(json.loads((tmp_path / "local" / "pending" / "clusterer.json").read_text()),
+                       json.loads((tmp_path / "ray" / "pending" / "clusterer.json").read_text()))
     local.pop("seconds"), ray.pop("seconds")
     assert local == ray
-    manifests = [json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("local", "ray")]
+    manifests = [json.loads((tmp_path / d / "pending" / "manifest.json").read_text()) for d in ("local", "ray")]
     assert manifests[0]["data_window"] == manifests[1]["data_window"]
 
 

@@ -174,17 +174,16 @@ def run_maml(data: Dataset, workdir: Path, config: Config, reuse_model: bool = F
     if reuse_model and last.exists():
         model_dir = Path(last.read_text().strip())
     data.values.to_parquet(all_path, index=False)
-    if retrain or not (model_dir / "clusters.parquet").exists() or not (model_dir / "trained.ok").exists():
+    if retrain or not (model_dir / "current" / "clusters.parquet").exists():  # current: a complete training
         data.train.to_parquet(train_path, index=False)
         pipeline.fit_clusters(config=config, input=train_path, model_dir=model_dir, overwrite=True)
-        pipeline.meta_train(config=config, input=train_path, model_dir=model_dir, overwrite=True)
-        (model_dir / "trained.ok").write_text("meta-train finished\n")  # a run killed mid-training is not reused
+        pipeline.meta_train(config=config, input=train_path, model_dir=model_dir, overwrite=True, allow_partial=True)
     else:
         log.info("maml: reusing the model in %s (same training rows and config)", model_dir)
     last.write_text(str(model_dir))
     pipeline.backtest(config=config, input=all_path, model_dir=model_dir, output=scores_path,
                       start=str(data.start.date()), end=str(data.end.date()))
-    clusters = pd.read_parquet(model_dir / "clusters.parquet")
+    clusters = pd.read_parquet(model_dir / "current" / "clusters.parquet")
     return pd.read_parquet(scores_path), clusters.set_index("unique_id")["period"]
 
 

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
     }
     cli = [sys.executable, "-m", "maml_anomaly"]
-    if not (model / "detector.json").exists():
+    if not (model / "current" / "detector.json").exists():
         for step in ("fit-clusters", "meta-train"):
             run_measured(
                 [

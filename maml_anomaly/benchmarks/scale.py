@@ -238,7 +238,11 @@ def _child(step: str, args: dict[str, Any]) -> dict[str, Any]:
         )
     elif step == "meta-train":
         result = pipeline.meta_train(
-            config=config, input=Path(args["input"]), model_dir=Path(args["model_dir"]), overwrite=True
+            config=config,
+            input=Path(args["input"]),
+            model_dir=Path(args["model_dir"]),
+            overwrite=True,
+            allow_partial=True,
         )
     elif step in ("daily-score", "daily-score-ray"):
         result = pipeline.daily_score(

@@ -70,7 +70,7 @@ def run(n_series: int, weeks: int, seed: int, config: Path | None, workdir: Path
     md, out = workdir / "model", workdir / "scores.parquet"
     cfg = ["--config", str(config)] if config else []
     _cli("fit-clusters", "--input", str(workdir / "train.parquet"), "--model-dir", str(md), "--overwrite", *cfg)
-    periods = pd.read_parquet(md / "clusters.parquet")
+    periods = pd.read_parquet(md / "pending" / "clusters.parquet")
     _cli("meta-train", "--input", str(workdir / "train.parquet"), "--model-dir", str(md), *cfg)
     _cli(
         "backtest",

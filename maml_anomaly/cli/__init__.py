@@ -42,6 +42,7 @@ from maml_anomaly.commands import plot as plot_command
 from maml_anomaly.commands import score as score_command
 from maml_anomaly.config import Config
 from maml_anomaly.errors import MamlAnomalyError
+from maml_anomaly.model_versions import recorded_columns_as_defaults
 from maml_anomaly.store import jsonable
 
 app = typer.Typer(
@@ -67,6 +68,9 @@ def _run(fn: Callable[..., dict[str, Any]], *, flags: dict[str, Any], run: dict[
     _setup_logging(run["quiet"], run["verbose"])
     try:
         config = Config.load(run.get("config_path"), flags)
+        if kwargs.get("model_dir") is not None:
+            refit = fn in (fit_clusters_command.fit_clusters, meta_train_command.meta_train)  # newest clusters
+            config = recorded_columns_as_defaults(config, flags, kwargs["model_dir"], refit)
         result = fn(config=config, **kwargs)
     except MamlAnomalyError as exc:
         typer.echo(f"Error: {' '.join(str(exc).split())}", err=True)
@@ -169,6 +173,14 @@ def meta_train(
     time_budget: Annotated[
         Optional[float], typer.Option(min=0.0, help="Seconds of training per cluster at most (default: 300).")
     ] = None,
+    allow_partial: Annotated[
+        bool,
+        typer.Option(
+            "--allow-partial",
+            help="Publish the model even when some clusters could not be trained (their series score "
+            "no_model); without it such a run exits 1 and the previous model keeps serving.",
+        ),
+    ] = False,
     *,
     flags: dict[str, Any],
     kwargs: dict[str, Any],
@@ -186,7 +198,15 @@ def meta_train(
         "seed": seed,
         "time_budget_s": time_budget,
     }
-    _run(meta_train_command.meta_train, flags={**flags, **own}, run=run, input=input, model_dir=model_dir, **kwargs)
+    _run(
+        meta_train_command.meta_train,
+        flags={**flags, **own},
+        run=run,
+        input=input,
+        model_dir=model_dir,
+        allow_partial=allow_partial,
+        **kwargs,
+    )
 
 
 SCORE_GROUPS = (score_group, alerts_group, data_group, *RUN_GROUPS, torch_group, lock_group, engine_group)

@@ -18,6 +18,7 @@ from maml_anomaly.core.clustering import PeriodClusterer, step_tag
 from maml_anomaly.core.periodicity import calendar_periods
 from maml_anomaly.data.panel import Panel
 from maml_anomaly.engines import Source, get_engine
+from maml_anomaly.model_versions import PENDING
 from maml_anomaly.store import ModelDir
 
 log = logging.getLogger("maml_anomaly.commands")
@@ -73,7 +74,8 @@ def fit_clusters(
         "steps": [{"step": step_tag(s / 1e9), "series": int((step_ns == s).sum())} for s in groups],
         "seconds": round(seconds, 2),
     }
-    md.write_manifest(config, config.columns, totals.window(), extra={"fit_clusters": result})
+    md.write_manifest(config, config.columns, totals.window(), extra={"fit_clusters": result}, state="clustered")
+    md.publish(PENDING, config.runtime.keep_versions)  # scoring keeps the current version until meta-train
     return command_result(_fit_clusters_text(result, md.path), **result)
 
 

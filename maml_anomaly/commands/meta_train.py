@@ -17,8 +17,19 @@ from maml_anomaly.core.tasks import choose_lag_spec, cluster_second_period, quer
 from maml_anomaly.core.training import TrainSettings, train_cluster
 from maml_anomaly.data.panel import Panel, build_panel
 from maml_anomaly.data.stream import iter_series_frames
-from maml_anomaly.errors import InputError
-from maml_anomaly.store import DETECTOR, DETECTOR_FORMAT, TRAINING_REPORT, ModelDir, open_trained, weight_files
+from maml_anomaly.errors import InputError, MamlAnomalyError
+from maml_anomaly.locking import crash_point
+from maml_anomaly.model_versions import CURRENT, non_finite_fields, non_finite_tensors
+from maml_anomaly.store import (
+    CLUSTERER,
+    CLUSTERS,
+    DETECTOR,
+    DETECTOR_FORMAT,
+    TRAINING_REPORT,
+    ModelDir,
+    open_trained,
+    weight_files,
+)
 
 log = logging.getLogger("maml_anomaly.commands")
 
@@ -27,9 +38,16 @@ TRAIN_SAMPLE_PER_CLUSTER = 4_000  # series read per cluster (training itself dra
 
 
 @locked(model_shared=False)
-def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Meta-train one forecaster per cluster; write weights and the training report."""
-    md = open_trained(model_dir)
+def meta_train(
+    *, config: Config, input: Path, model_dir: Path, overwrite: bool = False, allow_partial: bool = False
+) -> dict[str, Any]:
+    """Meta-train one forecaster per cluster; publish weights, calibration and report as a new version.
+
+    Builds on fit-clusters' pending clusters (else the serving version's). Nothing is written
+    until every cluster is trained and finite; the new version then replaces the serving one in
+    one atomic switch, so a failed or killed run leaves the previous model serving.
+    """
+    md = open_trained(model_dir, for_training=True)
     md.guard_overwrite(weight_files(md) + [n for n in (DETECTOR, TRAINING_REPORT) if md.has(n)], overwrite)
     setup_torch(config)
     data = load_training_input(config, md, input)
@@ -45,9 +63,15 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
     started = time.perf_counter()
     index: dict[str, Any] = {}
     reports: dict[str, Any] = {}
+    trained: dict[str, tuple[dict[str, Any], str]] = {}  # weights file -> (tensors, cluster), written at the end
     with progress("meta-training", len(names)) as advance:
         for i, name in enumerate(names):
             rows = np.flatnonzero(cluster_of == i)  # panel positions of the cluster's series
+            crash_point("meta-train:between-clusters")
+            if rows.size == 0:
+                reports[name] = {"skipped": "none of the cluster's series is in the input", "n_series": 0}
+                log.warning("cluster %s: skipped, none of its series is in the input", name)
+                continue
             period = int(pd.Series(period_of[rows]).mode().iloc[0])
             steps = panel.step_seconds[rows]
             step = float(pd.Series(steps[np.isfinite(steps)]).mode().iloc[0]) if np.isfinite(steps).any() else np.nan
@@ -78,7 +102,8 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
             file = f"cluster-{i:04d}.safetensors"
             tensors = dict(model.params)
             tensors.update({f"inner_lr/{k}": v for k, v in (model.inner_lrs or {}).items()})
-            md.save_weights(file, tensors, {"cluster": name})
+            check_finite(name, tensors, model.metadata())
+            trained[file] = (tensors, name)
             index[name] = {"weights": file, **model.metadata()}
             reports[name] = model.report
             errs = model.report["query_errors"]
@@ -91,26 +116,94 @@ def meta_train(*, config: Config, input: Path, model_dir: Path, overwrite: bool 
                 errs["transfer_finetuned"]["mse"],
                 errs["seasonal_naive"]["mse"],
             )
-    md.save_json(DETECTOR, {"format": DETECTOR_FORMAT, "clusters": index})
-    md.save_json(TRAINING_REPORT, reports)
+    skipped = check_complete(md, names, reports, allow_partial)
     extra = dict(md.read_manifest().get("extra", {}))
     extra["meta_train"] = {
         "clusters": len(names),
         "trained": len(index),
+        "skipped": skipped,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    md.write_manifest(config, config.columns, data.window, extra=extra)
+    md = publish_trained(
+        md, trained, {"format": DETECTOR_FORMAT, "clusters": index}, reports, config, data.window, extra
+    )
     helped = sum(bool(r.get("adaptation_helps")) for r in reports.values())
     return command_result(
-        f"meta-trained {len(index)} of {len(names)} clusters in {time.perf_counter() - started:.1f} s; "
-        f"adaptation beat no adaptation and training from scratch in {helped}; report: {md.path / TRAINING_REPORT}",
+        f"meta-trained {len(index)} of {len(names)} clusters in {time.perf_counter() - started:.1f} s"
+        + (f" (skipped: {', '.join(skipped)})" if skipped else "")
+        + "; "
+        f"adaptation beat no adaptation and training from scratch in {helped}; report: {md.dir / TRAINING_REPORT}",
         clusters=len(names),
         trained=len(index),
+        skipped=skipped,
+        version=md.dir.name,
         adaptation_helps=helped,
         seconds=round(time.perf_counter() - started, 2),
-        report=str(md.path / TRAINING_REPORT),
+        report=str(md.dir / TRAINING_REPORT),
         query_errors={name: r.get("query_errors") for name, r in reports.items()},
     )
+
+
+class TrainingError(MamlAnomalyError):
+    """meta-train produced no usable model; nothing was published."""
+
+
+def check_finite(cluster: str, tensors: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """Refuse a diverged cluster (NaN or infinite weights, step sizes or calibration)."""
+    bad = non_finite_tensors(tensors) + non_finite_fields({k: metadata.get(k) for k in ("inner_lr", "calibration")})
+    if bad:
+        raise TrainingError(
+            f"meta-training of cluster {cluster} diverged: {', '.join(bad[:5])} are NaN or infinite. "
+            "Nothing was written; the previous model keeps serving. Lower --meta-lr or --inner-lr "
+            "(or check the cluster's input values) and rerun."
+        )
+
+
+def check_complete(md: ModelDir, names: list[str], reports: dict[str, Any], allow_partial: bool) -> list[str]:
+    """The skipped clusters; refuse a run that trained none, or fewer than all without ``allow_partial``."""
+    skipped = [n for n in names if "skipped" in reports.get(n, {})]
+    if not skipped:
+        return skipped
+    why = "; ".join(f"{n}: {reports[n]['skipped']}" for n in skipped[:5]) + ("; ..." if len(skipped) > 5 else "")
+    if len(skipped) == len(names):
+        raise TrainingError(
+            f"meta-train trained none of the {len(names)} clusters ({why}); nothing was written and the "
+            f"previous model in {md.path} keeps serving. Give more history, or a smaller --k-shot."
+        )
+    if not allow_partial:
+        raise TrainingError(
+            f"meta-train skipped {len(skipped)} of {len(names)} clusters ({why}); nothing was written and "
+            f"the previous model in {md.path} keeps serving. Give more history or a smaller --k-shot, or "
+            "pass --allow-partial to publish the trained clusters (the others' series score no_model)."
+        )
+    log.warning("published without %d of %d clusters (--allow-partial): %s", len(skipped), len(names), why)
+    return skipped
+
+
+def publish_trained(
+    base: ModelDir,
+    trained: dict[str, tuple[dict[str, Any], str]],
+    detector: dict[str, Any],
+    reports: dict[str, Any],
+    config: Config,
+    window: dict[str, Any],
+    extra: dict[str, Any],
+) -> ModelDir:
+    """Write a new version (base's clusters + the weights, calibration and report), then serve it."""
+    md = base.new_version(keep=tuple(n for n in (CLUSTERS, CLUSTERER) if base.has(n)))
+    try:
+        for file, (tensors, cluster) in trained.items():
+            md.save_weights(file, tensors, {"cluster": cluster})
+        md.save_json(DETECTOR, detector)
+        md.save_json(TRAINING_REPORT, reports)
+        md.write_manifest(config, config.columns, window, extra=extra, state="trained")
+        crash_point("meta-train:before-switch")
+        pruned = md.publish(CURRENT, config.runtime.keep_versions)
+    except BaseException:
+        md.discard()  # never published: the previous version keeps serving
+        raise
+    log.info("model version %s serves now%s", md.dir.name, f"; removed old versions {pruned}" if pruned else "")
+    return md
 
 
 def train_settings(config: Config) -> TrainSettings:

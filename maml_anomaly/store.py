@@ -528,3 +528,15 @@ def jsonable(obj: Any) -> Any:
 
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "CLUSTERS", "ModelDir", "jsonable"]
+
+
+def is_model_dir(folder: Path) -> bool:
+    """True when ``folder`` holds a manifest.json written by this package (any format version or layout)."""
+    file = Path(folder) / MANIFEST
+    if not file.is_file():
+        return False
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True  # a damaged manifest beside our files: better to refuse a write than to guess
+    return isinstance(manifest, dict) and bool({"format_version", "files", "state"} & manifest.keys())

@@ -10,7 +10,7 @@ import pandas as pd
 
 from maml_anomaly import plotting
 from maml_anomaly.batch import plain_ids
-from maml_anomaly.commands.common import command_result, load_input, read_parquet_frame
+from maml_anomaly.commands.common import check_output, command_result, load_input, read_parquet_frame
 from maml_anomaly.config import Config
 from maml_anomaly.core.alerts import build_events
 from maml_anomaly.data.schemas import SCORE_COLUMNS
@@ -39,6 +39,7 @@ def plot(
         raise InputError(
             f"--output {output} exists and is a {'folder' if single else 'file'}; expected a {'PNG file' if single else 'folder'}."
         )
+    check_output(output, "--output", inputs=[input, scores], folder=True)
     score_frame = read_parquet_frame(scores, "--scores", list(SCORE_COLUMNS))
     data = load_input(config, input)
     ids = _plot_ids(score_frame, series, top)

@@ -16,6 +16,7 @@ Input contract (docs/usage.md, "Input data"):
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from maml_anomaly.errors import InputError
 log = logging.getLogger(__name__)
 
 _BLOCK = 1 << 20  # rows converted at a time
+_EXACT_FLOAT_INT = 2**53  # every integer up to here is exact in float64
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -123,6 +125,7 @@ def open_dataset(path: Path, columns: ColumnConfig) -> tuple[pads.Dataset, list[
         dataset = pads.dataset(files, format="parquet", partitioning="hive", partition_base_dir=base, schema=unified)
         schema = dataset.schema
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        _check_unique_columns(files)
         raise _unreadable(path, exc) from None
     missing = [c for c in wanted if c not in schema.names]
     if missing:
@@ -133,6 +136,7 @@ def open_dataset(path: Path, columns: ColumnConfig) -> tuple[pads.Dataset, list[
             f"{', '.join(flags[c] for c in missing)} (or in the [columns] section of --config)."
         )
     id_type = schema.field(columns.id_col).type
+    _check_id_type(id_type, columns.id_col)
     if (
         (pa.types.is_string(id_type) or pa.types.is_large_string(id_type))
         and columns.id_col in _file_columns(dataset)
@@ -146,6 +150,21 @@ def open_dataset(path: Path, columns: ColumnConfig) -> tuple[pads.Dataset, list[
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
             raise _unreadable(path, exc) from None
     return dataset, files
+
+
+def _check_unique_columns(files: list[str]) -> None:
+    """InputError naming a file whose schema repeats a column name (arrow refuses such a file)."""
+    for file in files:
+        try:
+            names = pq.read_schema(file).names
+        except (pa.ArrowInvalid, OSError):
+            continue
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise InputError(
+                f"input file {file} has the column(s) {', '.join(repr(n) for n in repeated)} more than once "
+                f"(columns: {names}). Expected unique column names; rewrite the file without the repeated columns."
+            )
 
 
 def check_nulls(dataset: pads.Dataset, columns: ColumnConfig, path: Path) -> None:
@@ -227,7 +246,7 @@ def _unified_schema(files: list[str], wanted: list[str], time_col: str) -> pa.Sc
                 "timezone-aware timestamps, or every file with naive UTC timestamps."
             )
         if aware and len(aware) == len(kinds):
-            fields.append(pa.field(c, pa.timestamp("ns", tz="UTC")))  # instants in any zone
+            fields.append(pa.field(c, _aware_type({t.tz for t in aware})))
             continue
         try:
             unified = pa.unify_schemas([pa.schema([pa.field(c, t)]) for t in kinds], promote_options="permissive")
@@ -239,6 +258,16 @@ def _unified_schema(files: list[str], wanted: list[str], time_col: str) -> pa.Sc
             ) from None
         fields.append(unified.field(c))
     return pa.schema(fields)
+
+
+def _aware_type(zones: set[str]) -> pa.DataType:
+    """The read type of timestamps that every file stores timezone-aware, in ``zones``.
+
+    One zone: timestamps in it. Several: ISO 8601 strings with their UTC offsets, parsed value by
+    value into UTC (slower, exact), because arrow cannot compare one time filter with row-group
+    statistics stored in several zones.
+    """
+    return pa.timestamp("ns", tz=next(iter(zones))) if len(zones) == 1 else pa.string()
 
 
 def _file_columns(dataset: pads.Dataset) -> set[str]:
@@ -253,22 +282,85 @@ def _file_columns(dataset: pads.Dataset) -> set[str]:
     return set()
 
 
+PARQUET_MAGIC = b"PAR1"
+_PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+
+
 def _parquet_files(path: Path) -> list[str]:
+    """The files of an input: the file itself, or every parquet file of a folder by its content.
+
+    In a folder, hidden files (a part of the path starting with "." or "_": _SUCCESS, .crc, lock
+    and temporary files) and files whose content is not parquet are skipped and named in a
+    warning. An empty file, one that starts as parquet but lacks its footer (still being written)
+    or one named .parquet whose content is not parquet is an error: its series would vanish.
+    """
     if path.is_file():
         return [str(path)]
-    files = sorted(
-        str(p)
-        for p in path.rglob("*")
-        if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-    )
-    parquet = [f for f in files if f.endswith((".parquet", ".parq", ".pq"))]
-    chosen = parquet or files
+    chosen, hidden, other = [], [], []
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        relative = file.relative_to(path)
+        if any(part.startswith((".", "_")) for part in relative.parts):
+            hidden.append(str(relative))
+        elif _is_parquet(file, path):
+            chosen.append(str(file))
+        else:
+            other.append(str(relative))
+    _warn_skipped(str(path), tuple(hidden), tuple(other))
     if not chosen:
         raise InputError(
-            f"input directory {path} holds no parquet files. Expected a parquet file or a "
-            "directory of parquet files (hive partition folders allowed)."
+            f"input directory {path} holds no parquet files"
+            + (f" (skipped: {_examples(hidden + other)})" if hidden or other else "")
+            + ". Expected a parquet file or a directory of parquet files (hive partition folders allowed)."
         )
     return chosen
+
+
+def _is_parquet(file: Path, folder: Path) -> bool:
+    """True for a complete parquet file (PAR1 at both ends); InputError for an incomplete or misnamed one."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            head = fh.read(4)
+            fh.seek(max(size - 4, 0))
+            tail = fh.read(4)
+    except OSError as exc:
+        raise _unreadable(file, exc) from None
+    if head == PARQUET_MAGIC and tail == PARQUET_MAGIC and size >= 12:
+        return True
+    if size == 0 or head == PARQUET_MAGIC or file.suffix.lower() in _PARQUET_SUFFIXES:
+        raise InputError(
+            f"could not read {file} as parquet: the file {_not_parquet_state(size, head)} (truncated, still being written, or in "
+            f"another format). Expected every data file of the input folder {folder} to be complete parquet; "
+            "wait for the upstream job to finish, or remove the file."
+        )
+    return False
+
+
+def _not_parquet_state(size: int, head: bytes) -> str:
+    if size == 0:
+        return "is empty"
+    if head == PARQUET_MAGIC:
+        return "starts as parquet but has no parquet footer"
+    return "is named as parquet but its content is not parquet"
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_skipped(folder: str, hidden: tuple[str, ...], other: tuple[str, ...]) -> None:
+    """Name the files of an input folder that are not read (once per folder state: commands open it several times)."""
+    if hidden:
+        log.warning("input %s: %d hidden file(s) not read: %s", folder, len(hidden), _examples(list(hidden)))
+    if other:
+        log.warning(
+            "input %s: %d file(s) not read because their content is not parquet: %s",
+            folder,
+            len(other),
+            _examples(list(other)),
+        )
+
+
+def _examples(names: list[str], n: int = 5) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def _unreadable(path: Path, exc: Exception) -> InputError:
@@ -288,6 +380,7 @@ def encode_ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarra
     into one preallocated array, with a single lookup table from dictionary index to sorted
     position, so no row-sized temporary is made.
     """
+    _check_id_type(column.type, name)
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     if isinstance(column, pa.ChunkedArray) and pa.types.is_dictionary(column.type):
         column = column.unify_dictionaries()
@@ -307,7 +400,7 @@ def encode_ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarra
         parts = [encoded.indices.to_numpy(zero_copy_only=False)]
     typ = values.type
     if pa.types.is_integer(typ):
-        values, kind = values.cast(pa.int64()), "int"
+        values, kind = _int64_ids(values, name), "int"
     elif pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ):
         kind = "str"
     else:
@@ -339,6 +432,31 @@ def encode_ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarra
     ids = unique.take(pa.array(sort)).to_numpy(zero_copy_only=False)
     ids = ids.astype(np.int64) if kind == "int" else ids.astype(object)
     return ids, codes
+
+
+def _check_id_type(typ: pa.DataType, name: str) -> None:
+    """InputError unless ids are strings or integers (before any encoding: nested types have no kernels)."""
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    if not (pa.types.is_integer(typ) or _is_text(typ)):
+        raise InputError(
+            f"column {name!r} has type {typ}. Expected series ids as strings or integers; "
+            "cast the column, or name another column with --id-col."
+        )
+
+
+def _is_text(typ: pa.DataType) -> bool:
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
+
+
+def _int64_ids(values: pa.Array, name: str) -> pa.Array:
+    try:
+        return values.cast(pa.int64())
+    except pa.ArrowInvalid:
+        raise InputError(
+            f"column {name!r} holds unsigned integer ids beyond the int64 range (up to "
+            f"{pc.max(values).as_py()}). Expected integer ids within int64; store the ids as strings."
+        ) from None
 
 
 def timestamps_ns(column: pa.ChunkedArray, name: str) -> np.ndarray:
@@ -421,6 +539,8 @@ def value_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
     typ = column.type
     if isinstance(column, pa.ChunkedArray) and (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
         y = _chunks_to_numpy(column, np.float64, _float_chunk)
+        if pa.types.is_integer(typ):
+            _warn_inexact_integers(y, name, typ)
         return y, _inf_to_nan(y, name)
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_dictionary(arr.type):
@@ -444,12 +564,32 @@ def value_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
             "column with --value-col."
         )
     y = np.array(_float_chunk(arr), dtype=np.float64, copy=True)
+    if pa.types.is_integer(typ):
+        _warn_inexact_integers(y, name, typ)
     return y, _inf_to_nan(y, name)
 
 
 def _float_chunk(arr: pa.Array) -> np.ndarray:
-    """(n,) float64 of a numeric arrow array, null -> NaN (read-only when zero-copy)."""
-    return pc.fill_null(arr.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+    """(n,) float64 of a numeric arrow array, null -> NaN (read-only when zero-copy).
+
+    Integers beyond 2**53 (int64, uint64) are rounded to the nearest float64 (unchecked cast).
+    """
+    return pc.fill_null(arr.cast(pa.float64(), safe=False), np.nan).to_numpy(zero_copy_only=False)
+
+
+def _warn_inexact_integers(y: np.ndarray, name: str, typ: pa.DataType) -> None:
+    """Warn when integer values beyond 2**53 were rounded on their way to float64."""
+    n_big = 0
+    for lo in range(0, y.shape[0], _BLOCK):
+        n_big += int(np.count_nonzero(np.abs(y[lo : lo + _BLOCK]) > _EXACT_FLOAT_INT))
+    if n_big:
+        log.warning(
+            "column %r (%s): %d integer values beyond 2^53 read as float64, rounded to 53 significant bits "
+            "(a relative error below 1.2e-16)",
+            name,
+            typ,
+            n_big,
+        )
 
 
 def _inf_to_nan(y: np.ndarray, name: str) -> int:

@@ -176,7 +176,8 @@ def _what_was_left(before: dict[str, Any], kwargs: dict[str, Any]) -> str:
         )
     if "model_dir" in before:
         parts.append(
-            f"the model directory {kwargs['model_dir']} was partly rewritten: rerun the command with --overwrite"
+            f"the model directory {kwargs['model_dir']} was changed before the interruption: rerun the "
+            "command with --overwrite to complete it"
             if "model_dir" in changed
             else "the model directory is unchanged"
         )

@@ -61,7 +61,7 @@ def _labels_in_utc(frame: pd.DataFrame, need: list[str], path: Path) -> pd.DataF
     n_null = int(frame["unique_id"].isna().sum())
     if n_null:
         raise InputError(
-            f"--labels {path} has {n_null:,} rows without a unique_id. Expected every label to name its "
+            f"--labels {path} has {n_null:,} label rows without a unique_id. Expected every label to name its "
             "series; drop or fill those rows."
         )
     return frame.assign(**{col: _utc_times(frame[col], col, path) for col in need if col != "unique_id"})

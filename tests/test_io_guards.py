@@ -177,6 +177,22 @@ def _huge_uint_ids(w: Work) -> list:
     return ["fit-clusters", "-i", w.parquet(table), "-m", w.root / "m"]
 
 
+def _file_lacks_a_column(w: Work) -> list:
+    return w.score(_split(w, "recent", "a.parquet", "b.parquet", later=lambda f: f.drop(columns="y")), w.model())
+
+
+def _fifo_input(w: Work) -> list:
+    fifo = w.root / "input.pipe"
+    os.mkfifo(fifo)
+    return w.score(fifo, w.model())
+
+
+def _labels_reversed_window(w: Work) -> list:
+    at = pd.Timestamp(f"{LAST_DAY} 09:00")
+    labels = _labels(w, pd.DataFrame({"unique_id": ["s0"], "start": [at], "end": [at - pd.Timedelta(hours=4)]}))
+    return ["evaluate", "--scores", _scores(w), "--labels", labels]
+
+
 def _labels_null_ids(w: Work) -> list:
     labels = _labels(w, pd.DataFrame({"unique_id": ["s0", None], "ds": pd.to_datetime([f"{LAST_DAY} 05:00"] * 2)}))
     return ["evaluate", "--scores", _scores(w), "--labels", labels]
@@ -216,6 +232,13 @@ ERROR_CASES = [
     ErrorCase("duplicate-column-names", _duplicate_columns, ("'y'", "more than once")),
     ErrorCase("nested-id-type", _struct_ids, ("'unique_id'", "struct", "strings or integers")),
     ErrorCase("uint64-ids-beyond-int64", _huge_uint_ids, ("'unique_id'", "int64", "strings")),
+    ErrorCase(
+        "file-lacking-a-column-in-input-folder", _file_lacks_a_column, ("'y'", "missing from 1 file", "b.parquet")
+    ),
+    ErrorCase(
+        "input-neither-file-nor-directory", _fifo_input, ("input.pipe", "neither a regular file nor a directory")
+    ),
+    ErrorCase("labels-window-ends-before-start", _labels_reversed_window, ("--labels", "end before they start")),
     ErrorCase("labels-null-ids", _labels_null_ids, ("--labels", "1 label rows without a unique_id")),
     ErrorCase("labels-times-not-timestamps", _labels_not_times, ("--labels", "'ds'", "'soon'")),
     ErrorCase("labels-integer-times", _labels_integer_times, ("--labels", "'start'", "int64")),

@@ -64,7 +64,17 @@ def _labels_in_utc(frame: pd.DataFrame, need: list[str], path: Path) -> pd.DataF
             f"--labels {path} has {n_null:,} label rows without a unique_id. Expected every label to name its "
             "series; drop or fill those rows."
         )
-    return frame.assign(**{col: _utc_times(frame[col], col, path) for col in need if col != "unique_id"})
+    frame = frame.assign(**{col: _utc_times(frame[col], col, path) for col in need if col != "unique_id"})
+    if "end" in frame.columns:
+        reversed_ = frame["end"] < frame["start"]
+        if reversed_.any():
+            first = frame[reversed_].iloc[0]
+            raise InputError(
+                f"--labels {path} has {int(reversed_.sum()):,} windows that end before they start, e.g. "
+                f"{first['unique_id']!r} from {first['start']} to {first['end']}. Expected start <= end "
+                "(both inclusive); swap or fix them."
+            )
+    return frame
 
 
 def _utc_times(values: pd.Series, col: str, path: Path) -> pd.Series:

@@ -223,6 +223,7 @@ def _unified_schema(files: list[str], wanted: list[str], time_col: str) -> pa.Sc
     would silently be taken as UTC.
     """
     types: dict[str, dict[pa.DataType, str]] = {c: {} for c in wanted}  # column -> type -> first file
+    lacking: dict[str, list[str]] = {c: [] for c in wanted}  # column -> files without it
     for file in files:
         try:
             file_schema = pq.read_schema(file)
@@ -231,6 +232,9 @@ def _unified_schema(files: list[str], wanted: list[str], time_col: str) -> pa.Sc
         for c in wanted:
             if c in file_schema.names:
                 types[c].setdefault(file_schema.field(c).type, file)
+            else:
+                lacking[c].append(file)
+    _check_no_file_lacks(types, lacking)
     if any(not t for t in types.values()) or all(len(t) == 1 for t in types.values()):
         return None  # a column only in partition folders, or nothing to unify
     fields = []
@@ -258,6 +262,17 @@ def _unified_schema(files: list[str], wanted: list[str], time_col: str) -> pa.Sc
             ) from None
         fields.append(unified.field(c))
     return pa.schema(fields)
+
+
+def _check_no_file_lacks(types: dict[str, dict[pa.DataType, str]], lacking: dict[str, list[str]]) -> None:
+    """InputError when a column is in some files and not in others (its rows would silently be null)."""
+    for c, files in lacking.items():
+        if files and types[c]:  # absent from every file: a hive partition key, or named by the missing-column check
+            raise InputError(
+                f"column {c!r} is missing from {len(files)} file(s) of the input, e.g. {_examples(files, 3)}, "
+                f"while {next(iter(types[c].values()))} has it. Expected every file to hold the same columns; "
+                "rewrite or remove the odd files."
+            )
 
 
 def _aware_type(zones: set[str]) -> pa.DataType:
@@ -296,6 +311,11 @@ def _parquet_files(path: Path) -> list[str]:
     """
     if path.is_file():
         return [str(path)]
+    if not path.is_dir():
+        raise InputError(
+            f"input {path} is neither a regular file nor a directory. Expected a parquet file or a directory of "
+            "parquet files."
+        )
     chosen, hidden, other = [], [], []
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         relative = file.relative_to(path)

@@ -3,7 +3,8 @@
 Input contract (docs/usage.md, "Input data"):
 
 - a parquet file or a directory of parquet files (a pyarrow dataset; hive partition folders
-  allowed); only the three needed columns are read;
+  allowed; files found by content, see :mod:`maml_anomaly.data.files`); only the three needed
+  columns are read; files in different timezones are each converted to UTC;
 - ids: string or integer (integer ids stay int64; string ids come back as a pandas Categorical
   whose categories are sorted, which keeps 10M rows cheap);
 - ds: timestamp, date, or ISO 8601 strings; timezone-aware values are converted to UTC and made
@@ -16,7 +17,6 @@ Input contract (docs/usage.md, "Input data"):
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from maml_anomaly.config import ON_DUPLICATE, ColumnConfig
+from maml_anomaly.data.files import input_files, name_examples
 from maml_anomaly.data.panel import Panel, build_panel, resolve_duplicates, sort_order
 from maml_anomaly.data.schemas import READ_ATTR, ReadReport
 from maml_anomaly.errors import InputError
@@ -117,7 +118,7 @@ def open_dataset(path: Path, columns: ColumnConfig) -> tuple[pads.Dataset, list[
             f"input path {path} does not exist. Expected a parquet file or a directory of "
             "parquet files; check the --input path."
         )
-    files = _parquet_files(path)
+    files = input_files(path)
     wanted = [columns.id_col, columns.time_col, columns.value_col]
     base = str(path) if path.is_dir() else None
     unified = _unified_schema(files, wanted, columns.time_col) if len(files) > 1 else None
@@ -269,7 +270,7 @@ def _check_no_file_lacks(types: dict[str, dict[pa.DataType, str]], lacking: dict
     for c, files in lacking.items():
         if files and types[c]:  # absent from every file: a hive partition key, or named by the missing-column check
             raise InputError(
-                f"column {c!r} is missing from {len(files)} file(s) of the input, e.g. {_examples(files, 3)}, "
+                f"column {c!r} is missing from {len(files)} file(s) of the input, e.g. {name_examples(files, 3)}, "
                 f"while {next(iter(types[c].values()))} has it. Expected every file to hold the same columns; "
                 "rewrite or remove the odd files."
             )
@@ -295,92 +296,6 @@ def _file_columns(dataset: pads.Dataset) -> set[str]:
     for fragment in dataset.get_fragments():
         return set(fragment.physical_schema.names)
     return set()
-
-
-PARQUET_MAGIC = b"PAR1"
-_PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
-
-
-def _parquet_files(path: Path) -> list[str]:
-    """The files of an input: the file itself, or every parquet file of a folder by its content.
-
-    In a folder, hidden files (a part of the path starting with "." or "_": _SUCCESS, .crc, lock
-    and temporary files) and files whose content is not parquet are skipped and named in a
-    warning. An empty file, one that starts as parquet but lacks its footer (still being written)
-    or one named .parquet whose content is not parquet is an error: its series would vanish.
-    """
-    if path.is_file():
-        return [str(path)]
-    if not path.is_dir():
-        raise InputError(
-            f"input {path} is neither a regular file nor a directory. Expected a parquet file or a directory of "
-            "parquet files."
-        )
-    chosen, hidden, other = [], [], []
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        relative = file.relative_to(path)
-        if any(part.startswith((".", "_")) for part in relative.parts):
-            hidden.append(str(relative))
-        elif _is_parquet(file, path):
-            chosen.append(str(file))
-        else:
-            other.append(str(relative))
-    _warn_skipped(str(path), tuple(hidden), tuple(other))
-    if not chosen:
-        raise InputError(
-            f"input directory {path} holds no parquet files"
-            + (f" (skipped: {_examples(hidden + other)})" if hidden or other else "")
-            + ". Expected a parquet file or a directory of parquet files (hive partition folders allowed)."
-        )
-    return chosen
-
-
-def _is_parquet(file: Path, folder: Path) -> bool:
-    """True for a complete parquet file (PAR1 at both ends); InputError for an incomplete or misnamed one."""
-    try:
-        size = file.stat().st_size
-        with open(file, "rb") as fh:
-            head = fh.read(4)
-            fh.seek(max(size - 4, 0))
-            tail = fh.read(4)
-    except OSError as exc:
-        raise _unreadable(file, exc) from None
-    if head == PARQUET_MAGIC and tail == PARQUET_MAGIC and size >= 12:
-        return True
-    if size == 0 or head == PARQUET_MAGIC or file.suffix.lower() in _PARQUET_SUFFIXES:
-        raise InputError(
-            f"could not read {file} as parquet: the file {_not_parquet_state(size, head)} (truncated, still being written, or in "
-            f"another format). Expected every data file of the input folder {folder} to be complete parquet; "
-            "wait for the upstream job to finish, or remove the file."
-        )
-    return False
-
-
-def _not_parquet_state(size: int, head: bytes) -> str:
-    if size == 0:
-        return "is empty"
-    if head == PARQUET_MAGIC:
-        return "starts as parquet but has no parquet footer"
-    return "is named as parquet but its content is not parquet"
-
-
-@functools.lru_cache(maxsize=64)
-def _warn_skipped(folder: str, hidden: tuple[str, ...], other: tuple[str, ...]) -> None:
-    """Name the files of an input folder that are not read (once per folder state: commands open it several times)."""
-    if hidden:
-        log.warning("input %s: %d hidden file(s) not read: %s", folder, len(hidden), _examples(list(hidden)))
-    if other:
-        log.warning(
-            "input %s: %d file(s) not read because their content is not parquet: %s",
-            folder,
-            len(other),
-            _examples(list(other)),
-        )
-
-
-def _examples(names: list[str], n: int = 5) -> str:
-    shown = ", ".join(names[:n])
-    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def _unreadable(path: Path, exc: Exception) -> InputError:

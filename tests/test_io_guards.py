@@ -193,6 +193,12 @@ def _labels_reversed_window(w: Work) -> list:
     return ["evaluate", "--scores", _scores(w), "--labels", labels]
 
 
+def _scores_of_another_type(w: Work) -> list:
+    scores = pd.read_parquet(_scores_file())
+    edited = w.parquet(scores.assign(is_anomaly=scores["is_anomaly"].map({True: "yes", False: "no"})), "edited.parquet")
+    return ["evaluate", "--scores", edited, "--labels", _labels(w, scores.loc[:0, ["unique_id", "ds"]])]
+
+
 def _labels_null_ids(w: Work) -> list:
     labels = _labels(w, pd.DataFrame({"unique_id": ["s0", None], "ds": pd.to_datetime([f"{LAST_DAY} 05:00"] * 2)}))
     return ["evaluate", "--scores", _scores(w), "--labels", labels]
@@ -239,6 +245,7 @@ ERROR_CASES = [
         "input-neither-file-nor-directory", _fifo_input, ("input.pipe", "neither a regular file nor a directory")
     ),
     ErrorCase("labels-window-ends-before-start", _labels_reversed_window, ("--labels", "end before they start")),
+    ErrorCase("scores-column-of-another-type", _scores_of_another_type, ("--scores", "'is_anomaly'", "expected bool")),
     ErrorCase("labels-null-ids", _labels_null_ids, ("--labels", "1 label rows without a unique_id")),
     ErrorCase("labels-times-not-timestamps", _labels_not_times, ("--labels", "'ds'", "'soon'")),
     ErrorCase("labels-integer-times", _labels_integer_times, ("--labels", "'start'", "int64")),

@@ -19,7 +19,7 @@ import pyarrow.dataset as pads
 from maml_anomaly.config import Config
 from maml_anomaly.data.panel import Panel, build_panel
 from maml_anomaly.data.read import read_long
-from maml_anomaly.data.schemas import ReadReport
+from maml_anomaly.data.schemas import SCORE_COLUMNS, ReadReport
 from maml_anomaly.engines.local import tune_allocator
 from maml_anomaly.errors import ConfigError, InputError
 from maml_anomaly.locking import command_locks
@@ -250,3 +250,39 @@ def read_parquet_frame(path: Path, option: str, required: list[str]) -> pd.DataF
         return pads.dataset(str(path), format="parquet").to_table().to_pandas()
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"could not read {option} {path} as parquet ({exc}).") from None
+
+
+def read_scores_frame(path: Path, option: str = "--scores") -> pd.DataFrame:
+    """A scores file written by daily-score or backtest, its column types checked (InputError otherwise).
+
+    Timezone-aware ``ds`` (a scores file rewritten by another tool) is converted to naive UTC.
+    """
+    frame = read_parquet_frame(path, option, list(SCORE_COLUMNS))
+    schema = pads.dataset(str(path), format="parquet").schema
+    for name, expected in SCORE_COLUMNS.items():
+        found = schema.field(name).type
+        if pa.types.is_dictionary(found):
+            found = found.value_type
+        if not _score_type_ok(expected, found):
+            raise InputError(
+                f"{option} {path}: column {name!r} has type {found}; expected {expected or 'string or integer ids'}. "
+                "Expected a scores file written by daily-score or backtest, unchanged."
+            )
+    if isinstance(frame["ds"].dtype, pd.DatetimeTZDtype):
+        frame["ds"] = frame["ds"].dt.tz_convert("UTC").dt.tz_localize(None)
+    return frame
+
+
+def _score_type_ok(expected: pa.DataType | None, found: pa.DataType) -> bool:
+    if pa.types.is_null(found):  # a column without a single value (an empty file written by pandas)
+        return True
+    text = pa.types.is_string(found) or pa.types.is_large_string(found) or pa.types.is_string_view(found)
+    if expected is None:
+        return text or pa.types.is_integer(found)
+    if pa.types.is_timestamp(expected):
+        return pa.types.is_timestamp(found)
+    if pa.types.is_floating(expected):
+        return pa.types.is_floating(found) or pa.types.is_integer(found)
+    if pa.types.is_string(expected):
+        return text
+    return found == expected

@@ -8,11 +8,10 @@ from typing import Any
 
 import pandas as pd
 
-from maml_anomaly.commands.common import command_result, parquet_columns, read_parquet_frame
+from maml_anomaly.commands.common import command_result, parquet_columns, read_parquet_frame, read_scores_frame
 from maml_anomaly.config import Config
 from maml_anomaly.core.baselines import default_periods, seasonal_naive_reference
 from maml_anomaly.core.evaluation import evaluate_scores, format_summary
-from maml_anomaly.data.schemas import SCORE_COLUMNS
 from maml_anomaly.errors import InputError
 from maml_anomaly.store import open_trained
 
@@ -30,7 +29,7 @@ def evaluate(
     """
     if not 0.0 <= far < 1.0:
         raise InputError(f"the target false-alarm rate must be in [0, 1); found {far}.")
-    score_frame = read_parquet_frame(scores, "--scores", list(SCORE_COLUMNS))
+    score_frame = read_scores_frame(scores)
     label_cols = parquet_columns(labels, "--labels")
     if {"unique_id", "start", "end"} <= set(label_cols):
         label_kind, need = "windows", ["unique_id", "start", "end"]

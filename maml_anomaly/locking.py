@@ -40,6 +40,7 @@ from maml_anomaly.errors import MamlAnomalyError
 log = logging.getLogger(__name__)
 
 CRASH_ENV = "MAML_ANOMALY_CRASH_AT"
+CRASH_SIGNAL_ENV = "MAML_ANOMALY_CRASH_SIGNAL"
 _POLL_S = (0.05, 0.5)  # first and longest sleep between tries while waiting
 
 
@@ -271,10 +272,11 @@ def crash_point(name: str) -> None:
     """Test hook: SIGKILL this process here when the environment names this point.
 
     The crash-safety tests set ``MAML_ANOMALY_CRASH_AT`` to kill a run at an exact moment of
-    its write path, with no dependence on timing. Unset (always, in production) it does nothing.
+    its write path, with no dependence on timing (``MAML_ANOMALY_CRASH_SIGNAL``, e.g. TERM or INT,
+    sends that signal instead). Unset (always, in production) it does nothing.
     """
     if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.Signals["SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")])
 
 
 __all__ = ["CRASH_ENV", "LockBusyError", "LockInfo", "FileLock", "lock_path", "read_holder", "command_locks", "crash_point"]

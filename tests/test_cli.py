@@ -213,8 +213,9 @@ def test_unexpected_errors_keep_their_traceback(runner, tmp_path, long_parquet, 
 
     monkeypatch.setattr(fit_clusters, "fit_clusters", broken)
     result = _invoke(runner, ["fit-clusters", "-i", long_parquet, "-m", tmp_path / "m"])
-    assert result.exit_code != 0
-    assert isinstance(result.exception, ZeroDivisionError)
+    assert result.exit_code == 70  # EX_SOFTWARE: a bug, told apart from bad input (1)
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "ZeroDivisionError: a bug" in result.stderr
 
 
 def test_quiet_silences_info_logs(runner, tmp_path, long_parquet, monkeypatch):

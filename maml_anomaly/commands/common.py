@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +19,11 @@ import pyarrow.dataset as pads
 from maml_anomaly.config import Config
 from maml_anomaly.data.panel import Panel, build_panel
 from maml_anomaly.data.read import read_long
-from maml_anomaly.data.schemas import ReadReport
+from maml_anomaly.data.schemas import SCORE_COLUMNS, ReadReport
 from maml_anomaly.engines.local import tune_allocator
 from maml_anomaly.errors import ConfigError, InputError
 from maml_anomaly.locking import command_locks
+from maml_anomaly.store import is_model_dir
 
 log = logging.getLogger("maml_anomaly.commands")
 
@@ -88,15 +89,81 @@ def parse_day(value: str, option: str) -> np.datetime64:
     return np.datetime64(day.as_unit("ns").to_datetime64(), "ns")
 
 
-def check_output(output: Path) -> None:
-    """The scores output must be a file path whose folder can be made."""
-    if output.is_dir():
-        raise InputError(f"--output {output} is a directory; expected the path of a parquet file to write.")
+def check_output(
+    output: Path,
+    option: str = "--output",
+    *,
+    inputs: Iterable[Path | None] = (),
+    model_dir: Path | None = None,
+    folder: bool = False,
+) -> None:
+    """Refuse, before anything is written, an output that cannot be made or would destroy data.
+
+    ``folder``: the output is a folder of files (plot), not one file. The output must not be an
+    input file, lie inside an input folder (the next run would read it back as input) or inside a
+    model directory (``model_dir`` or any folder above the output holding our manifest.json).
+    """
+    output = Path(output)
+    if not folder and output.is_dir():
+        raise InputError(f"{option} {output} is a directory; expected the path of a parquet file to write.")
     parent = output.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise InputError(f"--output {output}: {parent} is a file, so the folder cannot be made.")
+        raise InputError(f"{option} {output}: {parent} is a file, so the folder cannot be made.")
+    check_output_location(output, option, inputs=inputs, model_dir=model_dir)
+
+
+def check_output_location(
+    output: Path, option: str, *, inputs: Iterable[Path | None] = (), model_dir: Path | None = None
+) -> None:
+    """InputError when ``output`` is an input file, lies in an input folder or in a model directory."""
+    target = Path(output).resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        if target == source:
+            raise InputError(
+                f"{option} {output} is the input file {given}; writing it would replace the input data. "
+                f"Give {option} a path of its own, outside the input."
+            )
+        if source.is_dir() and target.is_relative_to(source):
+            raise InputError(
+                f"{option} {output} lies inside the input folder {given}; the next run would read it back "
+                f"as input (and fail on duplicate rows). Give {option} a path outside {given}."
+            )
+    model = _enclosing_model_dir(target, model_dir)
+    if model is not None:
+        raise InputError(
+            f"{option} {output} lies inside the model directory {model}; writing there would damage the "
+            f"model (its manifest checks every file). Give {option} a path outside {model}."
+        )
+
+
+def check_model_dir_apart(model_dir: Path, input: Path) -> None:
+    """InputError when a model directory to be written and the input would overlap."""
+    target, source = Path(model_dir).resolve(), Path(input).resolve()
+    if source.is_dir() and target.is_relative_to(source):
+        raise InputError(
+            f"--model-dir {model_dir} lies inside the input folder {input}; its files would be read back "
+            "as input by the next run. Choose a --model-dir outside the input."
+        )
+    if source.is_relative_to(target):
+        raise InputError(
+            f"--input {input} lies inside the model directory {model_dir}, which this command rewrites "
+            "(and --overwrite clears). Keep the input outside the model directory."
+        )
+
+
+def _enclosing_model_dir(target: Path, model_dir: Path | None) -> Path | None:
+    """The model directory holding ``target`` (the given one, or any folder above with our manifest)."""
+    if model_dir is not None and target.is_relative_to(Path(model_dir).resolve()):
+        return Path(model_dir)
+    for folder in (target, *target.parents):
+        if is_model_dir(folder):
+            return folder
+    return None
 
 
 @contextmanager
@@ -127,6 +194,7 @@ def locked(*, model_shared: bool, output: bool = False):
         @functools.wraps(fn)
         def run(*, config: Config, **kwargs: Any) -> dict[str, Any]:
             model_dir = kwargs["model_dir"]
+            guard_paths(kwargs, writes_model=not model_shared)  # before a lock file is made anywhere
             with command_locks(
                 model_dir=None if model_shared and not Path(model_dir).is_dir() else model_dir,
                 model_shared=model_shared,
@@ -139,6 +207,19 @@ def locked(*, model_shared: bool, output: bool = False):
         return run
 
     return wrap
+
+
+OUTPUT_OPTIONS = {"output": "--output", "events": "--events", "incidents": "--incidents", "report": "--report"}
+
+
+def guard_paths(kwargs: dict[str, Any], *, writes_model: bool) -> None:
+    """Check a command's outputs (any keyword of OUTPUT_OPTIONS) and model directory against its input."""
+    inputs = [kwargs.get("input")]
+    for name, option in OUTPUT_OPTIONS.items():
+        if kwargs.get(name) is not None:
+            check_output_location(kwargs[name], option, inputs=inputs, model_dir=kwargs.get("model_dir"))
+    if writes_model and kwargs.get("input") is not None:
+        check_model_dir_apart(kwargs["model_dir"], kwargs["input"])
 
 
 def command_result(text: str, **fields: Any) -> dict[str, Any]:
@@ -169,3 +250,39 @@ def read_parquet_frame(path: Path, option: str, required: list[str]) -> pd.DataF
         return pads.dataset(str(path), format="parquet").to_table().to_pandas()
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"could not read {option} {path} as parquet ({exc}).") from None
+
+
+def read_scores_frame(path: Path, option: str = "--scores") -> pd.DataFrame:
+    """A scores file written by daily-score or backtest, its column types checked (InputError otherwise).
+
+    Timezone-aware ``ds`` (a scores file rewritten by another tool) is converted to naive UTC.
+    """
+    frame = read_parquet_frame(path, option, list(SCORE_COLUMNS))
+    schema = pads.dataset(str(path), format="parquet").schema
+    for name, expected in SCORE_COLUMNS.items():
+        found = schema.field(name).type
+        if pa.types.is_dictionary(found):
+            found = found.value_type
+        if not _score_type_ok(expected, found):
+            raise InputError(
+                f"{option} {path}: column {name!r} has type {found}; expected {expected or 'string or integer ids'}. "
+                "Expected a scores file written by daily-score or backtest, unchanged."
+            )
+    if isinstance(frame["ds"].dtype, pd.DatetimeTZDtype):
+        frame["ds"] = frame["ds"].dt.tz_convert("UTC").dt.tz_localize(None)
+    return frame
+
+
+def _score_type_ok(expected: pa.DataType | None, found: pa.DataType) -> bool:
+    if pa.types.is_null(found):  # a column without a single value (an empty file written by pandas)
+        return True
+    text = pa.types.is_string(found) or pa.types.is_large_string(found) or pa.types.is_string_view(found)
+    if expected is None:
+        return text or pa.types.is_integer(found)
+    if pa.types.is_timestamp(expected):
+        return pa.types.is_timestamp(found)
+    if pa.types.is_floating(expected):
+        return pa.types.is_floating(found) or pa.types.is_integer(found)
+    if pa.types.is_string(expected):
+        return text
+    return found == expected

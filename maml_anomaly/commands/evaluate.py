@@ -8,11 +8,10 @@ from typing import Any
 
 import pandas as pd
 
-from maml_anomaly.commands.common import command_result, parquet_columns, read_parquet_frame
+from maml_anomaly.commands.common import command_result, parquet_columns, read_parquet_frame, read_scores_frame
 from maml_anomaly.config import Config
 from maml_anomaly.core.baselines import default_periods, seasonal_naive_reference
 from maml_anomaly.core.evaluation import evaluate_scores, format_summary
-from maml_anomaly.data.schemas import SCORE_COLUMNS
 from maml_anomaly.errors import InputError
 from maml_anomaly.store import open_trained
 
@@ -30,7 +29,7 @@ def evaluate(
     """
     if not 0.0 <= far < 1.0:
         raise InputError(f"the target false-alarm rate must be in [0, 1); found {far}.")
-    score_frame = read_parquet_frame(scores, "--scores", list(SCORE_COLUMNS))
+    score_frame = read_scores_frame(scores)
     label_cols = parquet_columns(labels, "--labels")
     if {"unique_id", "start", "end"} <= set(label_cols):
         label_kind, need = "windows", ["unique_id", "start", "end"]
@@ -41,7 +40,7 @@ def evaluate(
             f"--labels {labels} has columns {label_cols}; expected labelled points (unique_id, ds) "
             "or labelled windows (unique_id, start, end, both ends inclusive)."
         )
-    label_frame = read_parquet_frame(labels, "--labels", need)
+    label_frame = _labels_in_utc(read_parquet_frame(labels, "--labels", need), need, labels)
     if label_kind == "points" and len(label_frame) > 0.5 * len(score_frame):
         log.warning(
             "--labels %s labels %d points for %d scored rows: is it a labels file?",
@@ -54,6 +53,56 @@ def evaluate(
     summary = evaluate_scores(score_frame, label_frame, far=far, naive=_naive_from_scores(score_frame, periods))
     summary["labels"] = label_kind
     return command_result(format_summary(summary, name=str(scores)), **summary)
+
+
+def _labels_in_utc(frame: pd.DataFrame, need: list[str], path: Path) -> pd.DataFrame:
+    """Labels with ids present and their times as naive UTC, as in the scores (InputError otherwise)."""
+    n_null = int(frame["unique_id"].isna().sum())
+    if n_null:
+        raise InputError(
+            f"--labels {path} has {n_null:,} label rows without a unique_id. Expected every label to name its "
+            "series; drop or fill those rows."
+        )
+    frame = frame.assign(**{col: _utc_times(frame[col], col, path) for col in need if col != "unique_id"})
+    if "end" in frame.columns:
+        reversed_ = frame["end"] < frame["start"]
+        if reversed_.any():
+            first = frame[reversed_].iloc[0]
+            raise InputError(
+                f"--labels {path} has {int(reversed_.sum()):,} windows that end before they start, e.g. "
+                f"{first['unique_id']!r} from {first['start']} to {first['end']}. Expected start <= end "
+                "(both inclusive); swap or fix them."
+            )
+    return frame
+
+
+def _utc_times(values: pd.Series, col: str, path: Path) -> pd.Series:
+    """Timestamps (aware: converted to UTC) or ISO 8601 strings as naive UTC datetime64[ns]."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        parsed = values.astype("datetime64[ns]")
+    elif values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
+        parsed = pd.to_datetime(values, format="ISO8601", utc=True, errors="coerce").dt.tz_localize(None)
+        bad = parsed.isna() & values.notna()
+        if bad.any():
+            examples = ", ".join(repr(v) for v in pd.unique(values[bad])[:5])
+            raise InputError(
+                f"--labels {path}: column {col!r} has {int(bad.sum()):,} values that are not timestamps, e.g. "
+                f"{examples}. Expected timestamps or ISO 8601 strings such as 2024-01-31T13:00:00."
+            )
+        parsed = parsed.astype("datetime64[ns]")
+    else:
+        raise InputError(
+            f"--labels {path}: column {col!r} has type {values.dtype}. Expected timestamps (naive UTC or "
+            "timezone-aware) or ISO 8601 strings."
+        )
+    if parsed.isna().any():
+        raise InputError(
+            f"--labels {path}: column {col!r} has {int(parsed.isna().sum()):,} null timestamps. Expected "
+            "every label to have its time; drop those rows."
+        )
+    return parsed
 
 
 def _naive_from_scores(frame: pd.DataFrame, periods: pd.Series | None) -> pd.DataFrame | None:

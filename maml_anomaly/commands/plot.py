@@ -10,10 +10,9 @@ import pandas as pd
 
 from maml_anomaly import plotting
 from maml_anomaly.batch import plain_ids
-from maml_anomaly.commands.common import command_result, load_input, read_parquet_frame
+from maml_anomaly.commands.common import check_output, command_result, load_input, read_scores_frame
 from maml_anomaly.config import Config
 from maml_anomaly.core.alerts import build_events
-from maml_anomaly.data.schemas import SCORE_COLUMNS
 from maml_anomaly.data.write import write_bytes_atomic
 from maml_anomaly.errors import InputError
 
@@ -39,7 +38,8 @@ def plot(
         raise InputError(
             f"--output {output} exists and is a {'folder' if single else 'file'}; expected a {'PNG file' if single else 'folder'}."
         )
-    score_frame = read_parquet_frame(scores, "--scores", list(SCORE_COLUMNS))
+    check_output(output, "--output", inputs=[input, scores], folder=True)
+    score_frame = read_scores_frame(scores)
     data = load_input(config, input)
     ids = _plot_ids(score_frame, series, top)
     frame = data.frame.assign(unique_id=plain_ids(data.frame["unique_id"]))

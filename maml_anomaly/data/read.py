@@ -3,7 +3,8 @@
 Input contract (docs/usage.md, "Input data"):
 
 - a parquet file or a directory of parquet files (a pyarrow dataset; hive partition folders
-  allowed); only the three needed columns are read;
+  allowed; files found by content, see :mod:`maml_anomaly.data.files`); only the three needed
+  columns are read; files in different timezones are each converted to UTC;
 - ids: string or integer (integer ids stay int64; string ids come back as a pandas Categorical
   whose categories are sorted, which keeps 10M rows cheap);
 - ds: timestamp, date, or ISO 8601 strings; timezone-aware values are converted to UTC and made
@@ -27,6 +28,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from maml_anomaly.config import ON_DUPLICATE, ColumnConfig
+from maml_anomaly.data.files import input_files, name_examples
 from maml_anomaly.data.panel import Panel, build_panel, resolve_duplicates, sort_order
 from maml_anomaly.data.schemas import READ_ATTR, ReadReport
 from maml_anomaly.errors import InputError
@@ -34,6 +36,7 @@ from maml_anomaly.errors import InputError
 log = logging.getLogger(__name__)
 
 _BLOCK = 1 << 20  # rows converted at a time
+_EXACT_FLOAT_INT = 2**53  # every integer up to here is exact in float64
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -115,7 +118,7 @@ def open_dataset(path: Path, columns: ColumnConfig) -> tuple[pads.Dataset, list[
             f"input path {path} does not exist. Expected a parquet file or a directory of "
             "parquet files; check the --input path."
         )
-    files = _parquet_files(path)
+    files = input_files(path)
     wanted = [columns.id_col, columns.time_col, columns.value_col]
     base = str(path) if path.is_dir() else None
     unified = _unified_schema(files, wanted, columns.time_col) if len(files) > 1 else None
@@ -123,6 +126,7 @@ def open_dataset(path: Path, columns: ColumnConfig) -> tuple[pads.Dataset, list[
         dataset = pads.dataset(files, format="parquet", partitioning="hive", partition_base_dir=base, schema=unified)
         schema = dataset.schema
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        _check_unique_columns(files)
         raise _unreadable(path, exc) from None
     missing = [c for c in wanted if c not in schema.names]
     if missing:
@@ -133,6 +137,7 @@ def open_dataset(path: Path, columns: ColumnConfig) -> tuple[pads.Dataset, list[
             f"{', '.join(flags[c] for c in missing)} (or in the [columns] section of --config)."
         )
     id_type = schema.field(columns.id_col).type
+    _check_id_type(id_type, columns.id_col)
     if (
         (pa.types.is_string(id_type) or pa.types.is_large_string(id_type))
         and columns.id_col in _file_columns(dataset)
@@ -146,6 +151,21 @@ def open_dataset(path: Path, columns: ColumnConfig) -> tuple[pads.Dataset, list[
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
             raise _unreadable(path, exc) from None
     return dataset, files
+
+
+def _check_unique_columns(files: list[str]) -> None:
+    """InputError naming a file whose schema repeats a column name (arrow refuses such a file)."""
+    for file in files:
+        try:
+            names = pq.read_schema(file).names
+        except (pa.ArrowInvalid, OSError):
+            continue
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise InputError(
+                f"input file {file} has the column(s) {', '.join(repr(n) for n in repeated)} more than once "
+                f"(columns: {names}). Expected unique column names; rewrite the file without the repeated columns."
+            )
 
 
 def check_nulls(dataset: pads.Dataset, columns: ColumnConfig, path: Path) -> None:
@@ -204,6 +224,7 @@ def _unified_schema(files: list[str], wanted: list[str], time_col: str) -> pa.Sc
     would silently be taken as UTC.
     """
     types: dict[str, dict[pa.DataType, str]] = {c: {} for c in wanted}  # column -> type -> first file
+    lacking: dict[str, list[str]] = {c: [] for c in wanted}  # column -> files without it
     for file in files:
         try:
             file_schema = pq.read_schema(file)
@@ -212,6 +233,9 @@ def _unified_schema(files: list[str], wanted: list[str], time_col: str) -> pa.Sc
         for c in wanted:
             if c in file_schema.names:
                 types[c].setdefault(file_schema.field(c).type, file)
+            else:
+                lacking[c].append(file)
+    _check_no_file_lacks(types, lacking)
     if any(not t for t in types.values()) or all(len(t) == 1 for t in types.values()):
         return None  # a column only in partition folders, or nothing to unify
     fields = []
@@ -227,7 +251,7 @@ def _unified_schema(files: list[str], wanted: list[str], time_col: str) -> pa.Sc
                 "timezone-aware timestamps, or every file with naive UTC timestamps."
             )
         if aware and len(aware) == len(kinds):
-            fields.append(pa.field(c, pa.timestamp("ns", tz="UTC")))  # instants in any zone
+            fields.append(pa.field(c, _aware_type({t.tz for t in aware})))
             continue
         try:
             unified = pa.unify_schemas([pa.schema([pa.field(c, t)]) for t in kinds], promote_options="permissive")
@@ -241,6 +265,27 @@ def _unified_schema(files: list[str], wanted: list[str], time_col: str) -> pa.Sc
     return pa.schema(fields)
 
 
+def _check_no_file_lacks(types: dict[str, dict[pa.DataType, str]], lacking: dict[str, list[str]]) -> None:
+    """InputError when a column is in some files and not in others (its rows would silently be null)."""
+    for c, files in lacking.items():
+        if files and types[c]:  # absent from every file: a hive partition key, or named by the missing-column check
+            raise InputError(
+                f"column {c!r} is missing from {len(files)} file(s) of the input, e.g. {name_examples(files, 3)}, "
+                f"while {next(iter(types[c].values()))} has it. Expected every file to hold the same columns; "
+                "rewrite or remove the odd files."
+            )
+
+
+def _aware_type(zones: set[str]) -> pa.DataType:
+    """The read type of timestamps that every file stores timezone-aware, in ``zones``.
+
+    One zone: timestamps in it. Several: ISO 8601 strings with their UTC offsets, parsed value by
+    value into UTC (slower, exact), because arrow cannot compare one time filter with row-group
+    statistics stored in several zones.
+    """
+    return pa.timestamp("ns", tz=next(iter(zones))) if len(zones) == 1 else pa.string()
+
+
 def _file_columns(dataset: pads.Dataset) -> set[str]:
     """Columns stored in the files (not hive partition keys).
 
@@ -251,24 +296,6 @@ def _file_columns(dataset: pads.Dataset) -> set[str]:
     for fragment in dataset.get_fragments():
         return set(fragment.physical_schema.names)
     return set()
-
-
-def _parquet_files(path: Path) -> list[str]:
-    if path.is_file():
-        return [str(path)]
-    files = sorted(
-        str(p)
-        for p in path.rglob("*")
-        if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-    )
-    parquet = [f for f in files if f.endswith((".parquet", ".parq", ".pq"))]
-    chosen = parquet or files
-    if not chosen:
-        raise InputError(
-            f"input directory {path} holds no parquet files. Expected a parquet file or a "
-            "directory of parquet files (hive partition folders allowed)."
-        )
-    return chosen
 
 
 def _unreadable(path: Path, exc: Exception) -> InputError:
@@ -288,6 +315,7 @@ def encode_ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarra
     into one preallocated array, with a single lookup table from dictionary index to sorted
     position, so no row-sized temporary is made.
     """
+    _check_id_type(column.type, name)
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     if isinstance(column, pa.ChunkedArray) and pa.types.is_dictionary(column.type):
         column = column.unify_dictionaries()
@@ -307,7 +335,7 @@ def encode_ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarra
         parts = [encoded.indices.to_numpy(zero_copy_only=False)]
     typ = values.type
     if pa.types.is_integer(typ):
-        values, kind = values.cast(pa.int64()), "int"
+        values, kind = _int64_ids(values, name), "int"
     elif pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ):
         kind = "str"
     else:
@@ -339,6 +367,31 @@ def encode_ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarra
     ids = unique.take(pa.array(sort)).to_numpy(zero_copy_only=False)
     ids = ids.astype(np.int64) if kind == "int" else ids.astype(object)
     return ids, codes
+
+
+def _check_id_type(typ: pa.DataType, name: str) -> None:
+    """InputError unless ids are strings or integers (before any encoding: nested types have no kernels)."""
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    if not (pa.types.is_integer(typ) or _is_text(typ)):
+        raise InputError(
+            f"column {name!r} has type {typ}. Expected series ids as strings or integers; "
+            "cast the column, or name another column with --id-col."
+        )
+
+
+def _is_text(typ: pa.DataType) -> bool:
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
+
+
+def _int64_ids(values: pa.Array, name: str) -> pa.Array:
+    try:
+        return values.cast(pa.int64())
+    except pa.ArrowInvalid:
+        raise InputError(
+            f"column {name!r} holds unsigned integer ids beyond the int64 range (up to "
+            f"{pc.max(values).as_py()}). Expected integer ids within int64; store the ids as strings."
+        ) from None
 
 
 def timestamps_ns(column: pa.ChunkedArray, name: str) -> np.ndarray:
@@ -421,6 +474,8 @@ def value_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
     typ = column.type
     if isinstance(column, pa.ChunkedArray) and (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
         y = _chunks_to_numpy(column, np.float64, _float_chunk)
+        if pa.types.is_integer(typ):
+            _warn_inexact_integers(y, name, typ)
         return y, _inf_to_nan(y, name)
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_dictionary(arr.type):
@@ -444,12 +499,32 @@ def value_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
             "column with --value-col."
         )
     y = np.array(_float_chunk(arr), dtype=np.float64, copy=True)
+    if pa.types.is_integer(typ):
+        _warn_inexact_integers(y, name, typ)
     return y, _inf_to_nan(y, name)
 
 
 def _float_chunk(arr: pa.Array) -> np.ndarray:
-    """(n,) float64 of a numeric arrow array, null -> NaN (read-only when zero-copy)."""
-    return pc.fill_null(arr.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+    """(n,) float64 of a numeric arrow array, null -> NaN (read-only when zero-copy).
+
+    Integers beyond 2**53 (int64, uint64) are rounded to the nearest float64 (unchecked cast).
+    """
+    return pc.fill_null(arr.cast(pa.float64(), safe=False), np.nan).to_numpy(zero_copy_only=False)
+
+
+def _warn_inexact_integers(y: np.ndarray, name: str, typ: pa.DataType) -> None:
+    """Warn when integer values beyond 2**53 were rounded on their way to float64."""
+    n_big = 0
+    for lo in range(0, y.shape[0], _BLOCK):
+        n_big += int(np.count_nonzero(np.abs(y[lo : lo + _BLOCK]) > _EXACT_FLOAT_INT))
+    if n_big:
+        log.warning(
+            "column %r (%s): %d integer values beyond 2^53 read as float64, rounded to 53 significant bits "
+            "(a relative error below 1.2e-16)",
+            name,
+            typ,
+            n_big,
+        )
 
 
 def _inf_to_nan(y: np.ndarray, name: str) -> int:

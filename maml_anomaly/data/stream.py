@@ -204,8 +204,8 @@ def _ordered_row_groups(dataset: pads.Dataset, id_col: str, flt) -> list | None:
                     return None
                 groups.append(rg)
                 ranges.append((st["min"], st["max"]))
-    except (pa.ArrowInvalid, OSError, TypeError):
-        return None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, TypeError):
+        return None  # e.g. files in different timezones: the scan (one unified type) still reads them
     order = sorted(range(len(groups)), key=lambda i: ranges[i])
     for a, b in zip(order[:-1], order[1:]):
         if ranges[b][0] < ranges[a][1]:  # the next group starts before this one ends

@@ -25,7 +25,14 @@ import pyarrow as pa
 from maml_anomaly.config import Config
 from maml_anomaly.core.clustering import PeriodClusterer, profile_bins
 from maml_anomaly.core.periodicity import calendar_periods, cycle_profiles, detect_periods
-from maml_anomaly.core.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_OFF_GRID, STATUS_UNKNOWN, score_rows
+from maml_anomaly.core.scoring import (
+    STATUS_ABSENT,
+    STATUS_INSUFFICIENT,
+    STATUS_NO_MODEL,
+    STATUS_OFF_GRID,
+    STATUS_UNKNOWN,
+    score_rows,
+)
 from maml_anomaly.core.tasks import gather_windows
 from maml_anomaly.data.panel import Panel, build_panel
 from maml_anomaly.data.schemas import ReadReport, scores_schema
@@ -34,7 +41,8 @@ from maml_anomaly.errors import InputError
 log = logging.getLogger(__name__)
 
 DAY = np.timedelta64(1, "D")
-FAILED_STATUSES = (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL)  # the series could not be scored
+# a series with a row of one of these on a scored day counts as failed (--max-failed-fraction)
+FAILED_STATUSES = (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL, STATUS_ABSENT, STATUS_OFF_GRID)
 
 
 # -- fit-clusters: periods and cycle shapes -------------------------------------------------------

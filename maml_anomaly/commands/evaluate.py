@@ -12,6 +12,7 @@ from maml_anomaly.commands.common import command_result, parquet_columns, read_p
 from maml_anomaly.config import Config
 from maml_anomaly.core.baselines import default_periods, seasonal_naive_reference
 from maml_anomaly.core.evaluation import evaluate_scores, format_summary
+from maml_anomaly.data.days import check_zone, to_utc
 from maml_anomaly.data.schemas import SCORE_COLUMNS
 from maml_anomaly.errors import InputError
 from maml_anomaly.store import open_trained
@@ -20,14 +21,22 @@ log = logging.getLogger("maml_anomaly.commands")
 
 
 def evaluate(
-    *, config: Config, scores: Path, labels: Path, far: float = 0.01, model_dir: Path | None = None
+    *,
+    config: Config,
+    scores: Path,
+    labels: Path,
+    far: float = 0.01,
+    model_dir: Path | None = None,
+    timezone: str | None = None,
 ) -> dict[str, Any]:
     """Precision, recall, F1, false-alarm rate and forecast error of scores against labels.
 
     The forecast error compares y_hat with seasonal naive on the scored points whose lag is in the
     scores too (period: the model directory's clusters when given, else a day at the series' step,
-    a week for daily series).
+    a week for daily series). Label timestamps without a timezone are local times of ``timezone``
+    (default UTC); timezone-aware ones are converted to UTC like the scores' ``ds``.
     """
+    zone = check_zone(timezone)
     if not 0.0 <= far < 1.0:
         raise InputError(f"the target false-alarm rate must be in [0, 1); found {far}.")
     score_frame = read_parquet_frame(scores, "--scores", list(SCORE_COLUMNS))
@@ -42,6 +51,8 @@ def evaluate(
             "or labelled windows (unique_id, start, end, both ends inclusive)."
         )
     label_frame = read_parquet_frame(labels, "--labels", need)
+    for col in need[1:]:
+        label_frame[col] = to_utc(label_frame[col], zone)
     if label_kind == "points" and len(label_frame) > 0.5 * len(score_frame):
         log.warning(
             "--labels %s labels %d points for %d scored rows: is it a labels file?",

@@ -126,6 +126,19 @@ def test_status_backtest_gives_one_absent_row_per_series_and_day_without_rows(tm
     assert len(scores) == 3 * 8 * 24 - 24 + 1
 
 
+def test_absent_rows_of_a_batch_of_series_fit_clusters_never_saw(tmp_path):
+    w = Work(tmp_path)
+    h = history(n_series=4, seed=3)
+    h["unique_id"] = "u" + h["unique_id"]
+    h = h[(h["unique_id"] != "us2") | (h["ds"] < LAST)]
+    result = _ok(w.score(w.parquet(h), w.model(), "--date", "2024-01-10", "--max-failed-fraction", "1", "--json"))
+    scores = pd.read_parquet(w.out)
+    absent = scores[scores["status"] == "absent"]
+    assert sorted(absent["unique_id"]) == [f"s{i}" for i in range(8)] + ["us2"]  # the model's 8 and the new one
+    assert absent.loc[absent["unique_id"] == "us2", "cluster"].isna().all()
+    assert _json(result)["failed_series"] == 9 and _json(result)["series"] == 12
+
+
 @case("all-rows-off-grid")
 def test_status_a_day_of_off_grid_rows_fails_even_the_strictest_budget(tmp_path):
     w = Work(tmp_path)

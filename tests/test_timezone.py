@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from reliability_data import ErrorCase, Work, assert_clean_failure, case, invoke, sha256, snapshot
 
 ZONE = "Europe/Berlin"
@@ -129,6 +130,25 @@ def test_evaluate_reads_naive_labels_as_local_times(tmp_path):
     assert local.exit_code == 0 and utc.exit_code == 0, (local.output, utc.output)
     assert json.loads(local.stdout)["default"]["event_recall"] == 1.0  # 12:00 CEST is 10:00 UTC: the spike
     assert json.loads(utc.stdout)["default"]["event_recall"] == 0.0
+
+
+def test_plot_draws_local_times(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from maml_anomaly import plotting
+
+    w = Work(tmp_path)
+    frame = _hourly("2024-03-18", "2024-04-03")
+    _score_day(w, frame, "2024-03-31")
+    drawn = []
+    real = plotting.series_plot_data
+    monkeypatch.setattr(plotting, "series_plot_data", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    png = w.root / "s1.png"
+    args = ["plot", "-i", w.root / "input.parquet", "--scores", w.out, "--series", "s1", "-o", png]
+    result = invoke([*args, "--timezone", ZONE])
+    assert result.exit_code == 0, result.output
+    assert png.stat().st_size > 0
+    assert pd.Timestamp(drawn[-1].ds[0]) == pd.Timestamp("2024-03-31 00:00")  # local midnight, not 23:00 UTC
+    assert pd.Timestamp(drawn[-1].ds[-1]) == pd.Timestamp("2024-03-31 23:00")
 
 
 ERROR_CASES = [

@@ -101,9 +101,11 @@ def absent_frame(ids: np.ndarray, ds: np.ndarray, cluster: np.ndarray) -> pd.Dat
 
 def _clusters_of(clusters: Any, ids: np.ndarray) -> np.ndarray:
     """(M,) object cluster name of each id in clusters.parquet (None where fit-clusters never saw it)."""
-    pos = np.asarray(clusters.index.get_indexer(ids), np.int64)
     names = np.asarray(list(clusters.names) + [None], dtype=object)
-    return names[np.where(pos >= 0, clusters.code[np.maximum(pos, 0)] if pos.size else pos, len(clusters.names))]
+    if len(clusters.code) == 0:  # a batch of series fit-clusters never saw
+        return names[np.full(ids.shape[0], len(clusters.names))]
+    pos = np.asarray(clusters.index.get_indexer(ids), np.int64)
+    return names[np.where(pos >= 0, clusters.code[np.maximum(pos, 0)], len(clusters.names))]
 
 
 def with_absent_rows(scored: ScoredBatch, frame: pd.DataFrame, scorer: Any, bounds: np.ndarray) -> ScoredBatch:

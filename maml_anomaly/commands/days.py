@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from maml_anomaly.batch import FAILED_STATUSES, ScoredBatch, plain_ids, scores_table
+from maml_anomaly.batch import FAILED_STATUSES, ScoredBatch, scores_table
 from maml_anomaly.config import Config
 from maml_anomaly.core.scoring import STATUS_ABSENT
 from maml_anomaly.data.days import (
@@ -108,10 +108,19 @@ def _clusters_of(clusters: Any, ids: np.ndarray) -> np.ndarray:
     return names[np.where(pos >= 0, clusters.code[np.maximum(pos, 0)], len(clusters.names))]
 
 
+def _series_ids(col: pd.Series) -> np.ndarray:
+    """(S,) the sorted distinct ids of a frame's id column (a categorical's codes, not its rows)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = col.cat.categories.to_numpy()
+        ids = cats[np.unique(col.cat.codes.to_numpy())]
+    else:
+        ids = pd.unique(col.to_numpy())
+    return np.sort(ids.astype(np.int64) if np.asarray(ids).dtype.kind in "iu" else ids.astype(object))
+
+
 def with_absent_rows(scored: ScoredBatch, frame: pd.DataFrame, scorer: Any, bounds: np.ndarray) -> ScoredBatch:
     """``scored`` plus one ``absent`` row per series of ``frame`` and scored day without a row."""
-    ids = pd.unique(plain_ids(frame["unique_id"]))
-    ids = np.sort(ids.astype(np.int64) if np.asarray(ids).dtype.kind in "iu" else ids.astype(object))  # (S,)
+    ids = _series_ids(frame["unique_id"])  # (S,) sorted
     rows = scored.rows
     row_pos = pd.Index(ids).get_indexer(rows.column("unique_id").to_numpy(zero_copy_only=False))  # (N,)
     ds = rows.column("ds").to_numpy().astype("datetime64[ns]")

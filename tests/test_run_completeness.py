@@ -146,7 +146,7 @@ def test_status_a_day_of_off_grid_rows_fails_even_the_strictest_budget(tmp_path)
     late = h["ds"] >= LAST
     h.loc[late, "ds"] += pd.Timedelta(minutes=7)  # every row of the day off its hourly grid
     result = invoke(w.score(w.parquet(h), w.model(), "--max-failed-fraction", "0"))
-    assert_clean_failure(result, "8 of 8 series", "off_grid", "still written")
+    assert_clean_failure(result, "8 of 8 series", "off_grid", "still written", "--snap-tolerance")
     assert (pd.read_parquet(w.out)["status"] == "off_grid").all()
 
 

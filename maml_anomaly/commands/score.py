@@ -37,7 +37,7 @@ from maml_anomaly.commands.days import (
 )
 from maml_anomaly.config import Config
 from maml_anomaly.core.alerts import apply_alerts, events_schema, summary_text, top_events
-from maml_anomaly.core.scoring import STATUS_ABSENT, STATUS_OK
+from maml_anomaly.core.scoring import STATUS_ABSENT, STATUS_OFF_GRID, STATUS_OK
 from maml_anomaly.core.tasks import recent_len
 from maml_anomaly.data.days import UTC, check_zone, day_bounds, local_date
 from maml_anomaly.data.stream import iter_series_frames, time_bounds
@@ -341,10 +341,13 @@ def _fail_over_budget(failed: int, series: int, counts: dict[str, int], limit: f
         f"{failed:,} of {series:,} series ({failed / series:.1%}) could not be scored "
         f"({shown}), more than --max-failed-fraction {limit:g}. The scores were still written to "
         f"{output} (see its status column). Check that the input holds enough history before the "
-        "scored day(s), that every expected series delivered its rows (absent) on their grid (off_grid), "
-        "and that fit-clusters and meta-train ran on these series, or raise "
-        "--max-failed-fraction."
+        "scored day(s), that every expected series delivered its rows (absent) on their grid (off_grid"
+        f"{_OFF_GRID_HINT if counts.get(STATUS_OFF_GRID) else ''}), and that fit-clusters and meta-train "
+        "ran on these series, or raise --max-failed-fraction."
     )
+
+
+_OFF_GRID_HINT = "; a jittered clock is snapped onto its grid by --snap-tolerance 0.5 at every step"
 
 
 def history_span(models: list[Any], max_step_ns: int) -> np.timedelta64 | None:

@@ -54,7 +54,7 @@ def test_status_default_day_skips_a_day_with_2_of_24_hours(tmp_path):
     assert scores["ds"].dt.normalize().unique().tolist() == [LAST - pd.Timedelta(days=1)]
     assert len(scores) == 8 * 24 and (scores["status"] == "ok").all()
     assert "scored 2024-01-09, the last day complete for most series" in result.stdout
-    assert "2024-01-10 is complete for 0 of 8 series" in result.stdout
+    assert "2024-01-10 is complete for 0 of 8 series (8% of its points have arrived)" in result.stdout
 
 
 @case("date-on-partial-day")
@@ -218,7 +218,19 @@ def _monthly(w: Work, freq: str = "MS") -> Path:
     return w.parquet(pd.DataFrame({"unique_id": np.repeat(["m0", "m1"], ds.size), "ds": np.tile(ds, 2), "y": 1.0}))
 
 
+def _two_partial_days(w: Work) -> Path:
+    """history() whose day before last lacks its last 5 hours and whose last day has 2 hours."""
+    h = _partial()
+    gap = (h["ds"] >= LAST - pd.Timedelta(hours=5)) & (h["ds"] < LAST)
+    return w.parquet(h[~gap])
+
+
 ERROR_CASES = [
+    ErrorCase(
+        "no-complete-day",
+        lambda w: w.score(_two_partial_days(w), w.model()),
+        ("no day", "complete", "2024-01-09 is complete for 0 of the 8 series", "2024-01-10", "--date"),
+    ),
     ErrorCase(
         "monthly-steps-refused",
         lambda w: ["fit-clusters", "-i", _monthly(w), "-m", w.root / "model"],

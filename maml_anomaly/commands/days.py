@@ -23,6 +23,7 @@ from maml_anomaly.batch import FAILED_STATUSES, ScoredBatch, scores_table
 from maml_anomaly.config import Config
 from maml_anomaly.core.scoring import STATUS_ABSENT
 from maml_anomaly.data.days import (
+    COMPLETE_SHARE,
     DEFAULT_DAY_WINDOW,
     UTC,
     DayChoice,
@@ -32,6 +33,7 @@ from maml_anomaly.data.days import (
     count_days,
     day_bounds,
     default_day,
+    incomplete_days,
 )
 from maml_anomaly.data.stream import iter_series_frames
 from maml_anomaly.errors import InputError
@@ -60,7 +62,15 @@ def pick_default_day(config: Config, input: Path, data_last: np.datetime64, zone
     """The default day of daily-score among the input's last days, and its completeness fields."""
     bounds = day_bounds(data_last - np.timedelta64(DEFAULT_DAY_WINDOW - 1, "D"), data_last, zone)
     counts = count_days(_frames(config, input, bounds), bounds)
-    choice, d = default_day(counts, zone)
+    picked = default_day(counts, zone)
+    if picked is None:
+        raise InputError(
+            f"no day at the end of the input {input} is complete for {COMPLETE_SHARE:.0%} of its series: "
+            f"{incomplete_days(counts, zone)}. A day is complete for a series when its last grid point "
+            "of the day has arrived. Rerun once the data has arrived, or score a partial day on purpose "
+            "with --date YYYY-MM-DD."
+        )
+    choice, d = picked
     return choice, choice.fields(counts, d)
 
 

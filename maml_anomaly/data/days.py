@@ -6,8 +6,9 @@
   present: its last row of the day is later than the day's end minus 1.5 steps (the step is the
   median difference between the series' rows, which tolerates gaps and a jittered clock). A
   series whose step is a day or longer (or unknown: one row) is complete on a day it has a row.
-- The default day (:func:`default_day`) is the latest of the input's last DEFAULT_DAY_WINDOW days
-  that is complete for at least COMPLETE_SHARE of the series with rows that day.
+- The default day (:func:`default_day`) is the input's last day when it is complete for at least
+  COMPLETE_SHARE of the series with rows that day, else the day before when it is; else there is
+  none (a cron run then stops rather than score a partial or stale day).
 - :func:`absent_rows` makes the one ``absent`` row of each expected series without any row on a
   scored day (ds = the day's first instant, in UTC).
 """
@@ -26,7 +27,7 @@ from maml_anomaly.errors import InputError
 
 UTC = "UTC"
 COMPLETE_SHARE = 0.5  # a day is the default when complete for at least this share of its series
-DEFAULT_DAY_WINDOW = 3  # days at the input's end the default day is chosen from
+DEFAULT_DAY_WINDOW = 2  # the input's last day, or the day before: never an older (stale) day
 _DAY = np.timedelta64(1, "D")
 
 
@@ -153,19 +154,25 @@ class DayChoice:
         }
 
 
-def default_day(counts: DayCounts, zone: str) -> tuple[DayChoice, int]:
-    """The latest complete day of ``counts`` (the input's last days), else its last day; and its index."""
+def default_day(counts: DayCounts, zone: str) -> tuple[DayChoice, int] | None:
+    """The latest complete day of ``counts`` (the input's last days) and its index; None if none is."""
     dates = local_date(counts.bounds[:-1], zone)
     last = counts.bounds.shape[0] - 2
-    for d in range(last, -1, -1):  # a handful of days
+    for d in range(last, -1, -1):  # two days
         if counts.is_complete(d):
             reason = "" if d == last else _skipped(counts, dates, d, last)
             return DayChoice(dates[d], counts.share(d), True, reason), d
-    reason = (
-        f"none of the input's last {last + 1} days is complete for {COMPLETE_SHARE:.0%} of its series; "
-        f"scored its last day, {dates[last]}, with {counts.share(last):.0%} of its points"
+    return None
+
+
+def incomplete_days(counts: DayCounts, zone: str) -> str:
+    """How complete each day of ``counts`` is, for a message."""
+    dates = local_date(counts.bounds[:-1], zone)
+    return "; ".join(
+        f"{dates[d]} is complete for {counts.complete[d]:,} of the {counts.series[d]:,} series with rows "
+        f"({counts.share(d):.0%} of their points)"
+        for d in range(dates.shape[0])
     )
-    return DayChoice(dates[last], counts.share(last), False, reason), last
 
 
 def _skipped(counts: DayCounts, dates: np.ndarray, chosen: int, last: int) -> str:

@@ -23,6 +23,7 @@ ROUND_UNITS_NS = (3600 * SECOND_NS, 60 * SECOND_NS, SECOND_NS)
 ROUND_SLACK = 0.01
 #: Steps that are calendar periods, not fixed durations: (shortest, longest in days, name).
 CALENDAR_STEPS = ((28, 31, "month"), (89, 92, "quarter"), (365, 366, "year"))
+CALENDAR_OFF_SHARE = 0.25  # share of a series' rows off its mode grid that marks a calendar step
 
 
 def regrid_jittered(
@@ -102,7 +103,9 @@ def circular_phase(codes: np.ndarray, t: np.ndarray, step: np.ndarray, n_series:
 
 def refuse_calendar_steps(ids: np.ndarray, codes: np.ndarray, t: np.ndarray, step: np.ndarray, on: np.ndarray) -> None:
     """InputError when series are sampled by calendar month, quarter or year (no fixed step)."""
-    off = np.bincount(codes[~on], minlength=step.shape[0]) > 0  # (S,) rows off the mode grid
+    n_series = step.shape[0]
+    # a calendar step drifts off any fixed grid: most rows; a fixed 28-day step with a stray row does not
+    off = np.bincount(codes[~on], minlength=n_series) >= CALENDAR_OFF_SHARE * np.bincount(codes, minlength=n_series)
     for low, high, name in CALENDAR_STEPS:
         bad = np.flatnonzero(off & (step >= low * DAY_NS) & (step <= high * DAY_NS))
         if bad.size == 0:

@@ -25,7 +25,14 @@ import pyarrow as pa
 from maml_anomaly.config import Config
 from maml_anomaly.core.clustering import PeriodClusterer, profile_bins
 from maml_anomaly.core.periodicity import calendar_periods, cycle_profiles, detect_periods
-from maml_anomaly.core.scoring import STATUS_INSUFFICIENT, STATUS_NO_MODEL, STATUS_OFF_GRID, STATUS_UNKNOWN, score_rows
+from maml_anomaly.core.scoring import (
+    STATUS_ABSENT,
+    STATUS_INSUFFICIENT,
+    STATUS_NO_MODEL,
+    STATUS_OFF_GRID,
+    STATUS_UNKNOWN,
+    score_rows,
+)
 from maml_anomaly.core.tasks import gather_windows
 from maml_anomaly.data.panel import Panel, build_panel
 from maml_anomaly.data.schemas import ReadReport, scores_schema
@@ -34,7 +41,8 @@ from maml_anomaly.errors import InputError
 log = logging.getLogger(__name__)
 
 DAY = np.timedelta64(1, "D")
-FAILED_STATUSES = (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL)  # the series could not be scored
+# a series with a row of one of these on a scored day counts as failed (--max-failed-fraction)
+FAILED_STATUSES = (STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_NO_MODEL, STATUS_ABSENT, STATUS_OFF_GRID)
 
 
 # -- fit-clusters: periods and cycle shapes -------------------------------------------------------
@@ -219,6 +227,8 @@ def score_batch(scorer: Scorer, frame: pd.DataFrame, first: np.datetime64, last:
     check_id_kinds(scorer.id_examples, panel, scorer.model_dir)
     cluster_names, cluster_of, _ = scorer.clusters.lookup(panel)
     cluster_of = assign_unseen(config, scorer.clusterer, panel, cluster_of, cluster_names, first)
+    tolerance = config.input.snap_tolerance
+    grid_ds = panel.grid_times(series, ds[in_range], tolerance) if tolerance > 0 else None  # snapped rows' grid points
     out = _score_rows_frame(
         config,
         scorer.names,
@@ -230,6 +240,7 @@ def score_batch(scorer: Scorer, frame: pd.DataFrame, first: np.datetime64, last:
         cluster_names,
         cluster_of,
         scorer.device,
+        grid_ds=grid_ds,
     )
     status = out["status"]
     counts = {str(k): int(v) for k, v in status.value_counts().items()}
@@ -326,9 +337,11 @@ def _score_rows_frame(
     cluster_names: list[str],
     cluster_of: np.ndarray,
     device: str,
+    grid_ds: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Score columns (and p_value) of ``rows`` (their timestamps ``ds``, series ``row_series`` in the
-    panel), each series by its cluster's forecaster; shared by the local and the Ray engine."""
+    panel), each series by its cluster's forecaster; shared by the local and the Ray engine.
+    ``grid_ds``: the rows' grid timestamps where snapping moved them (default ``ds``)."""
     model_index = {name: i for i, name in enumerate(names)}
     series_model = np.array(
         [model_index.get(cluster_names[c], -1) if c >= 0 else -1 for c in range(len(cluster_names))] + [-1], np.int64
@@ -342,7 +355,7 @@ def _score_rows_frame(
         panel.step.view(np.int64),
         series_model,
         row_series,
-        ds.view(np.int64),
+        (ds if grid_ds is None else grid_ds).view(np.int64),
         y,
         threshold=config.score.threshold,
         batch_size=config.score.batch_size,

@@ -44,10 +44,7 @@ class ColumnConfig:
         if any(not n for n in names):
             raise ConfigError(f"column names must not be empty; found {names}.")
         if len(set(names)) != 3:
-            raise ConfigError(
-                f"--id-col, --time-col and --value-col must name three different columns; "
-                f"found {names}."
-            )
+            raise ConfigError(f"--id-col, --time-col and --value-col must name three different columns; found {names}.")
 
 
 @dataclass(frozen=True)
@@ -119,9 +116,13 @@ class ScoreConfig:
     """daily-score / backtest: flag threshold, batch size and the failure budget."""
 
     threshold: float = 3.0  # measured: 0.26% false alarms on clean sample points (docs/detector.md)
-    batch_size: int = 4096  # tasks per adaptation chunk: 4096 peaked at 0.7 GB vs 1.6 GB for 20000, no slower (docs/performance.md)
-    max_failed_fraction: float = 1.0
-    inner_steps_at_scoring: int = -1  # -1: the trained inner steps; 0 scores the meta-init unadapted (what adaptation is worth)
+    batch_size: int = (
+        4096  # tasks per adaptation chunk: 4096 peaked at 0.7 GB vs 1.6 GB for 20000, no slower (docs/performance.md)
+    )
+    max_failed_fraction: float = 0.05  # cron: fail when more than 5% of the expected series failed (docs/operations.md)
+    inner_steps_at_scoring: int = (
+        -1
+    )  # -1: the trained inner steps; 0 scores the meta-init unadapted (what adaptation is worth)
 
     def __post_init__(self) -> None:
         _check_positive("score.threshold", self.threshold)
@@ -221,8 +222,7 @@ class Config:
         for name, values in data.items():
             if name not in sections:
                 raise ConfigError(
-                    f"{source}: unknown section [{name}]; expected one of "
-                    f"{', '.join('[' + s + ']' for s in sections)}."
+                    f"{source}: unknown section [{name}]; expected one of {', '.join('[' + s + ']' for s in sections)}."
                 )
             if not isinstance(values, Mapping):
                 raise ConfigError(f"{source}: [{name}] must be a table of keys, found {type(values).__name__}.")
@@ -248,9 +248,7 @@ class Config:
         for section, values in changes.items():
             current = dataclasses.asdict(getattr(self, section))
             current.update(values)
-            updated[section] = _build_section(
-                type(getattr(self, section)), section, current, "command-line options"
-            )
+            updated[section] = _build_section(type(getattr(self, section)), section, current, "command-line options")
         return dataclasses.replace(self, **updated)
 
     # -- serialising ------------------------------------------------------------------------
@@ -258,7 +256,9 @@ class Config:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain JSON-ready dict (tuples become lists)."""
         return {
-            f.name: {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(getattr(self, f.name)).items()}
+            f.name: {
+                k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(getattr(self, f.name)).items()
+            }
             for f in fields(self)
         }
 
@@ -272,11 +272,7 @@ def _section_type(f: dataclasses.Field) -> type:
 
 def _field_owners() -> dict[str, str]:
     """field name -> section name (names are unique across sections)."""
-    return {
-        sub.name: f.name
-        for f in fields(Config)
-        for sub in fields(_section_type(f))
-    }
+    return {sub.name: f.name for f in fields(Config) for sub in fields(_section_type(f))}
 
 
 def _build_section(cls: type, section: str, values: Mapping[str, Any], source: str) -> Any:
@@ -284,9 +280,7 @@ def _build_section(cls: type, section: str, values: Mapping[str, Any], source: s
     known = {f.name for f in fields(cls)}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(
-                f"{source}: unknown key {section}.{key}; [{section}] accepts {', '.join(sorted(known))}."
-            )
+            raise ConfigError(f"{source}: unknown key {section}.{key}; [{section}] accepts {', '.join(sorted(known))}.")
         _check_type(f"{section}.{key}", value, hints[key], source)
     kwargs = dict(values)
     for key, hint in hints.items():
@@ -313,15 +307,11 @@ def _check_type(key: str, value: Any, hint: Any, source: str) -> None:
     elif hint is str:
         ok = isinstance(value, str)
     elif typing.get_origin(hint) is tuple:
-        ok = isinstance(value, (list, tuple)) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        )
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     else:  # pragma: no cover - a new field type must be added above
         raise TypeError(f"unsupported config type {hint!r} for {key}")
     if not ok:
-        raise ConfigError(
-            f"{source}: {key} must be {_type_name(hint)}; found {value!r} ({type(value).__name__})."
-        )
+        raise ConfigError(f"{source}: {key} must be {_type_name(hint)}; found {value!r} ({type(value).__name__}).")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

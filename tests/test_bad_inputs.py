@@ -253,7 +253,8 @@ def test_there_are_at_least_30_distinct_error_cases_across_the_four_commands(tmp
 
 def _score(w: Work, frame: pd.DataFrame | pa.Table, model: Path | None = None, *extra) -> pd.DataFrame:
     inp = w.parquet(frame)
-    result = invoke(w.score(inp, model or w.model(), *extra, "--json"))
+    # the cases put failing series on purpose: over the default budget (0.05) for 8 series
+    result = invoke(w.score(inp, model or w.model(), "--max-failed-fraction", "1", *extra, "--json"))
     assert result.exit_code == 0, result.output
     scores = pd.read_parquet(w.out)
     expected = pd.read_parquet(inp)
@@ -408,7 +409,7 @@ def test_status_new_series_without_history_is_unknown_or_short(tmp_path):
 def test_status_backtest_counts_every_row(tmp_path):
     w = Work(tmp_path)
     frame = _set(history(), "s5", np.nan)
-    result = invoke(w.backtest(w.parquet(frame), w.model(), "--start", "2024-01-08"))
+    result = invoke(w.backtest(w.parquet(frame), w.model(), "--start", "2024-01-08", "--max-failed-fraction", "1"))
     assert result.exit_code == 0, result.output
     scores = pd.read_parquet(w.out)
     assert len(scores) == int((frame["ds"] >= "2024-01-08").sum())

@@ -68,7 +68,9 @@ def trained(tmp_path_factory):
 
 
 def _score(root, out, *extra, input_name="input.parquet"):
-    result = _invoke("daily-score", "--input", root / input_name, "--model-dir", root / "model", "--output", out, *extra)
+    # the 'late' series and an off-grid row fail 2 of 25 series: over the default budget of 0.05
+    result = _invoke("daily-score", "--input", root / input_name, "--model-dir", root / "model", "--output", out,
+                     "--max-failed-fraction", "1", *extra)
     assert result.exit_code == 0, result.output
     return pd.read_parquet(out)
 
@@ -123,7 +125,7 @@ def test_backtest_matches_daily_score(trained):
     out = root / "bt.parquet"
     result = _invoke(
         "backtest", "--input", root / "input.parquet", "--model-dir", root / "model", "--output", out,
-        "--start", (LAST_DAY - pd.Timedelta(days=2)).strftime("%Y-%m-%d"),
+        "--start", (LAST_DAY - pd.Timedelta(days=2)).strftime("%Y-%m-%d"), "--max-failed-fraction", "1",
     )
     assert result.exit_code == 0, result.output
     bt = pd.read_parquet(out)
@@ -165,7 +167,7 @@ def test_zero_inner_steps_at_scoring_scores_the_meta_init(trained):
         c["inner_steps"] = 0
     md.save_json("detector.json", index)  # as if meta-train had stored 0 steps
     result = _invoke("daily-score", "--input", root / "input.parquet", "--model-dir", unadapted_model,
-                     "--output", root / "zero_model.parquet")
+                     "--output", root / "zero_model.parquet", "--max-failed-fraction", "1")
     assert result.exit_code == 0, result.output
     pd.testing.assert_frame_equal(zero, pd.read_parquet(root / "zero_model.parquet"))
     ok = (adapted["status"] == "ok") & (zero["status"] == "ok")

@@ -33,6 +33,7 @@ data set's hint, so their results do not depend on the detector and are cached p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -181,7 +182,9 @@ def run_maml(data: Dataset, workdir: Path, config: Config, reuse_model: bool = F
     else:
         log.info("maml: reusing the model in %s (same training rows and config)", model_dir)
     last.write_text(str(model_dir))
-    pipeline.backtest(config=config, input=all_path, model_dir=model_dir, output=scores_path,
+    # a benchmark scores every series whatever fails (statuses are in its report), unlike a cron run
+    scoring = dataclasses.replace(config, score=dataclasses.replace(config.score, max_failed_fraction=1.0))
+    pipeline.backtest(config=scoring, input=all_path, model_dir=model_dir, output=scores_path,
                       start=str(data.start.date()), end=str(data.end.date()))
     clusters = pd.read_parquet(model_dir / "current" / "clusters.parquet")
     return pd.read_parquet(scores_path), clusters.set_index("unique_id")["period"]

@@ -39,6 +39,7 @@ from maml_anomaly.cli.options import (
     options,
     overwrite_group,
     score_group,
+    timezone_group,
     torch_group,
 )
 from maml_anomaly.commands import demo as demo_command
@@ -316,7 +317,16 @@ def meta_train(
     )
 
 
-SCORE_GROUPS = (score_group, alerts_group, data_group, *RUN_GROUPS, torch_group, lock_group, engine_group)
+SCORE_GROUPS = (
+    score_group,
+    alerts_group,
+    data_group,
+    timezone_group,
+    *RUN_GROUPS,
+    torch_group,
+    lock_group,
+    engine_group,
+)
 
 
 @app.command("daily-score")
@@ -326,7 +336,10 @@ def daily_score(
     model_dir: ModelDirOpt,
     output: OutputOpt,
     date: Annotated[
-        Optional[str], typer.Option("--date", help="Day to score, YYYY-MM-DD (default: the last day in the input).")
+        Optional[str],
+        typer.Option(
+            "--date", help="Day to score, YYYY-MM-DD (default: the input's last day complete for most series)."
+        ),
     ] = None,
     *,
     flags: dict[str, Any],
@@ -378,7 +391,7 @@ def backtest(
 
 
 @app.command("evaluate")
-@options(*RUN_GROUPS)
+@options(timezone_group, *RUN_GROUPS)
 def evaluate(
     scores: ScoresOpt,
     labels: Annotated[
@@ -390,10 +403,11 @@ def evaluate(
         ),
     ],
     *,
+    kwargs: dict[str, Any],
     run: dict[str, Any],
 ) -> None:
     """Precision, recall, F1, false-alarm rate and forecast error of scores against labelled anomalies."""
-    _run(evaluate_command.evaluate, flags={}, run=run, scores=scores, labels=labels)
+    _run(evaluate_command.evaluate, flags={}, run=run, scores=scores, labels=labels, **kwargs)
 
 
 @app.command("demo")
@@ -412,7 +426,7 @@ def demo(
 
 
 @app.command("plot")
-@options(data_group, *RUN_GROUPS)
+@options(data_group, timezone_group, *RUN_GROUPS)
 def plot(
     input: InputOpt,
     scores: ScoresOpt,
@@ -436,6 +450,7 @@ def plot(
     ] = 5,
     *,
     flags: dict[str, Any],
+    kwargs: dict[str, Any],
     run: dict[str, Any],
 ) -> None:
     """A PNG of series with their forecast band and flagged points."""
@@ -448,6 +463,7 @@ def plot(
         output=output,
         series=series or None,
         top=top,
+        **kwargs,
     )
 
 

@@ -220,7 +220,8 @@ def score_group(
             "--max-failed-fraction",
             min=0.0,
             max=1.0,
-            help="Fail (exit 1) when more than this fraction of series cannot be scored (default: 1.0).",
+            help="Fail (exit 1, scores still written) when more than this fraction of the expected series "
+            "failed: not scored, absent or off their grid (default: 0.05).",
         ),
     ] = None,
     events: Annotated[
@@ -313,6 +314,21 @@ def alerts_group(
             "min_consecutive": min_consecutive,
         }
     }
+
+
+def timezone_group(
+    timezone: Annotated[
+        Optional[str],
+        typer.Option(
+            "--timezone",
+            help="IANA timezone, e.g. Europe/Berlin: days (--date, --start, --end, the default day) are its "
+            "calendar days (23 or 25 hours across a DST change) and outputs show its local times (default: UTC).",
+            rich_help_panel=DATA_PANEL,
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """The timezone whose calendar days a command works in."""
+    return {"kwargs": {"timezone": timezone}}
 
 
 RUN_GROUPS = (config_group, log_group)  # every command that reads a config file and logs

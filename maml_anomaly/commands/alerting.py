@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maml_anomaly.batch import scores_table
+from maml_anomaly.commands.days import with_local_time
 from maml_anomaly.config import Config
 from maml_anomaly.core.alerts import (
     AlertRules,
@@ -41,6 +42,7 @@ from maml_anomaly.core.alerts import (
     merge_alerts,
     q_curves,
 )
+from maml_anomaly.data.days import UTC
 from maml_anomaly.data.write import publish_parts, write_parquet_atomic
 from maml_anomaly.engines import Engine
 from maml_anomaly.errors import MamlAnomalyError
@@ -56,6 +58,7 @@ class AlertTask:
     curves: dict[str, QCurve]
     out_dir: str  # where alerted parts are written
     keeps: dict[str, int] | None = None  # part -> how many of its budget candidates survive
+    zone: str = UTC  # a zone other than UTC adds the ds_local column
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def alert_part(task: AlertTask, part: str) -> PartAlerts:
     keep = None if task.keeps is None else task.keeps[part]
     alerted = alert_batch(scores, task.rules, task.curves, keep=keep, step=step)
     path = Path(task.out_dir) / Path(part).name
-    table = scores_table(alerted.scores)
+    table = with_local_time(scores_table(alerted.scores), task.zone)
     try:
         with pq.ParquetWriter(path, table.schema, compression="none") as writer:
             writer.write_table(table)
@@ -105,17 +108,17 @@ def publish_run(
     staging: Path,
     output: Path,
     events: Path | None,
+    zone: str = UTC,
 ) -> Alerts:
     """Steps 1-4 above over a run's scored ``parts`` (in output order); the run's counts and events."""
     rules = config.alerts
     out_dir = staging / ALERTED
     out_dir.mkdir()
-    task = AlertTask(rules, q_curves(tested), str(out_dir))
+    task = AlertTask(rules, q_curves(tested), str(out_dir), zone=zone)
     if rules.max_alerts > 0:
         candidates = list(runner.map_parts(part_candidates, task, parts))
-        task = AlertTask(
-            task.rules, task.curves, task.out_dir, dict(zip(parts, budget_keeps(candidates, rules.max_alerts)))
-        )
+        keeps = dict(zip(parts, budget_keeps(candidates, rules.max_alerts)))
+        task = AlertTask(task.rules, task.curves, task.out_dir, keeps, zone)
     done = list(runner.map_parts(alert_part, task, parts))
     id_type = pq.read_schema(parts[0]).field("unique_id").type
     merged = merge_alerts([(d.counts, d.events) for d in done], config.score.threshold, _id_dtype(id_type))

@@ -12,6 +12,7 @@ from maml_anomaly.commands.common import command_result, parquet_columns, read_p
 from maml_anomaly.config import Config
 from maml_anomaly.core.baselines import default_periods, seasonal_naive_reference
 from maml_anomaly.core.evaluation import evaluate_scores, format_summary
+from maml_anomaly.data.days import check_zone, to_utc
 from maml_anomaly.errors import InputError
 from maml_anomaly.store import open_trained
 
@@ -19,14 +20,22 @@ log = logging.getLogger("maml_anomaly.commands")
 
 
 def evaluate(
-    *, config: Config, scores: Path, labels: Path, far: float = 0.01, model_dir: Path | None = None
+    *,
+    config: Config,
+    scores: Path,
+    labels: Path,
+    far: float = 0.01,
+    model_dir: Path | None = None,
+    timezone: str | None = None,
 ) -> dict[str, Any]:
     """Precision, recall, F1, false-alarm rate and forecast error of scores against labels.
 
     The forecast error compares y_hat with seasonal naive on the scored points whose lag is in the
     scores too (period: the model directory's clusters when given, else a day at the series' step,
-    a week for daily series).
+    a week for daily series). Label timestamps without a timezone are local times of ``timezone``
+    (default UTC); timezone-aware ones are converted to UTC like the scores' ``ds``.
     """
+    zone = check_zone(timezone)
     if not 0.0 <= far < 1.0:
         raise InputError(f"the target false-alarm rate must be in [0, 1); found {far}.")
     score_frame = read_scores_frame(scores)
@@ -40,7 +49,7 @@ def evaluate(
             f"--labels {labels} has columns {label_cols}; expected labelled points (unique_id, ds) "
             "or labelled windows (unique_id, start, end, both ends inclusive)."
         )
-    label_frame = _labels_in_utc(read_parquet_frame(labels, "--labels", need), need, labels)
+    label_frame = _labels_in_utc(read_parquet_frame(labels, "--labels", need), need, labels, zone)
     if label_kind == "points" and len(label_frame) > 0.5 * len(score_frame):
         log.warning(
             "--labels %s labels %d points for %d scored rows: is it a labels file?",
@@ -55,15 +64,16 @@ def evaluate(
     return command_result(format_summary(summary, name=str(scores)), **summary)
 
 
-def _labels_in_utc(frame: pd.DataFrame, need: list[str], path: Path) -> pd.DataFrame:
-    """Labels with ids present and their times as naive UTC, as in the scores (InputError otherwise)."""
+def _labels_in_utc(frame: pd.DataFrame, need: list[str], path: Path, zone: str) -> pd.DataFrame:
+    """Labels with ids present and their times as naive UTC, as in the scores (InputError otherwise);
+    naive timestamps are local times of ``zone``."""
     n_null = int(frame["unique_id"].isna().sum())
     if n_null:
         raise InputError(
             f"--labels {path} has {n_null:,} label rows without a unique_id. Expected every label to name its "
             "series; drop or fill those rows."
         )
-    frame = frame.assign(**{col: _utc_times(frame[col], col, path) for col in need if col != "unique_id"})
+    frame = frame.assign(**{col: _utc_times(_zone_to_utc(frame[col], zone), col, path) for col in need[1:]})
     if "end" in frame.columns:
         reversed_ = frame["end"] < frame["start"]
         if reversed_.any():
@@ -74,6 +84,13 @@ def _labels_in_utc(frame: pd.DataFrame, need: list[str], path: Path) -> pd.DataF
                 "(both inclusive); swap or fix them."
             )
     return frame
+
+
+def _zone_to_utc(values: pd.Series, zone: str) -> pd.Series:
+    """Naive timestamps read as ``zone``'s local times, as naive UTC; anything else as it is."""
+    if pd.api.types.is_datetime64_dtype(values.dtype) and zone != "UTC":
+        return to_utc(values, zone)
+    return values
 
 
 def _utc_times(values: pd.Series, col: str, path: Path) -> pd.Series:

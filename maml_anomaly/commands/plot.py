@@ -13,18 +13,28 @@ from maml_anomaly.batch import plain_ids
 from maml_anomaly.commands.common import check_output, command_result, load_input, read_scores_frame
 from maml_anomaly.config import Config
 from maml_anomaly.core.alerts import build_events
+from maml_anomaly.data.days import UTC, check_zone, to_local
 from maml_anomaly.data.write import write_bytes_atomic
 from maml_anomaly.errors import InputError
 
 
 def plot(
-    *, config: Config, input: Path, scores: Path, output: Path, series: list[str] | None = None, top: int = 5
+    *,
+    config: Config,
+    input: Path,
+    scores: Path,
+    output: Path,
+    series: list[str] | None = None,
+    top: int = 5,
+    timezone: str | None = None,
 ) -> dict[str, Any]:
     """PNGs of series with their forecast band, y_hat, flags and events.
 
     ``--series ID --output FILE.png``: one picture. Several ``--series``, or none (then the
     ``--top`` most significant flagged series): one PNG per series in the folder ``--output``.
+    ``timezone``: the time axis in its local times.
     """
+    zone = check_zone(timezone)
     plotting.require_matplotlib()
     if top < 1:
         raise InputError(f"--top must be at least 1; found {top}.")
@@ -44,6 +54,10 @@ def plot(
     ids = _plot_ids(score_frame, series, top)
     frame = data.frame.assign(unique_id=plain_ids(data.frame["unique_id"]))
     events = build_events(score_frame)
+    if zone != UTC:  # events are found on the UTC grid, then everything is drawn in local time
+        frame["ds"] = to_local(frame["ds"], zone)
+        score_frame["ds"] = to_local(score_frame["ds"], zone)
+        events = events.assign(**{c: to_local(events[c], zone) for c in ("start", "end", "peak_ds") if c in events})
     written = []
     for rank, uid in enumerate(ids, start=1):  # at most --top or the named series: a handful of pictures
         fig = plotting.render(plotting.series_plot_data(frame, score_frame, events, uid))

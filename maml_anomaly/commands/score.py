@@ -26,10 +26,18 @@ import pyarrow.parquet as pq
 from maml_anomaly.batch import FAILED_STATUSES, ReadTotals, ScoredBatch, ScoredCodec, Scorer, score_batch
 from maml_anomaly.commands.alerting import publish_run
 from maml_anomaly.commands.common import DAY, check_output, command_result, locked, parse_day, progress, setup_torch
+from maml_anomaly.commands.days import (
+    absent_model_series_part,
+    measure_day,
+    pick_default_day,
+    with_absent_rows,
+    with_day_fields,
+)
 from maml_anomaly.config import AlertConfig, Config
 from maml_anomaly.core.alerts import bh_summary, summary_text, top_events
-from maml_anomaly.core.scoring import STATUS_OK
+from maml_anomaly.core.scoring import STATUS_ABSENT, STATUS_OFF_GRID, STATUS_OK
 from maml_anomaly.core.tasks import recent_len
+from maml_anomaly.data.days import UTC, check_zone, day_bounds, local_date
 from maml_anomaly.data.stream import iter_series_frames, time_bounds
 from maml_anomaly.data.write import staging_folder
 from maml_anomaly.engines import Engine, Source, get_engine
@@ -55,15 +63,19 @@ def daily_score(
     events: Path | None = None,
     engine: str = "local",
     ray_address: str | None = None,
+    timezone: str | None = None,
 ) -> dict[str, Any]:
-    """Score one calendar day (default: the input's last day); write the scores atomically."""
+    """Score one calendar day (default: the input's last complete day, see data/days.py); write the scores atomically."""
+    zone = check_zone(timezone)
     day = parse_day(date, "--date") if date is not None else None
     check_output(output)
     _check_events_path(events, output)
     runner = _engine(engine, config, ray_address)
     md = open_trained(model_dir)
     device = _device(config, runner)
-    return score_days(config, md, input, output, device, runner, first=day, last=day, date_option=date, events=events)
+    return score_days(
+        config, md, input, output, device, runner, first=day, last=day, date_option=date, events=events, zone=zone
+    )
 
 
 @locked(model_shared=True, output=True)
@@ -78,8 +90,10 @@ def backtest(
     events: Path | None = None,
     engine: str = "local",
     ray_address: str | None = None,
+    timezone: str | None = None,
 ) -> dict[str, Any]:
     """daily-score for every day of [start, end], batched across days and series, one output."""
+    zone = check_zone(timezone)
     first = parse_day(start, "--start") if start is not None else None
     last = parse_day(end, "--end") if end is not None else None
     if first is not None and last is not None and first > last:
@@ -101,6 +115,7 @@ def backtest(
         date_option=None,
         backtest=True,
         events=events,
+        zone=zone,
     )
 
 
@@ -125,10 +140,11 @@ class ScoreTask:
     """What every batch of a scoring run shares (picklable: sent to every worker)."""
 
     scorer: Scorer
-    first: np.datetime64
-    last: np.datetime64
+    first: np.datetime64  # the scored window's first instant (UTC)
+    last: np.datetime64  # its end minus one day (score_batch scores [first, last + 1 day))
     spill_dir: str  # folder the batches' score rows are written to (beside the output)
     rules: AlertConfig  # which p-values Benjamini-Hochberg groups together
+    bounds: np.ndarray | None = None  # (D+1,) UTC edges of the scored days: absent rows per day
 
     def for_batch(self, frame: pd.DataFrame) -> ScoreTask:
         return dataclasses.replace(self, scorer=self.scorer.for_batch(frame))
@@ -138,6 +154,8 @@ def score_and_spill(task: ScoreTask, frame: pd.DataFrame) -> ScoredBatch:
     """score_batch, then its rows written to a part file of the run's staging folder; only counts
     and the batch's tested p-values (the Benjamini-Hochberg summary) travel back."""
     scored = score_batch(task.scorer, frame, task.first, task.last)
+    if task.bounds is not None:
+        scored = with_absent_rows(scored, frame, task.scorer, task.bounds)
     part = Path(task.spill_dir) / f"part-{uuid.uuid4().hex}.parquet"
     try:
         with pq.ParquetWriter(part, scored.rows.schema, compression="none") as writer:
@@ -164,24 +182,35 @@ def score_days(
     date_option: str | None,
     backtest: bool = False,
     events: Path | None = None,
+    zone: str = UTC,
 ) -> dict[str, Any]:
-    """Score the days [first, last] reading the input in batches of whole series on ``runner``.
+    """Score the days [first, last] (calendar days of ``zone``) reading the input in batches of whole series.
 
-    ``first``/``last`` None: the input's last day (daily-score) or its first/last day (backtest).
-    Only the history the models need is read; the scored points are kept on disk, beside the
-    output, until the alerts step has applied the run's cut-offs to them and they are published.
+    ``first``/``last`` None: the input's last complete day (daily-score, see data/days.py) or its
+    first/last day (backtest). Only the history the models need is read; the scored points are
+    kept on disk, beside the output, until the alerts step has applied the run's cut-offs to them
+    and they are published.
     """
     started = time.perf_counter()
-    data_first, data_last = (
-        v.astype("datetime64[D]").astype("datetime64[ns]") for v in time_bounds(input, config.columns)
-    )
+    data_first, data_last = (local_date(v, zone) for v in time_bounds(input, config.columns))
+    first, last = (None if v is None else v.astype("datetime64[D]") for v in (first, last))
+    day_fields: dict[str, Any] = {}
     if backtest:
         first = data_first if first is None else max(first, data_first)
         last = data_last if last is None else min(last, data_last)
     elif first is None:
-        first = last = data_last
+        choice, day_fields = pick_default_day(config, input, data_last, zone)
+        first = last = choice.date
+        day_fields["reason"] = choice.reason
     if first > data_last or last < data_first:  # nothing to score: say so before reading anything
         raise _no_data_error(date_option, first, last, data_first, data_last)
+    if date_option is not None:
+        measured = measure_day(config, input, first, zone)
+        if measured is None:
+            raise _no_data_error(date_option, first, last, data_first, data_last)
+        day_fields = {**measured[1], "reason": measured[0].reason}
+    bounds = day_bounds(first, last, zone)  # (D+1,) UTC edges of the scored days
+    start, end = bounds[0], bounds[-1]
     try:
         names, models = load_models(md, config.score.inner_steps_at_scoring)
     except ModelDirError:
@@ -190,7 +219,7 @@ def score_days(
         raise
     lookup = ClusterIndex.load(md)
     span = history_span(models, lookup.max_step_ns)
-    ds_min = None if span is None else first - span
+    ds_min = None if span is None else start - span
     log.info(
         "scoring %s%s; reading %s",
         first.astype("datetime64[D]"),
@@ -199,7 +228,7 @@ def score_days(
     )
     clusterer = md.load_json(CLUSTERER) if md.has(CLUSTERER) else None
     scorer = Scorer(config, device, str(md.path), names, models, lookup, clusterer, lookup.example_ids())
-    source = Source(Path(input), config.columns, config.input.on_duplicate, ds_min, last + DAY, STREAM_ROWS)
+    source = Source(Path(input), config.columns, config.input.on_duplicate, ds_min, end, STREAM_ROWS)
     totals = ReadTotals()
     counts: dict[str, int] = {}
     series = failed_series = 0
@@ -208,7 +237,7 @@ def score_days(
     with staging_folder(output) as staging, runner.session():  # the folder is removed whatever happens
         spill = staging / "scored"
         spill.mkdir()
-        task = ScoreTask(scorer, first, last, str(spill), config.alerts)
+        task = ScoreTask(scorer, start, end - DAY, str(spill), config.alerts, bounds)
         with progress("scoring", None) as advance:
             for scored in runner.map_batches(score_and_spill, task, source, ScoredCodec()):  # in output order
                 totals.add_counts(scored.report.to_dict(), scored.start, scored.end)
@@ -220,11 +249,18 @@ def score_days(
                     counts[k] = counts.get(k, 0) + v
                 advance(1)
         log.info("read %s: %s", input, totals.summary())
-        if sum(counts.values()) == 0:
+        if sum(v for k, v in counts.items() if k != STATUS_ABSENT) == 0:
             raise _no_data_error(date_option, first, last, data_first, data_last)
-        alerted = publish_run(runner, parts, tested, config, staging, output, events)
+        absent_part, n_absent = absent_model_series_part(parts, lookup, bounds, spill)
+        if absent_part is not None:  # the model's series with no row at all in the input come last
+            parts.append(absent_part)
+            tested.append({})
+            series, failed_series = series + n_absent, failed_series + n_absent
+            counts[STATUS_ABSENT] = counts.get(STATUS_ABSENT, 0) + n_absent * (bounds.shape[0] - 1)
+        alerted = publish_run(runner, parts, tested, config, staging, output, events, zone)
     _fail_over_budget(failed_series, series, counts, config.score.max_failed_fraction, output)
-    return _run_summary(config, alerted, events, output, first, last, series, counts, started)
+    summary = _run_summary(config, alerted, events, output, first, last, series, counts, started)
+    return with_day_fields(summary, day_fields, zone, failed_series)
 
 
 def _run_summary(
@@ -291,9 +327,13 @@ def _fail_over_budget(failed: int, series: int, counts: dict[str, int], limit: f
         f"{failed:,} of {series:,} series ({failed / series:.1%}) could not be scored "
         f"({shown}), more than --max-failed-fraction {limit:g}. The scores were still written to "
         f"{output} (see its status column). Check that the input holds enough history before the "
-        "scored day(s) and that fit-clusters and meta-train ran on these series, or raise "
-        "--max-failed-fraction."
+        "scored day(s), that every expected series delivered its rows (absent) on their grid (off_grid"
+        f"{_OFF_GRID_HINT if counts.get(STATUS_OFF_GRID) else ''}), and that fit-clusters and meta-train "
+        "ran on these series, or raise --max-failed-fraction."
     )
+
+
+_OFF_GRID_HINT = "; a jittered clock is snapped onto its grid by --snap-tolerance 0.5 at every step"
 
 
 def history_span(models: list[Any], max_step_ns: int) -> np.timedelta64 | None:

@@ -48,6 +48,7 @@ STATUS_INSUFFICIENT = "insufficient_history"
 STATUS_UNKNOWN = "unknown_series"
 STATUS_OFF_GRID = "off_grid"
 STATUS_NO_MODEL = "no_model"
+STATUS_ABSENT = "absent"  # an expected series without any row on a scored day (made by the scoring run)
 STATUSES = (STATUS_OK, STATUS_MISSING, STATUS_INSUFFICIENT, STATUS_UNKNOWN, STATUS_OFF_GRID, STATUS_NO_MODEL)
 
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from maml_anomaly.config import ColumnConfig
+from maml_anomaly.data.clock import refuse_calendar_steps, regrid_jittered, snapped_times
 from maml_anomaly.data.schemas import READ_ATTR, ReadReport
 from maml_anomaly.errors import InputError
 
@@ -105,6 +106,14 @@ class Panel:
         found = (self.n_series > 0) & (self.ids[pos] == ids) if self.n_series else np.zeros(len(ids), bool)
         return np.where(found, pos, -1).astype(np.int64)
 
+    def grid_times(self, series: np.ndarray, ds: np.ndarray, tolerance: float) -> np.ndarray:
+        """(N,) datetime64[ns] rows' grid timestamps where a panel built with ``tolerance`` snapped
+        them onto their grid; their own timestamps elsewhere (``series``: panel positions)."""
+        step = np.where(np.isnat(self.step), 0, self.step.view(np.int64))
+        off_series, off_t = self.off_grid["series"].to_numpy(), self.off_grid["ds"].to_numpy().view(np.int64)
+        t = snapped_times(ds.view(np.int64), series, self.start.view(np.int64), step, off_series, off_t, tolerance)
+        return t.view("M8[ns]")
+
     def before(self, ts: np.datetime64 | str | pd.Timestamp) -> Panel:
         """The panel cut to grid points strictly before ``ts`` (series keep their grid)."""
         ts = np.datetime64(pd.Timestamp(ts).as_unit("ns").to_datetime64(), "ns")
@@ -174,6 +183,9 @@ class Panel:
             st = _mode_step(c, tb, fb, cb)
             st = _widen_tiny_steps(c, tb, fb, cb, st)
             ob, sa = _anchor(c, tb, fb, st)
+            refuse_calendar_steps(ids[s_lo:s_hi], c, tb, st, ob)
+            if snap_tolerance > 0:  # a jittered clock: infer step and origin from all rows, not the mode
+                st, sa, ob = regrid_jittered(c, tb, fb, cb, st, sa, ob)
             gb = (tb - sa[c]) // np.where(st > 0, st, 1)[c]  # (B,) grid index (valid where on)
             n_exact += int(ob.sum())
             if snap_tolerance > 0:

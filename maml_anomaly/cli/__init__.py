@@ -39,6 +39,7 @@ from maml_anomaly.commands import evaluate as evaluate_command
 from maml_anomaly.commands import fit_clusters as fit_clusters_command
 from maml_anomaly.commands import meta_train as meta_train_command
 from maml_anomaly.commands import plot as plot_command
+from maml_anomaly.commands import report as report_command
 from maml_anomaly.commands import score as score_command
 from maml_anomaly.config import Config
 from maml_anomaly.errors import MamlAnomalyError
@@ -321,6 +322,46 @@ def plot(
         output=output,
         series=series or None,
         top=top,
+    )
+
+
+@app.command("report")
+@options(data_group, *RUN_GROUPS)
+def report(
+    scores: ScoresOpt,
+    input: InputOpt,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="HTML file to write (one self-contained file; atomically).")
+    ],
+    events: Annotated[
+        Optional[Path],
+        typer.Option("--events", help="Events parquet of the same run (default: derived from the scores)."),
+    ] = None,
+    incidents: Annotated[
+        Optional[Path],
+        typer.Option("--incidents", help="Incidents parquet of the same run (default: derived from the events)."),
+    ] = None,
+    top: Annotated[int, typer.Option("--top", min=0, help="Events charted, most severe first.")] = 10,
+    timezone: Annotated[
+        Optional[str],
+        typer.Option("--timezone", help="Show times in this IANA zone, e.g. Europe/Berlin (default: UTC, as stored)."),
+    ] = None,
+    *,
+    flags: dict[str, Any],
+    run: dict[str, Any],
+) -> None:
+    """The morning view of a scoring run: one HTML file with the summary, incidents, top events and their charts."""
+    _run(
+        report_command.report,
+        flags=flags,
+        run=run,
+        scores=scores,
+        input=input,
+        output=output,
+        events=events,
+        incidents=incidents,
+        top=top,
+        timezone=timezone,
     )
 
 

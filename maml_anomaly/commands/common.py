@@ -88,15 +88,15 @@ def parse_day(value: str, option: str) -> np.datetime64:
     return np.datetime64(day.as_unit("ns").to_datetime64(), "ns")
 
 
-def check_output(output: Path) -> None:
-    """The scores output must be a file path whose folder can be made."""
+def check_output(output: Path, option: str = "--output") -> None:
+    """An output (``option`` names it in messages) must be a file path whose folder can be made."""
     if output.is_dir():
-        raise InputError(f"--output {output} is a directory; expected the path of a parquet file to write.")
+        raise InputError(f"{option} {output} is a directory; expected the path of a file to write.")
     parent = output.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise InputError(f"--output {output}: {parent} is a file, so the folder cannot be made.")
+        raise InputError(f"{option} {output}: {parent} is a file, so the folder cannot be made.")
 
 
 @contextmanager

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from maml_anomaly.batch import FAILED_STATUSES, ReadTotals, ScoredBatch, ScoredCodec, Scorer, score_batch, scores_table
 from maml_anomaly.commands.common import DAY, check_output, command_result, locked, parse_day, progress, setup_torch
+from maml_anomaly.commands.report import check_view_outputs, finish_view, run_view
 from maml_anomaly.config import Config
 from maml_anomaly.core.alerts import apply_alerts, events_schema, summary_text, top_events
 from maml_anomaly.core.scoring import STATUS_OK
@@ -56,15 +57,31 @@ def daily_score(
     events: Path | None = None,
     engine: str = "local",
     ray_address: str | None = None,
+    incidents: Path | None = None,
+    report: Path | None = None,
 ) -> dict[str, Any]:
     """Score one calendar day (default: the input's last day); write the scores atomically."""
     day = parse_day(date, "--date") if date is not None else None
     check_output(output)
     _check_events_path(events, output)
+    check_view_outputs(output, events, incidents, report)
     runner = _engine(engine, config, ray_address)
     md = open_trained(model_dir)
     device = _device(config, runner)
-    return score_days(config, md, input, output, device, runner, first=day, last=day, date_option=date, events=events)
+    return score_days(
+        config,
+        md,
+        input,
+        output,
+        device,
+        runner,
+        first=day,
+        last=day,
+        date_option=date,
+        events=events,
+        incidents=incidents,
+        report=report,
+    )
 
 
 @locked(model_shared=True, output=True)
@@ -79,6 +96,8 @@ def backtest(
     events: Path | None = None,
     engine: str = "local",
     ray_address: str | None = None,
+    incidents: Path | None = None,
+    report: Path | None = None,
 ) -> dict[str, Any]:
     """daily-score for every day of [start, end], batched across days and series, one output."""
     first = parse_day(start, "--start") if start is not None else None
@@ -87,6 +106,7 @@ def backtest(
         raise InputError(f"--start {start} is after --end {end}; give a start on or before the end.")
     check_output(output)
     _check_events_path(events, output)
+    check_view_outputs(output, events, incidents, report)
     runner = _engine(engine, config, ray_address)
     md = open_trained(model_dir)
     device = _device(config, runner)
@@ -102,6 +122,8 @@ def backtest(
         date_option=None,
         backtest=True,
         events=events,
+        incidents=incidents,
+        report=report,
     )
 
 
@@ -162,6 +184,8 @@ def score_days(
     date_option: str | None,
     backtest: bool = False,
     events: Path | None = None,
+    incidents: Path | None = None,
+    report: Path | None = None,
 ) -> dict[str, Any]:
     """Score the days [first, last] reading the input in batches of whole series on ``runner``.
 
@@ -221,10 +245,12 @@ def score_days(
         if runner.name != "local":  # groups come back in any order: the local engine's order is (unique_id, ds)
             table = table.sort_by([("unique_id", "ascending"), ("ds", "ascending")])
         alerted = _publish(table, config, output, events)
+        view = run_view(alerted, table.column("step"), first, last, incidents)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     _fail_over_budget(failed_series, series, counts, config.score.max_failed_fraction, output)
-    return _run_summary(config, alerted, events, output, first, last, series, counts, started)
+    result = _run_summary(config, alerted, events, output, first, last, series, counts, started)
+    return finish_view(result, view, alerted, config, input, report)
 
 
 def _publish(table: pa.Table, config: Config, output: Path, events: Path | None) -> Any:

@@ -65,7 +65,7 @@ app.add_typer(bench_app, name="bench")
 
 def _run(fn: Callable[..., dict[str, Any]], *, flags: dict[str, Any], run: dict[str, Any], **kwargs: Any) -> None:
     """Build the config, call one command function, print its summary; our errors exit 1."""
-    _setup_logging(run["quiet"], run["verbose"])
+    _setup_logging(run["quiet"], run["verbose"], run["as_json"])
     try:
         config = Config.load(run.get("config_path"), flags)
         result = fn(config=config, **kwargs)
@@ -78,7 +78,7 @@ def _run(fn: Callable[..., dict[str, Any]], *, flags: dict[str, Any], run: dict[
         typer.echo(result.get("summary", ""))
 
 
-def _setup_logging(quiet: bool, verbose: bool) -> None:
+def _setup_logging(quiet: bool, verbose: bool, as_json: bool = False) -> None:
     logger = logging.getLogger("maml_anomaly")
     for handler in list(logger.handlers):
         if getattr(handler, "_maml_cli", False):
@@ -89,6 +89,8 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
+    # progress bars (stderr, terminals only) stay off with -q and with --json, whose reader is a program
+    logging.getLogger("maml_anomaly.progress").setLevel(logging.WARNING if quiet or as_json else logging.INFO)
 
 
 def _version(value: bool) -> None:

@@ -325,8 +325,9 @@ def report(
     summary = _summary_of(frame, ev, first, last)
     html = run_report_html(config, input, summary, frame, ev, inc, series, top=top, timezone=timezone)
     write_report(html, output)
+    shown = in_zone(inc, timezone) if timezone else inc  # the summary's times in the report's zone
     text = (
-        f"{incidents_text(inc)}\nwrote {output}: {len(frame):,} points of {series.ids.size:,} series, "
+        f"{incidents_text(shown)}\nwrote {output}: {len(frame):,} points of {series.ids.size:,} series, "
         f"{len(ev):,} events, top {min(top, len(ev))} charted, in {time.perf_counter() - started:.1f} s"
     )
     return command_result(

@@ -86,23 +86,54 @@ def series_plot_data(
     before = hist[hist["ds"] < first].tail(context)
     during = hist[(hist["ds"] >= first) & (hist["ds"] <= sc["ds"].max())]
     shown = pd.concat([before, during])
-    flagged = sc[sc["is_anomaly"].to_numpy(bool)]
     ev = events[events["unique_id"] == unique_id].sort_values("start").reset_index(drop=True)
-    cluster = sc["cluster"].dropna()
+    return plot_from_rows(unique_id, shown, sc, ev)
+
+
+def plot_from_rows(unique_id: Any, history: pd.DataFrame, scores: pd.DataFrame, events: pd.DataFrame) -> SeriesPlot:
+    """The picture of rows already chosen for one series: observed history, scored rows, events."""
+    flagged = scores[scores["is_anomaly"].to_numpy(bool)]
+    cluster = scores["cluster"].dropna()
     f = lambda s: s.to_numpy(np.float64, na_value=np.nan)  # noqa: E731
     return SeriesPlot(
         unique_id=unique_id,
         cluster=str(cluster.iloc[0]) if len(cluster) else None,
-        history_ds=shown["ds"].to_numpy("datetime64[ns]"),
-        history_y=f(shown["y"]),
-        ds=sc["ds"].to_numpy("datetime64[ns]"),
-        y_hat=f(sc["y_hat"]),
-        lower=f(sc["lower"]),
-        upper=f(sc["upper"]),
+        history_ds=history["ds"].to_numpy("datetime64[ns]"),
+        history_y=f(history["y"]),
+        ds=scores["ds"].to_numpy("datetime64[ns]"),
+        y_hat=f(scores["y_hat"]),
+        lower=f(scores["lower"]),
+        upper=f(scores["upper"]),
         flagged_ds=flagged["ds"].to_numpy("datetime64[ns]"),
         flagged_y=f(flagged["y"]),
-        events=ev,
+        events=events,
     )
+
+
+@dataclass(frozen=True)
+class LayerStyle:
+    """Sizes of the drawn layers: the full-size picture's by default."""
+
+    line_width: float = 1.1
+    band_alpha: float = 0.55
+    event_alpha: float = 0.6
+    focus_alpha: float = 0.6  # the event a chart is about
+    flag_size: float = 42.0
+
+
+def draw_layers(ax: Any, plot: SeriesPlot, half_step: pd.Timedelta, style: LayerStyle = LayerStyle(), focus: Any = None) -> None:
+    """Events (``focus``: the start of the one drawn darker), band, observed y, forecast, flagged points."""
+    for i, r in enumerate(plot.events.itertuples(index=False)):  # a handful of events per series
+        mine = focus is not None and pd.Timestamp(r.start) == pd.Timestamp(focus)
+        ax.axvspan(pd.Timestamp(r.start) - half_step, pd.Timestamp(r.end) + half_step, color=COLOR_EVENT,
+                   alpha=style.focus_alpha if mine else style.event_alpha, lw=0,
+                   label="event" if i == 0 else None)
+    ax.fill_between(plot.ds, plot.lower, plot.upper, color=COLOR_BAND, alpha=style.band_alpha, lw=0, label="band (lower, upper)")
+    ax.plot(plot.history_ds, plot.history_y, color=COLOR_DATA, lw=style.line_width, label="y")
+    ax.plot(plot.ds, plot.y_hat, color=COLOR_FORECAST, lw=style.line_width * 0.9, ls="--", label="y_hat")
+    if plot.flagged_ds.size:
+        ax.scatter(plot.flagged_ds, plot.flagged_y, s=style.flag_size, color=COLOR_FLAG, zorder=5, label="flagged",
+                   edgecolors="none")
 
 
 def render(plot: SeriesPlot, *, width: float = 10.0, height: float = 3.6, dpi: int = 100):
@@ -114,15 +145,7 @@ def render(plot: SeriesPlot, *, width: float = 10.0, height: float = 3.6, dpi: i
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)  # a file-only canvas: no GUI, no global pyplot state
     ax = fig.add_subplot(1, 1, 1)
-    step = _step(plot.history_ds)
-    for i, r in enumerate(plot.events.itertuples(index=False)):  # a handful of events per series
-        ax.axvspan(pd.Timestamp(r.start) - step / 2, pd.Timestamp(r.end) + step / 2, color=COLOR_EVENT, alpha=0.6, lw=0,
-                   label="event" if i == 0 else None)
-    ax.fill_between(plot.ds, plot.lower, plot.upper, color=COLOR_BAND, alpha=0.55, lw=0, label="band (lower, upper)")
-    ax.plot(plot.history_ds, plot.history_y, color=COLOR_DATA, lw=1.1, label="y")
-    ax.plot(plot.ds, plot.y_hat, color=COLOR_FORECAST, lw=1.0, ls="--", label="y_hat")
-    if plot.flagged_ds.size:
-        ax.scatter(plot.flagged_ds, plot.flagged_y, s=42, color=COLOR_FLAG, zorder=5, label="flagged", edgecolors="none")
+    draw_layers(ax, plot, _step(plot.history_ds) / 2)
     if plot.ds.size:
         ax.axvline(plot.ds[0], color="#888888", lw=0.8, ls=":")
     ax.set_title(plot.title, fontsize=9, loc="left")
@@ -162,6 +185,9 @@ def _step(ds: np.ndarray) -> pd.Timedelta:
 __all__ = [
     "SeriesPlot",
     "series_plot_data",
+    "plot_from_rows",
+    "draw_layers",
+    "LayerStyle",
     "render",
     "to_png",
     "most_significant_series",

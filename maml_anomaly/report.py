@@ -32,13 +32,18 @@ from maml_anomaly.plotting import (
     COLOR_EVENT,
     COLOR_FLAG,
     COLOR_FORECAST,
+    LayerStyle,
     SeriesPlot,
+    draw_layers,
+    plot_from_rows,
     require_matplotlib,
 )
 
 DEFAULT_TOP = 10  # events charted: a morning's reading, and about 0.1 s of drawing each
 CONTEXT_DAYS = 3.0  # days of the series shown before an event's start
 AFTER_DAYS = 1.0  # and after its end (clipped to the data)
+# the report's charts: thinner lines, paler other events, smaller flags than plot's full-size picture
+SMALL = LayerStyle(line_width=0.9, band_alpha=0.6, event_alpha=0.35, focus_alpha=0.9, flag_size=14.0)
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"  # nothing loads, nothing runs
 
 
@@ -52,6 +57,7 @@ def render_report(
     clusters: pd.DataFrame | None = None,
     top: int = DEFAULT_TOP,
     title: str = "maml-anomaly: the morning view",
+    zone: str = "UTC",
 ) -> str:
     """The report's HTML text.
 
@@ -62,7 +68,8 @@ def render_report(
     every row); ``history``: observed (unique_id, ds, y) of those series before and
     during the run. ``events``: alerts.build_events; ``incidents``: incidents.find_incidents'
     frame. ``clusters``: :func:`cluster_counts` of the whole run (computed from ``scores`` when
-    None, so pass it when ``scores`` holds only the charted series).
+    None, so pass it when ``scores`` holds only the charted series). ``zone``: the time zone the
+    frames' times are in, said in the header (the caller converts them).
     """
     chosen = top_events(events, top)
     if clusters is None:
@@ -70,7 +77,7 @@ def render_report(
     charts = event_charts(scores, history, events, chosen)
     body = "\n".join(
         [
-            f"<header><h1>{_e(title)}</h1><p class=sub>{_e(_run_span(summary))}</p></header>",
+            f"<header><h1>{_e(title)}</h1><p class=sub>{_e(_run_span(summary, zone))}</p></header>",
             _summary_section(summary, len(events), None if incidents is None else len(incidents)),
             _incidents_section(incidents),
             _events_section(chosen, charts, len(events)),
@@ -186,23 +193,8 @@ def event_plot_data(history: pd.DataFrame, scores: pd.DataFrame, events: pd.Data
     hi = pd.Timestamp(event.end) + pd.Timedelta(days=AFTER_DAYS)
     h = history[(history["ds"] >= lo) & (history["ds"] <= hi)]
     s = scores[(scores["ds"] >= lo) & (scores["ds"] <= hi)]
-    flagged = s[s["is_anomaly"].to_numpy(bool)]
     ev = events[(events["end"] >= lo) & (events["start"] <= hi)]
-    f = lambda c: c.to_numpy(np.float64, na_value=np.nan)  # noqa: E731
-    cluster = s["cluster"].dropna()
-    return SeriesPlot(
-        unique_id=event.unique_id,
-        cluster=str(cluster.iloc[0]) if len(cluster) else None,
-        history_ds=h["ds"].to_numpy("datetime64[ns]"),
-        history_y=f(h["y"]),
-        ds=s["ds"].to_numpy("datetime64[ns]"),
-        y_hat=f(s["y_hat"]),
-        lower=f(s["lower"]),
-        upper=f(s["upper"]),
-        flagged_ds=flagged["ds"].to_numpy("datetime64[ns]"),
-        flagged_y=f(flagged["y"]),
-        events=ev,
-    )
+    return plot_from_rows(event.unique_id, h, s, ev)
 
 
 # -- charts ----------------------------------------------------------------------------------------
@@ -223,23 +215,7 @@ def render_small(
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)  # file-only canvas, no pyplot state to leak between charts
     ax = fig.add_subplot(1, 1, 1)
-    half = _half_step(plot.ds)
-    for r in plot.events.itertuples(index=False):  # the few events of one series in view
-        mine = focus is not None and pd.Timestamp(r.start) == pd.Timestamp(focus)
-        ax.axvspan(
-            pd.Timestamp(r.start) - half,
-            pd.Timestamp(r.end) + half,
-            color=COLOR_EVENT,
-            alpha=0.9 if mine else 0.35,
-            lw=0,
-        )
-    ax.fill_between(plot.ds, plot.lower, plot.upper, color=COLOR_BAND, alpha=0.6, lw=0, label="band")
-    ax.plot(plot.history_ds, plot.history_y, color=COLOR_DATA, lw=0.9, label="y")
-    ax.plot(plot.ds, plot.y_hat, color=COLOR_FORECAST, lw=0.9, ls="--", label="y_hat")
-    if plot.flagged_ds.size:
-        ax.scatter(
-            plot.flagged_ds, plot.flagged_y, s=14, color=COLOR_FLAG, zorder=5, label="flagged", edgecolors="none"
-        )
+    draw_layers(ax, plot, _half_step(plot.ds), SMALL, focus=focus)
     ax.grid(True, lw=0.3, alpha=0.5)
     ax.tick_params(labelsize=8)
     ax.margins(x=0.01)
@@ -273,11 +249,11 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _run_span(summary: Mapping[str, Any]) -> str:
+def _run_span(summary: Mapping[str, Any], zone: str) -> str:
     first, last = summary.get("first_day"), summary.get("last_day")
     days = f"scored {first}" + ("" if last in (None, first) else f" to {last}") if first else ""
     threshold = f"threshold {summary['threshold']}" if "threshold" in summary else ""
-    return ", ".join(p for p in (days, threshold) if p)
+    return ", ".join(p for p in (days, threshold, f"times in {zone}") if p)
 
 
 def _card(label: str, value: Any, note: str = "") -> str:

@@ -152,9 +152,12 @@ def test_threshold_at_far_never_exceeds_and_is_tight(clean, far):
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from scipy.stats import norm  # noqa: E402
+
 from maml_anomaly.cli import app  # noqa: E402
 from maml_anomaly.commands import demo as demo_command  # noqa: E402
 from maml_anomaly.config import Config  # noqa: E402
+from maml_anomaly.core.alerts import build_events  # noqa: E402
 from maml_anomaly.core.baselines import seasonal_naive_scores  # noqa: E402
 from maml_anomaly.sample import make_sample  # noqa: E402
 from maml_anomaly.store import ModelDir  # noqa: E402
@@ -215,17 +218,20 @@ def test_demo_wiring_with_a_stand_in_detector(tmp_path, monkeypatch):
         assert pd.read_parquet(input)["ds"].max() < pd.Timestamp("2024-03-18")  # history only
         return {}
 
-    def backtest(*, config, input, model_dir, output, start=None, end=None):
+    def backtest(*, config, input, model_dir, output, start=None, end=None, events=None, **views):
         calls.append("backtest")
-        seasonal_naive_scores(pd.read_parquet(input), 24, start=start, end=end).to_parquet(output)
+        scores = seasonal_naive_scores(pd.read_parquet(input), 24, start=start, end=end)
+        scores.to_parquet(output)
+        p_value = 2 * norm.sf(scores["score"].to_numpy(np.float64))  # build_events ranks events by p-values
+        build_events(scores.assign(p_value=p_value)).to_parquet(events)  # the demo prints its top events from this file
         return {}
 
     for name, fn in (("fit_clusters", fit_clusters), ("meta_train", meta_train), ("backtest", backtest)):
         monkeypatch.setattr(demo_command, name, fn)
     out = demo_command.demo(config=Config(), workdir=tmp_path / "demo")
     assert calls == ["fit-clusters", "meta-train", "backtest"]
-    assert "top anomalies" in out["summary"] and str(tmp_path / "demo" / "scores.parquet") in out["summary"]
-    assert out["evaluation"]["n_windows"] > 100 and len(out["top_anomalies"]) == 10
+    assert "top 10 events by severity" in out["summary"] and str(tmp_path / "demo" / "scores.parquet") in out["summary"]
+    assert out["evaluation"]["n_windows"] > 100 and len(out["top_anomalies"]) == 10 and len(out["top_events"]) == 10
     with pytest.raises(InputError, match="not empty"):
         demo_command.demo(config=Config(), workdir=tmp_path / "demo")
 

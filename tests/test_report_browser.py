@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+from reliability_data import invoke  # noqa: E402
 from report_data import EVIL_ID, scored_run  # noqa: E402
 
 from maml_anomaly.report import render_report, write_report  # noqa: E402
@@ -29,11 +30,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory) -> tuple[Path, int]:
+@pytest.fixture(scope="module", params=["rendered", "command"])
+def report(request, tmp_path_factory) -> tuple[Path, int]:
+    """The report as render_report writes it, and as the ``report`` command writes it from files."""
     run = scored_run()
-    path = tmp_path_factory.mktemp("report") / "report.html"
-    write_report(render_report(**run), path)
+    folder = tmp_path_factory.mktemp("report")
+    path = folder / "report.html"
+    if request.param == "rendered":
+        write_report(render_report(**run), path)
+    else:
+        run["scores"].to_parquet(folder / "scores.parquet", index=False)
+        run["history"].to_parquet(folder / "input.parquet", index=False)
+        result = invoke(["report", "-s", folder / "scores.parquet", "-i", folder / "input.parquet", "-o", path])
+        assert result.exit_code == 0, result.output
     return path, min(10, len(run["events"]))
 
 

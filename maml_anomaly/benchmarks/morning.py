@@ -2,6 +2,8 @@
 
     python -m maml_anomaly.benchmarks.morning --series 2000000 --events 100000 [--points 24] [--json]
     python -m maml_anomaly.benchmarks.morning --demo WORKDIR --output report.html [--screenshot report.png]
+    python -m maml_anomaly.benchmarks.morning --page demo-run/report.html --screenshot docs/images/report-demo.png
+    python -m maml_anomaly.benchmarks.morning --overhead --series 2000000 [--rounds 2] [--workdir DIR] [--nice 10]
 
 Scale: a synthetic run of ``--series`` series in 40 clusters (hourly, 5-minute and daily steps)
 with ``--events`` events (independent starts plus one outage of 3,000 series of one cluster at
@@ -9,6 +11,13 @@ with ``--events`` events (independent starts plus one outage of 3,000 series of 
 (``--points`` rows per series, as the integer codes the pipeline holds: cluster_table), and
 render_report with its default top N (the charted series' rows only). Wall time of each stage
 and the peak traced memory (tracemalloc: numpy and pandas buffers) are printed.
+
+Overhead: what ``--incidents`` and ``--report`` add to daily-score's wall time on the same panel
+in the same run: bench scale's synthetic daily panel (cached in ``--workdir``, with its model,
+fit and meta-trained once by bench scale's steps), then daily-score without and with both options,
+alternated ``--rounds`` times, each run in its own process. Printed per run: wall seconds of the
+command, the driver's peak RSS and, with the options, the seconds the incidents and the report
+took inside it; then the ratio of the medians.
 
 Demo: the report of a demo workdir after a backtest of its evaluation period that keeps its
 summary (docs/alerts.md)::
@@ -22,6 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -200,6 +212,78 @@ def demo_report(workdir: Path, output: Path, screenshot: Path | None) -> dict:
     }
 
 
+def overhead(n_series: int, workdir: Path, rounds: int, nice: int) -> dict:
+    """daily-score without and with --incidents/--report on one cached 2M panel, alternated."""
+    import statistics
+
+    from maml_anomaly.benchmarks.scale import SyntheticSpec, bench_config, cached_series, run_step
+
+    spec = SyntheticSpec(n_series, "D", 0)
+    path, _ = cached_series(spec, workdir)
+    model = workdir / "model"
+    config = bench_config({}, "D")
+    if not (model / "detector.json").exists():  # fit and meta-train once, as bench scale does
+        for step in ("fit-clusters", "meta-train"):
+            done = run_step(step, {"input": str(path), "model_dir": str(model), "config": config}, nice=nice)
+            if not done["ok"]:
+                raise RuntimeError(f"{step} failed: {done['error']}")
+    runs = []
+    for _ in range(rounds):
+        for with_view in (False, True):  # alternated: a load change hits both variants alike
+            runs.append(_daily_score_process(path, model, workdir, config, with_view, nice))
+            print(json.dumps(runs[-1]), flush=True)
+    plain = statistics.median(r["seconds"] for r in runs if not r["with_view"])
+    view = statistics.median(r["seconds"] for r in runs if r["with_view"])
+    cpu_plain = statistics.median(r["cpu_seconds"] for r in runs if not r["with_view"])
+    cpu_view = statistics.median(r["cpu_seconds"] for r in runs if r["with_view"])
+    return {"series": n_series, "rounds": rounds, "runs": runs, "plain_median_s": plain, "view_median_s": view,
+            "ratio": round(view / plain, 4), "cpu_ratio": round(cpu_view / cpu_plain, 4),
+            "view_share_max": max(r["view_share"] for r in runs if r["with_view"]), "load_average": os.getloadavg()}
+
+
+def _daily_score_process(path: Path, model: Path, workdir: Path, config: dict, with_view: bool, nice: int) -> dict:
+    args = {"input": str(path), "model_dir": str(model), "output": str(workdir / "scores.parquet"), "config": config}
+    if with_view:
+        args.update(incidents=str(workdir / "incidents.parquet"), report=str(workdir / "report.html"))
+    cmd = [sys.executable, "-m", "maml_anomaly.benchmarks.morning", "--child", json.dumps(args)]
+    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=(lambda: os.nice(nice)) if nice else None)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"daily-score failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    return {"with_view": with_view, **json.loads(lines[-1])}
+
+
+def _child(args: dict) -> dict:
+    """One daily-score in this process: wall seconds of the command and this process's peak RSS."""
+    import resource
+
+    from maml_anomaly.api import daily_score
+    from maml_anomaly.config import Config
+
+    config = Config.from_dict(args.pop("config"))
+    started, cpu = time.perf_counter(), _cpu_seconds()
+    result = daily_score(config=config, **{k: Path(v) for k, v in args.items()})
+    view = result.get("morning_view") or {}
+    seconds = time.perf_counter() - started
+    view_seconds = view.get("incidents_seconds", 0.0) + view.get("report_seconds", 0.0)
+    return {
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(_cpu_seconds() - cpu, 2),  # workers count once they exit
+        "view_share": round(view_seconds / (seconds - view_seconds), 4),  # incidents + report over the rest, same run
+        "driver_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "morning_view": result.get("morning_view"),
+        "incidents": result["summary"].splitlines()[0],
+        "events": result["alerts"]["events"],
+    }
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
 def _screenshot(page: Path, png: Path, width: int = 1100) -> None:
     import os
     import shutil
@@ -223,9 +307,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--demo", type=Path, help="a demo workdir: write its report instead")
     ap.add_argument("--output", type=Path, default=Path("report.html"))
     ap.add_argument("--screenshot", type=Path)
+    ap.add_argument("--page", type=Path, help="an HTML report to screenshot (with --screenshot), e.g. a demo's report.html")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--overhead", action="store_true", help="daily-score without and with --incidents/--report")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/maml-anomaly-bench-morning"))
+    ap.add_argument("--nice", type=int, default=0)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.demo:
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))), flush=True)
+        return
+    if args.page:
+        _screenshot(args.page, args.screenshot or Path("report.png"))
+        return
+    if args.overhead:
+        out = overhead(args.series, args.workdir, args.rounds, args.nice)
+    elif args.demo:
         out = demo_report(args.demo, args.output, args.screenshot)
     else:
         out = scale(args.series, args.events, args.points)

@@ -47,6 +47,7 @@ from maml_anomaly.commands import evaluate as evaluate_command
 from maml_anomaly.commands import fit_clusters as fit_clusters_command
 from maml_anomaly.commands import meta_train as meta_train_command
 from maml_anomaly.commands import plot as plot_command
+from maml_anomaly.commands import report as report_command
 from maml_anomaly.commands import score as score_command
 from maml_anomaly.config import Config
 from maml_anomaly.errors import MamlAnomalyError
@@ -78,7 +79,7 @@ def _run(fn: Callable[..., dict[str, Any]], *, flags: dict[str, Any], run: dict[
     SIGINT/SIGTERM end the run with one line saying what was left, and exit 130/143. With --json
     a failed run also prints one JSON object on stdout.
     """
-    _setup_logging(run["quiet"], run["verbose"])
+    _setup_logging(run["quiet"], run["verbose"], run["as_json"])
     command = _command_name(fn)
     before = _written_state(kwargs)
     try:
@@ -189,7 +190,7 @@ def _what_was_left(before: dict[str, Any], kwargs: dict[str, Any]) -> str:
     return "; ".join(parts) + ". Rerunning the same command is safe." if parts else "nothing was written."
 
 
-def _setup_logging(quiet: bool, verbose: bool) -> None:
+def _setup_logging(quiet: bool, verbose: bool, as_json: bool = False) -> None:
     logger = logging.getLogger("maml_anomaly")
     for handler in list(logger.handlers):
         if getattr(handler, "_maml_cli", False):
@@ -200,6 +201,8 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
+    # progress bars (stderr, terminals only) stay off with -q and with --json, whose reader is a program
+    logging.getLogger("maml_anomaly.progress").setLevel(logging.WARNING if quiet or as_json else logging.INFO)
 
 
 def _version(value: bool) -> None:
@@ -464,6 +467,46 @@ def plot(
         series=series or None,
         top=top,
         **kwargs,
+    )
+
+
+@app.command("report")
+@options(data_group, *RUN_GROUPS)
+def report(
+    scores: ScoresOpt,
+    input: InputOpt,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="HTML file to write (one self-contained file; atomically).")
+    ],
+    events: Annotated[
+        Optional[Path],
+        typer.Option("--events", help="Events parquet of the same run (default: derived from the scores)."),
+    ] = None,
+    incidents: Annotated[
+        Optional[Path],
+        typer.Option("--incidents", help="Incidents parquet of the same run (default: derived from the events)."),
+    ] = None,
+    top: Annotated[int, typer.Option("--top", min=0, help="Events charted, most severe first.")] = 10,
+    timezone: Annotated[
+        Optional[str],
+        typer.Option("--timezone", help="Show times in this IANA zone, e.g. Europe/Berlin (default: UTC, as stored)."),
+    ] = None,
+    *,
+    flags: dict[str, Any],
+    run: dict[str, Any],
+) -> None:
+    """The morning view of a scoring run: one HTML file with the summary, incidents, top events and their charts."""
+    _run(
+        report_command.report,
+        flags=flags,
+        run=run,
+        scores=scores,
+        input=input,
+        output=output,
+        events=events,
+        incidents=incidents,
+        top=top,
+        timezone=timezone,
     )
 
 

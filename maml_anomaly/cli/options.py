@@ -232,9 +232,28 @@ def score_group(
             rich_help_panel=ALERTS_PANEL,
         ),
     ] = None,
+    incidents: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--incidents",
+            help="Also write the incidents (events of many series starting together, one row each) to this parquet file.",
+            rich_help_panel=ALERTS_PANEL,
+        ),
+    ] = None,
+    report: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--report",
+            help="Also write the run's one-file HTML report (summary, incidents, top events with charts) here.",
+            rich_help_panel=ALERTS_PANEL,
+        ),
+    ] = None,
 ) -> dict[str, Any]:
-    """daily-score and backtest: the flag threshold, the failure budget, the events file."""
-    return {"flags": {"threshold": threshold, "max_failed_fraction": max_failed_fraction}, "kwargs": {"events": events}}
+    """daily-score and backtest: the flag threshold, the failure budget, the events, incidents and report files."""
+    return {
+        "flags": {"threshold": threshold, "max_failed_fraction": max_failed_fraction},
+        "kwargs": {"events": events, "incidents": incidents, "report": report},
+    }
 
 
 def alerts_group(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,7 +172,7 @@ def progress(description: str, total: int | None) -> Iterator[Any]:
 
     Use as ``with progress("scoring", n_batches) as advance: ... advance(1)``.
     """
-    if not sys.stderr.isatty() or not log.isEnabledFor(logging.INFO):
+    if not show_progress():
         yield lambda n=1: None
         return
     from rich.console import Console
@@ -181,6 +181,42 @@ def progress(description: str, total: int | None) -> Iterator[Any]:
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
+
+
+PROGRESS_LOG = logging.getLogger("maml_anomaly.progress")  # the CLI turns it off with -q and --json
+
+
+def show_progress() -> bool:
+    """Progress bars go to stderr only when it is a terminal and progress is on (not -q, not --json)."""
+    return sys.stderr.isatty() and PROGRESS_LOG.isEnabledFor(logging.INFO)
+
+
+@contextmanager
+def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """Bars on stderr, one per piece of work, with an ETA; no-ops when :func:`show_progress` is off.
+
+    Use as ``with progress_bars() as new_bar: update = new_bar("cluster a", 1500); update(done)``.
+    """
+    if not show_progress():
+        yield lambda description, total: lambda done: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bars:
+
+        def new_bar(description: str, total: int) -> Callable[[int], None]:
+            task = bars.add_task(description, total=total)
+            return lambda done: bars.update(task, completed=done)
+
+        yield new_bar
 
 
 def locked(*, model_shared: bool, output: bool = False):

@@ -1,4 +1,8 @@
-"""demo: sample data, then fit-clusters, meta-train, backtest and evaluate on it, in one folder."""
+"""demo: sample data, then fit-clusters, meta-train, backtest and evaluate on it, in one folder.
+
+The backtest writes the events, the incidents and the HTML report into the folder too; the
+summary prints the incidents, then the top events (one line each), then the evaluation.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from maml_anomaly.commands.fit_clusters import fit_clusters
 from maml_anomaly.commands.meta_train import meta_train
 from maml_anomaly.commands.score import backtest
 from maml_anomaly.config import Config
+from maml_anomaly.core.alerts import top_events
 from maml_anomaly.data.write import write_parquet_atomic
 from maml_anomaly.errors import InputError
 from maml_anomaly.sample import write_sample
@@ -24,6 +29,7 @@ log = logging.getLogger("maml_anomaly.commands")
 
 DEMO_EVAL_DAYS = 14  # the sample's labelled evaluation period: its last 14 days
 
+DEMO_TOP_EVENTS = 10  # events printed, most severe first
 DEMO_TRAIN_BUDGET_S = 45.0  # meta-training seconds for all clusters together: the demo stays under 2 minutes
 
 
@@ -57,26 +63,38 @@ def demo(*, config: Config, workdir: Path, overwrite: bool = False) -> dict[str,
     )
 
     model_dir, scores = workdir / "model", workdir / "scores.parquet"
+    events, incidents, report = workdir / "events.parquet", workdir / "incidents.parquet", workdir / "report.html"
     fit_clusters(config=config, input=history, model_dir=model_dir, overwrite=overwrite)
     n_clusters = max(1, ModelDir(model_dir).load_clusters()["cluster"].nunique())
     budget = min(config.train.time_budget_s, DEMO_TRAIN_BUDGET_S / n_clusters)
     train_config = dataclasses.replace(config, train=dataclasses.replace(config.train, time_budget_s=budget))
     meta_train(config=train_config, input=history, model_dir=model_dir, overwrite=True)
-    backtest(
+    scored = backtest(
         config=config,
         input=paths["values"],
         model_dir=model_dir,
         output=scores,
         start=str(first.date()),
         end=str(last.date()),
+        events=events,
+        incidents=incidents,
+        report=report,
     )
     result = evaluate(config=config, scores=scores, labels=paths["labels"], model_dir=model_dir)
-    top = _top_anomalies(pd.read_parquet(scores))
-    files = {"data": paths["values"].parent, "model_dir": model_dir, "scores": scores}
+    top = top_events(pd.read_parquet(events), DEMO_TOP_EVENTS)
+    files = {
+        "data": paths["values"].parent,
+        "model_dir": model_dir,
+        "scores": scores,
+        "events": events,
+        "incidents": incidents,
+        "report": report,
+    }
     text = "\n".join(
         [
-            "top anomalies:",
-            top.to_string(index=False) if len(top) else "  (none flagged)",
+            scored.get("summary", "").split("\n", 1)[0],  # the incidents line(s) come first
+            f"top {len(top)} events by severity:" if len(top) else "top events: (none flagged)",
+            *(f"  {event_line(r)}" for r in top.itertuples(index=False)),
             "",
             result["summary"],
             "",
@@ -84,7 +102,20 @@ def demo(*, config: Config, workdir: Path, overwrite: bool = False) -> dict[str,
         ]
     )
     fields = {k: v for k, v in result.items() if k != "summary"}
-    return command_result(text, files=files, top_anomalies=top.to_dict(orient="records"), evaluation=fields)
+    return command_result(
+        text,
+        files=files,
+        top_events=top.to_dict(orient="records"),
+        top_anomalies=_top_anomalies(pd.read_parquet(scores)).to_dict(orient="records"),
+        evaluation=fields,
+    )
+
+
+def event_line(event: Any) -> str:
+    """One event: series, cluster, start..end, direction, peak score."""
+    start, end = pd.Timestamp(event.start), pd.Timestamp(event.end)
+    span = f"{start}" if start == end else f"{start}..{end}"
+    return f"{event.unique_id!s:<10} {event.cluster!s:<12} {span:<41} {event.direction:<5} peak score {event.peak_score:.1f}"
 
 
 def _top_anomalies(scores: pd.DataFrame, n: int = 10) -> pd.DataFrame:

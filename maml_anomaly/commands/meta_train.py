@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from maml_anomaly.batch import check_id_kinds, plain_ids
-from maml_anomaly.commands.common import LoadedInput, command_result, load_input, locked, progress, setup_torch
+from maml_anomaly.commands.common import LoadedInput, command_result, load_input, locked, progress_bars, setup_torch
 from maml_anomaly.config import Config
 from maml_anomaly.core.tasks import choose_lag_spec, cluster_second_period, query_len_for_step, training_window_width
 from maml_anomaly.core.training import TrainSettings, train_cluster
@@ -64,7 +64,7 @@ def meta_train(
     index: dict[str, Any] = {}
     reports: dict[str, Any] = {}
     trained: dict[str, tuple[dict[str, Any], str]] = {}  # weights file -> (tensors, cluster), written at the end
-    with progress("meta-training", len(names)) as advance:
+    with progress_bars() as new_bar:
         for i, name in enumerate(names):
             rows = np.flatnonzero(cluster_of == i)  # panel positions of the cluster's series
             crash_point("meta-train:between-clusters")
@@ -81,6 +81,7 @@ def meta_train(
             log.info(
                 "cluster %s: %d series, period %d, lags %s, query %d", name, rows.size, period, spec.lags, query_len
             )
+            bar = new_bar(f"meta-training {name} ({i + 1}/{len(names)})", settings.iterations)
             model = train_cluster(
                 panel.values,
                 panel.indptr,
@@ -88,9 +89,9 @@ def meta_train(
                 spec,
                 query_len,
                 settings,
-                log=lambda msg, name=name: log.debug("cluster %s: %s", name, msg),
+                log=lambda msg, name=name: log.info("cluster %s: %s", name, msg),  # one line per validation
+                on_iteration=lambda done, total, bar=bar: bar(done),
             )
-            advance(1)
             if model is None:
                 reports[name] = {
                     "skipped": "no series is long enough for one task window",

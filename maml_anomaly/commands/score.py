@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maml_anomaly.batch import FAILED_STATUSES, ReadTotals, ScoredBatch, ScoredCodec, Scorer, score_batch
@@ -33,8 +34,9 @@ from maml_anomaly.commands.days import (
     with_absent_rows,
     with_day_fields,
 )
+from maml_anomaly.commands.report import check_view_outputs, finish_view, run_view
 from maml_anomaly.config import AlertConfig, Config
-from maml_anomaly.core.alerts import bh_summary, summary_text, top_events
+from maml_anomaly.core.alerts import Alerts, bh_summary, summary_text, top_events
 from maml_anomaly.core.scoring import STATUS_ABSENT, STATUS_OFF_GRID, STATUS_OK
 from maml_anomaly.core.tasks import recent_len
 from maml_anomaly.data.days import UTC, check_zone, day_bounds, local_date
@@ -64,17 +66,32 @@ def daily_score(
     engine: str = "local",
     ray_address: str | None = None,
     timezone: str | None = None,
+    incidents: Path | None = None,
+    report: Path | None = None,
 ) -> dict[str, Any]:
     """Score one calendar day (default: the input's last complete day, see data/days.py); write the scores atomically."""
     zone = check_zone(timezone)
     day = parse_day(date, "--date") if date is not None else None
     check_output(output)
     _check_events_path(events, output)
+    check_view_outputs(output, events, incidents, report)
     runner = _engine(engine, config, ray_address)
     md = open_trained(model_dir)
     device = _device(config, runner)
     return score_days(
-        config, md, input, output, device, runner, first=day, last=day, date_option=date, events=events, zone=zone
+        config,
+        md,
+        input,
+        output,
+        device,
+        runner,
+        first=day,
+        last=day,
+        date_option=date,
+        events=events,
+        zone=zone,
+        incidents=incidents,
+        report=report,
     )
 
 
@@ -91,6 +108,8 @@ def backtest(
     engine: str = "local",
     ray_address: str | None = None,
     timezone: str | None = None,
+    incidents: Path | None = None,
+    report: Path | None = None,
 ) -> dict[str, Any]:
     """daily-score for every day of [start, end], batched across days and series, one output."""
     zone = check_zone(timezone)
@@ -100,6 +119,7 @@ def backtest(
         raise InputError(f"--start {start} is after --end {end}; give a start on or before the end.")
     check_output(output)
     _check_events_path(events, output)
+    check_view_outputs(output, events, incidents, report)
     runner = _engine(engine, config, ray_address)
     md = open_trained(model_dir)
     device = _device(config, runner)
@@ -116,6 +136,8 @@ def backtest(
         backtest=True,
         events=events,
         zone=zone,
+        incidents=incidents,
+        report=report,
     )
 
 
@@ -183,6 +205,8 @@ def score_days(
     backtest: bool = False,
     events: Path | None = None,
     zone: str = UTC,
+    incidents: Path | None = None,
+    report: Path | None = None,
 ) -> dict[str, Any]:
     """Score the days [first, last] (calendar days of ``zone``) reading the input in batches of whole series.
 
@@ -258,9 +282,24 @@ def score_days(
             series, failed_series = series + n_absent, failed_series + n_absent
             counts[STATUS_ABSENT] = counts.get(STATUS_ABSENT, 0) + n_absent * (bounds.shape[0] - 1)
         alerted = publish_run(runner, parts, tested, config, staging, output, events, zone)
+        alerted, step = _read_back_for_view(alerted, parts, output, full=report is not None)
+        view = run_view(alerted, step, first, last, incidents)
     _fail_over_budget(failed_series, series, counts, config.score.max_failed_fraction, output)
     summary = _run_summary(config, alerted, events, output, first, last, series, counts, started)
-    return with_day_fields(summary, day_fields, zone, failed_series)
+    result = finish_view(summary, view, alerted, config, input, report)
+    return with_day_fields(result, day_fields, zone, failed_series)
+
+
+def _read_back_for_view(alerted: Alerts, parts: list[str], output: Path, *, full: bool) -> tuple[Alerts, Any]:
+    """The published scores (every column only for a report) and each row's series step, in output order.
+
+    The morning view needs the run's series and clusters (and, for the report, the top series'
+    rows): they are read back from the published file, not gathered from the batches.
+    """
+    columns = None if full else ["unique_id", "cluster"]
+    scores = pq.read_table(output, columns=columns).to_pandas()
+    step = pa.chunked_array([pq.read_table(p, columns=["step"]).column(0) for p in parts])
+    return dataclasses.replace(alerted, scores=scores), step
 
 
 def _run_summary(

@@ -144,10 +144,12 @@ def train_cluster(
     settings: TrainSettings = TrainSettings(),
     *,
     log=None,
+    on_iteration=None,
 ) -> ClusterModel | None:
     """Meta-train one cluster's forecaster on windows of series ``rows`` of a (values, indptr) panel.
 
-    Returns None when no series of the cluster is long enough for one window.
+    Returns None when no series of the cluster is long enough for one window. ``log(message)``
+    gets one line per validation; ``on_iteration(done, total)`` is called after every meta-update.
     """
     started = time.perf_counter()
     log = log or (lambda msg: None)
@@ -199,6 +201,8 @@ def train_cluster(
             with torch.no_grad():  # a negative step size would climb the support loss
                 for v in lrs.values():
                     v.clamp_(min=0.0)
+        if on_iteration is not None:
+            on_iteration(it, settings.iterations)
         out_of_time = time.perf_counter() - started > settings.time_budget_s
         if it % settings.eval_every == 0 or it == settings.iterations or out_of_time:
             pred = _adapted_query(model, params, val_tasks, settings.inner_steps, settings.inner_lr, lrs)

@@ -219,7 +219,7 @@ def test_meta_train_shows_a_bar_named_after_the_cluster_and_logs_validations(tmp
             "--inner-steps", "1", "--meta-batch-size", "4"]
     result = invoke(args)
     assert result.exit_code == 0, result.output
-    names = json.loads((model / "detector.json").read_text())["clusters"]
+    names = json.loads((model / "current" / "detector.json").read_text())["clusters"]
     for name in names:
         assert re.search(rf"meta-training {re.escape(name)} \(\d+/{len(names)}\)", result.stderr), result.stderr[-2000:]
         assert f"cluster {name}: iteration 3: train " in result.stderr

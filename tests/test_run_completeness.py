@@ -178,7 +178,7 @@ def _fit_and_score(w: Work, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
     _ok(["fit-clusters", "-i", inp, "-m", model, "-q", *snap])
     _ok(["meta-train", "-i", inp, "-m", model, "-q", *TRAIN_ARGS, *snap])
     _ok(w.score(inp, model, "-q", *snap, "--max-failed-fraction", "0"))
-    return pd.read_parquet(model / "clusters.parquet"), pd.read_parquet(w.out)
+    return pd.read_parquet(model / "current" / "clusters.parquet"), pd.read_parquet(w.out)
 
 
 def _assert_one_grid_all_scored(w: Work, step: str, jitter_s: float, days: int) -> None:

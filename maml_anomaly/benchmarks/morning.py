@@ -236,9 +236,17 @@ def overhead(n_series: int, workdir: Path, rounds: int, nice: int) -> dict:
     view = statistics.median(r["seconds"] for r in runs if r["with_view"])
     cpu_plain = statistics.median(r["cpu_seconds"] for r in runs if not r["with_view"])
     cpu_view = statistics.median(r["cpu_seconds"] for r in runs if r["with_view"])
-    return {"series": n_series, "rounds": rounds, "runs": runs, "plain_median_s": plain, "view_median_s": view,
-            "ratio": round(view / plain, 4), "cpu_ratio": round(cpu_view / cpu_plain, 4),
-            "view_share_max": max(r["view_share"] for r in runs if r["with_view"]), "load_average": os.getloadavg()}
+    return {
+        "series": n_series,
+        "rounds": rounds,
+        "runs": runs,
+        "plain_median_s": plain,
+        "view_median_s": view,
+        "ratio": round(view / plain, 4),
+        "cpu_ratio": round(cpu_view / cpu_plain, 4),
+        "view_share_max": max(r["view_share"] for r in runs if r["with_view"]),
+        "load_average": os.getloadavg(),
+    }
 
 
 def _daily_score_process(path: Path, model: Path, workdir: Path, config: dict, with_view: bool, nice: int) -> dict:
@@ -307,7 +315,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--demo", type=Path, help="a demo workdir: write its report instead")
     ap.add_argument("--output", type=Path, default=Path("report.html"))
     ap.add_argument("--screenshot", type=Path)
-    ap.add_argument("--page", type=Path, help="an HTML report to screenshot (with --screenshot), e.g. a demo's report.html")
+    ap.add_argument(
+        "--page", type=Path, help="an HTML report to screenshot (with --screenshot), e.g. a demo's report.html"
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--overhead", action="store_true", help="daily-score without and with --incidents/--report")
     ap.add_argument("--rounds", type=int, default=2)

@@ -10,11 +10,8 @@ also prints one JSON object {"error", "exit_code", "command"} on stdout.
 # no ``from __future__ import annotations``: typer reads these annotations as objects
 import json
 import logging
-import signal
 import sys
-import threading
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -22,6 +19,15 @@ import click
 import typer
 
 from maml_anomaly import __version__
+from maml_anomaly.cli.endings import (
+    EX_SOFTWARE,
+    Interrupted,
+    command_name,
+    fail,
+    signals_raise,
+    what_was_left,
+    written_state,
+)
 from maml_anomaly.cli.options import (
     RUN_GROUPS,
     Engine,
@@ -80,19 +86,19 @@ def _run(fn: Callable[..., dict[str, Any]], *, flags: dict[str, Any], run: dict[
     a failed run also prints one JSON object on stdout.
     """
     _setup_logging(run["quiet"], run["verbose"], run["as_json"])
-    command = _command_name(fn)
-    before = _written_state(kwargs)
+    command = command_name(fn)
+    before = written_state(kwargs)
     try:
-        with _signals_raise():
+        with signals_raise():
             config = Config.load(run.get("config_path"), flags)
             if kwargs.get("model_dir") is not None:
                 refit = fn in (fit_clusters_command.fit_clusters, meta_train_command.meta_train)  # newest clusters
                 config = recorded_columns_as_defaults(config, flags, kwargs["model_dir"], refit)
             result = fn(config=config, **kwargs)
     except MamlAnomalyError as exc:
-        _fail(run, command, " ".join(str(exc).split()), 1)
-    except _Interrupted as exc:
-        _fail(run, command, f"interrupted by {exc.name}: {_what_was_left(before, kwargs)}", 128 + exc.signum)
+        fail(run, command, " ".join(str(exc).split()), 1)
+    except Interrupted as exc:
+        fail(run, command, f"interrupted by {exc.name}: {what_was_left(before, kwargs)}", 128 + exc.signum)
     except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
         raise
     except Exception as exc:
@@ -101,93 +107,11 @@ def _run(fn: Callable[..., dict[str, Any]], *, flags: dict[str, Any], run: dict[
             f"unexpected {type(exc).__name__} in {command} (a bug, not a problem with the input): "
             f"{' '.join(str(exc).split())}. The traceback is above; please report it."
         )
-        _fail(run, command, message, EX_SOFTWARE)
+        fail(run, command, message, EX_SOFTWARE)
     if run["as_json"]:
         typer.echo(json.dumps(jsonable({k: v for k, v in result.items() if k != "summary"}), sort_keys=False))
     else:
         typer.echo(result.get("summary", ""))
-
-
-EX_SOFTWARE = 70  # sysexits.h: an internal software error
-_OUTPUT_KEYS = ("output", "events", "incidents", "report", "workdir")
-
-
-class _Interrupted(BaseException):
-    """SIGINT or SIGTERM, raised in the main thread so that cleanup (locks, temporary files) runs."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-        self.name = signal.Signals(signum).name
-
-
-@contextmanager
-def _signals_raise():
-    """Turn SIGINT and SIGTERM into _Interrupted for the duration of a command (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise _Interrupted(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _fail(run: dict[str, Any], command: str, message: str, code: int) -> None:
-    """Print the error paragraph on stderr (and one JSON object on stdout with --json); exit ``code``."""
-    typer.echo(f"Error: {message}", err=True)
-    if run.get("as_json"):
-        typer.echo(json.dumps({"error": message, "exit_code": code, "command": command}))
-    raise typer.Exit(code)
-
-
-def _command_name(fn: Callable[..., Any]) -> str:
-    ctx = click.get_current_context(silent=True)
-    return ctx.command_path.removeprefix("maml-anomaly ") if ctx else fn.__name__.replace("_", "-")
-
-
-def _written_state(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """A cheap fingerprint of what the command may write: its outputs and model directory."""
-    paths = {key: kwargs[key] for key in (*_OUTPUT_KEYS, "model_dir") if kwargs.get(key) is not None}
-    return {key: _fingerprint(Path(path)) for key, path in paths.items()}
-
-
-def _fingerprint(path: Path) -> Any:
-    try:
-        if path.is_dir():
-            return sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in path.iterdir())
-        stat = path.stat()
-        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-    except OSError:
-        return None
-
-
-def _what_was_left(before: dict[str, Any], kwargs: dict[str, Any]) -> str:
-    """One sentence: which outputs and model directory the interrupted run changed."""
-    changed = [key for key, state in before.items() if _fingerprint(Path(kwargs[key])) != state]
-    outputs = [key for key in before if key != "model_dir"]
-    parts = []
-    if outputs:
-        written = [str(kwargs[k]) for k in outputs if k in changed]
-        parts.append(
-            "written completely before the interruption: " + ", ".join(written)
-            if written
-            else "no output written (any previous file is unchanged)"
-        )
-    if "model_dir" in before:
-        parts.append(
-            f"the model directory {kwargs['model_dir']} was changed before the interruption: rerun the "
-            "command with --overwrite to complete it"
-            if "model_dir" in changed
-            else "the model directory is unchanged"
-        )
-    return "; ".join(parts) + ". Rerunning the same command is safe." if parts else "nothing was written."
 
 
 def _setup_logging(quiet: bool, verbose: bool, as_json: bool = False) -> None:

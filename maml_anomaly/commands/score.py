@@ -283,7 +283,7 @@ def score_days(
             counts[STATUS_ABSENT] = counts.get(STATUS_ABSENT, 0) + n_absent * (bounds.shape[0] - 1)
         alerted = publish_run(runner, parts, tested, config, staging, output, events, zone)
         alerted, step = _read_back_for_view(alerted, parts, output, full=report is not None)
-        view = run_view(alerted, step, first, last, incidents)
+        view = run_view(alerted, step, start, end - DAY, incidents)  # the UTC instants the run spans
     _fail_over_budget(failed_series, series, counts, config.score.max_failed_fraction, output)
     summary = _run_summary(config, alerted, events, output, first, last, series, counts, started)
     result = finish_view(summary, view, alerted, config, input, report)

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -36,6 +35,7 @@ from maml_anomaly.core.incidents import (
     incidents_text,
     series_steps,
 )
+from maml_anomaly.data.days import check_zone, to_local
 from maml_anomaly.data.stream import iter_series_frames
 from maml_anomaly.data.write import write_parquet_atomic
 from maml_anomaly.errors import InputError
@@ -261,20 +261,6 @@ def write_run_report(path: Path, *args: Any, **kwargs: Any) -> float:
 TIME_COLUMNS = ("ds", "start", "end", "peak_ds")
 
 
-def check_timezone(name: str | None) -> str | None:
-    """An IANA zone name (e.g. Europe/Berlin), checked; InputError with the fix otherwise."""
-    if name is None:
-        return None
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InputError(
-            f"--timezone {name!r} is not a known IANA time zone; give a name such as UTC, Europe/Berlin or "
-            "America/New_York (the list: python -c 'import zoneinfo; print(sorted(zoneinfo.available_timezones()))')."
-        ) from None
-    return name
-
-
 def in_zone(frame: pd.DataFrame | None, zone: str) -> pd.DataFrame | None:
     """The frame with its naive-UTC time columns shown as wall-clock times of ``zone`` (display only)."""
     if frame is None:
@@ -282,7 +268,7 @@ def in_zone(frame: pd.DataFrame | None, zone: str) -> pd.DataFrame | None:
     out = frame.copy(deep=False)
     for c in TIME_COLUMNS:
         if c in out.columns:
-            out[c] = out[c].dt.tz_localize("UTC").dt.tz_convert(zone).dt.tz_localize(None)
+            out[c] = to_local(out[c], zone)
     return out
 
 
@@ -302,7 +288,7 @@ def report(
 ) -> dict[str, Any]:
     """The HTML report of a scores file; events and incidents are derived from the scores when not given."""
     started = time.perf_counter()
-    timezone = check_timezone(timezone)
+    timezone = None if timezone is None else check_zone(timezone)
     check_output(output, "--output")
     for option, path in (("--scores", scores), ("--events", events), ("--incidents", incidents)):
         if path is not None and path.resolve() == output.resolve():

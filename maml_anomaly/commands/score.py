@@ -72,12 +72,7 @@ def daily_score(
     """Score one calendar day (default: the input's last complete day, see data/days.py); write the scores atomically."""
     zone = check_zone(timezone)
     day = parse_day(date, "--date") if date is not None else None
-    check_output(output)
-    _check_events_path(events, output)
-    check_view_outputs(output, events, incidents, report)
-    runner = _engine(engine, config, ray_address)
-    md = open_trained(model_dir)
-    device = _device(config, runner)
+    runner, md, device = _prepared(config, model_dir, output, (events, incidents, report), engine, ray_address)
     return score_days(
         config,
         md,
@@ -117,12 +112,7 @@ def backtest(
     last = parse_day(end, "--end") if end is not None else None
     if first is not None and last is not None and first > last:
         raise InputError(f"--start {start} is after --end {end}; give a start on or before the end.")
-    check_output(output)
-    _check_events_path(events, output)
-    check_view_outputs(output, events, incidents, report)
-    runner = _engine(engine, config, ray_address)
-    md = open_trained(model_dir)
-    device = _device(config, runner)
+    runner, md, device = _prepared(config, model_dir, output, (events, incidents, report), engine, ray_address)
     return score_days(
         config,
         md,
@@ -139,6 +129,16 @@ def backtest(
         incidents=incidents,
         report=report,
     )
+
+
+def _prepared(
+    config: Config, model_dir: Path, output: Path, extra_outputs: tuple, engine: str, address: str | None
+) -> tuple[Engine, ModelDir, str]:
+    """The outputs checked, then the engine, the serving model and the device of a scoring run."""
+    check_output(output)
+    check_view_outputs(output, *extra_outputs)
+    runner = _engine(engine, config, address)
+    return runner, open_trained(model_dir), _device(config, runner)
 
 
 def _engine(engine: str, config: Config, address: str | None) -> Engine:
@@ -335,16 +335,6 @@ def _run_summary(
         threshold=config.score.threshold,
         seconds=round(seconds, 2),
     )
-
-
-def _check_events_path(events: Path | None, output: Path) -> None:
-    """--events names a parquet file other than the scores output."""
-    if events is None:
-        return
-    if events.is_dir():
-        raise InputError(f"--events {events} is a directory; expected the path of a parquet file to write.")
-    if events.resolve() == output.resolve():
-        raise InputError(f"--events {events} is the same file as --output; give the events their own parquet path.")
 
 
 def _alert_fields(alerted: Any, events: Path | None) -> dict[str, Any]:

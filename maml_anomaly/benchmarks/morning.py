@@ -217,12 +217,13 @@ def overhead(n_series: int, workdir: Path, rounds: int, nice: int) -> dict:
     import statistics
 
     from maml_anomaly.benchmarks.scale import SyntheticSpec, bench_config, cached_series, run_step
+    from maml_anomaly.model_versions import serving_folder
 
     spec = SyntheticSpec(n_series, "D", 0)
     path, _ = cached_series(spec, workdir)
     model = workdir / "model"
     config = bench_config({}, "D")
-    if not (model / "detector.json").exists():  # fit and meta-train once, as bench scale does
+    if not (serving_folder(model) / "detector.json").exists():  # fit and meta-train once, as bench scale does
         for step in ("fit-clusters", "meta-train"):
             done = run_step(step, {"input": str(path), "model_dir": str(model), "config": config}, nice=nice)
             if not done["ok"]:

@@ -49,9 +49,9 @@ def choose_candidate(
 ) -> np.ndarray:
     """The candidate with the smallest mean absolute one-step error (``error_sum`` (B, n C, ...): the
     candidates on cleaned lags, then on uncleaned lags, over ``count`` (B, ...) points), a simple
-    reference or uncleaned lags only where more than :data:`SWITCH_MARGIN` better; ``fixed`` (B,) where the task has no such points
-    yet, or fewer than :data:`MIN_DAY_POINTS` of the day's (``day_count``) on a first day.
-    ``allowed`` (B, n C) masks candidates out."""
+    reference or uncleaned lags only where more than :data:`SWITCH_MARGIN` better; ``fixed`` (B,)
+    where the task has no such points yet, or fewer than :data:`MIN_DAY_POINTS` of the day's
+    (``day_count``) on a first day. ``allowed`` (B, n C) masks candidates out."""
     mean = error_sum / np.expand_dims(np.maximum(count, 1), 1)
     j = np.arange(mean.shape[1])
     # choosing on a few points is noisy (see shrink_to_reference): the simple references, and any
@@ -132,8 +132,8 @@ def follow_the_day(tasks: Tasks, correction: np.ndarray, evidence: Evidence, hal
     cand = candidate_forecasts(correction, tasks.base_query, tasks.last_query, tasks.naive_query)  # (B, C, Q)
     err = np.minimum(np.abs(cand - tasks.query_values[:, None]), half[:, None, None])
     seen = np.isfinite(tasks.query_values)  # (B, Q)
-    err = np.nan_to_num(err)
-    before = np.cumsum(err, axis=2) - err  # (B, C, Q) the day's errors before each point
+    # (B, C, Q) the day's errors before each point, summed in time order as the in-time-order loop does
+    before = np.concatenate([np.zeros(err.shape[:2] + (1,)), np.cumsum(np.nan_to_num(err), axis=2)[..., :-1]], 2)
     day_count = np.cumsum(seen, axis=1) - seen  # (B, Q)
     pick = choose_candidate(
         evidence.error_sum[:, :, None] + before, evidence.count[:, None] + day_count, evidence.fixed, day_count

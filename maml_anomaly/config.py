@@ -84,6 +84,7 @@ class TrainConfig:
     """meta-train: MAML hyper-parameters (names as in the meta-learning literature)."""
 
     k_shot: int = 24
+    k_per_period: bool = False  # true: K = one period of points in clusters with a period (docs/detector.md)
     inner_steps: int = 5
     inner_lr: float = 0.01
     learn_inner_lr: bool = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -13,7 +14,13 @@ import pandas as pd
 from maml_anomaly.batch import check_id_kinds, plain_ids
 from maml_anomaly.commands.common import LoadedInput, command_result, load_input, locked, progress_bars, setup_torch
 from maml_anomaly.config import Config
-from maml_anomaly.core.tasks import choose_lag_spec, cluster_second_period, query_len_for_step, training_window_width
+from maml_anomaly.core.tasks import (
+    choose_lag_spec,
+    cluster_k_shot,
+    cluster_second_period,
+    query_len_for_step,
+    training_window_width,
+)
 from maml_anomaly.core.training import TrainSettings, train_cluster
 from maml_anomaly.data.panel import Panel, build_panel
 from maml_anomaly.data.stream import iter_series_frames
@@ -77,9 +84,17 @@ def meta_train(
             step = float(pd.Series(steps[np.isfinite(steps)]).mode().iloc[0]) if np.isfinite(steps).any() else np.nan
             query_len = query_len_for_step(step)
             second = cluster_second_period(period, second_of[rows], step)
+            k = cluster_k_shot(config.train.k_shot, period, config.train.k_per_period)
+            settings = dataclasses.replace(settings, k_shot=k)  # per cluster: K may follow its period
             spec = choose_lag_spec(period, panel.lengths[rows], settings.k_shot, query_len, second=second)
             log.info(
-                "cluster %s: %d series, period %d, lags %s, query %d", name, rows.size, period, spec.lags, query_len
+                "cluster %s: %d series, period %d, lags %s, K %d, query %d",
+                name,
+                rows.size,
+                period,
+                spec.lags,
+                k,
+                query_len,
             )
             bar = new_bar(f"meta-training {name} ({i + 1}/{len(names)})", settings.iterations)
             model = train_cluster(

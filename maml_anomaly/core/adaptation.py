@@ -71,6 +71,20 @@ class Forecasts:
     gate: np.ndarray | None = None  # (B,) share of the net's correction kept (see shrink_to_reference)
     anchor: np.ndarray | None = None  # (B,) what the forecast stands on (see anchored)
     point_scale: np.ndarray | None = None  # (B, Q) per-point residual scale where it rose (see trailing_scale)
+    evidence: "Evidence | None" = None  # what each candidate forecaster scored on the recent points
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Per task, how the candidate forecasters (``references.CANDIDATES``) did on the recent
+    targets adaptation did not fit, and the one chosen on them; the day's points add to it."""
+
+    fixed: np.ndarray  # (B,) int, the candidate chosen before the day
+    error_sum: np.ndarray  # (B, C) each candidate's summed absolute one-step error on those points
+    count: np.ndarray  # (B,) observed points among them (0: a series' first day)
+
+    def take(self, which: np.ndarray) -> "Evidence":
+        return Evidence(self.fixed[which], self.error_sum[which], self.count[which])
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,11 @@ class Adapted:
     model: torch.nn.Module
     params: dict[str, torch.Tensor]  # per task (B, ...): adapted, or the meta-init where that was better
     device: torch.device
+
+    def take(self, which: np.ndarray) -> "Adapted":
+        """The forecasters of the tasks selected by a boolean mask or index array."""
+        idx = torch.from_numpy(np.flatnonzero(which) if np.asarray(which).dtype == bool else np.asarray(which))
+        return Adapted(self.model, {k: v[idx.to(v.device)] for k, v in self.params.items()}, self.device)
 
     def correction(self, x: np.ndarray) -> np.ndarray:
         """The net's output for inputs x (B, n, D) float32 -> (B, n) float64 (see :func:`_clamped`)."""

@@ -34,7 +34,7 @@ from maml_anomaly.core.cleaning import (
     last_columns,
     shift_accepted_after,
 )
-from maml_anomaly.core.references import shrink_to_reference
+from maml_anomaly.core.references import follow_the_day, shrink_to_reference
 from maml_anomaly.core.residual_scales import TRAILING_POINTS, RoutineTail, trailing_scale
 from maml_anomaly.core.residual_scales import normalised_residuals as normalised_residuals
 from maml_anomaly.core.stuck import stuck_log_p
@@ -187,27 +187,27 @@ def _score_without_echoes(
     """
     spec, k, cal = cluster.spec, cluster.k_shot, cluster.calibration
     tasks = make_windows(raw, spec, k, n_query)
-    fast = shrink_to_reference(
+    net = adapt_and_forecast(
+        model,
+        cluster.params,
         tasks,
-        adapt_and_forecast(
-            model,
-            cluster.params,
-            tasks,
-            inner_steps=cluster.inner_steps,
-            inner_lr=cluster.inner_lr,
-            inner_lrs=cluster.inner_lrs,
-            device=device,
-        ),
+        inner_steps=cluster.inner_steps,
+        inner_lr=cluster.inner_lr,
+        inner_lrs=cluster.inner_lrs,
+        device=device,
     )
+    fast = shrink_to_reference(tasks, net)
     denom = np.maximum(np.nan_to_num(fast.resid_scale, nan=np.inf), cal.scale_floor)  # (B,)
+    routine = RoutineTail.of(tasks, fast.recent, denom, cal).half_width(score_to_p(threshold))  # (B,) |u|
+    half = np.maximum(cal.quantile(score_to_p(threshold)), routine) * denom  # (B,) the band's half-width
     n_before = min(spec.max_lag, tasks.recent_values.shape[1])  # the points before the day that lags read
     observed = np.concatenate([tasks.recent_values[:, -n_before:], tasks.query_values], axis=1)  # (B, P+Q)
-    forecast = np.concatenate([fast.recent[:, -n_before:], fast.query], axis=1)
+    query = follow_the_day(tasks, net.query - tasks.base_query, fast.evidence, half)
+    forecast = np.concatenate([fast.recent[:, -n_before:], query], axis=1)
     # a task none of whose points is flagged from observed lags gives the same forecasts in time
     # order (nothing to replace): only the others go through the sequential loop
-    routine = RoutineTail.of(tasks, fast.recent, denom, cal).half_width(score_to_p(threshold))  # (B,) |u|
     redo = (over_threshold(observed - forecast, denom, cal, threshold, routine)).any(axis=1)
-    hold = cleaning_pays(tasks, fast.recent, np.maximum(cal.quantile(score_to_p(threshold)), routine) * denom)
+    hold = cleaning_pays(tasks, fast.recent, half)
     if redo.any():
         sub = tasks.take(redo)
         adapted = adapt_support(
@@ -221,8 +221,7 @@ def _score_without_echoes(
         )
         forecast[redo] = forecast_in_time_order(
             adapted,
-            fast.gate[redo],
-            fast.anchor[redo],
+            fast.evidence.take(redo),
             sub,
             observed[redo],
             denom[redo],

@@ -105,6 +105,12 @@ def training_window_width(spec: LagSpec, k_shot: int, query_len: int, room: int 
     return window_width(spec, k_shot, training_query_len(query_len, k_shot, room), n_recent=k_shot)
 
 
+def cluster_k_shot(k_shot: int, period: int, per_period: bool) -> int:
+    """K of a cluster: the configured ``k_shot``, or with ``per_period`` one period of points where
+    the cluster has a period (the seed's design: the support then spans one whole cycle)."""
+    return period if per_period and period > 0 else k_shot
+
+
 def choose_lag_spec(
     period: int, lengths: np.ndarray, k_shot: int, query_len: int, *, n_recent: int = 6, second: int = 0
 ) -> LagSpec:

@@ -43,6 +43,39 @@ def trailing_scale(abs_dev: np.ndarray, denom: np.ndarray) -> np.ndarray:
     return np.where(trail > NOISE_JUMP * denom[:, None], trail, denom[:, None])
 
 
+MIN_DAY_POINTS = 8  # the day's scale needs this many residuals: a held change (3 points) is then under half
+
+
+def day_scale(abs_dev: np.ndarray) -> np.ndarray:
+    """(B,) robust scale of each row of the scored day's |residuals| (B, n): 1.4826 x their median,
+    0 where fewer than :data:`MIN_DAY_POINTS` are observed or more than half are exactly 0 (a
+    flat or few-valued day is no noisy day: its mean would be the anomalies' own)."""
+    n = np.isfinite(abs_dev).sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        mad = np.nan_to_num(nan_median_rows(abs_dev) * MAD_TO_SD, nan=0.0)
+    return np.where(n >= MIN_DAY_POINTS, mad, 0.0)
+
+
+def with_day_floor(
+    point_scale: np.ndarray, abs_dev: np.ndarray, denom: np.ndarray, flagged: np.ndarray, accept_after: int
+) -> np.ndarray:
+    """(B, n) ``point_scale`` floored by the scored day's own scale (:func:`day_scale` of
+    ``abs_dev``, the day's |residuals| (B, n)) where that exceeds the recent window's ``denom``
+    (B,) by more than :data:`NOISE_JUMP`, from the point after ``accept_after`` points of the day
+    were ``flagged`` (B, n) on.
+
+    A daily job scores a day once it is complete, so the day's spread is known: a series whose
+    noise rose tenfold at midnight had the first half of its hourly day flagged before the
+    trailing scale caught up. Like a level shift, the rise is flagged at its start (the event is
+    found), then it is the new state. The median ignores anomalies under half of the day's points;
+    a clean series' day scale almost never doubles, so its scores and the calibration's promise hold.
+    """
+    day = day_scale(abs_dev)
+    floor = np.where(day > NOISE_JUMP * denom, day, 0.0)  # (B,)
+    started = np.cumsum(flagged, axis=1) - flagged >= accept_after  # (B, n) flags strictly before
+    return np.where(started, np.maximum(point_scale, floor[:, None]), point_scale)
+
+
 def normalised_residuals(tasks: Tasks, forecasts: Forecasts, scale_floor: float) -> np.ndarray:
     """u = (observed - forecast) / max(residual scale, floor), normalised units, NaN where missing."""
     denom = np.maximum(np.nan_to_num(forecasts.resid_scale, nan=np.inf), scale_floor)  # (B,)

@@ -12,7 +12,7 @@ cycle dominates that deviation); dividing by the adapted model's recent error do
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from maml_anomaly.core.cleaning import (
     shift_accepted_after,
 )
 from maml_anomaly.core.references import follow_the_day, shrink_to_reference
-from maml_anomaly.core.residual_scales import TRAILING_POINTS, RoutineTail, trailing_scale
+from maml_anomaly.core.residual_scales import TRAILING_POINTS, RoutineTail, trailing_scale, with_day_floor
 from maml_anomaly.core.residual_scales import normalised_residuals as normalised_residuals
 from maml_anomaly.core.stuck import stuck_log_p
 from maml_anomaly.core.tasks import MAX_Z, Tasks, gather_windows, make_windows, window_width
@@ -239,7 +239,12 @@ def _score_without_echoes(
     forecasts = Forecasts(
         query=forecast[:, n_before:], resid_scale=fast.resid_scale, recent=fast.recent, point_scale=point_scale
     )
-    return tasks, with_stuck_runs(score_points(tasks, forecasts, cal, threshold=threshold), raw, tasks.scale, threshold)
+    pts = score_points(tasks, forecasts, cal, threshold=threshold)
+    if pts.is_anomaly.any():  # the day's own scale once its noise rise was flagged (see with_day_floor)
+        day_dev = np.abs(observed - forecast)[:, n_before:]
+        floored = with_day_floor(point_scale, day_dev, denom, pts.is_anomaly, shift_accepted_after(n_query))
+        pts = score_points(tasks, replace(forecasts, point_scale=floored), cal, threshold=threshold)
+    return tasks, with_stuck_runs(pts, raw, tasks.scale, threshold)
 
 
 def with_stuck_runs(pts: PointScores, raw: np.ndarray, scale: np.ndarray, threshold: float) -> PointScores:

@@ -284,9 +284,14 @@ def score_days(
         alerted = publish_run(runner, parts, tested, config, staging, output, events, zone)
         alerted, step = _read_back_for_view(alerted, parts, output, full=report is not None)
         view = run_view(alerted, step, start, end - DAY, incidents)  # the UTC instants the run spans
-    _fail_over_budget(failed_series, series, counts, config.score.max_failed_fraction, output)
+    written = [p for p in (output, events, incidents, report) if p is not None]
+    over = over_budget(failed_series, series, counts, config.score.max_failed_fraction, written)
     summary = _run_summary(config, alerted, events, output, first, last, series, counts, started)
+    if over is not None:  # the report says so at its top: the morning page exists on the bad day too
+        summary["failed_budget"] = budget_fields(failed_series, series, config.score.max_failed_fraction, view, alerted)
     result = finish_view(summary, view, alerted, config, input, report)
+    if over is not None:  # every requested output is written; the run still fails
+        raise over
     return with_day_fields(result, day_fields, zone, failed_series)
 
 
@@ -347,19 +352,38 @@ def _alert_fields(alerted: Any, events: Path | None) -> dict[str, Any]:
     }
 
 
-def _fail_over_budget(failed: int, series: int, counts: dict[str, int], limit: float, output: Path) -> None:
-    """Raise (the scores are already written) when more than ``limit`` of ``series`` failed."""
+def over_budget(
+    failed: int, series: int, counts: dict[str, int], limit: float, written: list[Path]
+) -> MamlAnomalyError | None:
+    """The error of a run where more than ``limit`` of ``series`` failed (None within budget); ``written``: its outputs."""
     if series == 0 or failed / series <= limit:
-        return
+        return None
     shown = ", ".join(f"{k} {counts[k]:,} points" for k in FAILED_STATUSES if counts.get(k))
-    raise MamlAnomalyError(
+    files = ", ".join(str(p) for p in written)
+    return MamlAnomalyError(
         f"{failed:,} of {series:,} series ({failed / series:.1%}) could not be scored "
         f"({shown}), more than --max-failed-fraction {limit:g}. The scores were still written to "
-        f"{output} (see its status column). Check that the input holds enough history before the "
-        "scored day(s), that every expected series delivered its rows (absent) on their grid (off_grid"
-        f"{_OFF_GRID_HINT if counts.get(STATUS_OFF_GRID) else ''}), and that fit-clusters and meta-train "
-        "ran on these series, or raise --max-failed-fraction."
+        f"{written[0]} (see its status column); every output asked for was written ({files}). Check that the "
+        "input holds enough history before the scored day(s), that every expected series delivered its rows "
+        f"(absent) on their grid (off_grid{_OFF_GRID_HINT if counts.get(STATUS_OFF_GRID) else ''}), and that "
+        "fit-clusters and meta-train ran on these series, or raise --max-failed-fraction."
     )
+
+
+def budget_fields(failed: int, series: int, limit: float, view: Any, alerted: Alerts) -> dict[str, Any]:
+    """The failed budget as the summary and the report show it: failed series in all and by status."""
+    by_status = {}
+    if "status" in alerted.scores:  # series with a row of each failed status, via its few distinct values
+        code, values = pd.factorize(alerted.scores["status"])
+        for k in FAILED_STATUSES:
+            rows = np.isin(code, np.flatnonzero(np.asarray(values, dtype=object) == k))
+            by_status[k] = int(np.unique(view.series.codes[rows]).size)
+    return {
+        "failed_series": failed,
+        "series": series,
+        "limit": limit,
+        "by_status": {k: v for k, v in by_status.items() if v},
+    }
 
 
 _OFF_GRID_HINT = "; a jittered clock is snapped onto its grid by --snap-tolerance 0.5 at every step"

@@ -3,9 +3,12 @@ folders on Ray, a diverging meta-train, monthly data, the big-integer warning an
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import pytest
-from reliability_data import Work, assert_clean_failure, case, history, invoke
+from reliability_data import TRAIN_ARGS, Work, assert_clean_failure, case, history, invoke, snapshot
 
 pytest.importorskip("matplotlib")
 
@@ -46,3 +49,26 @@ def test_over_budget_with_json_prints_one_error_object_and_still_writes_the_repo
     result = invoke(w.score(_over_budget_input(w), w.model(), "--report", tmp_path / "r.html", "--json"))
     assert result.exit_code == 1 and '"exit_code": 1' in result.stdout
     assert (tmp_path / "r.html").is_file()
+
+
+@case("meta-lr-overflow")
+def test_status_meta_train_whose_steps_overflow_exits_1_naming_the_cluster_and_the_old_model_serves(tmp_path):
+    w = Work(tmp_path)
+    inp, model = w.good(), w.model()
+    before = snapshot(model)
+    result = invoke(["meta-train", "-i", inp, "-m", model, *TRAIN_ARGS, "--meta-lr", "1e38", "--overwrite", "-q"])
+    assert_clean_failure(result, "cluster p24 diverged", "overflow", "previous model keeps serving", "--meta-lr")
+    assert snapshot(model) == before
+
+
+def _monthly(w: Work) -> Path:
+    ds = pd.date_range("2015-01-01", periods=96, freq="MS")
+    return w.parquet(pd.DataFrame({"unique_id": np.repeat(["m0", "m1"], ds.size), "ds": np.tile(ds, 2), "y": 1.0}))
+
+
+@case("monthly-steps-daily-score")
+def test_status_monthly_data_given_to_daily_score_says_calendar_months_are_not_supported(tmp_path):
+    w = Work(tmp_path)
+    result = invoke(w.score(_monthly(w), w.model()))
+    assert_clean_failure(result, "calendar month", "28 to 31 days", "resample", "10 of 10 series", "still written")
+    assert set(pd.read_parquet(w.out)["status"]) == {"insufficient_history", "absent"}

@@ -31,6 +31,7 @@ from maml_anomaly.commands.days import (
     absent_model_series_part,
     measure_day,
     pick_default_day,
+    refuse_calendar_failures,
     with_absent_rows,
     with_day_fields,
 )
@@ -291,6 +292,7 @@ def score_days(
         summary["failed_budget"] = budget_fields(failed_series, series, config.score.max_failed_fraction, view, alerted)
     result = finish_view(summary, view, alerted, config, input, report)
     if over is not None:  # every requested output is written; the run still fails
+        refuse_calendar_failures(config, input, output, f"{failed_series:,} of {series:,} series could not be scored")
         raise over
     return with_day_fields(result, day_fields, zone, failed_series)
 

@@ -3,10 +3,14 @@ folders on Ray, a diverging meta-train, monthly data, the big-integer warning an
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from reliability_data import TRAIN_ARGS, Work, assert_clean_failure, case, history, invoke, snapshot
 
@@ -72,3 +76,64 @@ def test_status_monthly_data_given_to_daily_score_says_calendar_months_are_not_s
     result = invoke(w.score(_monthly(w), w.model()))
     assert_clean_failure(result, "calendar month", "28 to 31 days", "resample", "10 of 10 series", "still written")
     assert set(pd.read_parquet(w.out)["status"]) == {"insufficient_history", "absent"}
+
+
+@case("integers-beyond-2^53-warned-once")
+def test_status_the_big_integer_warning_is_printed_once_per_run_with_the_run_total(tmp_path, monkeypatch):
+    import maml_anomaly.commands.days as days_command
+    import maml_anomaly.commands.score as score_command
+
+    monkeypatch.setattr(score_command, "STREAM_ROWS", 300)  # 8 series of 240 rows: four batches
+    monkeypatch.setattr(days_command, "STREAM_ROWS", 300)
+    w = Work(tmp_path)
+    h = history()
+    counts = pa.array((h["y"] * 1000).round().astype("int64") + 2**60)  # counters far beyond 2^53
+    table = pa.table({"unique_id": pa.array(h["unique_id"]), "ds": pa.array(h["ds"]), "y": counts})
+    inp = tmp_path / "counters.parquet"
+    pq.write_table(table, inp, row_group_size=240)  # one row group per series: batches are cut between them
+    result = invoke(w.score(inp, w.model(), "--max-failed-fraction", "1"))
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "WARNING" in line and "2^53" in line]
+    assert len(warnings) == 1, result.stderr
+    assert "1,920 integer values beyond 2^53" in warnings[0]  # every row of the 8 series x 10 days read
+
+
+@case("skipped-files-in-json")
+def test_status_files_skipped_in_an_input_folder_are_named_in_the_json_object(tmp_path):
+    w = Work(tmp_path)
+    folder = tmp_path / "input"
+    folder.mkdir()
+    history().to_parquet(folder / "part-00000", index=False)
+    (folder / "notes.txt").write_text("not data\n")
+    (folder / "_SUCCESS").write_text("")
+    model = w.model()
+    for _ in range(2):  # a second run in the same process names them again
+        result = invoke(w.score(folder, model, "--json"))
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.stdout)
+        assert out["skipped_files"] == [str(folder / "_SUCCESS"), str(folder / "notes.txt")]
+        assert any("notes.txt" in m for m in out["warnings"])
+
+
+@case("ray-files-in-different-timezones")
+def test_status_ray_reads_a_folder_whose_files_have_different_timezones_like_local(tmp_path):
+    ray = pytest.importorskip("ray")
+    w = Work(tmp_path)
+    h = history()
+    later = h["ds"] >= "2024-01-06"  # every series spans both files: the Ray shuffle merges them
+    w.parquet(h[~later].assign(ds=h.loc[~later, "ds"].dt.tz_localize("UTC")), "zones/a.parquet")
+    w.parquet(
+        h[later].assign(ds=h.loc[later, "ds"].dt.tz_localize("UTC").dt.tz_convert("Asia/Tokyo")), "zones/b.parquet"
+    )
+    args = ["daily-score", "-i", tmp_path / "zones", "-m", w.model(), "--max-failed-fraction", "1", "-q"]
+    assert invoke([*args, "-o", tmp_path / "local.parquet"]).exit_code == 0
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        result = invoke([*args, "-o", tmp_path / "ray.parquet", "--engine", "ray"])
+    finally:
+        ray.shutdown()
+    assert result.exit_code == 0, result.output
+    local, remote = pd.read_parquet(tmp_path / "local.parquet"), pd.read_parquet(tmp_path / "ray.parquet")
+    pd.testing.assert_frame_equal(local, remote, check_exact=False, rtol=1e-9)
+    assert len(local) == 8 * 24 and (local["status"] == "ok").all()

@@ -273,7 +273,7 @@ def score_days(
                 for k, v in scored.counts.items():
                     counts[k] = counts.get(k, 0) + v
                 advance(1)
-        log.info("read %s: %s", input, totals.summary())
+        totals.log(input)
         if sum(v for k, v in counts.items() if k != STATUS_ABSENT) == 0:
             raise _no_data_error(date_option, first, last, data_first, data_last)
         absent_part, n_absent = absent_model_series_part(parts, lookup, bounds, spill)

@@ -63,7 +63,7 @@ def read_long(path: str | Path, columns: ColumnConfig, on_duplicate: str = "erro
     table = table.drop_columns([columns.id_col])
     t = timestamps_ns(table.column(columns.time_col), columns.time_col)
     table = table.drop_columns([columns.time_col])
-    y, non_finite = value_column(table.column(columns.value_col), columns.value_col)
+    y, non_finite, rounded = value_column(table.column(columns.value_col), columns.value_col)
     del table
     pa.default_memory_pool().release_unused()
 
@@ -82,7 +82,7 @@ def read_long(path: str | Path, columns: ColumnConfig, on_duplicate: str = "erro
         dtype = pd.CategoricalDtype(pd.Index(ids, dtype=object))
         id_col = pd.Series(pd.Categorical.from_codes(codes, dtype=dtype, validate=False))
     frame = pd.DataFrame({"unique_id": id_col, "ds": t.view("M8[ns]"), "y": y}, copy=False)
-    frame.attrs[READ_ATTR] = {"rows": n_rows, "duplicates": n_dup, "non_finite": non_finite}
+    frame.attrs[READ_ATTR] = {"rows": n_rows, "duplicates": n_dup, "non_finite": non_finite, "rounded": rounded}
     return frame
 
 
@@ -91,10 +91,17 @@ def read_panel(
 ) -> tuple[Panel, ReadReport]:
     """:func:`read_long` then :func:`build_panel`, logging what was found."""
     panel, report = build_panel(read_long(path, columns, on_duplicate), snap_tolerance)
-    log.info("read %s: %s", path, report.summary())
+    log_read(path, report)
     if report.off_grid:
         log.warning("%d rows are off their series' regular grid; they are kept and reported", report.off_grid)
     return panel, report
+
+
+def log_read(path: str | Path, report: ReadReport) -> None:
+    """The read summary of a whole run's input, and its warnings once (not once per streamed batch)."""
+    log.info("read %s: %s", path, report.summary())
+    for warning in report.warnings(path):
+        log.warning("%s", warning)
 
 
 def _read_table(path: Path, columns: ColumnConfig) -> pa.Table:
@@ -469,20 +476,18 @@ def _parse_strings(arr: pa.Array, name: str) -> np.ndarray:
     return naive.to_numpy(dtype="datetime64[ns]").view(np.int64)
 
 
-def value_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
-    """(N,) float64 values (NaN = missing) and the count of +-inf turned into NaN."""
+def value_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int, int]:
+    """(N,) float64 values (NaN = missing), the count of +-inf turned into NaN and of integers beyond 2^53 rounded."""
     typ = column.type
     if isinstance(column, pa.ChunkedArray) and (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
         y = _chunks_to_numpy(column, np.float64, _float_chunk)
-        if pa.types.is_integer(typ):
-            _warn_inexact_integers(y, name, typ)
-        return y, _inf_to_nan(y, name)
+        return y, _inf_to_nan(y, name), _inexact_integers(y) if pa.types.is_integer(typ) else 0
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_dictionary(arr.type):
         arr = arr.cast(arr.type.value_type)
     typ = arr.type
     if pa.types.is_null(typ):
-        return np.full(len(arr), np.nan), 0
+        return np.full(len(arr), np.nan), 0, 0
     if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ)):
         textual = pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
         sample = pc.unique(arr.drop_null()).slice(0, 200).to_pylist() if textual else []
@@ -499,9 +504,7 @@ def value_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
             "column with --value-col."
         )
     y = np.array(_float_chunk(arr), dtype=np.float64, copy=True)
-    if pa.types.is_integer(typ):
-        _warn_inexact_integers(y, name, typ)
-    return y, _inf_to_nan(y, name)
+    return y, _inf_to_nan(y, name), _inexact_integers(y) if pa.types.is_integer(typ) else 0
 
 
 def _float_chunk(arr: pa.Array) -> np.ndarray:
@@ -512,19 +515,12 @@ def _float_chunk(arr: pa.Array) -> np.ndarray:
     return pc.fill_null(arr.cast(pa.float64(), safe=False), np.nan).to_numpy(zero_copy_only=False)
 
 
-def _warn_inexact_integers(y: np.ndarray, name: str, typ: pa.DataType) -> None:
-    """Warn when integer values beyond 2**53 were rounded on their way to float64."""
+def _inexact_integers(y: np.ndarray) -> int:
+    """How many integer values beyond 2**53 were rounded on their way to float64 (warned once per run)."""
     n_big = 0
     for lo in range(0, y.shape[0], _BLOCK):
         n_big += int(np.count_nonzero(np.abs(y[lo : lo + _BLOCK]) > _EXACT_FLOAT_INT))
-    if n_big:
-        log.warning(
-            "column %r (%s): %d integer values beyond 2^53 read as float64, rounded to 53 significant bits "
-            "(a relative error below 1.2e-16)",
-            name,
-            typ,
-            n_big,
-        )
+    return n_big
 
 
 def _inf_to_nan(y: np.ndarray, name: str) -> int:

@@ -351,7 +351,7 @@ def long_frame(table: pa.Table, columns: ColumnConfig, on_duplicate: str, ds_min
     """The frame :func:`read_long` makes, from a table of whole series (columns id, time, value)."""
     ids, codes = encode_ids(table.column(0), columns.id_col)
     t = timestamps_ns(table.column(1), columns.time_col)
-    y, non_finite = value_column(table.column(2), columns.value_col)
+    y, non_finite, rounded = value_column(table.column(2), columns.value_col)
     n_rows = table.num_rows
     del table
     keep = np.ones(t.shape[0], bool)  # exact window (string timestamps are not filtered by the scan)
@@ -375,5 +375,5 @@ def long_frame(table: pa.Table, columns: ColumnConfig, on_duplicate: str, ds_min
     else:
         id_col = pd.Series(pd.Categorical.from_codes(codes, categories=pd.Index(ids, dtype=object)))
     frame = pd.DataFrame({"unique_id": id_col, "ds": t.view("M8[ns]"), "y": y})
-    frame.attrs[READ_ATTR] = {"rows": n_rows, "duplicates": n_dup, "non_finite": non_finite}
+    frame.attrs[READ_ATTR] = {"rows": n_rows, "duplicates": n_dup, "non_finite": non_finite, "rounded": rounded}
     return frame

@@ -109,7 +109,8 @@ class RayEngine(Engine):
             cpus = int(ray.cluster_resources().get("CPU", 1))
             actors = max(1, min(n_buckets, cpus - 1))  # leave a CPU to read and shuffle: a pool on every CPU hangs
             try:
-                ds = ray.data.read_parquet(files, file_extensions=None).select_columns(
+                # the unified schema: files whose timestamps are in different zones are read as one type
+                ds = ray.data.read_parquet(files, file_extensions=None, schema=dataset.schema).select_columns(
                     [cols.id_col, cols.time_col, cols.value_col]
                 )
                 ds = ds.map_batches(_bucket_rows, fn_args=(flt, cols.id_col, splitters), batch_format="pyarrow")

@@ -137,3 +137,58 @@ def test_status_ray_reads_a_folder_whose_files_have_different_timezones_like_loc
     local, remote = pd.read_parquet(tmp_path / "local.parquet"), pd.read_parquet(tmp_path / "ray.parquet")
     pd.testing.assert_frame_equal(local, remote, check_exact=False, rtol=1e-9)
     assert len(local) == 8 * 24 and (local["status"] == "ok").all()
+
+
+# -- local times under --timezone ------------------------------------------------------------------
+
+ZONE = "Europe/Berlin"
+DST_DAY = "2024-03-31"  # Berlin's 23-hour day: 02:00 CET jumps to 03:00 CEST
+OUTAGE = [f"s{i}" for i in range(6)]  # of 8
+
+
+def _dst_outage(w: Work) -> Path:
+    """8 hourly series; 6 drop to -20 from 04:00 to 06:00 Berlin time (02:00-04:00 UTC) on the DST day."""
+    h = history(days=20).assign(ds=lambda f: f["ds"] + pd.Timedelta(days=70))  # 2024-03-11 .. 2024-03-30 23:00
+    extra = history(days=2).assign(ds=lambda f: f["ds"] + pd.Timedelta(days=90))  # 2024-03-31, 2024-04-01
+    h = pd.concat([h, extra], ignore_index=True).sort_values(["unique_id", "ds"], ignore_index=True)
+    hit = h["unique_id"].isin(OUTAGE) & h["ds"].between(
+        pd.Timestamp("2024-03-31 02:00"), pd.Timestamp("2024-03-31 04:00")
+    )
+    h.loc[hit, "y"] = -20.0
+    return w.parquet(h)
+
+
+def test_under_a_timezone_events_incidents_summary_and_report_show_local_times(tmp_path):
+    w = Work(tmp_path)
+    files = {name: tmp_path / name for name in ("events.parquet", "incidents.parquet", "report.html")}
+    result = invoke(
+        w.score(
+            _dst_outage(w), w.model(), "--date", DST_DAY, "--timezone", ZONE, "--max-failed-fraction", "1",
+            "--events", files["events.parquet"], "--incidents", files["incidents.parquet"],
+            "--report", files["report.html"],
+        )
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"1 incident: 6 series of p24 (75%) down at 2024-03-31 04:00..06:00 (times in {ZONE})", lines[0]
+    assert f"by severity (times in {ZONE}):" in result.stdout and "2024-03-31 04:00:00" in result.stdout
+    for name in ("events.parquet", "incidents.parquet"):
+        frame = pd.read_parquet(files[name])
+        assert len(frame) and str(frame["start_local"].dt.tz) == ZONE and str(frame["end_local"].dt.tz) == ZONE
+        for c in ("start", "end"):  # the same instants as the UTC columns
+            assert (frame[f"{c}_local"].dt.tz_convert("UTC").dt.tz_localize(None) == frame[c]).all()
+    incident = pd.read_parquet(files["incidents.parquet"]).iloc[0]
+    assert incident["start_local"] == pd.Timestamp("2024-03-31 04:00", tz=ZONE)  # CEST, after the jump
+    page = files["report.html"].read_text(encoding="utf-8")
+    assert f"times in {ZONE}" in page and "at 2024-03-31 04:00" in page and "2024-03-31 02:00" not in page
+
+
+def test_a_utc_run_adds_no_local_columns(tmp_path):
+    w = Work(tmp_path)
+    events, incidents = tmp_path / "events.parquet", tmp_path / "incidents.parquet"
+    args = ["--date", DST_DAY, "--max-failed-fraction", "1", "--events", events, "--incidents", incidents]
+    result = invoke(w.score(_dst_outage(w), w.model(), *args))
+    assert result.exit_code == 0, result.output
+    assert "times in" not in result.stdout and "down at 2024-03-31 02:00..04:00" in result.stdout
+    for path in (events, incidents):
+        assert not {"start_local", "end_local"} & set(pd.read_parquet(path).columns)

@@ -213,6 +213,17 @@ def with_local_time(table: pa.Table, zone: str) -> pa.Table:
     return table.append_column(pa.field("ds_local", pa.timestamp("ns", tz=zone)), local)
 
 
+def with_local_span(table: pa.Table, zone: str) -> pa.Table:
+    """An events or incidents table plus ``start_local``/``end_local`` (timezone-aware, in ``zone``) when the run has a zone."""
+    if zone == UTC:
+        return table
+    local_type = pa.timestamp("ns", tz=zone)
+    for column in ("start", "end"):
+        local = pc.assume_timezone(table.column(column), timezone=UTC).cast(local_type)
+        table = table.append_column(pa.field(f"{column}_local", local_type), local)
+    return table
+
+
 def with_day_fields(result: dict[str, Any], day: dict[str, Any], zone: str, failed_series: int) -> dict[str, Any]:
     """The run summary plus the timezone, the failed series and the scored day's completeness (and why it was picked)."""
     out = {**result, "timezone": zone, "failed_series": failed_series}

@@ -35,7 +35,7 @@ from maml_anomaly.commands.days import (
     with_absent_rows,
     with_day_fields,
 )
-from maml_anomaly.commands.report import check_view_outputs, finish_view, run_view
+from maml_anomaly.commands.report import check_view_outputs, finish_view, in_zone, run_view
 from maml_anomaly.config import AlertConfig, Config
 from maml_anomaly.core.alerts import Alerts, bh_summary, summary_text, top_events
 from maml_anomaly.core.scoring import STATUS_ABSENT, STATUS_OFF_GRID, STATUS_OK
@@ -284,10 +284,10 @@ def score_days(
             counts[STATUS_ABSENT] = counts.get(STATUS_ABSENT, 0) + n_absent * (bounds.shape[0] - 1)
         alerted = publish_run(runner, parts, tested, config, staging, output, events, zone)
         alerted, step = _read_back_for_view(alerted, parts, output, full=report is not None)
-        view = run_view(alerted, step, start, end - DAY, incidents)  # the UTC instants the run spans
+        view = run_view(alerted, step, start, end - DAY, incidents, zone)  # the UTC instants the run spans
     written = [p for p in (output, events, incidents, report) if p is not None]
     over = over_budget(failed_series, series, counts, config.score.max_failed_fraction, written)
-    summary = _run_summary(config, alerted, events, output, first, last, series, counts, started)
+    summary = _run_summary(config, alerted, events, output, first, last, series, counts, started, zone)
     if over is not None:  # the report says so at its top: the morning page exists on the bad day too
         summary["failed_budget"] = budget_fields(failed_series, series, config.score.max_failed_fraction, view, alerted)
     result = finish_view(summary, view, alerted, config, input, report)
@@ -319,8 +319,9 @@ def _run_summary(
     series: int,
     counts: dict[str, int],
     started: float,
+    zone: str = UTC,
 ) -> dict[str, Any]:
-    """The summary of a daily-score / backtest run, whichever engine scored it."""
+    """The summary of a daily-score / backtest run, whichever engine scored it (event times in ``zone``)."""
     counts = dict(sorted(counts.items()))
     points = sum(counts.values())
     ok = counts.get(STATUS_OK, 0)
@@ -330,8 +331,8 @@ def _run_summary(
     not_ok = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != STATUS_OK) or "none"
     return command_result(
         f"scored {points:,} points of {series:,} series on {days}: {anomalies:,} anomalies; {ok:,} ok, "
-        f"{points - ok:,} not scored ({not_ok}); wrote {output} in {seconds:.1f} s\n" + summary_text(alerted),
-        **_alert_fields(alerted, events),
+        f"{points - ok:,} not scored ({not_ok}); wrote {output} in {seconds:.1f} s\n" + _alerts_text(alerted, zone),
+        **_alert_fields(alerted, events, zone),
         output=str(output),
         first_day=str(first.astype("datetime64[D]")),
         last_day=str(last.astype("datetime64[D]")),
@@ -344,9 +345,21 @@ def _run_summary(
     )
 
 
-def _alert_fields(alerted: Any, events: Path | None) -> dict[str, Any]:
-    """JSON summary fields of the alerts step: counts and the top events by severity."""
+def _alerts_text(alerted: Alerts, zone: str) -> str:
+    """The alerts' summary lines, the top events' times in ``zone`` (UTC: unchanged)."""
+    if zone == UTC or not len(alerted.events):
+        return summary_text(alerted)
+    text = summary_text(dataclasses.replace(alerted, events=in_zone(alerted.events, zone)))
+    return text.replace(" by severity:", f" by severity (times in {zone}):", 1)  # the top list's header line
+
+
+def _alert_fields(alerted: Any, events: Path | None, zone: str = UTC) -> dict[str, Any]:
+    """JSON summary fields of the alerts step: counts and the top events by severity (local times with a zone)."""
     top = top_events(alerted.events, 10)
+    if zone != UTC and len(top):
+        top = top.assign(
+            **{f"{c}_local": pd.DatetimeIndex(top[c]).tz_localize(UTC).tz_convert(zone) for c in ("start", "end")}
+        )
     return {
         "alerts": alerted.counts,
         "events": str(events) if events else None,

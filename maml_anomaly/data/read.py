@@ -63,7 +63,9 @@ def read_long(path: str | Path, columns: ColumnConfig, on_duplicate: str = "erro
     table = table.drop_columns([columns.id_col])
     t = timestamps_ns(table.column(columns.time_col), columns.time_col)
     table = table.drop_columns([columns.time_col])
-    y, non_finite, rounded = value_column(table.column(columns.value_col), columns.value_col)
+    value_type = table.column(columns.value_col).type
+    y, non_finite = value_column(table.column(columns.value_col), columns.value_col)
+    rounded = rounded_integers(value_type, y)
     del table
     pa.default_memory_pool().release_unused()
 
@@ -476,18 +478,18 @@ def _parse_strings(arr: pa.Array, name: str) -> np.ndarray:
     return naive.to_numpy(dtype="datetime64[ns]").view(np.int64)
 
 
-def value_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int, int]:
-    """(N,) float64 values (NaN = missing), the count of +-inf turned into NaN and of integers beyond 2^53 rounded."""
+def value_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
+    """(N,) float64 values (NaN = missing) and the count of +-inf turned into NaN."""
     typ = column.type
     if isinstance(column, pa.ChunkedArray) and (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
         y = _chunks_to_numpy(column, np.float64, _float_chunk)
-        return y, _inf_to_nan(y, name), _inexact_integers(y) if pa.types.is_integer(typ) else 0
+        return y, _inf_to_nan(y, name)
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_dictionary(arr.type):
         arr = arr.cast(arr.type.value_type)
     typ = arr.type
     if pa.types.is_null(typ):
-        return np.full(len(arr), np.nan), 0, 0
+        return np.full(len(arr), np.nan), 0
     if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ)):
         textual = pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
         sample = pc.unique(arr.drop_null()).slice(0, 200).to_pylist() if textual else []
@@ -504,7 +506,7 @@ def value_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int, i
             "column with --value-col."
         )
     y = np.array(_float_chunk(arr), dtype=np.float64, copy=True)
-    return y, _inf_to_nan(y, name), _inexact_integers(y) if pa.types.is_integer(typ) else 0
+    return y, _inf_to_nan(y, name)
 
 
 def _float_chunk(arr: pa.Array) -> np.ndarray:
@@ -515,8 +517,12 @@ def _float_chunk(arr: pa.Array) -> np.ndarray:
     return pc.fill_null(arr.cast(pa.float64(), safe=False), np.nan).to_numpy(zero_copy_only=False)
 
 
-def _inexact_integers(y: np.ndarray) -> int:
-    """How many integer values beyond 2**53 were rounded on their way to float64 (warned once per run)."""
+def rounded_integers(column_type: pa.DataType, y: np.ndarray) -> int:
+    """How many values of an integer column were beyond 2**53, so rounded in ``y`` (float64; warned once per run)."""
+    if pa.types.is_dictionary(column_type):
+        column_type = column_type.value_type
+    if not pa.types.is_integer(column_type):
+        return 0
     n_big = 0
     for lo in range(0, y.shape[0], _BLOCK):
         n_big += int(np.count_nonzero(np.abs(y[lo : lo + _BLOCK]) > _EXACT_FLOAT_INT))

@@ -29,6 +29,7 @@ from maml_anomaly.data.read import (
     open_dataset,
     physical_columns,
     resolve_duplicates,
+    rounded_integers,
     sort_order,
     timestamps_ns,
     value_column,
@@ -351,7 +352,8 @@ def long_frame(table: pa.Table, columns: ColumnConfig, on_duplicate: str, ds_min
     """The frame :func:`read_long` makes, from a table of whole series (columns id, time, value)."""
     ids, codes = encode_ids(table.column(0), columns.id_col)
     t = timestamps_ns(table.column(1), columns.time_col)
-    y, non_finite, rounded = value_column(table.column(2), columns.value_col)
+    y, non_finite = value_column(table.column(2), columns.value_col)
+    rounded = rounded_integers(table.column(2).type, y)
     n_rows = table.num_rows
     del table
     keep = np.ones(t.shape[0], bool)  # exact window (string timestamps are not filtered by the scan)

@@ -192,3 +192,14 @@ def test_a_utc_run_adds_no_local_columns(tmp_path):
     assert "times in" not in result.stdout and "down at 2024-03-31 02:00..04:00" in result.stdout
     for path in (events, incidents):
         assert not {"start_local", "end_local"} & set(pd.read_parquet(path).columns)
+
+
+def test_under_a_timezone_the_json_top_events_carry_local_times(tmp_path):
+    w = Work(tmp_path)
+    args = ["--date", DST_DAY, "--timezone", ZONE, "--max-failed-fraction", "1", "--json"]
+    result = invoke(w.score(_dst_outage(w), w.model(), *args))
+    assert result.exit_code == 0, result.output
+    top = json.loads(result.stdout)["top_events"]
+    outage = [e for e in top if e["unique_id"] in OUTAGE]
+    assert outage and all(e["start_local"] == "2024-03-31T04:00:00+02:00" for e in outage)
+    assert all(e["start"] == "2024-03-31T02:00:00" for e in outage)  # the UTC field unchanged

@@ -155,6 +155,13 @@ class ReadTotals:
     def summary(self) -> str:
         return self.report().summary() if self.counts else "no rows"
 
+    def log(self, path: Any) -> None:
+        """The run's read summary and its warnings, once."""
+        report = self.report() if self.counts else None
+        log.info("read %s: %s", path, report.summary() if report else "no rows")
+        for warning in report.warnings(path) if report else []:
+            log.warning("%s", warning)
+
     def window(self) -> dict[str, Any]:
         return {
             "start": self.start,
@@ -419,7 +426,17 @@ def plain_ids(col: pd.Series) -> np.ndarray:
 
 # -- fit-clusters summaries as Arrow ---------------------------------------------------------------
 
-SUMMARY_COUNTS = ("rows", "series", "grid_points", "missing", "off_grid", "duplicates", "non_finite", "snapped")
+SUMMARY_COUNTS = (
+    "rows",
+    "series",
+    "grid_points",
+    "missing",
+    "off_grid",
+    "duplicates",
+    "non_finite",
+    "snapped",
+    "rounded",
+)
 
 
 def summary_table(batch: Any, report: Any, lo: np.datetime64, hi: np.datetime64) -> pa.Table:

@@ -15,6 +15,10 @@ class InputError(MamlAnomalyError):
     """Bad input data or arguments."""
 
 
+class CalendarStepError(InputError):
+    """Series sampled once a calendar month, quarter or year: no fixed step."""
+
+
 class ModelDirError(MamlAnomalyError):
     """A model directory that is missing, incompatible or corrupt."""
 

@@ -78,6 +78,7 @@ def render_report(
     body = "\n".join(
         [
             f"<header><h1>{_e(title)}</h1><p class=sub>{_e(_run_span(summary, zone))}</p></header>",
+            _failed_banner(summary.get("failed_budget")),
             _summary_section(summary, len(events), None if incidents is None else len(incidents)),
             _incidents_section(incidents),
             _events_section(chosen, charts, len(events)),
@@ -256,6 +257,21 @@ def _run_span(summary: Mapping[str, Any], zone: str) -> str:
     return ", ".join(p for p in (days, threshold, f"times in {zone}") if p)
 
 
+def _failed_banner(failed: Mapping[str, Any] | None) -> str:
+    """The run's failed budget, first on the page (empty when the run was within its budget)."""
+    if not failed:
+        return ""
+    n, total = int(failed["failed_series"]), int(failed["series"])
+    by_status = "; ".join(f"{_e(k)}: {int(v):,} series" for k, v in sorted((failed.get("by_status") or {}).items()))
+    return (
+        f"<section id=failed class=failed role=alert><h2>This run FAILED its budget</h2><p><b>{n:,} of {total:,} "
+        f"series ({n / total:.1%}) could not be scored</b>, more than --max-failed-fraction {float(failed['limit']):g}; "
+        "the run exited 1. What follows covers only the series that were scored."
+        + (f"</p><p>Failed series by status: {by_status}." if by_status else "")
+        + "</p></section>"
+    )
+
+
 def _card(label: str, value: Any, note: str = "") -> str:
     shown = f"{value:,}" if isinstance(value, (int, np.integer)) else f"{value}"
     return (
@@ -412,6 +428,8 @@ td.ids{overflow-wrap:anywhere;min-width:8rem}
 .chart{display:block;width:100%;height:auto}
 .dir{font-size:.78rem;font-weight:600;padding:.05rem .4rem;border-radius:4px;color:#fff;background:var(--mute)}
 .dir.up{background:var(--up)}.dir.down{background:var(--down)}
+.failed{background:#fdecea;border:2px solid var(--up);border-radius:8px;padding:.2rem .9rem;margin:.6rem 0}
+.failed h2{color:var(--up);border:0;margin:.5rem 0 .2rem}
 footer{color:var(--mute);font-size:.8rem;margin:2rem 0 1rem}
 @media (max-width:600px){body{font-size:14px}main{padding:.6rem}.card .v{font-size:1.15rem}table{font-size:.82rem}th,td{padding:.3rem .3rem}}
 """

@@ -149,7 +149,8 @@ def test_report_command_reads_given_events_and_incidents(run_files, tmp_path):
 def test_report_timezone_changes_only_the_times_shown(run_files, tmp_path):
     result = _report(run_files, tmp_path / "berlin.html", "--timezone", "Europe/Berlin")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[0].endswith("down at 2024-03-24 04:00..06:00")  # CET: UTC+1 in March before DST
+    first = result.stdout.splitlines()[0]  # CET: UTC+1 in March before DST; the line says its zone
+    assert first.endswith("down at 2024-03-24 04:00..06:00 (times in Europe/Berlin)"), first
     page = (tmp_path / "berlin.html").read_text(encoding="utf-8")
     assert "times in Europe/Berlin" in page and "04:00..06:00" in page and "03:00..05:00" not in page
 

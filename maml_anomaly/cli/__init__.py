@@ -22,6 +22,7 @@ from maml_anomaly import __version__
 from maml_anomaly.cli.endings import (
     EX_SOFTWARE,
     Interrupted,
+    RunWarnings,
     command_name,
     fail,
     signals_raise,
@@ -56,6 +57,7 @@ from maml_anomaly.commands import plot as plot_command
 from maml_anomaly.commands import report as report_command
 from maml_anomaly.commands import score as score_command
 from maml_anomaly.config import Config
+from maml_anomaly.data.files import forget_warned_folders
 from maml_anomaly.errors import MamlAnomalyError
 from maml_anomaly.model_versions import recorded_columns_as_defaults
 from maml_anomaly.store import jsonable
@@ -85,7 +87,7 @@ def _run(fn: Callable[..., dict[str, Any]], *, flags: dict[str, Any], run: dict[
     SIGINT/SIGTERM end the run with one line saying what was left, and exit 130/143. With --json
     a failed run also prints one JSON object on stdout.
     """
-    _setup_logging(run["quiet"], run["verbose"], run["as_json"])
+    warned = _setup_logging(run["quiet"], run["verbose"], run["as_json"])
     command = command_name(fn)
     before = written_state(kwargs)
     try:
@@ -109,12 +111,14 @@ def _run(fn: Callable[..., dict[str, Any]], *, flags: dict[str, Any], run: dict[
         )
         fail(run, command, message, EX_SOFTWARE)
     if run["as_json"]:
-        typer.echo(json.dumps(jsonable({k: v for k, v in result.items() if k != "summary"}), sort_keys=False))
+        fields = {**{k: v for k, v in result.items() if k != "summary"}, **warned.fields()}
+        typer.echo(json.dumps(jsonable(fields), sort_keys=False))
     else:
         typer.echo(result.get("summary", ""))
 
 
-def _setup_logging(quiet: bool, verbose: bool, as_json: bool = False) -> None:
+def _setup_logging(quiet: bool, verbose: bool, as_json: bool = False) -> RunWarnings:
+    """stderr logging for one run; returns the handler that gathers its warnings for --json."""
     logger = logging.getLogger("maml_anomaly")
     for handler in list(logger.handlers):
         if getattr(handler, "_maml_cli", False):
@@ -123,10 +127,15 @@ def _setup_logging(quiet: bool, verbose: bool, as_json: bool = False) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     handler._maml_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
+    warned = RunWarnings()
+    warned._maml_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(warned)
+    forget_warned_folders()  # this run names a folder's skipped files again
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
     # progress bars (stderr, terminals only) stay off with -q and with --json, whose reader is a program
     logging.getLogger("maml_anomaly.progress").setLevel(logging.WARNING if quiet or as_json else logging.INFO)
+    return warned
 
 
 def _version(value: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 from contextlib import contextmanager
@@ -14,6 +15,30 @@ import typer
 
 EX_SOFTWARE = 70  # sysexits.h: an internal software error
 OUTPUT_KEYS = ("output", "events", "incidents", "report", "workdir")
+
+
+class RunWarnings(logging.Handler):
+    """The warnings of one command run, for its --json object: messages, and the input files not read."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        self.skipped_files: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.messages:
+            self.messages.append(message)
+        self.skipped_files.extend(f for f in getattr(record, "skipped_files", ()) if f not in self.skipped_files)
+
+    def fields(self) -> dict[str, Any]:
+        """JSON fields: ``warnings`` and ``skipped_files`` (each only when not empty)."""
+        out: dict[str, Any] = {}
+        if self.messages:
+            out["warnings"] = self.messages
+        if self.skipped_files:
+            out["skipped_files"] = self.skipped_files
+        return out
 
 
 class Interrupted(BaseException):

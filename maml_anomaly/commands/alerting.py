@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maml_anomaly.batch import scores_table
-from maml_anomaly.commands.days import with_local_time
+from maml_anomaly.commands.days import with_local_span, with_local_time
 from maml_anomaly.config import Config
 from maml_anomaly.core.alerts import (
     AlertRules,
@@ -125,7 +125,8 @@ def publish_run(
     publish_parts([d.path for d in done], output)
     if events is not None:
         schema = events_schema(pa.int64() if pa.types.is_integer(id_type) else pa.string())
-        write_parquet_atomic(pa.Table.from_pandas(merged.events, schema=schema, preserve_index=False), events)
+        table = pa.Table.from_pandas(merged.events, schema=schema, preserve_index=False)
+        write_parquet_atomic(with_local_span(table, zone), events)
     return merged
 
 

@@ -18,7 +18,7 @@ import pyarrow.dataset as pads
 
 from maml_anomaly.config import Config
 from maml_anomaly.data.panel import Panel, build_panel
-from maml_anomaly.data.read import read_long
+from maml_anomaly.data.read import log_read, read_long
 from maml_anomaly.data.schemas import SCORE_COLUMNS, ReadReport
 from maml_anomaly.engines.local import tune_allocator
 from maml_anomaly.errors import ConfigError, InputError
@@ -54,7 +54,7 @@ def load_input(config: Config, input: Path) -> LoadedInput:
     """Read, validate and build the panel of an input (InputError on anything wrong)."""
     frame = read_long(input, config.columns, config.input.on_duplicate)
     panel, report = build_panel(frame, config.input.snap_tolerance)
-    log.info("read %s: %s", input, report.summary())
+    log_read(input, report)
     if report.off_grid:
         log.warning(
             "%d rows lie off their series' regular grid; they are kept (Panel.off_grid) and reported",

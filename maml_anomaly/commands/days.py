@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from maml_anomaly.batch import FAILED_STATUSES, ScoredBatch, scores_table
 from maml_anomaly.config import Config
-from maml_anomaly.core.scoring import STATUS_ABSENT
+from maml_anomaly.core.scoring import STATUS_ABSENT, STATUS_INSUFFICIENT, STATUS_OFF_GRID
 from maml_anomaly.data.days import (
     COMPLETE_SHARE,
     DEFAULT_DAY_WINDOW,
@@ -36,10 +36,12 @@ from maml_anomaly.data.days import (
     default_day,
     incomplete_days,
 )
+from maml_anomaly.data.panel import build_panel
 from maml_anomaly.data.stream import iter_series_frames
-from maml_anomaly.errors import InputError
+from maml_anomaly.errors import CalendarStepError, InputError
 
 STREAM_ROWS = 1_000_000
+CALENDAR_SAMPLE = 20  # failed series whose whole history is read to tell a calendar step
 _SORT = [("unique_id", "ascending"), ("ds", "ascending")]
 
 
@@ -176,6 +178,30 @@ def absent_model_series_part(
     return str(path), n_missing
 
 
+# -- calendar steps -------------------------------------------------------------------------------
+
+
+def refuse_calendar_failures(config: Config, input: Path, output: Path, failed: str) -> None:
+    """On a run over its failure budget: the calendar-step error when failed series are sampled monthly.
+
+    A scoring run reads only the days before the scored one, too few to see a monthly step, so a
+    sample of the series that could not be scored is read whole (a filtered read, on failure only).
+    """
+    scores = pq.read_table(output, columns=["unique_id", "status"])
+    failing = pc.is_in(scores.column("status"), value_set=pa.array([STATUS_INSUFFICIENT, STATUS_OFF_GRID]))
+    ids = pc.unique(scores.column("unique_id").filter(failing)).slice(0, CALENDAR_SAMPLE)
+    if not len(ids):
+        return
+    frames = iter_series_frames(
+        input, config.columns, config.input.on_duplicate, ids=ids.to_numpy(zero_copy_only=False)
+    )
+    try:
+        for frame in frames:  # one or two frames: CALENDAR_SAMPLE series
+            build_panel(frame)
+    except CalendarStepError as exc:
+        raise InputError(f"{exc} ({failed}; the scores were still written to {output}.)") from None
+
+
 # -- local times ------------------------------------------------------------------------------------
 
 
@@ -185,6 +211,17 @@ def with_local_time(table: pa.Table, zone: str) -> pa.Table:
         return table
     local = pc.assume_timezone(table.column("ds"), timezone=UTC).cast(pa.timestamp("ns", tz=zone))
     return table.append_column(pa.field("ds_local", pa.timestamp("ns", tz=zone)), local)
+
+
+def with_local_span(table: pa.Table, zone: str) -> pa.Table:
+    """An events or incidents table plus ``start_local``/``end_local`` (timezone-aware, in ``zone``) when the run has a zone."""
+    if zone == UTC:
+        return table
+    local_type = pa.timestamp("ns", tz=zone)
+    for column in ("start", "end"):
+        local = pc.assume_timezone(table.column(column), timezone=UTC).cast(local_type)
+        table = table.append_column(pa.field(f"{column}_local", local_type), local)
+    return table
 
 
 def with_day_fields(result: dict[str, Any], day: dict[str, Any], zone: str, failed_series: int) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def fit_clusters(
     for batch, report, lo, hi in runner.map_batches(summarise_with_limits, config, source, PeriodCodec()):
         totals.add_counts(report.to_dict(), lo, hi)
         batches.append(batch)
-    log.info("read %s: %s", input, totals.summary())
+    totals.log(input)
     if totals.counts.get("off_grid", 0):
         log.warning("%d rows lie off their series' regular grid; they are kept and reported", totals.counts["off_grid"])
     with threadpool_limits(limits=config.runtime.threads, user_api="blas"):  # tiny matmuls

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,16 +99,17 @@ def meta_train(
                 query_len,
             )
             bar = new_bar(f"meta-training {name} ({i + 1}/{len(names)})", settings.iterations)
-            model = train_cluster(
-                panel.values,
-                panel.indptr,
-                rows,
-                spec,
-                query_len,
-                settings,
-                log=lambda msg, name=name: log.info("cluster %s: %s", name, msg),  # one line per validation
-                on_iteration=lambda done, total, bar=bar: bar(done),
-            )
+            with overflow_is_divergence(name):
+                model = train_cluster(
+                    panel.values,
+                    panel.indptr,
+                    rows,
+                    spec,
+                    query_len,
+                    settings,
+                    log=lambda msg, name=name: log.info("cluster %s: %s", name, msg),  # one line per validation
+                    on_iteration=lambda done, total, bar=bar: bar(done),
+                )
             if model is None:
                 reports[name] = {
                     "skipped": "no series is long enough for one task window",
@@ -173,6 +176,21 @@ def check_finite(cluster: str, tensors: dict[str, Any], metadata: dict[str, Any]
             "Nothing was written; the previous model keeps serving. Lower --meta-lr or --inner-lr "
             "(or check the cluster's input values) and rerun."
         )
+
+
+@contextmanager
+def overflow_is_divergence(cluster: str) -> Iterator[None]:
+    """A float overflow inside the optimiser (a huge learning rate) is a diverged cluster, not a bug."""
+    try:
+        yield
+    except (RuntimeError, OverflowError) as exc:
+        if "overflow" not in str(exc).lower():
+            raise
+        raise TrainingError(
+            f"meta-training of cluster {cluster} diverged: a training step overflowed float32 ({exc}). "
+            "Nothing was written; the previous model keeps serving. Lower --meta-lr or --inner-lr "
+            "(or check the cluster's input values) and rerun."
+        ) from None
 
 
 def check_complete(md: ModelDir, names: list[str], reports: dict[str, Any], allow_partial: bool) -> list[str]:

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from maml_anomaly.batch import plain_ids
 from maml_anomaly.commands.common import check_output, command_result, read_parquet_frame
+from maml_anomaly.commands.days import with_local_span
 from maml_anomaly.config import Config
 from maml_anomaly.core.alerts import build_events, top_events
 from maml_anomaly.core.incidents import (
@@ -35,7 +36,7 @@ from maml_anomaly.core.incidents import (
     incidents_text,
     series_steps,
 )
-from maml_anomaly.data.days import check_zone, to_local
+from maml_anomaly.data.days import UTC, check_zone, to_local
 from maml_anomaly.data.stream import iter_series_frames
 from maml_anomaly.data.write import write_parquet_atomic
 from maml_anomaly.errors import InputError
@@ -122,13 +123,13 @@ def run_incidents(
     return found.incidents
 
 
-def write_incidents(incidents: pd.DataFrame, path: Path, id_is_int: bool) -> None:
-    """The incidents parquet, atomically (docs/alerts.md lists its columns)."""
+def write_incidents(incidents: pd.DataFrame, path: Path, id_is_int: bool, zone: str = UTC) -> None:
+    """The incidents parquet, atomically (docs/alerts.md lists its columns; start_local/end_local with a zone)."""
     schema = incidents_schema(pa.int64() if id_is_int else pa.string())
     frame = incidents.assign(
         **{c: incidents[c].map(list) for c in ("clusters", "cluster_series", "cluster_share", "top_series")}
     )
-    write_parquet_atomic(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path)
+    write_parquet_atomic(with_local_span(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), zone), path)
 
 
 def incidents_fields(incidents: pd.DataFrame, path: Path | None) -> dict[str, Any]:
@@ -142,11 +143,21 @@ def incidents_fields(incidents: pd.DataFrame, path: Path | None) -> dict[str, An
     return {"count": len(incidents), "file": str(path) if path else None, "largest": records}
 
 
-def with_incidents(result: dict[str, Any], incidents: pd.DataFrame, path: Path | None) -> dict[str, Any]:
+def with_incidents(
+    result: dict[str, Any], incidents: pd.DataFrame, path: Path | None, zone: str = UTC
+) -> dict[str, Any]:
     """The result with the incidents first: the summary's first line(s) and the JSON object's first field."""
-    text = incidents_text(incidents) + "\n" + result["summary"]
+    text = zoned_incidents_text(incidents, zone) + "\n" + result["summary"]
     rest = {k: v for k, v in result.items() if k != "summary"}
     return {"summary": text, "incidents": incidents_fields(incidents, path), **rest}
+
+
+def zoned_incidents_text(incidents: pd.DataFrame, zone: str) -> str:
+    """incidents_text with the times in ``zone``, saying so on the first line (UTC: unchanged)."""
+    if zone == UTC or not len(incidents):
+        return incidents_text(incidents)
+    first, *rest = incidents_text(in_zone(incidents, zone)).split("\n")
+    return "\n".join([f"{first} (times in {zone})", *rest])
 
 
 # -- the view of a daily-score / backtest run ------------------------------------------------------------
@@ -160,6 +171,7 @@ class RunView:
     incidents: pd.DataFrame
     incidents_path: Path | None
     seconds: float  # spent on the incidents (and their file)
+    zone: str = UTC  # the run's timezone: local times in the files, the summary and the report
 
 
 def check_view_outputs(output: Path, events: Path | None, incidents: Path | None, report: Path | None) -> None:
@@ -174,7 +186,7 @@ def check_view_outputs(output: Path, events: Path | None, incidents: Path | None
                 raise InputError(f"{option} {path} is the same file as {other}; give each output its own path.")
 
 
-def run_view(alerted: Any, step: Any, first: Any, last: Any, incidents: Path | None) -> RunView:
+def run_view(alerted: Any, step: Any, first: Any, last: Any, incidents: Path | None, zone: str = UTC) -> RunView:
     """The run's incidents (always: the summary lists them first), written to ``incidents`` when given.
 
     ``step``: the run's (N,) series step per row, as an arrow or numpy array aligned with
@@ -186,10 +198,10 @@ def run_view(alerted: Any, step: Any, first: Any, last: Any, incidents: Path | N
     series_step = np.asarray(step.take(series.first_row) if hasattr(step, "take") else step[series.first_row])
     found = run_incidents(scores, alerted.events, series_step, series, first, last)
     if incidents is not None:
-        write_incidents(found, incidents, scores["unique_id"].dtype.kind in "iu")
+        write_incidents(found, incidents, scores["unique_id"].dtype.kind in "iu", zone)
     seconds = time.perf_counter() - started
-    log.info("%s (%.1f s)", incidents_text(found).splitlines()[0], seconds)
-    return RunView(series, found, incidents, seconds)
+    log.info("%s (%.1f s)", zoned_incidents_text(found, zone).splitlines()[0], seconds)
+    return RunView(series, found, incidents, seconds, zone)
 
 
 def finish_view(
@@ -198,12 +210,21 @@ def finish_view(
     """The run's result with its incidents first, after writing the report when asked."""
     timings = {"incidents_seconds": round(view.seconds, 2)}
     if report_path is not None:
+        zone = None if view.zone == UTC else view.zone
         seconds = write_run_report(
-            report_path, config, input, result, alerted.scores, alerted.events, view.incidents, view.series
+            report_path,
+            config,
+            input,
+            result,
+            alerted.scores,
+            alerted.events,
+            view.incidents,
+            view.series,
+            timezone=zone,
         )
         timings["report_seconds"] = round(seconds, 2)
         result = {**result, "summary": result["summary"] + f"\nreport: {report_path}", "report": str(report_path)}
-    return {**with_incidents(result, view.incidents, view.incidents_path), "morning_view": timings}
+    return {**with_incidents(result, view.incidents, view.incidents_path, view.zone), "morning_view": timings}
 
 
 # -- the report of a run -----------------------------------------------------------------------------
@@ -311,9 +332,8 @@ def report(
     summary = _summary_of(frame, ev, first, last)
     html = run_report_html(config, input, summary, frame, ev, inc, series, top=top, timezone=timezone)
     write_report(html, output)
-    shown = in_zone(inc, timezone) if timezone else inc  # the summary's times in the report's zone
     text = (
-        f"{incidents_text(shown)}\nwrote {output}: {len(frame):,} points of {series.ids.size:,} series, "
+        f"{zoned_incidents_text(inc, timezone or UTC)}\nwrote {output}: {len(frame):,} points of {series.ids.size:,} series, "
         f"{len(ev):,} events, top {min(top, len(ev))} charted, in {time.perf_counter() - started:.1f} s"
     )
     return command_result(

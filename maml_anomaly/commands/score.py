@@ -31,10 +31,11 @@ from maml_anomaly.commands.days import (
     absent_model_series_part,
     measure_day,
     pick_default_day,
+    refuse_calendar_failures,
     with_absent_rows,
     with_day_fields,
 )
-from maml_anomaly.commands.report import check_view_outputs, finish_view, run_view
+from maml_anomaly.commands.report import check_view_outputs, finish_view, in_zone, run_view
 from maml_anomaly.config import AlertConfig, Config
 from maml_anomaly.core.alerts import Alerts, bh_summary, summary_text, top_events
 from maml_anomaly.core.scoring import STATUS_ABSENT, STATUS_OFF_GRID, STATUS_OK
@@ -272,7 +273,7 @@ def score_days(
                 for k, v in scored.counts.items():
                     counts[k] = counts.get(k, 0) + v
                 advance(1)
-        log.info("read %s: %s", input, totals.summary())
+        totals.log(input)
         if sum(v for k, v in counts.items() if k != STATUS_ABSENT) == 0:
             raise _no_data_error(date_option, first, last, data_first, data_last)
         absent_part, n_absent = absent_model_series_part(parts, lookup, bounds, spill)
@@ -283,10 +284,16 @@ def score_days(
             counts[STATUS_ABSENT] = counts.get(STATUS_ABSENT, 0) + n_absent * (bounds.shape[0] - 1)
         alerted = publish_run(runner, parts, tested, config, staging, output, events, zone)
         alerted, step = _read_back_for_view(alerted, parts, output, full=report is not None)
-        view = run_view(alerted, step, start, end - DAY, incidents)  # the UTC instants the run spans
-    _fail_over_budget(failed_series, series, counts, config.score.max_failed_fraction, output)
-    summary = _run_summary(config, alerted, events, output, first, last, series, counts, started)
+        view = run_view(alerted, step, start, end - DAY, incidents, zone)  # the UTC instants the run spans
+    written = [p for p in (output, events, incidents, report) if p is not None]
+    over = over_budget(failed_series, series, counts, config.score.max_failed_fraction, written)
+    summary = _run_summary(config, alerted, events, output, first, last, series, counts, started, zone)
+    if over is not None:  # the report says so at its top: the morning page exists on the bad day too
+        summary["failed_budget"] = budget_fields(failed_series, series, config.score.max_failed_fraction, view, alerted)
     result = finish_view(summary, view, alerted, config, input, report)
+    if over is not None:  # every requested output is written; the run still fails
+        refuse_calendar_failures(config, input, output, f"{failed_series:,} of {series:,} series could not be scored")
+        raise over
     return with_day_fields(result, day_fields, zone, failed_series)
 
 
@@ -312,8 +319,9 @@ def _run_summary(
     series: int,
     counts: dict[str, int],
     started: float,
+    zone: str = UTC,
 ) -> dict[str, Any]:
-    """The summary of a daily-score / backtest run, whichever engine scored it."""
+    """The summary of a daily-score / backtest run, whichever engine scored it (event times in ``zone``)."""
     counts = dict(sorted(counts.items()))
     points = sum(counts.values())
     ok = counts.get(STATUS_OK, 0)
@@ -323,8 +331,8 @@ def _run_summary(
     not_ok = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != STATUS_OK) or "none"
     return command_result(
         f"scored {points:,} points of {series:,} series on {days}: {anomalies:,} anomalies; {ok:,} ok, "
-        f"{points - ok:,} not scored ({not_ok}); wrote {output} in {seconds:.1f} s\n" + summary_text(alerted),
-        **_alert_fields(alerted, events),
+        f"{points - ok:,} not scored ({not_ok}); wrote {output} in {seconds:.1f} s\n" + _alerts_text(alerted, zone),
+        **_alert_fields(alerted, events, zone),
         output=str(output),
         first_day=str(first.astype("datetime64[D]")),
         last_day=str(last.astype("datetime64[D]")),
@@ -337,9 +345,21 @@ def _run_summary(
     )
 
 
-def _alert_fields(alerted: Any, events: Path | None) -> dict[str, Any]:
-    """JSON summary fields of the alerts step: counts and the top events by severity."""
+def _alerts_text(alerted: Alerts, zone: str) -> str:
+    """The alerts' summary lines, the top events' times in ``zone`` (UTC: unchanged)."""
+    if zone == UTC or not len(alerted.events):
+        return summary_text(alerted)
+    text = summary_text(dataclasses.replace(alerted, events=in_zone(alerted.events, zone)))
+    return text.replace(" by severity:", f" by severity (times in {zone}):", 1)  # the top list's header line
+
+
+def _alert_fields(alerted: Any, events: Path | None, zone: str = UTC) -> dict[str, Any]:
+    """JSON summary fields of the alerts step: counts and the top events by severity (local times with a zone)."""
     top = top_events(alerted.events, 10)
+    if zone != UTC and len(top):
+        top = top.assign(
+            **{f"{c}_local": pd.DatetimeIndex(top[c]).tz_localize(UTC).tz_convert(zone) for c in ("start", "end")}
+        )
     return {
         "alerts": alerted.counts,
         "events": str(events) if events else None,
@@ -347,19 +367,38 @@ def _alert_fields(alerted: Any, events: Path | None) -> dict[str, Any]:
     }
 
 
-def _fail_over_budget(failed: int, series: int, counts: dict[str, int], limit: float, output: Path) -> None:
-    """Raise (the scores are already written) when more than ``limit`` of ``series`` failed."""
+def over_budget(
+    failed: int, series: int, counts: dict[str, int], limit: float, written: list[Path]
+) -> MamlAnomalyError | None:
+    """The error of a run where more than ``limit`` of ``series`` failed (None within budget); ``written``: its outputs."""
     if series == 0 or failed / series <= limit:
-        return
+        return None
     shown = ", ".join(f"{k} {counts[k]:,} points" for k in FAILED_STATUSES if counts.get(k))
-    raise MamlAnomalyError(
+    files = ", ".join(str(p) for p in written)
+    return MamlAnomalyError(
         f"{failed:,} of {series:,} series ({failed / series:.1%}) could not be scored "
         f"({shown}), more than --max-failed-fraction {limit:g}. The scores were still written to "
-        f"{output} (see its status column). Check that the input holds enough history before the "
-        "scored day(s), that every expected series delivered its rows (absent) on their grid (off_grid"
-        f"{_OFF_GRID_HINT if counts.get(STATUS_OFF_GRID) else ''}), and that fit-clusters and meta-train "
-        "ran on these series, or raise --max-failed-fraction."
+        f"{written[0]} (see its status column); every output asked for was written ({files}). Check that the "
+        "input holds enough history before the scored day(s), that every expected series delivered its rows "
+        f"(absent) on their grid (off_grid{_OFF_GRID_HINT if counts.get(STATUS_OFF_GRID) else ''}), and that "
+        "fit-clusters and meta-train ran on these series, or raise --max-failed-fraction."
     )
+
+
+def budget_fields(failed: int, series: int, limit: float, view: Any, alerted: Alerts) -> dict[str, Any]:
+    """The failed budget as the summary and the report show it: failed series in all and by status."""
+    by_status = {}
+    if "status" in alerted.scores:  # series with a row of each failed status, via its few distinct values
+        code, values = pd.factorize(alerted.scores["status"])
+        for k in FAILED_STATUSES:
+            rows = np.isin(code, np.flatnonzero(np.asarray(values, dtype=object) == k))
+            by_status[k] = int(np.unique(view.series.codes[rows]).size)
+    return {
+        "failed_series": failed,
+        "series": series,
+        "limit": limit,
+        "by_status": {k: v for k, v in by_status.items() if v},
+    }
 
 
 _OFF_GRID_HINT = "; a jittered clock is snapped onto its grid by --snap-tolerance 0.5 at every step"

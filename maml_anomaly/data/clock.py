@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from maml_anomaly.errors import InputError
+from maml_anomaly.errors import CalendarStepError
 
 DAY_NS = 86_400 * 10**9
 SECOND_NS = 10**9
@@ -102,7 +102,7 @@ def circular_phase(codes: np.ndarray, t: np.ndarray, step: np.ndarray, n_series:
 
 
 def refuse_calendar_steps(ids: np.ndarray, codes: np.ndarray, t: np.ndarray, step: np.ndarray, on: np.ndarray) -> None:
-    """InputError when series are sampled by calendar month, quarter or year (no fixed step)."""
+    """CalendarStepError when series are sampled by calendar month, quarter or year (no fixed step)."""
     n_series = step.shape[0]
     # a calendar step drifts off any fixed grid: most rows; a fixed 28-day step with a stray row does not
     off = np.bincount(codes[~on], minlength=n_series) >= CALENDAR_OFF_SHARE * np.bincount(codes, minlength=n_series)
@@ -113,7 +113,7 @@ def refuse_calendar_steps(ids: np.ndarray, codes: np.ndarray, t: np.ndarray, ste
         i = int(bad[0])
         rows = t[codes == i][:4]
         shown = ", ".join(str(pd.Timestamp(int(v)).date()) for v in rows)
-        raise InputError(
+        raise CalendarStepError(
             f"{bad.size:,} series are sampled once a calendar {name} (their timestamps are {low} to "
             f"{high} days apart, e.g. {ids[i]!r} at {shown}, ...): that is not a fixed step, so most "
             "of their rows would lie off any regular grid. maml-anomaly needs a fixed step; "

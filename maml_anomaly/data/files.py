@@ -88,14 +88,26 @@ def _not_parquet_state(size: int, head: bytes) -> str:
 def _warn_skipped(folder: str, hidden: tuple[str, ...], other: tuple[str, ...]) -> None:
     """Name the files of an input folder that are not read (once per folder state: commands open it several times)."""
     if hidden:
-        log.warning("input %s: %d hidden file(s) not read: %s", folder, len(hidden), name_examples(list(hidden)))
+        log.warning(
+            "input %s: %d hidden file(s) not read: %s",
+            folder,
+            len(hidden),
+            name_examples(list(hidden)),
+            extra={"skipped_files": [str(Path(folder) / f) for f in hidden]},
+        )
     if other:
         log.warning(
             "input %s: %d file(s) not read because their content is not parquet: %s",
             folder,
             len(other),
             name_examples(list(other)),
+            extra={"skipped_files": [str(Path(folder) / f) for f in other]},
         )
+
+
+def forget_warned_folders() -> None:
+    """Warn again about a folder's skipped files (a new command run in the same process)."""
+    _warn_skipped.cache_clear()
 
 
 def name_examples(names: list[str], n: int = 5) -> str:

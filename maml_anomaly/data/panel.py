@@ -420,6 +420,7 @@ def build_panel(frame: pd.DataFrame, snap_tolerance: float = 0.0) -> tuple[Panel
         duplicates=int(counts.get("duplicates", 0)),
         non_finite=int(counts.get("non_finite", n_inf)),
         snapped=panel.snapped,
+        rounded=int(counts.get("rounded", 0)),
     )
     return panel, report
 

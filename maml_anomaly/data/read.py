@@ -63,7 +63,9 @@ def read_long(path: str | Path, columns: ColumnConfig, on_duplicate: str = "erro
     table = table.drop_columns([columns.id_col])
     t = timestamps_ns(table.column(columns.time_col), columns.time_col)
     table = table.drop_columns([columns.time_col])
+    value_type = table.column(columns.value_col).type
     y, non_finite = value_column(table.column(columns.value_col), columns.value_col)
+    rounded = rounded_integers(value_type, y)
     del table
     pa.default_memory_pool().release_unused()
 
@@ -82,7 +84,7 @@ def read_long(path: str | Path, columns: ColumnConfig, on_duplicate: str = "erro
         dtype = pd.CategoricalDtype(pd.Index(ids, dtype=object))
         id_col = pd.Series(pd.Categorical.from_codes(codes, dtype=dtype, validate=False))
     frame = pd.DataFrame({"unique_id": id_col, "ds": t.view("M8[ns]"), "y": y}, copy=False)
-    frame.attrs[READ_ATTR] = {"rows": n_rows, "duplicates": n_dup, "non_finite": non_finite}
+    frame.attrs[READ_ATTR] = {"rows": n_rows, "duplicates": n_dup, "non_finite": non_finite, "rounded": rounded}
     return frame
 
 
@@ -91,10 +93,17 @@ def read_panel(
 ) -> tuple[Panel, ReadReport]:
     """:func:`read_long` then :func:`build_panel`, logging what was found."""
     panel, report = build_panel(read_long(path, columns, on_duplicate), snap_tolerance)
-    log.info("read %s: %s", path, report.summary())
+    log_read(path, report)
     if report.off_grid:
         log.warning("%d rows are off their series' regular grid; they are kept and reported", report.off_grid)
     return panel, report
+
+
+def log_read(path: str | Path, report: ReadReport) -> None:
+    """The read summary of a whole run's input, and its warnings once (not once per streamed batch)."""
+    log.info("read %s: %s", path, report.summary())
+    for warning in report.warnings(path):
+        log.warning("%s", warning)
 
 
 def _read_table(path: Path, columns: ColumnConfig) -> pa.Table:
@@ -474,8 +483,6 @@ def value_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
     typ = column.type
     if isinstance(column, pa.ChunkedArray) and (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
         y = _chunks_to_numpy(column, np.float64, _float_chunk)
-        if pa.types.is_integer(typ):
-            _warn_inexact_integers(y, name, typ)
         return y, _inf_to_nan(y, name)
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_dictionary(arr.type):
@@ -499,8 +506,6 @@ def value_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, int]:
             "column with --value-col."
         )
     y = np.array(_float_chunk(arr), dtype=np.float64, copy=True)
-    if pa.types.is_integer(typ):
-        _warn_inexact_integers(y, name, typ)
     return y, _inf_to_nan(y, name)
 
 
@@ -512,19 +517,16 @@ def _float_chunk(arr: pa.Array) -> np.ndarray:
     return pc.fill_null(arr.cast(pa.float64(), safe=False), np.nan).to_numpy(zero_copy_only=False)
 
 
-def _warn_inexact_integers(y: np.ndarray, name: str, typ: pa.DataType) -> None:
-    """Warn when integer values beyond 2**53 were rounded on their way to float64."""
+def rounded_integers(column_type: pa.DataType, y: np.ndarray) -> int:
+    """How many values of an integer column were beyond 2**53, so rounded in ``y`` (float64; warned once per run)."""
+    if pa.types.is_dictionary(column_type):
+        column_type = column_type.value_type
+    if not pa.types.is_integer(column_type):
+        return 0
     n_big = 0
     for lo in range(0, y.shape[0], _BLOCK):
         n_big += int(np.count_nonzero(np.abs(y[lo : lo + _BLOCK]) > _EXACT_FLOAT_INT))
-    if n_big:
-        log.warning(
-            "column %r (%s): %d integer values beyond 2^53 read as float64, rounded to 53 significant bits "
-            "(a relative error below 1.2e-16)",
-            name,
-            typ,
-            n_big,
-        )
+    return n_big
 
 
 def _inf_to_nan(y: np.ndarray, name: str) -> int:

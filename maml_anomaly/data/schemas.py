@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -48,6 +49,7 @@ class ReadReport:
     duplicates: int  # rows sharing (unique_id, ds) with an earlier row (resolved by policy)
     non_finite: int  # +inf/-inf values, treated as missing
     snapped: int = 0  # rows moved to their nearest grid point (snap_tolerance > 0)
+    rounded: int = 0  # integer values beyond 2^53 read as the nearest float64
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -58,7 +60,17 @@ class ReadReport:
             f"({self.missing:,} missing), {self.off_grid:,} off-grid rows, "
             f"{self.duplicates:,} duplicates resolved, {self.non_finite:,} non-finite values"
             + (f", {self.snapped:,} rows snapped to their grid" if self.snapped else "")
+            + (f", {self.rounded:,} integers beyond 2^53 rounded to float64" if self.rounded else "")
         )
+
+    def warnings(self, path: Any) -> list[str]:
+        """What the read summary of a whole run warns about, once per run (not once per batch)."""
+        if not self.rounded:
+            return []
+        return [
+            f"input {path}: {self.rounded:,} integer values beyond 2^53 read as float64, rounded to 53 "
+            "significant bits (a relative error below 1.2e-16)"
+        ]
 
 
 def scores_schema(id_type: pa.DataType = pa.string()) -> pa.Schema:

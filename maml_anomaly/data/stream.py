@@ -29,6 +29,7 @@ from maml_anomaly.data.read import (
     open_dataset,
     physical_columns,
     resolve_duplicates,
+    rounded_integers,
     sort_order,
     timestamps_ns,
     value_column,
@@ -352,6 +353,7 @@ def long_frame(table: pa.Table, columns: ColumnConfig, on_duplicate: str, ds_min
     ids, codes = encode_ids(table.column(0), columns.id_col)
     t = timestamps_ns(table.column(1), columns.time_col)
     y, non_finite = value_column(table.column(2), columns.value_col)
+    rounded = rounded_integers(table.column(2).type, y)
     n_rows = table.num_rows
     del table
     keep = np.ones(t.shape[0], bool)  # exact window (string timestamps are not filtered by the scan)
@@ -375,5 +377,5 @@ def long_frame(table: pa.Table, columns: ColumnConfig, on_duplicate: str, ds_min
     else:
         id_col = pd.Series(pd.Categorical.from_codes(codes, categories=pd.Index(ids, dtype=object)))
     frame = pd.DataFrame({"unique_id": id_col, "ds": t.view("M8[ns]"), "y": y})
-    frame.attrs[READ_ATTR] = {"rows": n_rows, "duplicates": n_dup, "non_finite": non_finite}
+    frame.attrs[READ_ATTR] = {"rows": n_rows, "duplicates": n_dup, "non_finite": non_finite, "rounded": rounded}
     return frame

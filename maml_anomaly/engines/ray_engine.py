@@ -15,6 +15,7 @@ workers wrote.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -109,7 +110,9 @@ class RayEngine(Engine):
             cpus = int(ray.cluster_resources().get("CPU", 1))
             actors = max(1, min(n_buckets, cpus - 1))  # leave a CPU to read and shuffle: a pool on every CPU hangs
             try:
-                ds = ray.data.read_parquet(files, file_extensions=None).select_columns(
+                without_unusable_http_filesystem()
+                # the unified schema: files whose timestamps are in different zones are read as one type
+                ds = ray.data.read_parquet(files, file_extensions=None, schema=dataset.schema).select_columns(
                     [cols.id_col, cols.time_col, cols.value_col]
                 )
                 ds = ds.map_batches(_bucket_rows, fn_args=(flt, cols.id_col, splitters), batch_format="pyarrow")
@@ -164,6 +167,16 @@ class RayEngine(Engine):
 
     def session(self) -> Any:
         return ray_session(self.address)
+
+
+def without_unusable_http_filesystem() -> None:
+    """Mark fsspec's HTTP filesystem absent when aiohttp (which it needs) is missing.
+
+    Ray lists a folder's files in threads and each thread tries that import; failing imports
+    that race can raise ImportError instead of ModuleNotFoundError, which Ray does not catch.
+    """
+    if "fsspec.implementations.http" not in sys.modules and importlib.util.find_spec("aiohttp") is None:
+        sys.modules["fsspec.implementations.http"] = None  # every import now fails the same way, at once
 
 
 def _call_part(fn: Callable[[Any, Any], Any], payload: Any, item: Any) -> Any:

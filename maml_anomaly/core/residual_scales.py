@@ -43,17 +43,17 @@ def trailing_scale(abs_dev: np.ndarray, denom: np.ndarray) -> np.ndarray:
     return np.where(trail > NOISE_JUMP * denom[:, None], trail, denom[:, None])
 
 
-MIN_DAY_POINTS = 8  # the day's scale needs this many residuals: a held change (3 points) is then under half
+MIN_DAY_RESIDUALS = 8  # the day's scale needs this many residuals: a held change (3 points) is then under half
 
 
 def day_scale(abs_dev: np.ndarray) -> np.ndarray:
     """(B,) robust scale of each row of the scored day's |residuals| (B, n): 1.4826 x their median,
-    0 where fewer than :data:`MIN_DAY_POINTS` are observed or more than half are exactly 0 (a
+    0 where fewer than :data:`MIN_DAY_RESIDUALS` are observed or more than half are exactly 0 (a
     flat or few-valued day is no noisy day: its mean would be the anomalies' own)."""
     n = np.isfinite(abs_dev).sum(axis=1)
     with np.errstate(invalid="ignore"):
         mad = np.nan_to_num(nan_median_rows(abs_dev) * MAD_TO_SD, nan=0.0)
-    return np.where(n >= MIN_DAY_POINTS, mad, 0.0)
+    return np.where(n >= MIN_DAY_RESIDUALS, mad, 0.0)
 
 
 def with_day_floor(

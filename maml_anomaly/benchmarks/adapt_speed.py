@@ -137,7 +137,7 @@ def run_adapt_speed(
     meta = {}
     for order, first_order in (("second_order", False), ("first_order", True)):
 
-        def batched_step():
+        def batched_step(first_order=first_order):  # the loop's value, bound here
             for v in theta.values():
                 v.grad = None
             meta_loss(
@@ -151,13 +151,13 @@ def run_adapt_speed(
                 **kw,
             ).backward()
 
-        def looped_step():
+        def looped_step(first_order=first_order):
             for v in theta.values():
                 v.grad = None
             looped_meta_step(model, theta, mx, my, first_order=first_order, **kw)
 
         n_rep = 10
-        tb = _median_seconds(lambda: [batched_step() for _ in range(n_rep)], repeats) / n_rep
+        tb = _median_seconds(lambda n_rep=n_rep: [batched_step() for _ in range(n_rep)], repeats) / n_rep
         tl = _median_seconds(looped_step, repeats)
         meta[order] = {
             "batched_steps_per_s": round(1 / tb, 1),

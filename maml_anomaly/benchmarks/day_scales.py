@@ -20,7 +20,6 @@ import pandas as pd
 from maml_anomaly.benchmarks import detection
 from maml_anomaly.core.evaluation import evaluate_scores
 
-
 TINY = 1e-12  # added to every scale: a move where the scale is 0 ranks first instead of being dropped
 
 

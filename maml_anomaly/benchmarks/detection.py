@@ -45,12 +45,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maml_anomaly.core import baselines
 from maml_anomaly.benchmarks import peers
 from maml_anomaly.config import ColumnConfig, Config
+from maml_anomaly.core import baselines
+from maml_anomaly.core.evaluation import evaluate_scores
 from maml_anomaly.data.read import read_long
 from maml_anomaly.sample import make_sample
-from maml_anomaly.core.evaluation import evaluate_scores
 
 log = logging.getLogger(__name__)
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data beside the repo

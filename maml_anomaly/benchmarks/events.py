@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maml_anomaly.core.alerts import apply_alerts
 from maml_anomaly.config import AlertConfig
+from maml_anomaly.core.alerts import apply_alerts
 from maml_anomaly.core.evaluation import as_windows
 
 RULES = (  # (name, threshold, alert rules)

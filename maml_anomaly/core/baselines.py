@@ -25,8 +25,8 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from maml_anomaly.errors import InputError
 from maml_anomaly.data.panel import build_panel
+from maml_anomaly.errors import InputError
 
 _DAY_NS = np.int64(86_400 * 10**9)
 _MAD_TO_SD = 1.4826  # MAD of a normal distribution times this is its standard deviation

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from maml_anomaly.core.periodicity import cycle_profiles, detect_periods
 
 __all__ = ["PeriodClusterer", "assign_clusters", "profile_bins", "step_tag"]
@@ -97,7 +98,7 @@ class PeriodClusterer:
             elif p in big or c >= MIN_OWN_CLUSTER or not big:
                 self.assign_[p] = _name(p)
                 labels[rows] = _name(p)
-        for p, c in zip(uniq.tolist(), counts.tolist()):  # tiny groups join a neighbour
+        for p in uniq.tolist():  # tiny groups join a neighbour
             if p > 0 and p not in self.assign_ and p not in self.centroids_:
                 target = self._nearest_group(p, big)
                 self.assign_[p] = self._largest_cluster(target, labels, per)

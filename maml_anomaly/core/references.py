@@ -10,7 +10,6 @@ from maml_anomaly.core.adaptation import Evidence, Forecasts
 from maml_anomaly.core.residual_scales import residual_scale
 from maml_anomaly.core.tasks import TARGET_CLIP, Tasks
 
-
 GATES = (1.0, 0.75, 0.5, 0.25, 0.0)  # shares of the net's correction a task may keep, best first on ties
 ANCHOR_REFERENCE, ANCHOR_LAST, ANCHOR_NAIVE = 0, 1, 2  # what a forecast stands on (see anchored)
 # the candidate forecasters (share of the net's correction, anchor), preferred in this order on ties:

@@ -19,19 +19,18 @@ import torch
 
 # names re-exported (``X as X``): callers import them from here
 from maml_anomaly.core.adaptation import ClusterModel as ClusterModel
-from maml_anomaly.core.adaptation import adapt_and_forecast, adapt_support
+from maml_anomaly.core.adaptation import Forecasts, adapt_and_forecast, adapt_support
 from maml_anomaly.core.adaptation import huber_loss as huber_loss
 from maml_anomaly.core.adaptation import per_task as per_task
-from maml_anomaly.core.adaptation import Forecasts
-from maml_anomaly.core.calibration import MIN_P, Calibration, log_p_to_score, score_to_p
 from maml_anomaly.core.calibration import MAX_SCORE as MAX_SCORE
+from maml_anomaly.core.calibration import MIN_P, Calibration, log_p_to_score, score_to_p
 from maml_anomaly.core.calibration import fit_calibration as fit_calibration
 from maml_anomaly.core.calibration import p_to_score as p_to_score
 from maml_anomaly.core.cleaning import (
     cleaning_pays,
-    over_threshold,
     forecast_in_time_order,
     last_columns,
+    over_threshold,
     shift_accepted_after,
 )
 from maml_anomaly.core.references import follow_the_day, shrink_to_reference

@@ -139,7 +139,12 @@ class FileLock:
                 fd = self._try_once()
             except OSError as exc:
                 if self.optional:
-                    log.warning("cannot lock the %s %s (%s); reading it without a lock", self.what, self.target, exc.strerror or exc)
+                    log.warning(
+                        "cannot lock the %s %s (%s); reading it without a lock",
+                        self.what,
+                        self.target,
+                        exc.strerror or exc,
+                    )
                     return
                 raise MamlAnomalyError(
                     f"could not open the lock file {self.path} for the {self.what} {self.target} "
@@ -198,7 +203,9 @@ class FileLock:
         if stale is not None and stale.pid != os.getpid():
             log.warning(
                 "took over the lock on %s %s left by %s, which is no longer running",
-                self.what, self.target, stale.describe(),
+                self.what,
+                self.target,
+                stale.describe(),
             )
         if self.shared:
             if stale is not None:  # only possible when its exclusive holder died
@@ -257,7 +264,11 @@ def command_locks(
         if model_dir is not None:
             stack.enter_context(
                 FileLock(
-                    model_dir, shared=model_shared, timeout=timeout, what="model directory", command=command,
+                    model_dir,
+                    shared=model_shared,
+                    timeout=timeout,
+                    what="model directory",
+                    command=command,
                     optional=model_shared,  # a read-only model directory can still be scored
                 )
             )
@@ -279,4 +290,13 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.Signals["SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")])
 
 
-__all__ = ["CRASH_ENV", "LockBusyError", "LockInfo", "FileLock", "lock_path", "read_holder", "command_locks", "crash_point"]
+__all__ = [
+    "CRASH_ENV",
+    "LockBusyError",
+    "LockInfo",
+    "FileLock",
+    "lock_path",
+    "read_holder",
+    "command_locks",
+    "crash_point",
+]

@@ -79,7 +79,9 @@ def series_plot_data(
     """
     sc = scores[scores["unique_id"] == unique_id].sort_values("ds")
     if sc.empty:
-        raise InputError(f"series {unique_id!r} is not in the scores file; pick an id that daily-score or backtest scored.")
+        raise InputError(
+            f"series {unique_id!r} is not in the scores file; pick an id that daily-score or backtest scored."
+        )
     hist = history[history["unique_id"] == unique_id].sort_values("ds")
     first = sc["ds"].min()
     context = max(2 * len(sc), 48) if context is None else context
@@ -121,19 +123,35 @@ class LayerStyle:
     flag_size: float = 42.0
 
 
-def draw_layers(ax: Any, plot: SeriesPlot, half_step: pd.Timedelta, style: LayerStyle = LayerStyle(), focus: Any = None) -> None:
+def draw_layers(
+    ax: Any, plot: SeriesPlot, half_step: pd.Timedelta, style: LayerStyle = LayerStyle(), focus: Any = None
+) -> None:
     """Events (``focus``: the start of the one drawn darker), band, observed y, forecast, flagged points."""
     for i, r in enumerate(plot.events.itertuples(index=False)):  # a handful of events per series
         mine = focus is not None and pd.Timestamp(r.start) == pd.Timestamp(focus)
-        ax.axvspan(pd.Timestamp(r.start) - half_step, pd.Timestamp(r.end) + half_step, color=COLOR_EVENT,
-                   alpha=style.focus_alpha if mine else style.event_alpha, lw=0,
-                   label="event" if i == 0 else None)
-    ax.fill_between(plot.ds, plot.lower, plot.upper, color=COLOR_BAND, alpha=style.band_alpha, lw=0, label="band (lower, upper)")
+        ax.axvspan(
+            pd.Timestamp(r.start) - half_step,
+            pd.Timestamp(r.end) + half_step,
+            color=COLOR_EVENT,
+            alpha=style.focus_alpha if mine else style.event_alpha,
+            lw=0,
+            label="event" if i == 0 else None,
+        )
+    ax.fill_between(
+        plot.ds, plot.lower, plot.upper, color=COLOR_BAND, alpha=style.band_alpha, lw=0, label="band (lower, upper)"
+    )
     ax.plot(plot.history_ds, plot.history_y, color=COLOR_DATA, lw=style.line_width, label="y")
     ax.plot(plot.ds, plot.y_hat, color=COLOR_FORECAST, lw=style.line_width * 0.9, ls="--", label="y_hat")
     if plot.flagged_ds.size:
-        ax.scatter(plot.flagged_ds, plot.flagged_y, s=style.flag_size, color=COLOR_FLAG, zorder=5, label="flagged",
-                   edgecolors="none")
+        ax.scatter(
+            plot.flagged_ds,
+            plot.flagged_y,
+            s=style.flag_size,
+            color=COLOR_FLAG,
+            zorder=5,
+            label="flagged",
+            edgecolors="none",
+        )
 
 
 def render(plot: SeriesPlot, *, width: float = 10.0, height: float = 3.6, dpi: int = 100):

@@ -111,8 +111,9 @@ def _clean_series(fam: _Family, n: int, t0: pd.Timestamp, rng: np.random.Generat
     return base + noise, noise_sd, amp, base
 
 
-def _inject(kind: str, y: np.ndarray, base: np.ndarray, i: int, fam: _Family, sd: float, amp: float,
-            rng: np.random.Generator) -> int:
+def _inject(
+    kind: str, y: np.ndarray, base: np.ndarray, i: int, fam: _Family, sd: float, amp: float, rng: np.random.Generator
+) -> int:
     """Alter y in place from index i; return the number of altered points."""
     p = max(fam.period, 24)
     k = rng.uniform(3.5, 8.0)  # magnitude in one-step noise standard deviations
@@ -140,7 +141,7 @@ def _inject(kind: str, y: np.ndarray, base: np.ndarray, i: int, fam: _Family, sd
         y[sl] = y[i - 1]
     elif kind == "out_of_phase":  # a value normal for the opposite time of the cycle
         half = fam.period // 2
-        y[sl] = base[i - half:i - half + length] + (y[sl] - base[sl])
+        y[sl] = base[i - half : i - half + length] + (y[sl] - base[sl])
     elif kind == "burst":  # a run of large, erratic deviations
         y[sl] += rng.normal(0, 1, length) * 4.0 * sd + sign * 2.0 * sd
         y[i + length // 2] += sign * k * sd
@@ -171,7 +172,7 @@ def _place(y, base, lo, hi, fam, sd, amp, kinds, rng, taken):
                 continue
             i = int(day[rng.integers(day.size)])
         if kind == "flatline" and i >= 1:  # only where the cycle will move away from the value
-            ahead = base[i:i + max(fam.period // 4, 4)]
+            ahead = base[i : i + max(fam.period // 4, 4)]
             if np.max(np.abs(ahead - y[i - 1])) < 6 * sd:
                 continue
         before = y.copy()
@@ -185,8 +186,16 @@ def _place(y, base, lo, hi, fam, sd, amp, kinds, rng, taken):
     return None
 
 
-def make_sample(*, seed: int = 0, n_series: int = 200, end: str = "2024-03-31", eval_days: int = 14,
-                margin: int = 1, missing_share: float = 0.5, return_info: bool = False):
+def make_sample(
+    *,
+    seed: int = 0,
+    n_series: int = 200,
+    end: str = "2024-03-31",
+    eval_days: int = 14,
+    margin: int = 1,
+    missing_share: float = 0.5,
+    return_info: bool = False,
+):
     """Generate sample series with labelled anomalies.
 
     Returns (values[unique_id, ds, y], windows[unique_id, start, end, kind],
@@ -250,11 +259,13 @@ def make_sample(*, seed: int = 0, n_series: int = 200, end: str = "2024-03-31", 
             frame[c] = frame[c].astype("datetime64[ns]")
         frame["unique_id"] = frame["unique_id"].astype(str)
         frame["kind"] = frame["kind"].astype(str)
-    out = (values, windows.sort_values(["unique_id", "start"], ignore_index=True),
-           points.sort_values(["unique_id", "ds"], ignore_index=True))
+    out = (
+        values,
+        windows.sort_values(["unique_id", "start"], ignore_index=True),
+        points.sort_values(["unique_id", "ds"], ignore_index=True),
+    )
     if return_info:
-        info = pd.DataFrame(info, columns=["unique_id", "family", "step", "period", "level", "noise_sd",
-                                           "amplitude"])
+        info = pd.DataFrame(info, columns=["unique_id", "family", "step", "period", "level", "noise_sd", "amplitude"])
         info["unique_id"] = info["unique_id"].astype(str)
         return out + (info,)
     return out

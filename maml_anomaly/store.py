@@ -87,7 +87,9 @@ class ModelDir:
         run's results are ready to be written.
         """
         if self.path.exists() and not self.path.is_dir():
-            raise ModelDirError(f"model directory {self.path} is a file; expected a directory. Choose another --model-dir.")
+            raise ModelDirError(
+                f"model directory {self.path} is a file; expected a directory. Choose another --model-dir."
+            )
         if self.path.is_dir():
             _clean_stale_temps(self.path)  # a killed run's temporary files do not make it "not empty"
         if self.path.is_dir() and any(self.path.iterdir()):
@@ -340,11 +342,17 @@ class ModelDir:
         # Before the first file: a killed run's folder is recognisably ours and incomplete.
         now = _now()
         files = (self._manifest or {}).get("files", {})
-        self._write_manifest({
-            "format_version": FORMAT_VERSION,
-            "package": {"name": "maml-anomaly", "version": __version__},
-            "created_at": now, "updated_at": now, "state": "incomplete", "config": {}, "files": files,
-        })
+        self._write_manifest(
+            {
+                "format_version": FORMAT_VERSION,
+                "package": {"name": "maml-anomaly", "version": __version__},
+                "created_at": now,
+                "updated_at": now,
+                "state": "incomplete",
+                "config": {},
+                "files": files,
+            }
+        )
 
     def _save_bytes(self, name: str, data: bytes) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -408,7 +416,7 @@ def load_models(md: ModelDir, inner_steps: int = -1) -> tuple[list[str], list[An
             )
         tensors, _ = md.load_weights(meta["weights"])
         params = {k: v for k, v in tensors.items() if not k.startswith("inner_lr/")}
-        lrs = {k[len("inner_lr/"):]: v for k, v in tensors.items() if k.startswith("inner_lr/")} or None
+        lrs = {k[len("inner_lr/") :]: v for k, v in tensors.items() if k.startswith("inner_lr/")} or None
         names.append(name)
         model = ClusterModel.from_metadata(meta, params, inner_lrs=lrs)
         models.append(model if inner_steps < 0 else dataclasses.replace(model, inner_steps=inner_steps))
@@ -455,10 +463,15 @@ class ClusterIndex:
         ids = col.cat.categories.to_numpy() if isinstance(col.dtype, pd.CategoricalDtype) else np.unique(col.to_numpy())
         index = self.index
         if (index.dtype.kind in "iu") != (np.asarray(ids).dtype.kind in "iu"):
-            ids, index = np.asarray(ids).astype(str).astype(object), pd.Index(index.take(np.arange(len(index)))).astype(str)
+            ids, index = (
+                np.asarray(ids).astype(str).astype(object),
+                pd.Index(index.take(np.arange(len(index)))).astype(str),
+            )
         pos = index.get_indexer(ids)
         pos = pos[pos >= 0]
-        return ClusterIndex(self.names, pd.Index(self.index.take(pos)), self.code[pos], self.period[pos], self.max_step_ns)
+        return ClusterIndex(
+            self.names, pd.Index(self.index.take(pos)), self.code[pos], self.period[pos], self.max_step_ns
+        )
 
     def example_ids(self) -> pd.Series:
         """A few clustered ids (their type is what batch.check_id_kinds compares)."""
@@ -494,8 +507,10 @@ class IdLookup:
         self.dtype = np.dtype(np.int64) if pa.types.is_integer(self.ids.type) else np.dtype(object)
         keys = np.concatenate(
             [np.zeros(0, np.uint64)]
-            + [self._keys(self.ids.slice(lo, self._HASH_CHUNK).to_numpy(zero_copy_only=False))
-               for lo in range(0, len(self.ids), self._HASH_CHUNK)]
+            + [
+                self._keys(self.ids.slice(lo, self._HASH_CHUNK).to_numpy(zero_copy_only=False))
+                for lo in range(0, len(self.ids), self._HASH_CHUNK)
+            ]
         )  # (C,) uint64 hashes, or the integer ids themselves
         self.order = np.argsort(keys, kind="stable")  # (C,) sorted position -> id position
         self.keys = keys[self.order]

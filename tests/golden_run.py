@@ -90,8 +90,22 @@ def run(root: Path, engine: str) -> dict[str, Path]:
         ["fit-clusters", "-i", history, "-m", model, "-c", cfg, *eng],
         ["meta-train", "-i", history, "-m", model, "-c", cfg],
         ["daily-score", "-i", full, "-m", model, "-c", cfg, "-o", root / "daily.parquet", *eng],
-        ["backtest", "-i", full, "-m", model, "-c", cfg, "-o", root / "backtest.parquet", "--start", BACKTEST_START,
-         "--events", root / "events.parquet", *eng],
+        [
+            "backtest",
+            "-i",
+            full,
+            "-m",
+            model,
+            "-c",
+            cfg,
+            "-o",
+            root / "backtest.parquet",
+            "--start",
+            BACKTEST_START,
+            "--events",
+            root / "events.parquet",
+            *eng,
+        ],
     ]
     for args in commands:
         result = CliRunner().invoke(app, [str(a) for a in args] + ["-q"])
@@ -120,8 +134,9 @@ def load_fixture() -> tuple[dict, dict[str, pd.DataFrame]]:
     return meta, {name: pd.read_parquet(FIXTURE / f"{name}.parquet") for name in VALUE_TABLES}
 
 
-def assert_values_close(got: pd.DataFrame, want: pd.DataFrame, name: str, *, rtol: float, threshold: float = 3.0,
-                        margin: float = 0.0) -> None:
+def assert_values_close(
+    got: pd.DataFrame, want: pd.DataFrame, name: str, *, rtol: float, threshold: float = 3.0, margin: float = 0.0
+) -> None:
     """Ids, timestamps, statuses and other non-float columns exactly; floats to ``rtol`` (relative and
     absolute); flags equal except on points whose recorded score is within ``margin`` (relative) of
     the threshold."""
@@ -136,8 +151,14 @@ def assert_values_close(got: pd.DataFrame, want: pd.DataFrame, name: str, *, rto
             differ = (a.to_numpy() != b.to_numpy()) & ~near
             assert not differ.any(), f"{name}.{col}: {int(differ.sum())} flags differ away from the threshold"
         elif pd.api.types.is_float_dtype(b.dtype):
-            np.testing.assert_allclose(a.to_numpy(np.float64), b.to_numpy(np.float64), rtol=rtol, atol=rtol,
-                                       equal_nan=True, err_msg=f"{name}.{col}")
+            np.testing.assert_allclose(
+                a.to_numpy(np.float64),
+                b.to_numpy(np.float64),
+                rtol=rtol,
+                atol=rtol,
+                equal_nan=True,
+                err_msg=f"{name}.{col}",
+            )
         elif col == "suppressed":  # follows the flags
             same = (a.fillna("").to_numpy() == b.fillna("").to_numpy()) | near
             assert same.all(), f"{name}.{col}"

@@ -25,7 +25,18 @@ from typer.testing import CliRunner
 from maml_anomaly.cli import app
 
 N_SERIES, DAYS = 8, 10
-TRAIN_ARGS = ["--iterations", "3", "--k-shot", "8", "--inner-steps", "1", "--meta-batch-size", "4", "--time-budget", "20"]
+TRAIN_ARGS = [
+    "--iterations",
+    "3",
+    "--k-shot",
+    "8",
+    "--inner-steps",
+    "1",
+    "--meta-batch-size",
+    "4",
+    "--time-budget",
+    "20",
+]
 
 
 def history(n_series: int = N_SERIES, days: int = DAYS, seed: int = 0) -> pd.DataFrame:
@@ -144,9 +155,17 @@ class ForkRunner:
         import subprocess
         import sys
 
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", _FORK_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=root
+            [sys.executable, "-c", _FORK_SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=root,
         )
         self._n = 0
         self._root = root

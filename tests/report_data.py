@@ -32,19 +32,39 @@ def scored_run(n_series: int = 24, days: int = 4, seed: int = 0) -> dict:
     z = (y[:, last] - clean[:, last]) / sd
     p = 2 * norm.sf(np.abs(z))
     n_day = 24
-    scores = pd.DataFrame({
-        "unique_id": np.repeat(ids, n_day), "ds": np.tile(ds[last], n_series), "y": y[:, last].ravel(),
-        "y_hat": clean[:, last].ravel(), "lower": (clean[:, last] - 3 * sd).ravel(), "upper": (clean[:, last] + 3 * sd).ravel(),
-        "score": np.abs(z).ravel(), "is_anomaly": (np.abs(z) >= 3).ravel(), "cluster": np.repeat(cluster, n_day),
-        "status": "ok", "p_value": p.ravel(),
-    })
+    scores = pd.DataFrame(
+        {
+            "unique_id": np.repeat(ids, n_day),
+            "ds": np.tile(ds[last], n_series),
+            "y": y[:, last].ravel(),
+            "y_hat": clean[:, last].ravel(),
+            "lower": (clean[:, last] - 3 * sd).ravel(),
+            "upper": (clean[:, last] + 3 * sd).ravel(),
+            "score": np.abs(z).ravel(),
+            "is_anomaly": (np.abs(z) >= 3).ravel(),
+            "cluster": np.repeat(cluster, n_day),
+            "status": "ok",
+            "p_value": p.ravel(),
+        }
+    )
     alerted = apply_alerts(scores, AlertRules(), threshold=3.0)
     history = pd.DataFrame({"unique_id": np.repeat(ids, ds.size), "ds": np.tile(ds, n_series), "y": y.ravel()})
     sizes = pd.Series(cluster).value_counts().to_dict()
     incidents = find_incidents(alerted.events, pd.Timedelta(hours=1), cluster_sizes=sizes).incidents
     summary = {
-        "points": len(scores), "series": n_series, "anomalies": int(alerted.scores["is_anomaly"].sum()),
-        "statuses": {"ok": len(scores)}, "alerts": alerted.counts, "threshold": 3.0,
-        "first_day": str(ds[last][0].date()), "last_day": str(ds[-1].date()),
+        "points": len(scores),
+        "series": n_series,
+        "anomalies": int(alerted.scores["is_anomaly"].sum()),
+        "statuses": {"ok": len(scores)},
+        "alerts": alerted.counts,
+        "threshold": 3.0,
+        "first_day": str(ds[last][0].date()),
+        "last_day": str(ds[-1].date()),
     }
-    return {"summary": summary, "scores": alerted.scores, "history": history, "events": alerted.events, "incidents": incidents}
+    return {
+        "summary": summary,
+        "scores": alerted.scores,
+        "history": history,
+        "events": alerted.events,
+        "incidents": incidents,
+    }

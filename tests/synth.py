@@ -49,17 +49,17 @@ def inject(matrix, first, n_query, seed=0, size=6.0):
             out[i, p] += sign * size * spread[i]
             labels[i, p] = True
         elif k == 1:  # level shift to the end of the day
-            out[i, p:first + n_query] += sign * size * spread[i]
+            out[i, p : first + n_query] += sign * size * spread[i]
             labels[i, p] = True
         elif k == 2:  # outage: zeros for 3 points
-            out[i, p:p + 3] = 0.0
-            labels[i, p:p + 3] = True
+            out[i, p : p + 3] = 0.0
+            labels[i, p : p + 3] = True
         elif k == 3:  # flatline at the current value for 4 points
-            out[i, p:p + 4] = out[i, p - 1]
-            labels[i, p + 1:p + 4] = True
+            out[i, p : p + 4] = out[i, p - 1]
+            labels[i, p + 1 : p + 4] = True
         else:  # out of phase: half a period shifted for 3 points
-            out[i, p:p + 3] = matrix[i, p - 12:p - 9]
-            labels[i, p:p + 3] = True
+            out[i, p : p + 3] = matrix[i, p - 12 : p - 9]
+            labels[i, p : p + 3] = True
     return out, labels
 
 

@@ -67,11 +67,21 @@ def _frame(n_series=3, n=12, flagged=(), y_sign=None, step="h"):
         for j in range(n):
             hit = (s, j) in flagged
             sign = -1.0 if y_sign and (s, j) in y_sign else 1.0
-            rows.append({
-                "unique_id": f"s{s}", "ds": ds[j], "y": 100.0 + (sign * (5.0 + j) if hit else 0.1), "y_hat": 100.0,
-                "lower": 98.0, "upper": 102.0, "score": 4.5 + j / 10 if hit else 0.5, "is_anomaly": hit,
-                "cluster": "c0", "status": "ok", "p_value": 1e-6 / (1 + j) if hit else 0.6,
-            })
+            rows.append(
+                {
+                    "unique_id": f"s{s}",
+                    "ds": ds[j],
+                    "y": 100.0 + (sign * (5.0 + j) if hit else 0.1),
+                    "y_hat": 100.0,
+                    "lower": 98.0,
+                    "upper": 102.0,
+                    "score": 4.5 + j / 10 if hit else 0.5,
+                    "is_anomaly": hit,
+                    "cluster": "c0",
+                    "status": "ok",
+                    "p_value": 1e-6 / (1 + j) if hit else 0.6,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -114,8 +124,14 @@ def test_events_cross_midnight_and_break_at_gaps():
 )
 def test_rules_only_remove_flags_and_say_why(flagged, direction, min_consecutive, min_abs, min_rel, budget, fdr):
     df = _frame(flagged=flagged, y_sign={f for f in flagged if f[1] % 3 == 0})
-    rules = AlertRules(fdr=fdr, direction=direction, min_consecutive=min_consecutive, min_abs_deviation=min_abs,
-                       min_rel_deviation=min_rel, max_alerts=budget)
+    rules = AlertRules(
+        fdr=fdr,
+        direction=direction,
+        min_consecutive=min_consecutive,
+        min_abs_deviation=min_abs,
+        min_rel_deviation=min_rel,
+        max_alerts=budget,
+    )
     a = apply_alerts(df, rules)
     before, after = df["is_anomaly"].to_numpy(), a.scores["is_anomaly"].to_numpy()
     assert not (after & ~before).any()
@@ -158,7 +174,7 @@ def test_fdr_rule_and_columns():
     df.loc[df["is_anomaly"] & (df["unique_id"] == "s1"), "p_value"] = 1e-3  # 36 points: q = 0.018
     a = apply_alerts(df, AlertRules(fdr=0.01))
     cols = list(a.scores.columns)
-    assert cols[: len(SCORE_COLUMNS)] == list(SCORE_COLUMNS) and cols[len(SCORE_COLUMNS):] == list(ALERT_COLUMNS)
+    assert cols[: len(SCORE_COLUMNS)] == list(SCORE_COLUMNS) and cols[len(SCORE_COLUMNS) :] == list(ALERT_COLUMNS)
     assert a.scores["is_anomaly"].sum() == 1 and a.counts["suppressed"] == {"fdr": 1}
     np.testing.assert_allclose(a.scores["q_value"].max(), 0.6)  # the largest p keeps its value (rank m)
 
@@ -237,15 +253,32 @@ def _cli(args):
 
 def test_backtest_writes_events_across_midnight(trained):
     out, ev = trained / "scores.parquet", trained / "events.parquet"
-    r = _cli(["backtest", "-i", trained / "data.parquet", "-m", trained / "model", "-o", out, "--events", ev,
-              "--start", "2024-01-20", "-q"])
+    r = _cli(
+        [
+            "backtest",
+            "-i",
+            trained / "data.parquet",
+            "-m",
+            trained / "model",
+            "-o",
+            out,
+            "--events",
+            ev,
+            "--start",
+            "2024-01-20",
+            "-q",
+        ]
+    )
     assert r.exit_code == 0, r.output
     scores, events = pd.read_parquet(out), pd.read_parquet(ev)
     assert list(scores.columns[: len(SCORE_COLUMNS) + 3]) == [*SCORE_COLUMNS, *ALERT_COLUMNS]
     ok = scores["status"] == "ok"
     assert (scores.loc[ok, "q_value"] >= scores.loc[ok, "p_value"] - 1e-15).all()
-    dip = events[(events["unique_id"] == "s07") & (events["start"] <= pd.Timestamp("2024-01-21 00:00"))
-                 & (events["end"] >= pd.Timestamp("2024-01-21 00:00"))]
+    dip = events[
+        (events["unique_id"] == "s07")
+        & (events["start"] <= pd.Timestamp("2024-01-21 00:00"))
+        & (events["end"] >= pd.Timestamp("2024-01-21 00:00"))
+    ]
     assert len(dip) == 1 and dip.iloc[0]["start"].day == 20 and dip.iloc[0]["end"].day == 21
     assert dip.iloc[0]["direction"] in ("down", "mixed")  # the recovery point may be flagged too
     assert dip.iloc[0]["peak_y"] < dip.iloc[0]["peak_y_hat"]
@@ -255,8 +288,25 @@ def test_backtest_writes_events_across_midnight(trained):
 
 def test_daily_score_direction_up_drops_the_dip(trained):
     out, ev = trained / "up.parquet", trained / "up_events.parquet"
-    r = _cli(["daily-score", "-i", trained / "data.parquet", "-m", trained / "model", "-o", out, "--events", ev,
-              "--date", "2024-01-21", "--direction", "up", "-q", "--json"])
+    r = _cli(
+        [
+            "daily-score",
+            "-i",
+            trained / "data.parquet",
+            "-m",
+            trained / "model",
+            "-o",
+            out,
+            "--events",
+            ev,
+            "--date",
+            "2024-01-21",
+            "--direction",
+            "up",
+            "-q",
+            "--json",
+        ]
+    )
     assert r.exit_code == 0, r.output
     scores, events = pd.read_parquet(out), pd.read_parquet(ev)
     dip = scores[(scores["unique_id"] == "s07") & (scores["ds"] <= pd.Timestamp("2024-01-21 01:00"))]

@@ -46,7 +46,9 @@ def _imports(module: str) -> dict[str, list[str]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             if not base.startswith("maml_anomaly"):
                 continue
             for alias in node.names:
@@ -72,7 +74,7 @@ def test_the_import_graph_has_no_cycle():
         path.append(m)
         for n in GRAPH.get(m, {}):
             if state.get(n) == 1:
-                pytest.fail("import cycle: " + " -> ".join(path[path.index(n):] + [n]))
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(n) :] + [n]))
             if n not in state:
                 visit(n)
         path.pop()
@@ -84,8 +86,13 @@ def test_the_import_graph_has_no_cycle():
 
 
 def test_the_core_imports_no_io_engine_command_or_cli_module():
-    allowed = ("maml_anomaly.core", "maml_anomaly.config", "maml_anomaly.errors", "maml_anomaly.data.panel",
-               "maml_anomaly.data.schemas")
+    allowed = (
+        "maml_anomaly.core",
+        "maml_anomaly.config",
+        "maml_anomaly.errors",
+        "maml_anomaly.data.panel",
+        "maml_anomaly.data.schemas",
+    )
     for m in PRODUCT:
         if _under(m, "maml_anomaly.core"):
             bad = [n for n in GRAPH[m] if not _under(n, *allowed)]
@@ -95,12 +102,30 @@ def test_the_core_imports_no_io_engine_command_or_cli_module():
 @pytest.mark.parametrize(
     ("layer", "allowed"),
     [
-        ("maml_anomaly.batch", ("maml_anomaly.core", "maml_anomaly.data.panel", "maml_anomaly.data.schemas",
-                                "maml_anomaly.config", "maml_anomaly.errors")),
-        ("maml_anomaly.engines", ("maml_anomaly.engines", "maml_anomaly.batch", "maml_anomaly.data",
-                                  "maml_anomaly.config", "maml_anomaly.errors")),
-        ("maml_anomaly.data", ("maml_anomaly.data", "maml_anomaly.config", "maml_anomaly.errors",
-                               "maml_anomaly.locking")),
+        (
+            "maml_anomaly.batch",
+            (
+                "maml_anomaly.core",
+                "maml_anomaly.data.panel",
+                "maml_anomaly.data.schemas",
+                "maml_anomaly.config",
+                "maml_anomaly.errors",
+            ),
+        ),
+        (
+            "maml_anomaly.engines",
+            (
+                "maml_anomaly.engines",
+                "maml_anomaly.batch",
+                "maml_anomaly.data",
+                "maml_anomaly.config",
+                "maml_anomaly.errors",
+            ),
+        ),
+        (
+            "maml_anomaly.data",
+            ("maml_anomaly.data", "maml_anomaly.config", "maml_anomaly.errors", "maml_anomaly.locking"),
+        ),
     ],
 )
 def test_each_layer_imports_only_the_layers_below(layer, allowed):

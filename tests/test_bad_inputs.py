@@ -172,52 +172,150 @@ def _all_missing_train(w: Work) -> list:
 
 ERROR_CASES = [
     # the SPEC's list
-    ErrorCase("missing-path", lambda w: ["fit-clusters", "-i", w.root / "nope.parquet", "-m", w.root / "m"], ("does not exist", "--input")),
+    ErrorCase(
+        "missing-path",
+        lambda w: ["fit-clusters", "-i", w.root / "nope.parquet", "-m", w.root / "m"],
+        ("does not exist", "--input"),
+    ),
     ErrorCase("not-parquet", _not_parquet, ("could not read", "parquet")),
     ErrorCase("truncated-file", _truncated, ("could not read", "truncated")),
-    ErrorCase("missing-column", lambda w: w.backtest(w.parquet(history().rename(columns={"ds": "when"})), w.model()), ("'ds'", "--time-col", "when")),
+    ErrorCase(
+        "missing-column",
+        lambda w: w.backtest(w.parquet(history().rename(columns={"ds": "when"})), w.model()),
+        ("'ds'", "--time-col", "when"),
+    ),
     ErrorCase("non-numeric-values", lambda w: w.score(w.parquet(_frame(y="n/a")), w.model()), ("numeric", "'n/a'")),
-    ErrorCase("unparseable-timestamps", lambda w: ["fit-clusters", "-i", w.parquet(_frame(ds="yesterday")), "-m", w.root / "m"], ("ISO 8601", "'yesterday'")),
+    ErrorCase(
+        "unparseable-timestamps",
+        lambda w: ["fit-clusters", "-i", w.parquet(_frame(ds="yesterday")), "-m", w.root / "m"],
+        ("ISO 8601", "'yesterday'"),
+    ),
     ErrorCase("empty-input", lambda w: w.score(w.parquet(history().iloc[:0]), w.model()), ("no rows",)),
-    ErrorCase("empty-directory", lambda w: (w.root / "in").mkdir() or ["fit-clusters", "-i", w.root / "in", "-m", w.root / "m"], ("no parquet files",)),
-    ErrorCase("duplicates", lambda w: ["meta-train", "-i", w.parquet(pd.concat([history(), history().iloc[:3]])), "-m", w.model(), "--overwrite", *TRAIN_ARGS], ("3 duplicate rows", "--on-duplicate")),
-    ErrorCase("date-without-data", lambda w: w.score(w.good(), w.model(), "--date", "2023-06-01"), ("no data on 2023-06-01", "2024-01-01 to 2024-01-10")),
-    ErrorCase("date-not-a-date", lambda w: w.score(w.good(), w.model(), "--date", "2024-13-45"), ("--date", "YYYY-MM-DD")),
-    ErrorCase("backtest-range-without-data", lambda w: w.backtest(w.good(), w.model(), "--start", "2025-01-01", "--end", "2025-01-31"), ("no data between",)),
+    ErrorCase(
+        "empty-directory",
+        lambda w: (w.root / "in").mkdir() or ["fit-clusters", "-i", w.root / "in", "-m", w.root / "m"],
+        ("no parquet files",),
+    ),
+    ErrorCase(
+        "duplicates",
+        lambda w: [
+            "meta-train",
+            "-i",
+            w.parquet(pd.concat([history(), history().iloc[:3]])),
+            "-m",
+            w.model(),
+            "--overwrite",
+            *TRAIN_ARGS,
+        ],
+        ("3 duplicate rows", "--on-duplicate"),
+    ),
+    ErrorCase(
+        "date-without-data",
+        lambda w: w.score(w.good(), w.model(), "--date", "2023-06-01"),
+        ("no data on 2023-06-01", "2024-01-01 to 2024-01-10"),
+    ),
+    ErrorCase(
+        "date-not-a-date", lambda w: w.score(w.good(), w.model(), "--date", "2024-13-45"), ("--date", "YYYY-MM-DD")
+    ),
+    ErrorCase(
+        "backtest-range-without-data",
+        lambda w: w.backtest(w.good(), w.model(), "--start", "2025-01-01", "--end", "2025-01-31"),
+        ("no data between",),
+    ),
     ErrorCase("model-dir-missing", lambda w: w.score(w.good(), w.root / "nope"), ("does not exist", "fit-clusters")),
-    ErrorCase("model-dir-empty", lambda w: (w.root / "m").mkdir() or w.score(w.good(), w.root / "m"), ("is empty", "fit-clusters")),
-    ErrorCase("model-dir-is-a-file", lambda w: (w.root / "m").write_text("x") and w.score(w.good(), w.root / "m"), ("is a file",)),
+    ErrorCase(
+        "model-dir-empty",
+        lambda w: (w.root / "m").mkdir() or w.score(w.good(), w.root / "m"),
+        ("is empty", "fit-clusters"),
+    ),
+    ErrorCase(
+        "model-dir-is-a-file",
+        lambda w: (w.root / "m").write_text("x") and w.score(w.good(), w.root / "m"),
+        ("is a file",),
+    ),
     ErrorCase("model-dir-other-version", _other_version, ("format version 99", "9.9.0", "--overwrite")),
     ErrorCase("model-dir-older-format", _old_format, ("format version 0", "re-run fit-clusters")),
     ErrorCase("model-dir-not-trained", _untrained, ("meta-train",)),
     ErrorCase("model-dir-foreign-folder", _foreign_dir, ("not a maml-anomaly model directory",)),
-    ErrorCase("model-dir-overwrite-refused", lambda w: ["fit-clusters", "-i", w.good(), "-m", w.model()], ("--overwrite",)),
+    ErrorCase(
+        "model-dir-overwrite-refused", lambda w: ["fit-clusters", "-i", w.good(), "-m", w.model()], ("--overwrite",)
+    ),
     ErrorCase("weights-missing", _weights_missing, ("has no cluster-",)),
     ErrorCase("weights-corrupt", _weights_corrupt, ("checksum", ".safetensors")),
     ErrorCase("weights-not-in-manifest", _weights_unrecorded, ("not recorded in the manifest",)),
     ErrorCase("clusters-corrupt", _clusters_corrupt, ("clusters.parquet", "checksum")),
     ErrorCase("manifest-corrupt", _manifest_corrupt, ("manifest.json", "not valid JSON")),
     # wrong column types, one per column
-    ErrorCase("id-float", lambda w: w.score(w.parquet(_frame(unique_id=1.5)), w.model()), ("'unique_id'", "strings or integers")),
-    ErrorCase("id-binary", lambda w: w.score(w.parquet(_table(unique_id=pa.array([b"s0"] * 1920, pa.binary()))), w.model()), ("'unique_id'", "strings or integers")),
-    ErrorCase("ds-integer", lambda w: w.score(w.parquet(_frame(ds=np.arange(1920))), w.model()), ("'ds'", "timestamps")),
-    ErrorCase("ds-out-of-range", lambda w: w.score(w.parquet(_frame(ds=history()["ds"].astype(str).str.replace("2024", "3024"))), w.model()), ("1677-2262",)),
+    ErrorCase(
+        "id-float",
+        lambda w: w.score(w.parquet(_frame(unique_id=1.5)), w.model()),
+        ("'unique_id'", "strings or integers"),
+    ),
+    ErrorCase(
+        "id-binary",
+        lambda w: w.score(w.parquet(_table(unique_id=pa.array([b"s0"] * 1920, pa.binary()))), w.model()),
+        ("'unique_id'", "strings or integers"),
+    ),
+    ErrorCase(
+        "ds-integer", lambda w: w.score(w.parquet(_frame(ds=np.arange(1920))), w.model()), ("'ds'", "timestamps")
+    ),
+    ErrorCase(
+        "ds-out-of-range",
+        lambda w: w.score(w.parquet(_frame(ds=history()["ds"].astype(str).str.replace("2024", "3024"))), w.model()),
+        ("1677-2262",),
+    ),
     ErrorCase("y-boolean", lambda w: w.score(w.parquet(_frame(y=True)), w.model()), ("'y'", "bool")),
-    ErrorCase("y-list", lambda w: w.score(w.parquet(_table(y=pa.array([[1.0]] * 1920))), w.model()), ("'y'", "numeric")),
-    ErrorCase("null-ids", lambda w: w.score(w.parquet(_frame(unique_id=history()["unique_id"].where(history().index != 5))), w.model()), ("1 null ids",)),
-    ErrorCase("null-timestamps", lambda w: w.score(w.parquet(_frame(ds=history()["ds"].where(history().index != 5))), w.model()), ("1 null timestamps",)),
+    ErrorCase(
+        "y-list", lambda w: w.score(w.parquet(_table(y=pa.array([[1.0]] * 1920))), w.model()), ("'y'", "numeric")
+    ),
+    ErrorCase(
+        "null-ids",
+        lambda w: w.score(w.parquet(_frame(unique_id=history()["unique_id"].where(history().index != 5))), w.model()),
+        ("1 null ids",),
+    ),
+    ErrorCase(
+        "null-timestamps",
+        lambda w: w.score(w.parquet(_frame(ds=history()["ds"].where(history().index != 5))), w.model()),
+        ("1 null timestamps",),
+    ),
     ErrorCase("int-ids-against-string-model", _int_ids_string_model, ("integer", "string ids")),
     # directories of several files
-    ErrorCase("mixed-timezones-across-files", lambda w: w.score(_split_dir(w, lambda f: f.assign(ds=f["ds"].dt.tz_localize("UTC"))), w.model()), ("timezone-aware", "naive", "b.parquet")),
-    ErrorCase("files-disagree-on-types", lambda w: w.score(_split_dir(w, lambda f: f.assign(y=f["y"].astype(str))), w.model()), ("disagree", "'y'")),
+    ErrorCase(
+        "mixed-timezones-across-files",
+        lambda w: w.score(_split_dir(w, lambda f: f.assign(ds=f["ds"].dt.tz_localize("UTC"))), w.model()),
+        ("timezone-aware", "naive", "b.parquet"),
+    ),
+    ErrorCase(
+        "files-disagree-on-types",
+        lambda w: w.score(_split_dir(w, lambda f: f.assign(y=f["y"].astype(str))), w.model()),
+        ("disagree", "'y'"),
+    ),
     ErrorCase("unreadable-file-among-good-ones", _unreadable_in_dir, ("c.parquet",)),
     # configuration
-    ErrorCase("config-unknown-key", lambda w: w.score(w.good(), w.model(), "--config", w.toml("[score]\nthreshhold = 3.0\n")), ("unknown key score.threshhold", "config.toml")),
-    ErrorCase("config-wrong-type", lambda w: w.score(w.good(), w.model(), "--config", w.toml('[score]\nthreshold = "high"\n')), ("score.threshold", "number")),
-    ErrorCase("config-not-toml", lambda w: w.score(w.good(), w.model(), "--config", w.toml("[score\n")), ("not valid TOML",)),
-    ErrorCase("config-missing-file", lambda w: w.score(w.good(), w.model(), "--config", w.root / "none.toml"), ("does not exist",)),
+    ErrorCase(
+        "config-unknown-key",
+        lambda w: w.score(w.good(), w.model(), "--config", w.toml("[score]\nthreshhold = 3.0\n")),
+        ("unknown key score.threshhold", "config.toml"),
+    ),
+    ErrorCase(
+        "config-wrong-type",
+        lambda w: w.score(w.good(), w.model(), "--config", w.toml('[score]\nthreshold = "high"\n')),
+        ("score.threshold", "number"),
+    ),
+    ErrorCase(
+        "config-not-toml", lambda w: w.score(w.good(), w.model(), "--config", w.toml("[score\n")), ("not valid TOML",)
+    ),
+    ErrorCase(
+        "config-missing-file",
+        lambda w: w.score(w.good(), w.model(), "--config", w.root / "none.toml"),
+        ("does not exist",),
+    ),
     # output and training faults
-    ErrorCase("output-is-a-directory", lambda w: ["daily-score", "-i", w.good(), "-m", w.model(), "-o", w.root], ("is a directory",)),
+    ErrorCase(
+        "output-is-a-directory",
+        lambda w: ["daily-score", "-i", w.good(), "-m", w.model(), "-o", w.root],
+        ("is a directory",),
+    ),
     ErrorCase("output-write-fails", _write_fails, ("could not write", "no space left", "unchanged")),
     ErrorCase("meta-train-without-observed-values", _all_missing_train, ("no observed values",)),
 ]
@@ -228,6 +326,7 @@ def test_error_case_exits_1_with_a_message_and_writes_nothing(case, tmp_path, mo
     w = Work(tmp_path)
     args = case.build(w)
     if case.id == "output-write-fails":
+
         def no_space(*a, **k):
             raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -378,7 +477,9 @@ def test_status_infinities_are_missing_values_and_counted(tmp_path):
     assert result.exit_code == 0, result.output
     assert "3 non-finite values" in result.stderr
     scores = pd.read_parquet(w.out)
-    assert (scores.loc[scores["ds"].isin(frame.loc[idx, "ds"]) & (scores["unique_id"] == "s4"), "status"] == "missing_value").all()
+    assert (
+        scores.loc[scores["ds"].isin(frame.loc[idx, "ds"]) & (scores["unique_id"] == "s4"), "status"] == "missing_value"
+    ).all()
     assert scores["y"].isna().sum() == 3
 
 
@@ -429,7 +530,10 @@ def test_degenerate_series_through_fit_clusters_meta_train_and_daily_score(tmp_p
     frame = pd.concat([frame, lonely], ignore_index=True)
     w = Work(tmp_path)
     inp, model = w.parquet(frame), tmp_path / "m"
-    for args in (["fit-clusters", "-i", inp, "-m", model, "-q"], ["meta-train", "-i", inp, "-m", model, *TRAIN_ARGS, "-q"]):
+    for args in (
+        ["fit-clusters", "-i", inp, "-m", model, "-q"],
+        ["meta-train", "-i", inp, "-m", model, *TRAIN_ARGS, "-q"],
+    ):
         result = invoke(args)
         assert result.exit_code == 0, result.output
     clusters = ModelDir(model).load_clusters()
@@ -568,7 +672,9 @@ def test_weights_are_safetensors_and_checksummed(tmp_path):
 def _suite_modules() -> list:
     """This module and every other test module that names its cases with @case or ERROR_CASES."""
     here = Path(__file__).parent
-    names = [p.stem for p in sorted(here.glob("test_*.py")) if re.search(r"^(@case\(|ERROR_CASES = )", p.read_text(), re.M)]
+    names = [
+        p.stem for p in sorted(here.glob("test_*.py")) if re.search(r"^(@case\(|ERROR_CASES = )", p.read_text(), re.M)
+    ]
     return [importlib.import_module(name) for name in names]
 
 

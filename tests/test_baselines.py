@@ -65,8 +65,13 @@ def test_scored_day_ignores_later_data_and_rows_keep_their_status():
 
 def test_mixed_frequencies_and_short_history():
     hourly = _hourly(days=10, uid="h")
-    daily = pd.DataFrame({"unique_id": "d", "ds": pd.date_range("2023-10-01", "2024-01-10", freq="D"),
-                          "y": np.tile([5.0, 6, 7, 6, 5, 2, 2], 15)[:102]})
+    daily = pd.DataFrame(
+        {
+            "unique_id": "d",
+            "ds": pd.date_range("2023-10-01", "2024-01-10", freq="D"),
+            "y": np.tile([5.0, 6, 7, 6, 5, 2, 2], 15)[:102],
+        }
+    )
     short = _hourly(days=1, uid="s").assign(ds=lambda d: d["ds"] + pd.Timedelta(days=9))
     out = BASELINES["seasonal_naive"](pd.concat([hourly, daily, short]), {"h": 24, "d": 7, "s": 24})
     st = out.groupby("unique_id")["status"].agg(lambda s: set(s))
@@ -91,8 +96,8 @@ def test_holt_winters_tracks_trend_and_season():
     t = np.arange(24 * 20)
     vals = (50 + 0.1 * t + 10 * np.sin(2 * np.pi * t / 24))[None, :]  # (1, T)
     y_hat, params = holt_winters_forecast(vals, np.array([24]), np.array([24 * 15]))
-    err = np.abs(y_hat - vals)[0, 24 * 15:]
-    naive = np.abs(vals[0, 24 * 15:] - vals[0, 24 * 14:-24])  # seasonal naive misses the trend
+    err = np.abs(y_hat - vals)[0, 24 * 15 :]
+    naive = np.abs(vals[0, 24 * 15 :] - vals[0, 24 * 14 : -24])  # seasonal naive misses the trend
     assert err.mean() < 0.5 * naive.mean()
 
 

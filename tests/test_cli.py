@@ -18,25 +18,73 @@ from maml_anomaly.model_versions import PENDING
 from maml_anomaly.store import ModelDir
 
 COMMANDS = {
-    "fit-clusters": ["--input", "--model-dir", "--id-col", "--time-col", "--value-col", "--config", "--device",
-                     "--threads", "--quiet", "--verbose", "--json", "--on-duplicate", "--overwrite"],
-    "meta-train": ["--input", "--model-dir", "--k-shot", "--inner-steps", "--inner-lr", "--meta-batch-size",
-                   "--meta-lr", "--iterations", "--first-order", "--second-order", "--seed", "--time-budget",
-                   "--overwrite", "--config"],
-    "daily-score": ["--input", "--model-dir", "--output", "--date", "--threshold", "--max-failed-fraction",
-                    "--on-duplicate", "--json"],
+    "fit-clusters": [
+        "--input",
+        "--model-dir",
+        "--id-col",
+        "--time-col",
+        "--value-col",
+        "--config",
+        "--device",
+        "--threads",
+        "--quiet",
+        "--verbose",
+        "--json",
+        "--on-duplicate",
+        "--overwrite",
+    ],
+    "meta-train": [
+        "--input",
+        "--model-dir",
+        "--k-shot",
+        "--inner-steps",
+        "--inner-lr",
+        "--meta-batch-size",
+        "--meta-lr",
+        "--iterations",
+        "--first-order",
+        "--second-order",
+        "--seed",
+        "--time-budget",
+        "--overwrite",
+        "--config",
+    ],
+    "daily-score": [
+        "--input",
+        "--model-dir",
+        "--output",
+        "--date",
+        "--threshold",
+        "--max-failed-fraction",
+        "--on-duplicate",
+        "--json",
+    ],
     "backtest": ["--input", "--model-dir", "--output", "--start", "--end"],
     "evaluate": ["--scores", "--labels", "--json"],
     "demo": ["--workdir", "--overwrite"],
     "plot": ["--input", "--scores", "--series", "--output", "--top"],
-    "bench sine": ["--k-shot", "--iterations", "--seed", "--first-order", "--learn-inner-lr",
-                   "--no-learn-inner-lr", "--eval-tasks", "--json"],
+    "bench sine": [
+        "--k-shot",
+        "--iterations",
+        "--seed",
+        "--first-order",
+        "--learn-inner-lr",
+        "--no-learn-inner-lr",
+        "--eval-tasks",
+        "--json",
+    ],
     "bench scale": ["--series", "--freq", "--device", "--json"],
 }
 
 
 def _invoke(runner, args):
-    return runner.invoke(app, [str(a) for a in args], prog_name="maml-anomaly", color=False, env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    return runner.invoke(
+        app,
+        [str(a) for a in args],
+        prog_name="maml-anomaly",
+        color=False,
+        env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"},
+    )
 
 
 def test_top_level_help_lists_every_command(runner):
@@ -114,7 +162,16 @@ def _assert_clean_failure(result, words: str):
 
 @pytest.mark.parametrize(
     "case",
-    ["missing path", "not parquet", "truncated", "missing column", "non-numeric", "unparseable timestamps", "empty", "duplicates"],
+    [
+        "missing path",
+        "not parquet",
+        "truncated",
+        "missing column",
+        "non-numeric",
+        "unparseable timestamps",
+        "empty",
+        "duplicates",
+    ],
 )
 def test_bad_input_fit_clusters(runner, tmp_path, long_frame, case):
     path, words = _bad_inputs(tmp_path, long_frame)[case]
@@ -152,7 +209,9 @@ def test_daily_score_date_without_data(runner, tmp_path, long_parquet):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("state, words", [("missing", "does not exist"), ("empty", "is empty"), ("version", "format version")])
+@pytest.mark.parametrize(
+    "state, words", [("missing", "does not exist"), ("empty", "is empty"), ("version", "format version")]
+)
 def test_daily_score_bad_model_dir(runner, tmp_path, long_parquet, state, words):
     model = tmp_path / "model"
     if state == "empty":
@@ -231,7 +290,9 @@ def test_quiet_silences_info_logs(runner, tmp_path, long_parquet, monkeypatch):
 
 
 def test_python_dash_m_entry_point():
-    result = subprocess.run([sys.executable, "-m", "maml_anomaly", "--help"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "maml_anomaly", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0
     assert "daily-score" in result.stdout
 
@@ -279,7 +340,9 @@ def test_evaluate_checks_its_files(runner, tmp_path, long_parquet):
     pd.DataFrame({"series": ["a"], "when": [pd.Timestamp("2024-01-01")]}).to_parquet(labels, index=False)
     _assert_clean_failure(_invoke(runner, ["evaluate", "--scores", scores, "--labels", labels]), "(unique_id, ds)")
     _assert_clean_failure(_invoke(runner, ["evaluate", "--scores", long_parquet, "--labels", labels]), "y_hat")
-    _assert_clean_failure(_invoke(runner, ["evaluate", "--scores", tmp_path / "no.parquet", "--labels", labels]), "does not exist")
+    _assert_clean_failure(
+        _invoke(runner, ["evaluate", "--scores", tmp_path / "no.parquet", "--labels", labels]), "does not exist"
+    )
 
 
 def test_demo_refuses_a_non_empty_workdir(runner, tmp_path):

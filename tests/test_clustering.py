@@ -39,7 +39,7 @@ def test_groups_by_period_then_shape():
 def test_small_group_keeps_own_cluster_from_a_handful():
     x, per = _panel()
     per = per.copy()
-    per[300:310] = 48                                      # 10 series: their own cluster
+    per[300:310] = 48  # 10 series: their own cluster
     m = PeriodClusterer(min_cluster_size=50).fit(x, per)
     assert set(m.labels_[300:310]) == {"p48"}
 

@@ -68,7 +68,9 @@ def _temps(out: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("moment,holds,temp_left", MOMENTS, ids=[m[0] for m in MOMENTS])
-def test_kill_while_replacing_scores_leaves_old_or_new_then_rerun_succeeds(setup, fork, tmp_path, moment, holds, temp_left):
+def test_kill_while_replacing_scores_leaves_old_or_new_then_rerun_succeeds(
+    setup, fork, tmp_path, moment, holds, temp_left
+):
     out = tmp_path / "scores.parquet"
     shutil.copyfile(setup["old"], out)
     args = ["daily-score", "-i", setup["new_in"], "-m", setup["model"], "-o", out]

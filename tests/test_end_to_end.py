@@ -60,17 +60,31 @@ def trained(tmp_path_factory):
     history.to_parquet(root / "history.parquet")
     (root / "tiny.toml").write_text(TINY)
     model = root / "model"
-    fit = _invoke("fit-clusters", "--input", root / "history.parquet", "--model-dir", model, "--config", root / "tiny.toml")
+    fit = _invoke(
+        "fit-clusters", "--input", root / "history.parquet", "--model-dir", model, "--config", root / "tiny.toml"
+    )
     assert fit.exit_code == 0, fit.output
-    train = _invoke("meta-train", "--input", root / "history.parquet", "--model-dir", model, "--config", root / "tiny.toml")
+    train = _invoke(
+        "meta-train", "--input", root / "history.parquet", "--model-dir", model, "--config", root / "tiny.toml"
+    )
     assert train.exit_code == 0, train.output
     return root, frame
 
 
 def _score(root, out, *extra, input_name="input.parquet"):
     # the 'late' series and an off-grid row fail 2 of 25 series: over the default budget of 0.05
-    result = _invoke("daily-score", "--input", root / input_name, "--model-dir", root / "model", "--output", out,
-                     "--max-failed-fraction", "1", *extra)
+    result = _invoke(
+        "daily-score",
+        "--input",
+        root / input_name,
+        "--model-dir",
+        root / "model",
+        "--output",
+        out,
+        "--max-failed-fraction",
+        "1",
+        *extra,
+    )
     assert result.exit_code == 0, result.output
     return pd.read_parquet(out)
 
@@ -112,8 +126,15 @@ def test_reruns_and_appended_data_give_identical_bytes(trained):
 def test_date_without_data_is_an_input_error(trained):
     root, _ = trained
     result = _invoke(
-        "daily-score", "--input", root / "input.parquet", "--model-dir", root / "model",
-        "--output", root / "x.parquet", "--date", "2030-01-01",
+        "daily-score",
+        "--input",
+        root / "input.parquet",
+        "--model-dir",
+        root / "model",
+        "--output",
+        root / "x.parquet",
+        "--date",
+        "2030-01-01",
     )
     assert result.exit_code == 1 and "no data on 2030-01-01" in result.output
     assert not (root / "x.parquet").exists()
@@ -124,8 +145,17 @@ def test_backtest_matches_daily_score(trained):
     daily = _score(root, root / "d.parquet")
     out = root / "bt.parquet"
     result = _invoke(
-        "backtest", "--input", root / "input.parquet", "--model-dir", root / "model", "--output", out,
-        "--start", (LAST_DAY - pd.Timedelta(days=2)).strftime("%Y-%m-%d"), "--max-failed-fraction", "1",
+        "backtest",
+        "--input",
+        root / "input.parquet",
+        "--model-dir",
+        root / "model",
+        "--output",
+        out,
+        "--start",
+        (LAST_DAY - pd.Timedelta(days=2)).strftime("%Y-%m-%d"),
+        "--max-failed-fraction",
+        "1",
     )
     assert result.exit_code == 0, result.output
     bt = pd.read_parquet(out)
@@ -133,15 +163,24 @@ def test_backtest_matches_daily_score(trained):
     assert bt["ds"].min() >= LAST_DAY - pd.Timedelta(days=2)
     last = bt[bt["ds"] >= LAST_DAY].reset_index(drop=True)
     run_wide = ["q_value"]  # Benjamini-Hochberg over the run: a 3-day run ranks more points than one day
-    pd.testing.assert_frame_equal(last.drop(columns=run_wide), daily.drop(columns=run_wide), check_exact=False, rtol=1e-6)
+    pd.testing.assert_frame_equal(
+        last.drop(columns=run_wide), daily.drop(columns=run_wide), check_exact=False, rtol=1e-6
+    )
 
 
 def test_failure_budget_fails_after_writing(trained):
     root, _ = trained
     out = root / "budget.parquet"
     result = _invoke(
-        "daily-score", "--input", root / "input.parquet", "--model-dir", root / "model", "--output", out,
-        "--max-failed-fraction", "0",
+        "daily-score",
+        "--input",
+        root / "input.parquet",
+        "--model-dir",
+        root / "model",
+        "--output",
+        out,
+        "--max-failed-fraction",
+        "0",
     )
     assert result.exit_code == 1 and "could not be scored" in result.output  # the 'late' series
     assert "still written" in result.output and out.exists()  # issue 7: the scores show which failed
@@ -166,8 +205,17 @@ def test_zero_inner_steps_at_scoring_scores_the_meta_init(trained):
     for c in index["clusters"].values():
         c["inner_steps"] = 0
     md.save_json("detector.json", index)  # as if meta-train had stored 0 steps
-    result = _invoke("daily-score", "--input", root / "input.parquet", "--model-dir", unadapted_model,
-                     "--output", root / "zero_model.parquet", "--max-failed-fraction", "1")
+    result = _invoke(
+        "daily-score",
+        "--input",
+        root / "input.parquet",
+        "--model-dir",
+        unadapted_model,
+        "--output",
+        root / "zero_model.parquet",
+        "--max-failed-fraction",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     pd.testing.assert_frame_equal(zero, pd.read_parquet(root / "zero_model.parquet"))
     ok = (adapted["status"] == "ok") & (zero["status"] == "ok")

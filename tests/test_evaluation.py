@@ -23,10 +23,14 @@ def _scores(flags: dict[str, list[int]], n=10, scores=None):
     return df
 
 
-WINDOWS = pd.DataFrame({"unique_id": ["a", "a", "b"],
-                        "start": [T0 + pd.Timedelta(hours=2), T0 + pd.Timedelta(hours=7), T0 + pd.Timedelta(hours=4)],
-                        "end": [T0 + pd.Timedelta(hours=3), T0 + pd.Timedelta(hours=7), T0 + pd.Timedelta(hours=5)],
-                        "kind": ["spike", "dip", "spike"]})
+WINDOWS = pd.DataFrame(
+    {
+        "unique_id": ["a", "a", "b"],
+        "start": [T0 + pd.Timedelta(hours=2), T0 + pd.Timedelta(hours=7), T0 + pd.Timedelta(hours=4)],
+        "end": [T0 + pd.Timedelta(hours=3), T0 + pd.Timedelta(hours=7), T0 + pd.Timedelta(hours=5)],
+        "kind": ["spike", "dip", "spike"],
+    }
+)
 
 
 def test_recall_precision_far_by_hand():
@@ -51,8 +55,12 @@ def test_perfect_and_silent_detectors():
 
 
 def test_points_as_labels_and_windows_outside_the_scores():
-    points = pd.DataFrame({"unique_id": ["a", "b", "b"],
-                           "ds": [T0 + pd.Timedelta(hours=3), T0 + pd.Timedelta(hours=4), T0 + pd.Timedelta(days=9)]})
+    points = pd.DataFrame(
+        {
+            "unique_id": ["a", "b", "b"],
+            "ds": [T0 + pd.Timedelta(hours=3), T0 + pd.Timedelta(hours=4), T0 + pd.Timedelta(days=9)],
+        }
+    )
     out = evaluate_scores(_scores({"a": [3]}), points)
     assert out["n_windows"] == 2 and out["n_windows_outside_scores"] == 1
     assert out["default"]["event_recall"] == 0.5 and out["default"]["point_precision"] == 1
@@ -91,12 +99,20 @@ def test_recall_at_fixed_far_uses_one_threshold_for_all_series():
 
 
 def test_overlapping_windows_are_merged():
-    w = pd.DataFrame({"unique_id": ["a", "a", "a"], "start": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-05"]),
-                      "end": pd.to_datetime(["2024-01-03 00:00", "2024-01-02 12:00", "2024-01-05 00:00"])})
+    w = pd.DataFrame(
+        {
+            "unique_id": ["a", "a", "a"],
+            "start": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-05"]),
+            "end": pd.to_datetime(["2024-01-03 00:00", "2024-01-02 12:00", "2024-01-05 00:00"]),
+        }
+    )
     m = as_windows(w)
     assert len(m) == 2 and m["end"].iloc[0] == pd.Timestamp("2024-01-03")
-    idx = window_of(pd.Series(["a", "a", "a", "b"]),
-                    pd.Series(pd.to_datetime(["2024-01-03", "2024-01-04", "2024-01-05", "2024-01-02"])), m)
+    idx = window_of(
+        pd.Series(["a", "a", "a", "b"]),
+        pd.Series(pd.to_datetime(["2024-01-03", "2024-01-04", "2024-01-05", "2024-01-02"])),
+        m,
+    )
     assert idx.tolist() == [0, -1, 1, -1]
 
 
@@ -171,8 +187,9 @@ def small_sample():
 def test_evaluate_command_table_and_json(tmp_path, runner, small_sample):
     values, windows, points, info = small_sample
     last = values["ds"].max().normalize()
-    scores = seasonal_naive_scores(values, info.set_index("unique_id")["period"],
-                                   start=last - pd.Timedelta(days=13), end=last)
+    scores = seasonal_naive_scores(
+        values, info.set_index("unique_id")["period"], start=last - pd.Timedelta(days=13), end=last
+    )
     scores.to_parquet(tmp_path / "scores.parquet")
     windows.to_parquet(tmp_path / "labels.parquet")
     args = ["evaluate", "--scores", str(tmp_path / "scores.parquet"), "--labels", str(tmp_path / "labels.parquet")]
@@ -191,8 +208,9 @@ def test_evaluate_command_refuses_bad_labels(tmp_path, runner, small_sample):
     scores = seasonal_naive_scores(values, 24)
     scores.to_parquet(tmp_path / "scores.parquet")
     pd.DataFrame({"series": ["a"], "when": [T0]}).to_parquet(tmp_path / "labels.parquet")
-    res = runner.invoke(app, ["evaluate", "--scores", str(tmp_path / "scores.parquet"),
-                              "--labels", str(tmp_path / "labels.parquet")])
+    res = runner.invoke(
+        app, ["evaluate", "--scores", str(tmp_path / "scores.parquet"), "--labels", str(tmp_path / "labels.parquet")]
+    )
     assert res.exit_code == 1 and "expected labelled points" in res.output
     assert "Traceback" not in res.output
 
@@ -208,8 +226,9 @@ def test_demo_wiring_with_a_stand_in_detector(tmp_path, monkeypatch):
         md.prepare(overwrite)
         hist = pd.read_parquet(input)
         md.write_manifest(config, config.columns, {"rows": len(hist)})
-        md.save_clusters(pd.DataFrame({"unique_id": np.sort(hist["unique_id"].unique()), "cluster": "c0",
-                                       "period": 24}))
+        md.save_clusters(
+            pd.DataFrame({"unique_id": np.sort(hist["unique_id"].unique()), "cluster": "c0", "period": 24})
+        )
         return {}
 
     def meta_train(*, config, input, model_dir, overwrite=False):

@@ -26,8 +26,16 @@ def _problem(seed=0, n=37, k=9, d=5, p=4, hidden=(12, 7)):
 def _reference(model, params, x, y, w, x_pred, steps, lr, lrs):
     with torch.no_grad():
         adapted = adapt_tasks(
-            model, per_task(params, x.shape[0]), x, y, steps=steps, lr=lr, inner_lrs=lrs, weight=w,
-            first_order=True, loss_fn=huber_loss,
+            model,
+            per_task(params, x.shape[0]),
+            x,
+            y,
+            steps=steps,
+            lr=lr,
+            inner_lrs=lrs,
+            weight=w,
+            first_order=True,
+            loss_fn=huber_loss,
         )
         return predict(model, adapted, x_pred)[..., 0], predict(model, per_task(params, x.shape[0]), x)[..., 0]
 
@@ -64,8 +72,12 @@ def test_tasks_do_not_depend_on_their_batch(kernel, monkeypatch):
     monkeypatch.setattr(fast_adapt, "_KERNEL", [] if kernel == "c" else [None])
     model, params, x, y, w, x_pred = _problem(n=20)
     whole, _ = fast_adapt.adapt_and_predict(model, params, x, y, w, x_pred, steps=3, lr=0.05)
-    parts = [fast_adapt.adapt_and_predict(model, params, x[i:i + 7], y[i:i + 7], w[i:i + 7], x_pred[i:i + 7], steps=3, lr=0.05)[0]
-             for i in range(0, 20, 7)]
+    parts = [
+        fast_adapt.adapt_and_predict(
+            model, params, x[i : i + 7], y[i : i + 7], w[i : i + 7], x_pred[i : i + 7], steps=3, lr=0.05
+        )[0]
+        for i in range(0, 20, 7)
+    ]
     if kernel == "c":  # one task at a time: the same bytes whatever the batch
         assert torch.equal(whole, torch.cat(parts))
     else:

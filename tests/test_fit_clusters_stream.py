@@ -31,7 +31,9 @@ def _frame(seed: int = 0) -> pd.DataFrame:
         y = 10 + 3 * season + 0.3 * rng.normal(size=n)
         y[rng.uniform(size=n) < 0.03] = np.nan
         keep = rng.uniform(size=n) > 0.03  # missing rows too
-        parts.append(pd.DataFrame({"unique_id": uid, "ds": pd.date_range(start, periods=n, freq=freq)[keep], "y": y[keep]}))
+        parts.append(
+            pd.DataFrame({"unique_id": uid, "ds": pd.date_range(start, periods=n, freq=freq)[keep], "y": y[keep]})
+        )
 
     for i in range(60):
         add(f"d-sine-{i:03d}", "2024-01-01", "D", int(rng.integers(30, 80)), 7, "sine")
@@ -85,7 +87,10 @@ def test_batches_do_not_change_a_series_period(inputs):
     panel = load_input(config, ordered).panel
     whole = summarise_periods(panel, config.clusters)
     half = panel.n_series // 2
-    parts = [summarise_periods(panel.take(np.arange(lo, hi)), config.clusters) for lo, hi in ((0, half), (half, panel.n_series))]
+    parts = [
+        summarise_periods(panel.take(np.arange(lo, hi)), config.clusters)
+        for lo, hi in ((0, half), (half, panel.n_series))
+    ]
     joined = fc.concat_period_batches(parts)
     for name in ("period", "strength", "second", "n_obs", "step_ns"):
         np.testing.assert_array_equal(getattr(joined, name), getattr(whole, name))

@@ -38,11 +38,18 @@ def _panel(seed: int = 0) -> tuple[pd.DataFrame, dict[str, int], list[str]]:
     hit = np.isin(ids, outage_ids)
     y[np.ix_(hit, np.arange(27, 30))] = -10.0
     p = 2 * norm.sf(np.abs(y))
-    scores = pd.DataFrame({
-        "unique_id": np.repeat(ids, ds.size), "ds": np.tile(ds, ids.size), "y": y.ravel(), "y_hat": 0.0,
-        "score": np.abs(y).ravel(), "p_value": p.ravel(), "is_anomaly": (np.abs(y) >= 3).ravel(),
-        "cluster": np.repeat(cluster, ds.size),
-    })
+    scores = pd.DataFrame(
+        {
+            "unique_id": np.repeat(ids, ds.size),
+            "ds": np.tile(ds, ids.size),
+            "y": y.ravel(),
+            "y_hat": 0.0,
+            "score": np.abs(y).ravel(),
+            "p_value": p.ravel(),
+            "is_anomaly": (np.abs(y) >= 3).ravel(),
+            "cluster": np.repeat(cluster, ds.size),
+        }
+    )
     return scores, sizes, sorted(outage_ids.tolist())
 
 
@@ -62,7 +69,9 @@ def test_an_outage_across_series_is_one_incident_with_the_right_series_count():
     assert len(row["top_series"]) == 5 and set(row["top_series"]) <= set(outage_ids)
     member = found.incident_ids() == row["incident_id"]
     assert set(events["unique_id"][member]) == set(truth["unique_id"])
-    assert incidents_text(inc).startswith(f"1 incident: {row['n_series']} series of a ({row['n_series'] / 600:.0%}) down at")
+    assert incidents_text(inc).startswith(
+        f"1 incident: {row['n_series']} series of a ({row['n_series'] / 600:.0%}) down at"
+    )
 
 
 def _random_starts(rng: np.random.Generator, sizes: dict[str, int], rate: float) -> pd.DataFrame:
@@ -72,10 +81,18 @@ def _random_starts(rng: np.random.Generator, sizes: dict[str, int], rate: float)
     pick = rng.random(ids.size) < rate
     n = int(pick.sum())
     start = DAY0 + HOUR * rng.integers(0, 24, n)
-    return pd.DataFrame({
-        "unique_id": ids[pick], "start": start, "end": start, "peak_ds": start, "peak_score": 3 + rng.random(n),
-        "direction": rng.choice(["up", "down"], n), "severity": 3 + rng.random(n), "cluster": cluster[pick],
-    })
+    return pd.DataFrame(
+        {
+            "unique_id": ids[pick],
+            "start": start,
+            "end": start,
+            "peak_ds": start,
+            "peak_score": 3 + rng.random(n),
+            "direction": rng.choice(["up", "down"], n),
+            "severity": 3 + rng.random(n),
+            "cluster": cluster[pick],
+        }
+    )
 
 
 def _expected_hot_windows(events: pd.DataFrame, rules: IncidentRules, windows: int) -> float:
@@ -133,7 +150,9 @@ def test_incidents_write_with_their_schema(tmp_path):
 
 
 def _comparable(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.assign(**{c: frame[c].map(tuple) for c in ("clusters", "cluster_series", "cluster_share", "top_series")})
+    return frame.assign(
+        **{c: frame[c].map(tuple) for c in ("clusters", "cluster_series", "cluster_share", "top_series")}
+    )
 
 
 def test_row_order_does_not_matter():
@@ -158,8 +177,14 @@ def test_one_outage_across_clusters_and_steps_is_one_incident():
     rows += [(f"m{i}", f"2024-03-24 03:{5 * (i % 2):02d}", "down", "5m-p288") for i in range(6)]
     rows += [("h9", t, "up", "1h-p24"), ("x0", t, "mixed", "1h-p24"), ("x1", t, "mixed", "1h-p24")]
     events = _events(rows)
-    step = pd.Series({**{f"h{i}": HOUR for i in range(10)}, **{f"m{i}": pd.Timedelta(minutes=5) for i in range(6)},
-                      "x0": HOUR, "x1": HOUR})
+    step = pd.Series(
+        {
+            **{f"h{i}": HOUR for i in range(10)},
+            **{f"m{i}": pd.Timedelta(minutes=5) for i in range(6)},
+            "x0": HOUR,
+            "x1": HOUR,
+        }
+    )
     found = find_incidents(events, step, cluster_sizes={"1h-p24": 10, "5m-p288": 6})
     assert len(found.incidents) == 1
     row = found.incidents.iloc[0]
@@ -199,7 +224,15 @@ def test_rules_are_checked():
 
 
 def test_series_steps_are_the_smallest_gap_of_each_series():
-    ds = pd.to_datetime(["2024-01-01 00:00", "2024-01-01 02:00", "2024-01-01 03:00", "2024-01-01 00:00",
-                         "2024-01-01 00:05", "2024-01-02 00:00"])
+    ds = pd.to_datetime(
+        [
+            "2024-01-01 00:00",
+            "2024-01-01 02:00",
+            "2024-01-01 03:00",
+            "2024-01-01 00:00",
+            "2024-01-01 00:05",
+            "2024-01-02 00:00",
+        ]
+    )
     steps = series_steps(["h", "h", "h", "m", "m", "d"], ds)
     assert steps["h"] == HOUR and steps["m"] == pd.Timedelta(minutes=5) and pd.isna(steps["d"])

@@ -33,7 +33,7 @@ def panels(draw):
     n_series = draw(st.integers(1, 5))
     int_ids = draw(st.booleans())
     ids = draw(
-        st.lists(st.integers(-10**6, 10**6), min_size=n_series, max_size=n_series, unique=True)
+        st.lists(st.integers(-(10**6), 10**6), min_size=n_series, max_size=n_series, unique=True)
         if int_ids
         else st.lists(st.text("abcxyz_0123", min_size=1, max_size=6), min_size=n_series, max_size=n_series, unique=True)
     )
@@ -159,7 +159,9 @@ def test_timezone_aware_timestamps_become_naive_utc(tmp_path):
 
 
 def test_iso_strings_and_dates_are_parsed(tmp_path):
-    table = pa.table({"unique_id": ["a", "a"], "ds": ["2024-01-01T00:00:00+01:00", "2024-01-01T00:00:00Z"], "y": [1.0, 2.0]})
+    table = pa.table(
+        {"unique_id": ["a", "a"], "ds": ["2024-01-01T00:00:00+01:00", "2024-01-01T00:00:00Z"], "y": [1.0, 2.0]}
+    )
     pq.write_table(table, tmp_path / "s.parquet")
     out = read_long(tmp_path / "s.parquet", COLS)
     assert out["ds"].tolist() == [pd.Timestamp("2023-12-31 23:00"), pd.Timestamp("2024-01-01")]
@@ -261,9 +263,9 @@ def test_missing_column_names_present_columns_and_flags(tmp_path, long_frame):
 
 
 def test_non_numeric_values_named(tmp_path):
-    pd.DataFrame({"unique_id": ["a", "a"], "ds": pd.to_datetime(["2024-01-01", "2024-01-02"]), "y": ["1.5", "oops"]}).to_parquet(
-        tmp_path / "x.parquet", index=False
-    )
+    pd.DataFrame(
+        {"unique_id": ["a", "a"], "ds": pd.to_datetime(["2024-01-01", "2024-01-02"]), "y": ["1.5", "oops"]}
+    ).to_parquet(tmp_path / "x.parquet", index=False)
     msg = _error(tmp_path / "x.parquet")
     assert "numeric" in msg and "'oops'" in msg and "string" in msg
 
@@ -279,14 +281,16 @@ def test_unparseable_timestamps_named(tmp_path):
 def test_integer_timestamps_and_float_ids_are_refused(tmp_path):
     pd.DataFrame({"unique_id": ["a"], "ds": [1700000000], "y": [1.0]}).to_parquet(tmp_path / "t.parquet", index=False)
     assert "--time-col" in _error(tmp_path / "t.parquet")
-    pd.DataFrame({"unique_id": [1.5], "ds": [pd.Timestamp("2024-01-01")], "y": [1.0]}).to_parquet(tmp_path / "i.parquet", index=False)
+    pd.DataFrame({"unique_id": [1.5], "ds": [pd.Timestamp("2024-01-01")], "y": [1.0]}).to_parquet(
+        tmp_path / "i.parquet", index=False
+    )
     assert "strings or integers" in _error(tmp_path / "i.parquet")
 
 
 def test_null_ids_and_null_timestamps_refused(tmp_path):
-    pd.DataFrame({"unique_id": ["a", None], "ds": pd.to_datetime(["2024-01-01", "2024-01-02"]), "y": [1.0, 2.0]}).to_parquet(
-        tmp_path / "i.parquet", index=False
-    )
+    pd.DataFrame(
+        {"unique_id": ["a", None], "ds": pd.to_datetime(["2024-01-01", "2024-01-02"]), "y": [1.0, 2.0]}
+    ).to_parquet(tmp_path / "i.parquet", index=False)
     assert "null ids" in _error(tmp_path / "i.parquet")
     pd.DataFrame({"unique_id": ["a", "a"], "ds": pd.to_datetime(["2024-01-01", None]), "y": [1.0, 2.0]}).to_parquet(
         tmp_path / "t.parquet", index=False
@@ -360,9 +364,9 @@ def test_ids_as_hive_partition_keys(tmp_path, long_frame):
 
 
 def test_boolean_values_are_refused(tmp_path):
-    pd.DataFrame({"unique_id": ["a", "a"], "ds": pd.to_datetime(["2024-01-01", "2024-01-02"]), "y": [True, False]}).to_parquet(
-        tmp_path / "b.parquet", index=False
-    )
+    pd.DataFrame(
+        {"unique_id": ["a", "a"], "ds": pd.to_datetime(["2024-01-01", "2024-01-02"]), "y": [True, False]}
+    ).to_parquet(tmp_path / "b.parquet", index=False)
     msg = _error(tmp_path / "b.parquet")
     assert "bool" in msg and "numeric" in msg
 
@@ -370,7 +374,9 @@ def test_boolean_values_are_refused(tmp_path):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     rows=st.lists(
-        st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 5), st.one_of(st.floats(-100, 100), st.just(np.nan))),
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]), st.integers(0, 5), st.one_of(st.floats(-100, 100), st.just(np.nan))
+        ),
         min_size=1,
         max_size=40,
     ),
@@ -393,7 +399,13 @@ def test_duplicate_policies_match_pandas(tmp_path, rows, policy):
 
 
 def test_naive_iso_strings(tmp_path):
-    table = pa.table({"unique_id": ["a", "a", "a"], "ds": ["2024-01-01", "2024-01-01T01:00:00", "2024-01-01 02:00:00"], "y": [1.0, 2.0, 3.0]})
+    table = pa.table(
+        {
+            "unique_id": ["a", "a", "a"],
+            "ds": ["2024-01-01", "2024-01-01T01:00:00", "2024-01-01 02:00:00"],
+            "y": [1.0, 2.0, 3.0],
+        }
+    )
     pq.write_table(table, tmp_path / "n.parquet")
     panel, _ = read_panel(tmp_path / "n.parquet", COLS)
     assert panel.step_seconds.tolist() == [3600.0] and panel.series_values(0).tolist() == [1.0, 2.0, 3.0]

@@ -72,8 +72,16 @@ def test_series_blocks_cover_every_series_once(monkeypatch):
 
 def test_string_ids_of_a_single_file_are_read_as_a_dictionary(tmp_path):
     path = tmp_path / "s.parquet"
-    pq.write_table(pa.table({"unique_id": ["b", "a", "b"], "ds": pd.to_datetime(["2024-01-01"] * 2 + ["2024-01-02"]),
-                             "y": [1.0, 2.0, 3.0]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "unique_id": ["b", "a", "b"],
+                "ds": pd.to_datetime(["2024-01-01"] * 2 + ["2024-01-02"]),
+                "y": [1.0, 2.0, 3.0],
+            }
+        ),
+        path,
+    )
     table = mio._read_table(path, COLS)
     assert pa.types.is_dictionary(table.column("unique_id").type)
     out = read_long(path, COLS)
@@ -87,8 +95,9 @@ def test_one_key_sort_matches_arrows_two_key_sort(tmp_path, monkeypatch, policy)
     codes = rng.integers(0, 50, n)
     t = np.datetime64("2024-01-01", "ns") + rng.integers(0, 40, n) * np.timedelta64(3600, "s")
     path = tmp_path / "u.parquet"
-    pq.write_table(pa.table({"unique_id": codes.astype(str), "ds": t, "y": rng.normal(size=n)}), path,
-                   row_group_size=700)  # several chunks per column
+    pq.write_table(
+        pa.table({"unique_id": codes.astype(str), "ds": t, "y": rng.normal(size=n)}), path, row_group_size=700
+    )  # several chunks per column
     fast = read_long(path, COLS, policy)
     monkeypatch.setattr(mpanel, "_combined_key", lambda codes, t: None)  # arrow's two-key sort
     slow = read_long(path, COLS, policy)
@@ -107,14 +116,20 @@ def test_combined_key_orders_like_code_then_time_and_refuses_overflow():
 
 
 def test_values_and_timestamps_of_many_chunks_with_nulls_and_inf():
-    y = pa.chunked_array([pa.array([1.0, None, np.inf]), pa.array([-np.inf, 2], type=pa.float64()),
-                          pa.array([], type=pa.float64())])
+    y = pa.chunked_array(
+        [pa.array([1.0, None, np.inf]), pa.array([-np.inf, 2], type=pa.float64()), pa.array([], type=pa.float64())]
+    )
     out, n_inf = mio.value_column(y, "y")
     np.testing.assert_array_equal(out, [1.0, np.nan, np.nan, np.nan, 2.0])
     assert n_inf == 2
     ints, _ = mio.value_column(pa.chunked_array([pa.array([1, None], pa.int32()), pa.array([3], pa.int32())]), "y")
     np.testing.assert_array_equal(ints, [1.0, np.nan, 3.0])
-    ts = pa.chunked_array([pa.array([0, 86_400], pa.timestamp("s", tz="Europe/Paris")), pa.array([1], pa.timestamp("s", tz="Europe/Paris"))])
+    ts = pa.chunked_array(
+        [
+            pa.array([0, 86_400], pa.timestamp("s", tz="Europe/Paris")),
+            pa.array([1], pa.timestamp("s", tz="Europe/Paris")),
+        ]
+    )
     np.testing.assert_array_equal(mio.timestamps_ns(ts, "ds"), np.array([0, 86_400, 1]) * 10**9)
 
 

@@ -45,7 +45,10 @@ class Holder:
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _HOLDER, str(target), "shared" if shared else "exclusive"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         assert self.proc.stdout.readline().strip() == "held"
 
@@ -102,7 +105,14 @@ def test_second_holder_stops_at_once_with_a_message_naming_the_holder(tmp_path):
         with pytest.raises(LockBusyError) as err:
             FileLock(target, what="model directory").acquire()
     message = str(err.value)
-    for words in (f"pid {holder.pid}", socket.gethostname(), "test-holder", "started", "--lock-timeout", str(lock_path(target))):
+    for words in (
+        f"pid {holder.pid}",
+        socket.gethostname(),
+        "test-holder",
+        "started",
+        "--lock-timeout",
+        str(lock_path(target)),
+    ):
         assert words in message, (words, message)
 
 

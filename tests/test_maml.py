@@ -226,7 +226,8 @@ def test_autograd_inner_step_gives_each_task_its_own_gradient(second_order):
     theta = {k: v.clone().requires_grad_(second_order) for k, v in params.items()}
     batch = adapt(model, theta, xs, ys, steps=2, lr=0.1, first_order=not second_order, loss_fn=_abs_loss)
     for i in range(xs.shape[0]):
-        alone = adapt(model, theta, xs[i : i + 1], ys[i : i + 1], steps=2, lr=0.1, first_order=not second_order,
-                      loss_fn=_abs_loss)
+        alone = adapt(
+            model, theta, xs[i : i + 1], ys[i : i + 1], steps=2, lr=0.1, first_order=not second_order, loss_fn=_abs_loss
+        )
         for k in batch:
             torch.testing.assert_close(batch[k][i : i + 1], alone[k])

@@ -49,8 +49,14 @@ def _score(outage, out: Path, *extra) -> object:
 
 def test_daily_score_writes_incidents_and_report_and_lists_the_incident_first(outage, tmp_path):
     result = _score(
-        outage, tmp_path, "--events", tmp_path / "events.parquet", "--incidents", tmp_path / "incidents.parquet",
-        "--report", tmp_path / "report.html",
+        outage,
+        tmp_path,
+        "--events",
+        tmp_path / "events.parquet",
+        "--incidents",
+        tmp_path / "incidents.parquet",
+        "--report",
+        tmp_path / "report.html",
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -64,7 +70,12 @@ def test_daily_score_writes_incidents_and_report_and_lists_the_incident_first(ou
     assert set(events.loc[events["start"] == LAST_DAY + pd.Timedelta(hours=3), "unique_id"]) == set(OUTAGE_SERIES)
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "Incidents (1)" in page and len(CHART.findall(page)) == min(10, len(events))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.parquet", "incidents.parquet", "report.html", "scores.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "events.parquet",
+        "incidents.parquet",
+        "report.html",
+        "scores.parquet",
+    ]
 
 
 def test_the_json_object_lists_the_incidents_first(outage, tmp_path):
@@ -80,10 +91,25 @@ def test_the_json_object_lists_the_incidents_first(outage, tmp_path):
 
 def test_backtest_writes_incidents_and_report(outage, tmp_path):
     inp, model = outage
-    result = invoke([
-        "backtest", "-i", inp, "-m", model, "-o", tmp_path / "scores.parquet", "--start", "2024-01-09",
-        "--end", "2024-01-10", "--incidents", tmp_path / "inc.parquet", "--report", tmp_path / "r.html",
-    ])
+    result = invoke(
+        [
+            "backtest",
+            "-i",
+            inp,
+            "-m",
+            model,
+            "-o",
+            tmp_path / "scores.parquet",
+            "--start",
+            "2024-01-09",
+            "--end",
+            "2024-01-10",
+            "--incidents",
+            tmp_path / "inc.parquet",
+            "--report",
+            tmp_path / "r.html",
+        ]
+    )
     assert result.exit_code == 0, result.output
     inc = pd.read_parquet(tmp_path / "inc.parquet")
     assert (inc["n_series"] == 8).sum() == 1 and inc["start"].min() >= pd.Timestamp("2024-01-09")
@@ -119,7 +145,9 @@ def run_files(tmp_path_factory) -> dict[str, Path]:
     paths = {"scores": root / "scores.parquet", "input": root / "input.parquet", "events": root / "events.parquet"}
     run["scores"].to_parquet(paths["scores"], index=False)
     run["history"].to_parquet(paths["input"], index=False)
-    pq.write_table(pa.Table.from_pandas(run["events"], schema=events_schema(pa.string()), preserve_index=False), paths["events"])
+    pq.write_table(
+        pa.Table.from_pandas(run["events"], schema=events_schema(pa.string()), preserve_index=False), paths["events"]
+    )
     return paths
 
 
@@ -162,18 +190,47 @@ def _report_case(*extra):
     def build(w: Work) -> list:
         run = scored_run()
         scores, inp = w.parquet(run["scores"], "scores.parquet"), w.parquet(run["history"], "input.parquet")
-        return ["report", "-s", scores, "-i", inp, "-o", w.root / "report.html", *[a(w) if callable(a) else a for a in extra]]
+        return [
+            "report",
+            "-s",
+            scores,
+            "-i",
+            inp,
+            "-o",
+            w.root / "report.html",
+            *[a(w) if callable(a) else a for a in extra],
+        ]
 
     return build
 
 
 ERROR_CASES = [
-    ErrorCase("incidents-same-as-output", lambda w: w.score(w.good(), w.model(), "--incidents", w.out), ("--incidents", "same file", "--output")),
-    ErrorCase("report-is-a-directory", lambda w: w.score(w.good(), w.model(), "--report", w.root), ("--report", "is a directory")),
-    ErrorCase("report-same-as-events", lambda w: w.backtest(w.good(), w.model(), "--events", w.root / "e.parquet", "--report", w.root / "e.parquet"), ("--report", "same file", "--events")),
+    ErrorCase(
+        "incidents-same-as-output",
+        lambda w: w.score(w.good(), w.model(), "--incidents", w.out),
+        ("--incidents", "same file", "--output"),
+    ),
+    ErrorCase(
+        "report-is-a-directory",
+        lambda w: w.score(w.good(), w.model(), "--report", w.root),
+        ("--report", "is a directory"),
+    ),
+    ErrorCase(
+        "report-same-as-events",
+        lambda w: w.backtest(w.good(), w.model(), "--events", w.root / "e.parquet", "--report", w.root / "e.parquet"),
+        ("--report", "same file", "--events"),
+    ),
     ErrorCase("report-timezone-unknown", _report_case("--timezone", "Mars/Olympus_Mons"), ("--timezone", "IANA")),
-    ErrorCase("report-output-is-the-scores", lambda w: [*_report_case()(w)[:-2], "-o", w.root / "scores.parquet"], ("same file as --scores",)),
-    ErrorCase("report-scores-missing", lambda w: ["report", "-s", w.root / "nope.parquet", "-i", w.good(), "-o", w.root / "r.html"], ("--scores", "does not exist")),
+    ErrorCase(
+        "report-output-is-the-scores",
+        lambda w: [*_report_case()(w)[:-2], "-o", w.root / "scores.parquet"],
+        ("same file as --scores",),
+    ),
+    ErrorCase(
+        "report-scores-missing",
+        lambda w: ["report", "-s", w.root / "nope.parquet", "-i", w.good(), "-o", w.root / "r.html"],
+        ("--scores", "does not exist"),
+    ),
 ]
 
 
@@ -196,13 +253,29 @@ def test_train_cluster_calls_back_after_every_iteration():
 
     panel, _ = build_panel(history(4, 10), 0.0)
     rows = np.arange(panel.n_series)
-    settings = TrainSettings(k_shot=8, inner_steps=1, meta_batch_size=4, iterations=5, n_val_tasks=8,
-                             n_calib_tasks=16, n_report_tasks=8, time_budget_s=60.0)
+    settings = TrainSettings(
+        k_shot=8,
+        inner_steps=1,
+        meta_batch_size=4,
+        iterations=5,
+        n_val_tasks=8,
+        n_calib_tasks=16,
+        n_report_tasks=8,
+        time_budget_s=60.0,
+    )
     query_len = query_len_for_step(3600.0)
     spec = choose_lag_spec(24, panel.lengths[rows], settings.k_shot, query_len)
     calls, lines = [], []
-    model = train_cluster(panel.values, panel.indptr, rows, spec, query_len, settings, log=lines.append,
-                          on_iteration=lambda done, total: calls.append((done, total)))
+    model = train_cluster(
+        panel.values,
+        panel.indptr,
+        rows,
+        spec,
+        query_len,
+        settings,
+        log=lines.append,
+        on_iteration=lambda done, total: calls.append((done, total)),
+    )
     assert model is not None
     assert calls == [(i, 5) for i in range(1, 6)]
     assert len(lines) == 1 and lines[0].startswith("iteration 5: train ")  # one line per validation
@@ -216,8 +289,22 @@ def test_meta_train_shows_a_bar_named_after_the_cluster_and_logs_validations(tmp
     history().to_parquet(inp, index=False)
     monkeypatch.setattr(common, "show_progress", lambda: True)  # CliRunner's stderr is not a terminal
     monkeypatch.setenv("FORCE_COLOR", "1")  # rich draws the bar on a captured stream too
-    args = ["meta-train", "-i", inp, "-m", model, "--overwrite", "--iterations", "3", "--k-shot", "8",
-            "--inner-steps", "1", "--meta-batch-size", "4"]
+    args = [
+        "meta-train",
+        "-i",
+        inp,
+        "-m",
+        model,
+        "--overwrite",
+        "--iterations",
+        "3",
+        "--k-shot",
+        "8",
+        "--inner-steps",
+        "1",
+        "--meta-batch-size",
+        "4",
+    ]
     result = invoke(args)
     assert result.exit_code == 0, result.output
     names = json.loads((model / "current" / "detector.json").read_text())["clusters"]
@@ -232,8 +319,25 @@ def test_meta_train_shows_no_bar_with_json(tmp_path, monkeypatch):
     inp = tmp_path / "input.parquet"
     history().to_parquet(inp, index=False)
     monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
-    result = invoke(["meta-train", "-i", inp, "-m", model, "--overwrite", "--iterations", "2", "--k-shot", "8",
-                     "--inner-steps", "1", "--meta-batch-size", "4", "--json"])
+    result = invoke(
+        [
+            "meta-train",
+            "-i",
+            inp,
+            "-m",
+            model,
+            "--overwrite",
+            "--iterations",
+            "2",
+            "--k-shot",
+            "8",
+            "--inner-steps",
+            "1",
+            "--meta-batch-size",
+            "4",
+            "--json",
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert "meta-training" not in result.stderr and "iteration 2: train" in result.stderr
 

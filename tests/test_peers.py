@@ -41,8 +41,15 @@ def test_exchange_gives_the_baselines_rows_and_reads_scores_back(tmp_path):
     # a fake peer: score = t, flags every 5th point, y_hat = y + 1, from each cutoff on
     res = values.merge(series[["cutoff_t"]], left_on="unique_id", right_index=True)
     res = res[res["t"] >= res["cutoff_t"]]
-    res = pd.DataFrame({"unique_id": res["unique_id"], "t": res["t"], "y_hat": res["y"] + 1.0,
-                        "score": res["t"].astype(float), "flag": res["t"] % 5 == 0})
+    res = pd.DataFrame(
+        {
+            "unique_id": res["unique_id"],
+            "t": res["t"],
+            "y_hat": res["y"] + 1.0,
+            "score": res["t"].astype(float),
+            "flag": res["t"] % 5 == 0,
+        }
+    )
     start, end = START + pd.Timedelta(days=3), START + pd.Timedelta(days=3)
     out = peers.read_outputs(grid, res, "fake", start, end)
     ref = baselines.seasonal_naive_scores(frame, 24, start=start, end=end)
@@ -84,8 +91,15 @@ def test_worker_driver_counts_failures_and_stops_on_time(tmp_path, monkeypatch):
 
 def test_a_peer_without_its_environment_is_reported_not_run(tmp_path, monkeypatch):
     monkeypatch.setenv("MAML_ANOMALY_PEERS_DIR", str(tmp_path / "none"))
-    ran = peers.run_peer("sf_mstl", _frame(), pd.Series({"a": 24, "b": 0}), _cutoff(), start=START,
-                         end=START + pd.Timedelta(days=3), folder=tmp_path / "cache")
+    ran = peers.run_peer(
+        "sf_mstl",
+        _frame(),
+        pd.Series({"a": 24, "b": 0}),
+        _cutoff(),
+        start=START,
+        end=START + pd.Timedelta(days=3),
+        folder=tmp_path / "cache",
+    )
     assert ran.scores is None
     assert "python -m maml_anomaly.benchmarks.peers --setup statsforecast" in ran.info["not_run"]
     report = {"far": 0.01, "results": {"sf_mstl": {"not_run": ran.info["not_run"]}}}
@@ -108,6 +122,7 @@ def test_run_peer_goes_through_a_subprocess_and_caches_by_inputs(tmp_path, monke
     kw = dict(start=START + pd.Timedelta(days=3), end=START + pd.Timedelta(days=3), folder=tmp_path / "cache")
     try:
         import adtk  # noqa: F401
+
         pytest.skip("adtk is installed in this environment")
     except ImportError:
         pass

@@ -60,16 +60,16 @@ def test_missing_values_outliers_and_trend():
     rng = np.random.default_rng(1)
     x[rng.uniform(size=x.shape) < 0.1] = np.nan
     x[rng.uniform(size=x.shape) < 0.01] = 50.0
-    x[:10, :300] = np.nan                                  # left-padded shorter series
+    x[:10, :300] = np.nan  # left-padded shorter series
     assert (detect_periods(x, HOUR).period == 24).all()
 
 
 def test_degenerate_rows_get_no_period():
     x = np.full((5, 100), np.nan)
-    x[1] = 3.0                                             # constant
-    x[2, -5:] = np.arange(5.0)                             # too short
-    x[3, -40:] = np.sin(2 * np.pi * np.arange(40) / 24)    # < 2 cycles of 24
-    x[4] = np.random.default_rng(0).normal(size=100)      # noise
+    x[1] = 3.0  # constant
+    x[2, -5:] = np.arange(5.0)  # too short
+    x[3, -40:] = np.sin(2 * np.pi * np.arange(40) / 24)  # < 2 cycles of 24
+    x[4] = np.random.default_rng(0).normal(size=100)  # noise
     res = detect_periods(x, HOUR)
     assert isinstance(res, PeriodResult)
     assert res.period.dtype == np.int64 and res.second_period.dtype == np.int64
@@ -112,16 +112,16 @@ def test_cycle_profiles_shape_and_bins():
 
 def test_flat_series_spikes_and_perfect_cycles():
     t = np.arange(24 * 28)
-    spiky = np.zeros((3, t.size))                          # zero but for a busy hour, no noise
+    spiky = np.zeros((3, t.size))  # zero but for a busy hour, no noise
     spiky[:, t % 24 == 9], spiky[:, t % 24 == 10] = 5.0, 3.0
     assert (detect_periods(spiky, HOUR).period == 24).all()
-    const = np.ones((3, t.size))                           # a constant with one spike: no cycle
+    const = np.ones((3, t.size))  # a constant with one spike: no cycle
     const[:, 100] = 1000.0
     assert (detect_periods(const, HOUR).period == 0).all()
     rng = np.random.default_rng(4)
-    rare = np.zeros((200, t.size))                         # rare random events: no cycle,
+    rare = np.zeros((200, t.size))  # rare random events: no cycle,
     np.put_along_axis(rare, rng.integers(0, t.size, (200, 5)), 7.0, 1)
-    assert (detect_periods(rare, HOUR).period > 0).mean() <= 0.05   # but for coincidences
+    assert (detect_periods(rare, HOUR).period > 0).mean() <= 0.05  # but for coincidences
 
 
 def _weekday_weekend(weeks: int, step: float, S: int = 60, seed: int = 3, half_hourly: bool = False):

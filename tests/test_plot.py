@@ -31,10 +31,23 @@ def _data():
         if uid == "a":
             flag[SPIKE_AT] = True
         score = np.where(flag, 9.0, 0.5)
-        scores.append(pd.DataFrame({
-            "unique_id": uid, "ds": ds, "y": y, "y_hat": y_hat, "lower": y_hat - 1.0, "upper": y_hat + 1.0,
-            "score": score, "is_anomaly": flag, "cluster": "c0", "status": "ok", "p_value": np.where(flag, 1e-19, 0.6),
-        }).iloc[48:])
+        scores.append(
+            pd.DataFrame(
+                {
+                    "unique_id": uid,
+                    "ds": ds,
+                    "y": y,
+                    "y_hat": y_hat,
+                    "lower": y_hat - 1.0,
+                    "upper": y_hat + 1.0,
+                    "score": score,
+                    "is_anomaly": flag,
+                    "cluster": "c0",
+                    "status": "ok",
+                    "p_value": np.where(flag, 1e-19, 0.6),
+                }
+            ).iloc[48:]
+        )
     return pd.concat(frames, ignore_index=True), pd.concat(scores, ignore_index=True)
 
 

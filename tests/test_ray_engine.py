@@ -62,8 +62,17 @@ def test_buckets_are_stable_across_processes_and_encodings():
 
 def test_engine_ray_without_ray_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    result = _invoke("daily-score", "-i", tmp_path / "x.parquet", "-m", tmp_path / "m", "-o", tmp_path / "o.parquet",
-                     "--engine", "ray")
+    result = _invoke(
+        "daily-score",
+        "-i",
+        tmp_path / "x.parquet",
+        "-m",
+        tmp_path / "m",
+        "-o",
+        tmp_path / "o.parquet",
+        "--engine",
+        "ray",
+    )
     assert result.exit_code == 1
     assert RAY_INSTALL in result.output
     assert "Traceback" not in result.output
@@ -107,8 +116,17 @@ def test_period_summary_survives_its_arrow_row():
 
 
 def test_ray_address_needs_engine_ray(tmp_path):
-    result = _invoke("backtest", "-i", tmp_path / "x.parquet", "-m", tmp_path / "m", "-o", tmp_path / "o.parquet",
-                     "--ray-address", "auto")
+    result = _invoke(
+        "backtest",
+        "-i",
+        tmp_path / "x.parquet",
+        "-m",
+        tmp_path / "m",
+        "-o",
+        tmp_path / "o.parquet",
+        "--ray-address",
+        "auto",
+    )
     assert result.exit_code == 1
     assert "--engine ray" in result.output
 
@@ -135,10 +153,20 @@ def _generated() -> pd.DataFrame:
     daily = seasonal_panel(12, 120, period=7, seed=4)
     ds_d = pd.date_range(end=pd.Timestamp("2026-01-01") + pd.Timedelta(days=DAYS - 1), periods=120, freq="D")
     parts = [
-        pd.DataFrame({"unique_id": np.repeat([f"h{i:02d}" for i in range(30)], hours), "ds": np.tile(ds_h, 30),
-                      "y": hourly.reshape(-1)}),
-        pd.DataFrame({"unique_id": np.repeat([f"d{i:02d}" for i in range(12)], 120), "ds": np.tile(ds_d, 12),
-                      "y": daily.reshape(-1)}),
+        pd.DataFrame(
+            {
+                "unique_id": np.repeat([f"h{i:02d}" for i in range(30)], hours),
+                "ds": np.tile(ds_h, 30),
+                "y": hourly.reshape(-1),
+            }
+        ),
+        pd.DataFrame(
+            {
+                "unique_id": np.repeat([f"d{i:02d}" for i in range(12)], 120),
+                "ds": np.tile(ds_d, 12),
+                "y": daily.reshape(-1),
+            }
+        ),
         pd.DataFrame({"unique_id": "h07", "ds": [ds_h[-3] + pd.Timedelta("20min")], "y": [1.0]}),  # off its grid
         pd.DataFrame({"unique_id": "late", "ds": ds_h[-30:], "y": np.linspace(1, 2, 30)}),  # unseen by fit-clusters
     ]
@@ -185,8 +213,12 @@ def test_backtest_ray_matches_local_with_events(trained):
     _ok(*args, "-o", root / "bt_local.parquet", "--events", root / "ev_local.parquet")
     _ok(*args, "-o", root / "bt_ray.parquet", "--events", root / "ev_ray.parquet", "--engine", "ray")
     _assert_same(root / "bt_local.parquet", root / "bt_ray.parquet")
-    pd.testing.assert_frame_equal(pd.read_parquet(root / "ev_local.parquet"), pd.read_parquet(root / "ev_ray.parquet"),
-                                  check_exact=False, rtol=1e-9)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(root / "ev_local.parquet"),
+        pd.read_parquet(root / "ev_ray.parquet"),
+        check_exact=False,
+        rtol=1e-9,
+    )
 
 
 def test_a_past_date_ignores_later_data(trained):
@@ -207,11 +239,33 @@ def test_worker_errors_reach_the_user_as_messages(trained):
     assert result.exit_code == 1, result.output
     assert "duplicate" in result.output.lower() and "Traceback" not in result.output
     assert not out.exists()
-    result = _invoke("daily-score", "-i", root / "dup.parquet", "-m", root / "model", "-o", out, "--engine", "ray",
-                     "--on-duplicate", "first")
+    result = _invoke(
+        "daily-score",
+        "-i",
+        root / "dup.parquet",
+        "-m",
+        root / "model",
+        "-o",
+        out,
+        "--engine",
+        "ray",
+        "--on-duplicate",
+        "first",
+    )
     assert result.exit_code == 1 and "input order" in result.output
-    result = _invoke("daily-score", "-i", root / "input.parquet", "-m", root / "model", "-o", out, "--engine", "ray",
-                     "--date", "2025-06-01")
+    result = _invoke(
+        "daily-score",
+        "-i",
+        root / "input.parquet",
+        "-m",
+        root / "model",
+        "-o",
+        out,
+        "--engine",
+        "ray",
+        "--date",
+        "2025-06-01",
+    )
     assert result.exit_code == 1 and "no data" in result.output
     assert not out.exists()
     assert not list(root.glob(".dup_scores.parquet.*"))  # no staging folder left after a failure
@@ -247,14 +301,19 @@ def test_fit_clusters_ray_matches_local(tmp_path, ray_local, monkeypatch):
     args = ["fit-clusters", "-i", tmp_path / "input.parquet", "-c", tmp_path / "tiny.toml", "-q", "--json"]
     local = json.loads(_ok(*args, "-m", tmp_path / "local").stdout)
     ray = json.loads(_ok(*args, "-m", tmp_path / "ray", "--engine", "ray").stdout)
-    a, b = pd.read_parquet(tmp_path / "local" / "pending" / "clusters.parquet"), pd.read_parquet(tmp_path / "ray" / "pending" / "clusters.parquet")
+    a, b = (
+        pd.read_parquet(tmp_path / "local" / "pending" / "clusters.parquet"),
+        pd.read_parquet(tmp_path / "ray" / "pending" / "clusters.parquet"),
+    )
     assert len(a) == frame["unique_id"].nunique()
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9)
     for col in ("unique_id", "cluster", "period", "second_period", "step", "n_obs"):
         pd.testing.assert_series_equal(a[col], b[col], check_exact=True)
     assert a["cluster"].nunique() > 2  # more than one cluster per step: shapes were compared
-    _assert_close_json(json.loads((tmp_path / "local" / "pending" / "clusterer.json").read_text()),
-                       json.loads((tmp_path / "ray" / "pending" / "clusterer.json").read_text()))
+    _assert_close_json(
+        json.loads((tmp_path / "local" / "pending" / "clusterer.json").read_text()),
+        json.loads((tmp_path / "ray" / "pending" / "clusterer.json").read_text()),
+    )
     local.pop("seconds"), ray.pop("seconds")
     assert local == ray
     manifests = [json.loads((tmp_path / d / "pending" / "manifest.json").read_text()) for d in ("local", "ray")]
@@ -325,8 +384,24 @@ def test_the_driver_receives_summaries_never_score_rows(trained, monkeypatch):
     out = root / "summaries.parquet"
     table = pa.Table.from_pandas(pd.read_parquet(root / "input.parquet"), preserve_index=False)
     pq.write_table(table, root / "shuffled.parquet", row_group_size=500)  # row groups overlap: buckets
-    _ok("backtest", "-i", root / "shuffled.parquet", "-m", root / "model", "-q", "--start", "2026-01-08",
-        "--max-alerts", "5", "--fdr", "0.5", "-o", out, "--engine", "ray")
+    _ok(
+        "backtest",
+        "-i",
+        root / "shuffled.parquet",
+        "-m",
+        root / "model",
+        "-q",
+        "--start",
+        "2026-01-08",
+        "--max-alerts",
+        "5",
+        "--fdr",
+        "0.5",
+        "-o",
+        out,
+        "--engine",
+        "ray",
+    )
     scores = pd.read_parquet(out)
     batches = pa.concat_tables(received)  # a block may hold several batches' rows
     assert batches.num_rows >= 2  # several batches

@@ -38,7 +38,7 @@ def test_every_string_from_the_data_is_escaped(page):
 def test_nothing_is_loaded_from_anywhere(page):
     text = DATA_URI.sub('src=""', page)
     assert not re.search(r"https?:|//|@import|url\(", text.replace("http-equiv", ""))
-    assert re.findall(r"(?:src|href)=", text) == ['src='] * len(DATA_URI.findall(page))
+    assert re.findall(r"(?:src|href)=", text) == ["src="] * len(DATA_URI.findall(page))
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
     assert '<meta name=viewport content="width=device-width, initial-scale=1">' in page
 
@@ -65,17 +65,21 @@ def test_the_same_run_gives_the_same_bytes(run, page):
 
 def test_a_run_without_flags_or_incidents(run):
     quiet = run["scores"].assign(is_anomaly=False)
-    page = render_report(summary={}, scores=quiet, history=run["history"], events=run["events"].iloc[:0],
-                         incidents=empty_incidents())
+    page = render_report(
+        summary={}, scores=quiet, history=run["history"], events=run["events"].iloc[:0], incidents=empty_incidents()
+    )
     assert "No flagged points" in page and "No incident" in page and not DATA_URI.findall(page)
-    assert "Not computed" in render_report(summary={}, scores=quiet, history=run["history"], events=run["events"].iloc[:0])
+    assert "Not computed" in render_report(
+        summary={}, scores=quiet, history=run["history"], events=run["events"].iloc[:0]
+    )
 
 
 def test_cluster_counts_match_a_groupby(run):
     scores, events = run["scores"], run["events"]
     got = cluster_counts(scores, events).set_index("cluster")
-    want = scores.groupby("cluster").agg(series=("unique_id", "nunique"), points=("ds", "size"),
-                                         flagged=("is_anomaly", "sum"))
+    want = scores.groupby("cluster").agg(
+        series=("unique_id", "nunique"), points=("ds", "size"), flagged=("is_anomaly", "sum")
+    )
     pd.testing.assert_frame_equal(got[["series", "points", "flagged"]], want, check_dtype=False, check_names=False)
     assert got["events"].to_dict() == events["cluster"].value_counts().to_dict()
 

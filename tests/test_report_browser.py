@@ -79,7 +79,9 @@ def test_report_opens_cleanly_with_every_chart(browser, report, viewport, tmp_pa
     page.screenshot(path=str(tmp_path / f"report-{viewport}.png"), full_page=True)
     assert problems == []
     assert len(charts) == n_charts
-    assert all(done and natural > 0 and shown >= 300 for done, natural, shown in charts), charts  # loaded, and wide enough to read
+    assert all(done and natural > 0 and shown >= 300 for done, natural, shown in charts), (
+        charts
+    )  # loaded, and wide enough to read
     assert widths[0] <= widths[1], "the page is wider than the screen: something does not wrap"
     assert page.locator("script").count() == 0
     assert page.get_by_text(EVIL_ID).count() >= 1  # shown as text, not run

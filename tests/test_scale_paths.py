@@ -24,14 +24,25 @@ def trained_sorted(tmp_path_factory):
     frame.to_parquet(root / "input.parquet", row_group_size=500)  # sorted by series, many row groups
     (root / "tiny.toml").write_text(TINY)
     for command in ("fit-clusters", "meta-train"):
-        result = _invoke(command, "--input", root / "input.parquet", "--model-dir", root / "model", "--config", root / "tiny.toml")
+        result = _invoke(
+            command, "--input", root / "input.parquet", "--model-dir", root / "model", "--config", root / "tiny.toml"
+        )
         assert result.exit_code == 0, result.output
     return root
 
 
 def _backtest(root, out):
-    result = _invoke("backtest", "--input", root / "input.parquet", "--model-dir", root / "model", "--output", out,
-                     "--start", "2026-01-10")
+    result = _invoke(
+        "backtest",
+        "--input",
+        root / "input.parquet",
+        "--model-dir",
+        root / "model",
+        "--output",
+        out,
+        "--start",
+        "2026-01-10",
+    )
     assert result.exit_code == 0, result.output
     return pd.read_parquet(out)
 

@@ -42,11 +42,14 @@ def test_calibration_tail_capped_when_a_few_series_blow_up():
     flat = np.abs(rng.normal(size=2000)) * 1e6  # 10% of residuals from series whose scale collapsed
     cal = fit_calibration(np.concatenate([normal, flat]), scale_floor=0.05)
     assert cal.levels[-1] == 0.001 and cal.quantiles[-1] < 20.0  # the 0.1% quantile, not 1e6
-    assert p_to_score(cal.tail_probability(np.array([10.0])))[0] > 3.0  # a 10-sigma point is still flagged (uncapped: 1.2)
+    assert (
+        p_to_score(cal.tail_probability(np.array([10.0])))[0] > 3.0
+    )  # a 10-sigma point is still flagged (uncapped: 1.2)
     gaussian = fit_calibration(normal, scale_floor=0.05)
     sampled = np.quantile(normal, 1 - np.asarray(gaussian.levels))
     assert gaussian.quantiles == pytest.approx(  # a Gaussian tail is well below the cap: untouched
-        np.maximum(sampled, -ndtri(np.asarray(gaussian.levels) / 2)), rel=1e-6)  # (up to the floor)
+        np.maximum(sampled, -ndtri(np.asarray(gaussian.levels) / 2)), rel=1e-6
+    )  # (up to the floor)
     assert gaussian.quantiles == pytest.approx(sampled, rel=0.05)
 
 

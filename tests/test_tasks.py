@@ -39,6 +39,7 @@ def test_windows_exactly_aligned_hand_checked():
     spec = LagSpec(period=3, lags=(1, 3))
     raw = np.arange(10, dtype=float)[None, :]  # (1, 10)
     t = make_windows(raw, spec, k_shot=2, clip=1e9)
+
     def back(z):
         return t.denormalise(z.astype(np.float64))[0].round(5)
 

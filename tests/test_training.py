@@ -5,7 +5,13 @@ from synth import seasonal_panel, tiny_cluster, to_buffer  # noqa: F401 (fixture
 from maml_anomaly.core.tasks import lag_spec
 from maml_anomaly.core.training import TrainSettings, train_cluster
 
-BASELINES = ("maml_no_adaptation", "scratch_same_steps", "scratch_adam_100_steps", "transfer_finetuned", "seasonal_naive")
+BASELINES = (
+    "maml_no_adaptation",
+    "scratch_same_steps",
+    "scratch_adam_100_steps",
+    "transfer_finetuned",
+    "seasonal_naive",
+)
 
 
 def test_report_compares_adapted_model_with_baselines(tiny_cluster):

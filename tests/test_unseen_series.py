@@ -31,8 +31,15 @@ def _frame() -> tuple[pd.DataFrame, list[str]]:
     ds = pd.date_range("2026-01-01", periods=hours, freq="h")
     known = seasonal_panel(30, hours, seed=11)
     late = seasonal_panel(12, hours, seed=12)
-    parts = [pd.DataFrame({"unique_id": np.repeat([f"k{i:02d}" for i in range(30)], hours), "ds": np.tile(ds, 30),
-                           "y": known.reshape(-1)})]
+    parts = [
+        pd.DataFrame(
+            {
+                "unique_id": np.repeat([f"k{i:02d}" for i in range(30)], hours),
+                "ds": np.tile(ds, 30),
+                "y": known.reshape(-1),
+            }
+        )
+    ]
     late_ids = [f"late{i:02d}" for i in range(12)]
     for i, uid in enumerate(late_ids):
         n = 24 * (3 + i + (i > 6) * (i - 6))  # 3 to 16 days: every length on its own

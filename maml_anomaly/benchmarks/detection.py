@@ -59,9 +59,13 @@ MAML_0STEP = "maml_0step"  # the same meta-trained model scored without adaptati
 ALL = ("maml", MAML_0STEP, "seasonal_naive", "holt_winters") + tuple(peers.PEERS)
 LABELS = {MAML_0STEP: "maml, 0 inner steps at scoring", **peers.LABELS}
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data"
-EMPTY_LABELS = pd.DataFrame({"unique_id": pd.Series([], dtype=str),
-                             "start": pd.Series([], dtype="datetime64[ns]"),
-                             "end": pd.Series([], dtype="datetime64[ns]")})
+EMPTY_LABELS = pd.DataFrame(
+    {
+        "unique_id": pd.Series([], dtype=str),
+        "start": pd.Series([], dtype="datetime64[ns]"),
+        "end": pd.Series([], dtype="datetime64[ns]"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,16 @@ def load_sample(root: Path = SAMPLE_DIR, eval_days: int = 14, seed: int = 0) -> 
     end = values["ds"].max().normalize()
     start = end - pd.Timedelta(days=eval_days - 1)
     ids = np.sort(values["unique_id"].unique())
-    return Dataset(f"sample_seed{seed}", values, values[values["ds"] < start], labels,
-                   pd.Series(start, index=ids), start, end, info.set_index("unique_id")["period"])
+    return Dataset(
+        f"sample_seed{seed}",
+        values,
+        values[values["ds"] < start],
+        labels,
+        pd.Series(start, index=ids),
+        start,
+        end,
+        info.set_index("unique_id")["period"],
+    )
 
 
 def load_nab(root: Path = DATA / "nab", probation: float = 0.15) -> Dataset:
@@ -104,8 +116,17 @@ def load_nab(root: Path = DATA / "nab", probation: float = 0.15) -> Dataset:
     cutoff = values[~train_mask].groupby("unique_id")["ds"].min()
     step = values.groupby("unique_id")["ds"].apply(lambda s: s.diff().median())  # small: 58 series
     hint = (pd.Timedelta(days=1) / step).round().astype(int)
-    return Dataset("nab", values, values[train_mask], pd.read_parquet(root / "windows.parquet"), cutoff,
-                   cutoff.min().normalize(), values["ds"].max().normalize(), hint, on_duplicate="mean")
+    return Dataset(
+        "nab",
+        values,
+        values[train_mask],
+        pd.read_parquet(root / "windows.parquet"),
+        cutoff,
+        cutoff.min().normalize(),
+        values["ds"].max().normalize(),
+        hint,
+        on_duplicate="mean",
+    )
 
 
 def load_msl(root: Path = DATA / "msl") -> Dataset:
@@ -116,8 +137,16 @@ def load_msl(root: Path = DATA / "msl") -> Dataset:
     cutoff = info.set_index(info["unique_id"].astype(str))["test_start"].astype("datetime64[ns]")
     train = values[values["ds"] < values["unique_id"].map(cutoff)]
     ids = cutoff.index
-    return Dataset("msl", values, train, pd.read_parquet(root / "windows.parquet"), cutoff,
-                   cutoff.min().normalize(), values["ds"].max().normalize(), pd.Series(0, index=ids))
+    return Dataset(
+        "msl",
+        values,
+        train,
+        pd.read_parquet(root / "windows.parquet"),
+        cutoff,
+        cutoff.min().normalize(),
+        values["ds"].max().normalize(),
+        pd.Series(0, index=ids),
+    )
 
 
 def load_m4(root: Path = DATA / "m4_hourly") -> Dataset:
@@ -126,8 +155,16 @@ def load_m4(root: Path = DATA / "m4_hourly") -> Dataset:
     values = pd.concat([train, test], ignore_index=True).sort_values(["unique_id", "ds"], ignore_index=True)
     cutoff = test.groupby("unique_id")["ds"].min()
     ids = cutoff.index
-    return Dataset("m4", values, train, EMPTY_LABELS, cutoff, cutoff.min().normalize(),
-                   test["ds"].max().normalize(), pd.Series(24, index=ids))
+    return Dataset(
+        "m4",
+        values,
+        train,
+        EMPTY_LABELS,
+        cutoff,
+        cutoff.min().normalize(),
+        test["ds"].max().normalize(),
+        pd.Series(24, index=ids),
+    )
 
 
 LOADERS = {"sample": load_sample, "nab": load_nab, "msl": load_msl, "m4": load_m4}
@@ -157,8 +194,9 @@ def model_key(data: Dataset, config: Config) -> str:
     return digest.hexdigest()[:16]
 
 
-def run_maml(data: Dataset, workdir: Path, config: Config, reuse_model: bool = False,
-             name: str = "maml", retrain: bool = False) -> tuple[pd.DataFrame, pd.Series]:
+def run_maml(
+    data: Dataset, workdir: Path, config: Config, reuse_model: bool = False, name: str = "maml", retrain: bool = False
+) -> tuple[pd.DataFrame, pd.Series]:
     """fit-clusters and meta-train on the training part, backtest over the scored days.
 
     The trained model is kept in ``workdir/models/<key>`` (:func:`model_key`: training rows and
@@ -184,15 +222,30 @@ def run_maml(data: Dataset, workdir: Path, config: Config, reuse_model: bool = F
     last.write_text(str(model_dir))
     # a benchmark scores every series whatever fails (statuses are in its report), unlike a cron run
     scoring = dataclasses.replace(config, score=dataclasses.replace(config.score, max_failed_fraction=1.0))
-    pipeline.backtest(config=scoring, input=all_path, model_dir=model_dir, output=scores_path,
-                      start=str(data.start.date()), end=str(data.end.date()))
+    pipeline.backtest(
+        config=scoring,
+        input=all_path,
+        model_dir=model_dir,
+        output=scores_path,
+        start=str(data.start.date()),
+        end=str(data.end.date()),
+    )
     clusters = pd.read_parquet(model_dir / "current" / "clusters.parquet")
     return pd.read_parquet(scores_path), clusters.set_index("unique_id")["period"]
 
 
-def run(data_name: str, methods=METHODS, workdir: Path = Path("/tmp/maml-bench"), far: float = 0.01,
-        config: Config | None = None, seed: int = 0, reuse_model: bool = False, reuse_peers: bool = False,
-        peer_max_seconds: float | None = None, retrain: bool = False) -> dict:
+def run(
+    data_name: str,
+    methods=METHODS,
+    workdir: Path = Path("/tmp/maml-bench"),
+    far: float = 0.01,
+    config: Config | None = None,
+    seed: int = 0,
+    reuse_model: bool = False,
+    reuse_peers: bool = False,
+    peer_max_seconds: float | None = None,
+    retrain: bool = False,
+) -> dict:
     data = load_sample(seed=seed) if data_name == "sample" else LOADERS[data_name]()
     config = config or Config()
     period = data.period_hint
@@ -205,8 +258,17 @@ def run(data_name: str, methods=METHODS, workdir: Path = Path("/tmp/maml-bench")
             unadapted = config.replace_from_flags({"score.inner_steps_at_scoring": 0})
             scores, period = run_maml(data, workdir / data.name, unadapted, reuse_model=True, name=method)
         elif method in peers.PEERS:  # the data set's periods, so cached results do not depend on the detector
-            ran = peers.run_peer(method, data.values, data.period_hint, data.cutoff, start=data.start, end=data.end,
-                                 folder=workdir / data.name / "peers", reuse=reuse_peers, max_seconds=peer_max_seconds)
+            ran = peers.run_peer(
+                method,
+                data.values,
+                data.period_hint,
+                data.cutoff,
+                start=data.start,
+                end=data.end,
+                folder=workdir / data.name / "peers",
+                reuse=reuse_peers,
+                max_seconds=peer_max_seconds,
+            )
             if ran.scores is None:
                 log.warning("%s on %s: not run: %s", method, data.name, ran.info["not_run"])
                 results[method] = {"not_run": ran.info["not_run"]}
@@ -231,29 +293,60 @@ def run(data_name: str, methods=METHODS, workdir: Path = Path("/tmp/maml-bench")
             if method in peers.PEERS and results[method]["peer"].get("n_skipped_for_time"):
                 reached = set(scores["unique_id"].astype(str))
                 maml = measured["maml"][0]
-                sub = evaluate_scores(maml[maml["unique_id"].astype(str).isin(reached)], data.labels, far=far,
-                                      naive=naive)
+                sub = evaluate_scores(
+                    maml[maml["unique_id"].astype(str).isin(reached)], data.labels, far=far, naive=naive
+                )
                 results[method]["peer"]["maml_on_same_series"] = {
-                    "n_series": len(reached), "event_recall_at_far": sub["at_far"]["event_recall"],
-                    "f1_default": sub["default"]["f1"], "mae_ratio": sub.get("forecast", {}).get("mae_ratio_gmean")}
-    return {"data": data.name, "far": far, "config": config.to_dict(), "results": results,
-            "periods": {str(k): int(v) for k, v in pd.Series(period).value_counts().sort_index().items()}}
+                    "n_series": len(reached),
+                    "event_recall_at_far": sub["at_far"]["event_recall"],
+                    "f1_default": sub["default"]["f1"],
+                    "mae_ratio": sub.get("forecast", {}).get("mae_ratio_gmean"),
+                }
+    return {
+        "data": data.name,
+        "far": far,
+        "config": config.to_dict(),
+        "results": results,
+        "periods": {str(k): int(v) for k, v in pd.Series(period).value_counts().sort_index().items()},
+    }
 
 
 def markdown(report: dict) -> str:
     """One table row per method."""
-    head = ("| method | event recall @ FAR {far:.0%} | point precision @ FAR | F1 @ FAR | event recall "
-            "| point precision | F1 | FAR | MASE | MASE seasonal naive | MAE ratio | worse than references | seconds |")
+    head = (
+        "| method | event recall @ FAR {far:.0%} | point precision @ FAR | F1 @ FAR | event recall "
+        "| point precision | F1 | FAR | MASE | MASE seasonal naive | MAE ratio | worse than references | seconds |"
+    )
     lines = [head.format(far=report["far"]), "|" + " --- |" * 13]
     for method, s in report["results"].items():
         if "not_run" in s:
             lines.append(f"| {LABELS.get(method, method)} | not run: {s['not_run']} |" + " |" * 10)
             continue
         f, d, fc = s["at_far"], s["default"], s.get("forecast", {})
-        lines.append("| " + " | ".join([LABELS.get(method, method)] + [_fmt(v) for v in (
-            f["event_recall"], f["point_precision"], f["f1"], d["event_recall"], d["point_precision"],
-            d["f1"], d["false_alarm_rate"], fc.get("mase"), fc.get("mase_naive"), fc.get("mae_ratio_gmean"),
-            fc.get("share_worse_than_references"), s["seconds"])]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [LABELS.get(method, method)]
+                + [
+                    _fmt(v)
+                    for v in (
+                        f["event_recall"],
+                        f["point_precision"],
+                        f["f1"],
+                        d["event_recall"],
+                        d["point_precision"],
+                        d["f1"],
+                        d["false_alarm_rate"],
+                        fc.get("mase"),
+                        fc.get("mase_naive"),
+                        fc.get("mae_ratio_gmean"),
+                        fc.get("share_worse_than_references"),
+                        s["seconds"],
+                    )
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -264,8 +357,10 @@ def markdown_by_kind(report: dict) -> str:
     if not kinds:
         return ""
     first = ran[0]["recall_by_kind"]
-    lines = ["| method | " + " | ".join(f"{k} ({first.get(k, {}).get('n', 0)})" for k in kinds) + " |",
-             "|" + " --- |" * (len(kinds) + 1)]
+    lines = [
+        "| method | " + " | ".join(f"{k} ({first.get(k, {}).get('n', 0)})" for k in kinds) + " |",
+        "|" + " --- |" * (len(kinds) + 1),
+    ]
     for method, s in report["results"].items():
         if "not_run" in s:
             continue
@@ -283,31 +378,60 @@ def _fmt(v) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=sorted(LOADERS), default="sample")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help="comma-separated: " + ", ".join(METHODS + (MAML_0STEP,) + tuple(peers.PEERS))
-                        + f"; 'all' = {','.join(ALL)}; 'peers' = the peers only")
-    parser.add_argument("--reuse-model", action="store_true",
-                        help="maml: score with the model a previous run left in the workdir (no training)")
-    parser.add_argument("--retrain", action="store_true",
-                        help="maml: meta-train again even where a model for the same rows and config is cached")
-    parser.add_argument("--reuse-peers", action="store_true",
-                        help="peers: read results cached in the workdir for the same inputs instead of rerunning")
-    parser.add_argument("--peer-max-seconds", type=float, default=None,
-                        help="stop a peer after this many seconds; the series it did not reach are not scored")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated: "
+        + ", ".join(METHODS + (MAML_0STEP,) + tuple(peers.PEERS))
+        + f"; 'all' = {','.join(ALL)}; 'peers' = the peers only",
+    )
+    parser.add_argument(
+        "--reuse-model",
+        action="store_true",
+        help="maml: score with the model a previous run left in the workdir (no training)",
+    )
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="maml: meta-train again even where a model for the same rows and config is cached",
+    )
+    parser.add_argument(
+        "--reuse-peers",
+        action="store_true",
+        help="peers: read results cached in the workdir for the same inputs instead of rerunning",
+    )
+    parser.add_argument(
+        "--peer-max-seconds",
+        type=float,
+        default=None,
+        help="stop a peer after this many seconds; the series it did not reach are not scored",
+    )
     parser.add_argument("--far", type=float, default=0.01, help="false-alarm rate for recall at fixed FAR")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/maml-bench"))
     parser.add_argument("--json", type=Path, default=None, help="also write the full report here")
     parser.add_argument("--config", type=Path, default=None, help="TOML configuration for the detector")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="sample only: 0 = the committed sample_data, else a fresh draw (held out)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="sample only: 0 = the committed sample_data, else a fresh draw (held out)"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
     config = Config.load(args.config, {"threads": args.threads})
     methods = {"all": ALL, "peers": tuple(peers.PEERS)}.get(args.methods) or tuple(args.methods.split(","))
-    report = run(args.data, methods, args.workdir, args.far, config, args.seed, args.reuse_model, args.reuse_peers,
-                 args.peer_max_seconds, args.retrain)
+    report = run(
+        args.data,
+        methods,
+        args.workdir,
+        args.far,
+        config,
+        args.seed,
+        args.reuse_model,
+        args.reuse_peers,
+        args.peer_max_seconds,
+        args.retrain,
+    )
     print(markdown(report))
     if peer_notes := peers.markdown_notes(report):
         print(f"\n{peer_notes}")

@@ -61,23 +61,54 @@ class PeerEnv:
 
 # numpy < 2 and pandas < 2 where the library predates them (adtk 0.6.2 is from 2020)
 ENVS = {
-    "adtk": PeerEnv("adtk", ("adtk==0.6.2", "numpy==1.26.4", "pandas==1.5.3", "statsmodels==0.14.1",
-                             "scikit-learn==1.3.2", "matplotlib==3.8.4", "pyarrow==14.0.2")),
+    "adtk": PeerEnv(
+        "adtk",
+        (
+            "adtk==0.6.2",
+            "numpy==1.26.4",
+            "pandas==1.5.3",
+            "statsmodels==0.14.1",
+            "scikit-learn==1.3.2",
+            "matplotlib==3.8.4",
+            "pyarrow==14.0.2",
+        ),
+    ),
     "statsforecast": PeerEnv("statsforecast", ("statsforecast==2.1.1", "pandas==2.2.3", "pyarrow==18.1.0")),
-    "merlion": PeerEnv("merlion", ("salesforce-merlion==2.0.4", "numpy==1.26.4", "pandas==1.5.3",
-                                   "scipy==1.11.4", "statsmodels==0.14.1", "scikit-learn==1.3.2",
-                                   "prophet==1.1.5", "lightgbm==4.3.0", "matplotlib==3.8.4",
-                                   "pyarrow==14.0.2"), needs_java=True),
+    "merlion": PeerEnv(
+        "merlion",
+        (
+            "salesforce-merlion==2.0.4",
+            "numpy==1.26.4",
+            "pandas==1.5.3",
+            "scipy==1.11.4",
+            "statsmodels==0.14.1",
+            "scikit-learn==1.3.2",
+            "prophet==1.1.5",
+            "lightgbm==4.3.0",
+            "matplotlib==3.8.4",
+            "pyarrow==14.0.2",
+        ),
+        needs_java=True,
+    ),
 }
 # bumped when a method's code in peer_worker changes: cached results of an older revision are rerun
 REVISION = {"adtk": 2, "sf_autoets": 1, "sf_mstl": 1, "sf_mstl_dayahead": 1, "merlion": 1}
 # method -> environment it runs in
-PEERS = {"adtk": "adtk", "sf_autoets": "statsforecast", "sf_mstl": "statsforecast",
-         "sf_mstl_dayahead": "statsforecast", "merlion": "merlion"}
+PEERS = {
+    "adtk": "adtk",
+    "sf_autoets": "statsforecast",
+    "sf_mstl": "statsforecast",
+    "sf_mstl_dayahead": "statsforecast",
+    "merlion": "merlion",
+}
 
-LABELS = {"adtk": "ADTK SeasonalAD / PersistAD", "sf_autoets": "statsforecast AutoETS, 99% fitted (in-sample)",
-          "sf_mstl": "statsforecast MSTL, 99% fitted (in-sample)",
-          "sf_mstl_dayahead": "statsforecast MSTL, day-ahead 99%", "merlion": "Merlion DefaultDetector"}
+LABELS = {
+    "adtk": "ADTK SeasonalAD / PersistAD",
+    "sf_autoets": "statsforecast AutoETS, 99% fitted (in-sample)",
+    "sf_mstl": "statsforecast MSTL, 99% fitted (in-sample)",
+    "sf_mstl_dayahead": "statsforecast MSTL, day-ahead 99%",
+    "merlion": "Merlion DefaultDetector",
+}
 
 
 def peers_dir() -> Path:
@@ -115,21 +146,31 @@ def write_inputs(frame: pd.DataFrame, period: pd.Series, cutoff: pd.Series, fold
     si, ti = np.nonzero(np.arange(vals.shape[1])[None, :] < n[:, None])
     start, step = grid.start.astype(np.int64), grid.step.astype(np.int64)
     ds = start[si] + ti * step[si]
-    pd.DataFrame({"unique_id": grid.ids[si].astype(str), "t": ti.astype(np.int64),
-                  "ds": ds.astype("datetime64[ns]"), "y": vals[si, ti],
-                  "day": ds // _DAY_NS}).to_parquet(folder / "values.parquet", index=False)
+    pd.DataFrame(
+        {
+            "unique_id": grid.ids[si].astype(str),
+            "t": ti.astype(np.int64),
+            "ds": ds.astype("datetime64[ns]"),
+            "y": vals[si, ti],
+            "day": ds // _DAY_NS,
+        }
+    ).to_parquet(folder / "values.parquet", index=False)
     cut = pd.to_datetime(cutoff.rename(index=str)).reindex(grid.ids.astype(str)).astype("datetime64[ns]")
     cut = cut.fillna(pd.Timestamp.max).to_numpy().astype(np.int64)
     with np.errstate(over="ignore"):
         cutoff_t = np.clip(-((start - cut) // step), 0, n)  # first grid index at or after the cutoff
-    pd.DataFrame({"unique_id": grid.ids.astype(str), "period": baselines.period_array(grid.ids, period),
-                  "cutoff_t": cutoff_t.astype(np.int64), "step_ns": step}).to_parquet(folder / "series.parquet",
-                                                                                        index=False)
+    pd.DataFrame(
+        {
+            "unique_id": grid.ids.astype(str),
+            "period": baselines.period_array(grid.ids, period),
+            "cutoff_t": cutoff_t.astype(np.int64),
+            "step_ns": step,
+        }
+    ).to_parquet(folder / "series.parquet", index=False)
     return grid
 
 
-def read_outputs(grid: baselines.Grid, result: pd.DataFrame, method: str, start, end,
-                 not_reached=()) -> pd.DataFrame:
+def read_outputs(grid: baselines.Grid, result: pd.DataFrame, method: str, start, end, not_reached=()) -> pd.DataFrame:
     """The worker's (unique_id, t, y_hat, score, flag) as the scores schema for the days start..end.
 
     Rows are those the baselines score (present grid points of the days, plus off-grid rows,
@@ -147,20 +188,44 @@ def read_outputs(grid: baselines.Grid, result: pd.DataFrame, method: str, start,
     score = m["score"].to_numpy(float)
     status = np.where(np.isnan(y), "missing_value", np.where(np.isfinite(score), "ok", "peer_failed"))
     ok = status == "ok"
-    out = pd.DataFrame({"unique_id": grid.ids[sp.si], "ds": sp.ds.astype("datetime64[ns]"), "y": y,
-                        "y_hat": m["y_hat"].to_numpy(float), "lower": np.nan, "upper": np.nan,
-                        "score": np.where(ok, score, np.nan),
-                        "is_anomaly": ok & m["flag"].fillna(False).to_numpy(bool),
-                        "cluster": method, "status": status})
+    out = pd.DataFrame(
+        {
+            "unique_id": grid.ids[sp.si],
+            "ds": sp.ds.astype("datetime64[ns]"),
+            "y": y,
+            "y_hat": m["y_hat"].to_numpy(float),
+            "lower": np.nan,
+            "upper": np.nan,
+            "score": np.where(ok, score, np.nan),
+            "is_anomaly": ok & m["flag"].fillna(False).to_numpy(bool),
+            "cluster": method,
+            "status": status,
+        }
+    )
     off = grid.off_grid
     if len(off):
         off_day = off["ds"].to_numpy("datetime64[ns]").astype(np.int64) // _DAY_NS
         off = off[(off_day >= days[0]) & (off_day <= days[1])]
-        out = pd.concat([out, pd.DataFrame({
-            "unique_id": off["unique_id"].to_numpy(), "ds": off["ds"].to_numpy(), "y": off["y"].to_numpy(float),
-            "y_hat": np.nan, "lower": np.nan, "upper": np.nan, "score": np.nan, "is_anomaly": False,
-            "cluster": method, "status": "off_grid"})], ignore_index=True).sort_values(["unique_id", "ds"],
-                                                                                     ignore_index=True)
+        out = pd.concat(
+            [
+                out,
+                pd.DataFrame(
+                    {
+                        "unique_id": off["unique_id"].to_numpy(),
+                        "ds": off["ds"].to_numpy(),
+                        "y": off["y"].to_numpy(float),
+                        "y_hat": np.nan,
+                        "lower": np.nan,
+                        "upper": np.nan,
+                        "score": np.nan,
+                        "is_anomaly": False,
+                        "cluster": method,
+                        "status": "off_grid",
+                    }
+                ),
+            ],
+            ignore_index=True,
+        ).sort_values(["unique_id", "ds"], ignore_index=True)
     if len(not_reached):
         out = out[~out["unique_id"].astype(str).isin([str(u) for u in not_reached])].reset_index(drop=True)
     return out
@@ -182,8 +247,18 @@ class PeerRun:
     info: dict
 
 
-def run_peer(method: str, frame: pd.DataFrame, period: pd.Series, cutoff: pd.Series, *, start, end,
-             folder: Path, reuse: bool = False, max_seconds: float | None = None) -> PeerRun:
+def run_peer(
+    method: str,
+    frame: pd.DataFrame,
+    period: pd.Series,
+    cutoff: pd.Series,
+    *,
+    start,
+    end,
+    folder: Path,
+    reuse: bool = False,
+    max_seconds: float | None = None,
+) -> PeerRun:
     """Run `method` in its environment on the panel, caching its results in `folder`.
 
     With ``reuse``, results cached for the same inputs (same fingerprint) are read instead of
@@ -200,8 +275,9 @@ def run_peer(method: str, frame: pd.DataFrame, period: pd.Series, cutoff: pd.Ser
         complete = not info.get("skipped_for_time") or info.get("max_seconds") == max_seconds  # a partial run: same cap
         if info.get("fingerprint") == fp and complete and info.get("revision", 1) == REVISION[method]:
             info["cached"] = True
-            return PeerRun(read_outputs(grid, pd.read_parquet(result_path), method, start, end,
-                                        info["skipped_for_time"]), info)
+            return PeerRun(
+                read_outputs(grid, pd.read_parquet(result_path), method, start, end, info["skipped_for_time"]), info
+            )
     if (why := missing(method)) is not None:
         return PeerRun(None, {"method": method, "not_run": why})
     cmd = [str(env_python(PEERS[method])), str(WORKER), method, str(inputs), str(result_path)]
@@ -211,14 +287,24 @@ def run_peer(method: str, frame: pd.DataFrame, period: pd.Series, cutoff: pd.Ser
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        return PeerRun(None, {"method": method, "not_run": f"the worker failed (exit {proc.returncode}): "
-                                                           + proc.stderr.strip()[-2000:]})
+        return PeerRun(
+            None,
+            {
+                "method": method,
+                "not_run": f"the worker failed (exit {proc.returncode}): " + proc.stderr.strip()[-2000:],
+            },
+        )
     info = json.loads(Path(f"{result_path}.json").read_text())
-    info.update(wall_seconds=wall, fingerprint=fp, max_seconds=max_seconds, revision=REVISION[method], n_failed=len(info["failed"]),
-                n_skipped_for_time=len(info["skipped_for_time"]))
+    info.update(
+        wall_seconds=wall,
+        fingerprint=fp,
+        max_seconds=max_seconds,
+        revision=REVISION[method],
+        n_failed=len(info["failed"]),
+        n_skipped_for_time=len(info["skipped_for_time"]),
+    )
     info_path.write_text(json.dumps(info, indent=2))
-    return PeerRun(read_outputs(grid, pd.read_parquet(result_path), method, start, end, info["skipped_for_time"]),
-                   info)
+    return PeerRun(read_outputs(grid, pd.read_parquet(result_path), method, start, end, info["skipped_for_time"]), info)
 
 
 def markdown_notes(report: dict) -> str:
@@ -228,15 +314,22 @@ def markdown_notes(report: dict) -> str:
         if method not in PEERS or "peer" not in s:
             continue
         p = s["peer"]
-        extra = [f"{p['n_failed']} series failed ({', '.join(sorted(p['failed'])[:5])})" if p["n_failed"] else "",
-                 f"{p['n_skipped_for_time']} series not reached in the time allowed (not measured)"
-                 if p["n_skipped_for_time"]
-                 else "", "cached result" if p.get("cached") else ""]
+        extra = [
+            f"{p['n_failed']} series failed ({', '.join(sorted(p['failed'])[:5])})" if p["n_failed"] else "",
+            f"{p['n_skipped_for_time']} series not reached in the time allowed (not measured)"
+            if p["n_skipped_for_time"]
+            else "",
+            "cached result" if p.get("cached") else "",
+        ]
         if same := p.get("maml_on_same_series"):
-            extra.append(f"maml on the same {same['n_series']} series: event recall at the fixed FAR "
-                         f"{same['event_recall_at_far']:.3f}, F1 at its default {same['f1_default']:.3f}")
-        lines.append(f"- {method}: {p['version']}; {p['wall_seconds']:.0f} s wall ({p['seconds']:.0f} s in the peer)"
-                     + "".join(f"; {e}" for e in extra if e))
+            extra.append(
+                f"maml on the same {same['n_series']} series: event recall at the fixed FAR "
+                f"{same['event_recall_at_far']:.3f}, F1 at its default {same['f1_default']:.3f}"
+            )
+        lines.append(
+            f"- {method}: {p['version']}; {p['wall_seconds']:.0f} s wall ({p['seconds']:.0f} s in the peer)"
+            + "".join(f"; {e}" for e in extra if e)
+        )
     return "peers:\n" + "\n".join(lines) if lines else ""
 
 
@@ -258,8 +351,12 @@ def setup(name: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--setup", required=True, choices=sorted(ENVS) + ["all"],
-                        help="create a peer's environment under $MAML_ANOMALY_PEERS_DIR")
+    parser.add_argument(
+        "--setup",
+        required=True,
+        choices=sorted(ENVS) + ["all"],
+        help="create a peer's environment under $MAML_ANOMALY_PEERS_DIR",
+    )
     args = parser.parse_args(argv)
     for name in sorted(ENVS) if args.setup == "all" else [args.setup]:
         setup(name)

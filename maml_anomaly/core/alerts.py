@@ -35,8 +35,20 @@ ALERT_COLUMNS = ("p_value", "q_value", "suppressed")
 
 #: the events parquet, in this order
 EVENT_COLUMNS = (
-    "unique_id", "start", "end", "peak_ds", "peak_score", "peak_p_value", "min_q_value", "peak_y", "peak_y_hat",
-    "direction", "severity", "n_points", "cluster", "ongoing",
+    "unique_id",
+    "start",
+    "end",
+    "peak_ds",
+    "peak_score",
+    "peak_p_value",
+    "min_q_value",
+    "peak_y",
+    "peak_y_hat",
+    "direction",
+    "severity",
+    "n_points",
+    "cluster",
+    "ongoing",
 )
 
 
@@ -447,7 +459,11 @@ def build_events(scores: pd.DataFrame, grid: Grid | None = None) -> pd.DataFrame
     col = lambda name: scores[name].take(rows).to_numpy()  # noqa: E731  (take first: ids may be arrow strings)
     p = np.clip(scores["p_value"].to_numpy(np.float64, na_value=np.nan)[rows], 1e-300, 1.0)
     score = scores["score"].to_numpy(np.float64, na_value=np.nan)[rows]
-    q = scores["q_value"].to_numpy(np.float64, na_value=np.nan)[rows] if "q_value" in scores else np.full(rows.size, np.nan)
+    q = (
+        scores["q_value"].to_numpy(np.float64, na_value=np.nan)[rows]
+        if "q_value" in scores
+        else np.full(rows.size, np.nan)
+    )
     y = scores["y"].to_numpy(np.float64, na_value=np.nan)[rows]
     y_hat = scores["y_hat"].to_numpy(np.float64, na_value=np.nan)[rows]
     start = np.r_[0, np.flatnonzero(np.diff(run)) + 1]  # (E,) first flagged point of each event
@@ -494,10 +510,19 @@ def empty_events(id_dtype: Any = object) -> pd.DataFrame:
     """An events frame with no rows and the right columns and dtypes."""
     dtypes = {
         "unique_id": "int64" if pd.api.types.is_integer_dtype(id_dtype) else object,
-        "start": "datetime64[ns]", "end": "datetime64[ns]", "peak_ds": "datetime64[ns]",
-        "peak_score": "float64", "peak_p_value": "float64", "min_q_value": "float64", "peak_y": "float64",
-        "peak_y_hat": "float64", "direction": object, "severity": "float64", "n_points": "int64",
-        "cluster": object, "ongoing": "bool",
+        "start": "datetime64[ns]",
+        "end": "datetime64[ns]",
+        "peak_ds": "datetime64[ns]",
+        "peak_score": "float64",
+        "peak_p_value": "float64",
+        "min_q_value": "float64",
+        "peak_y": "float64",
+        "peak_y_hat": "float64",
+        "direction": object,
+        "severity": "float64",
+        "n_points": "int64",
+        "cluster": object,
+        "ongoing": "bool",
     }
     return pd.DataFrame({c: pd.Series([], dtype=dtypes[c]) for c in EVENT_COLUMNS})
 
@@ -508,9 +533,19 @@ def events_schema(id_type):
 
     ts = pa.timestamp("ns")
     types = {
-        "unique_id": id_type, "start": ts, "end": ts, "peak_ds": ts, "peak_score": pa.float64(),
-        "peak_p_value": pa.float64(), "min_q_value": pa.float64(), "peak_y": pa.float64(), "peak_y_hat": pa.float64(),
-        "direction": pa.string(), "severity": pa.float64(), "n_points": pa.int64(), "cluster": pa.string(),
+        "unique_id": id_type,
+        "start": ts,
+        "end": ts,
+        "peak_ds": ts,
+        "peak_score": pa.float64(),
+        "peak_p_value": pa.float64(),
+        "min_q_value": pa.float64(),
+        "peak_y": pa.float64(),
+        "peak_y_hat": pa.float64(),
+        "direction": pa.string(),
+        "severity": pa.float64(),
+        "n_points": pa.int64(),
+        "cluster": pa.string(),
         "ongoing": pa.bool_(),
     }
     return pa.schema([(c, types[c]) for c in EVENT_COLUMNS])
@@ -524,8 +559,11 @@ def summary_text(alerts: Alerts, *, top: int = 5) -> str:
     c = alerts.counts
     lines = [
         f"alerts: {c['flagged']:,} flagged points of {c['scored']:,} scored"
-        + (f" (expected false alarms on clean data at this threshold: about {c['expected_false_alarms']:,.1f})"
-           if "expected_false_alarms" in c else "")
+        + (
+            f" (expected false alarms on clean data at this threshold: about {c['expected_false_alarms']:,.1f})"
+            if "expected_false_alarms" in c
+            else ""
+        )
         + f"; {c['events']:,} events ({c['ongoing_events']:,} still ongoing at the end of the run)"
     ]
     if c["suppressed"]:
@@ -549,10 +587,14 @@ def top_events(events: pd.DataFrame, n: int) -> pd.DataFrame:
     """The n most severe events (ties: higher peak score, then unique_id, start)."""
     if not len(events):
         return events
-    order = np.lexsort((
-        events["start"].to_numpy(), events["unique_id"].astype(str).to_numpy(),
-        -events["peak_score"].to_numpy(np.float64), -events["severity"].to_numpy(np.float64),
-    ))
+    order = np.lexsort(
+        (
+            events["start"].to_numpy(),
+            events["unique_id"].astype(str).to_numpy(),
+            -events["peak_score"].to_numpy(np.float64),
+            -events["severity"].to_numpy(np.float64),
+        )
+    )
     return events.iloc[order[:n]].reset_index(drop=True)
 
 

@@ -41,8 +41,20 @@ from scipy.stats import binom
 
 #: the incidents frame, in this order
 INCIDENT_COLUMNS = (
-    "incident_id", "start", "end", "direction", "n_series", "n_events", "n_clusters", "clusters",
-    "cluster_series", "cluster_share", "peak_score", "peak_ds", "severity", "top_series",
+    "incident_id",
+    "start",
+    "end",
+    "direction",
+    "n_series",
+    "n_events",
+    "n_clusters",
+    "clusters",
+    "cluster_series",
+    "cluster_share",
+    "peak_score",
+    "peak_ds",
+    "severity",
+    "top_series",
 )
 
 DIRECTIONS = ("up", "down")  # an incident goes one way; mixed events stay events
@@ -142,8 +154,14 @@ def _event_arrays(events: pd.DataFrame, step: Any, cluster_sizes: Any) -> dict[s
     size_of = sizes.reindex(cluster_names).to_numpy(np.float64)  # (C,) NaN where unknown
     ok = (dir_code >= 0) & (st > 0)
     return {
-        "start": start, "end": end, "step": st, "dir": dir_code, "cluster": cluster_code.astype(np.int64),
-        "series": series_code.astype(np.int64), "ok": ok, "cluster_size": size_of,
+        "start": start,
+        "end": end,
+        "step": st,
+        "dir": dir_code,
+        "cluster": cluster_code.astype(np.int64),
+        "series": series_code.astype(np.int64),
+        "ok": ok,
+        "cluster_size": size_of,
         "cluster_names": np.asarray(cluster_names, dtype=object),
     }
 
@@ -222,42 +240,61 @@ def _incident_table(
     rows = np.flatnonzero(member >= 0)
     if rows.size == 0:
         return empty_incidents(events["unique_id"].dtype), np.zeros(0, np.int64)
-    m = pd.DataFrame({
-        "inc": member[rows], "series": ev["series"][rows], "cluster": ev["cluster"][rows],
-        "start": ev["start"][rows], "end": ev["end"][rows], "dir": ev["dir"][rows],
-        "severity": events["severity"].to_numpy(np.float64)[rows],
-        "peak_score": events["peak_score"].to_numpy(np.float64)[rows],
-        "peak_ds": events["peak_ds"].to_numpy("datetime64[ns]").view(np.int64)[rows],
-        "uid": events["unique_id"].take(rows).to_numpy(),
-    })
+    m = pd.DataFrame(
+        {
+            "inc": member[rows],
+            "series": ev["series"][rows],
+            "cluster": ev["cluster"][rows],
+            "start": ev["start"][rows],
+            "end": ev["end"][rows],
+            "dir": ev["dir"][rows],
+            "severity": events["severity"].to_numpy(np.float64)[rows],
+            "peak_score": events["peak_score"].to_numpy(np.float64)[rows],
+            "peak_ds": events["peak_ds"].to_numpy("datetime64[ns]").view(np.int64)[rows],
+            "uid": events["unique_id"].take(rows).to_numpy(),
+        }
+    )
     per = m.groupby("inc", sort=True).agg(
-        start=("start", "min"), end=("end", "max"), dir=("dir", "first"), n_events=("series", "size"),
-        n_series=("series", "nunique"), severity=("severity", "sum"),
+        start=("start", "min"),
+        end=("end", "max"),
+        dir=("dir", "first"),
+        n_events=("series", "size"),
+        n_series=("series", "nunique"),
+        severity=("severity", "sum"),
     )
     peak = _first_by(m, ["peak_score", "peak_ds", "series"], [False, True, True]).set_index("inc")
-    series = m.groupby(["inc", "series"], sort=True).agg(
-        severity=("severity", "sum"), peak_score=("peak_score", "max"), cluster=("cluster", "first"), uid=("uid", "first"),
-    ).reset_index()
+    series = (
+        m.groupby(["inc", "series"], sort=True)
+        .agg(
+            severity=("severity", "sum"),
+            peak_score=("peak_score", "max"),
+            cluster=("cluster", "first"),
+            uid=("uid", "first"),
+        )
+        .reset_index()
+    )
     top = _first_by(series, ["severity", "peak_score", "series"], [False, False, True], n=rules.top_series)
     by_cluster = _cluster_shares(series, ev)
     start = per["start"].to_numpy().astype("datetime64[ns]")
     direction = np.asarray(DIRECTIONS, dtype=object)[per["dir"].to_numpy()]
-    table = pd.DataFrame({
-        "incident_id": direction + "-" + np.datetime_as_string(start, unit="s").astype(object),
-        "start": start,
-        "end": per["end"].to_numpy().astype("datetime64[ns]"),
-        "direction": direction,
-        "n_series": per["n_series"].to_numpy(np.int64),
-        "n_events": per["n_events"].to_numpy(np.int64),
-        "n_clusters": by_cluster["n_clusters"],
-        "clusters": by_cluster["clusters"],
-        "cluster_series": by_cluster["cluster_series"],
-        "cluster_share": by_cluster["cluster_share"],
-        "peak_score": peak["peak_score"].reindex(per.index).to_numpy(np.float64),
-        "peak_ds": peak["peak_ds"].reindex(per.index).to_numpy().astype("datetime64[ns]"),
-        "severity": per["severity"].to_numpy(np.float64),
-        "top_series": _lists(top["inc"].to_numpy(), top["uid"].to_numpy(), per.index.to_numpy()),
-    })
+    table = pd.DataFrame(
+        {
+            "incident_id": direction + "-" + np.datetime_as_string(start, unit="s").astype(object),
+            "start": start,
+            "end": per["end"].to_numpy().astype("datetime64[ns]"),
+            "direction": direction,
+            "n_series": per["n_series"].to_numpy(np.int64),
+            "n_events": per["n_events"].to_numpy(np.int64),
+            "n_clusters": by_cluster["n_clusters"],
+            "clusters": by_cluster["clusters"],
+            "cluster_series": by_cluster["cluster_series"],
+            "cluster_share": by_cluster["cluster_share"],
+            "peak_score": peak["peak_score"].reindex(per.index).to_numpy(np.float64),
+            "peak_ds": peak["peak_ds"].reindex(per.index).to_numpy().astype("datetime64[ns]"),
+            "severity": per["severity"].to_numpy(np.float64),
+            "top_series": _lists(top["inc"].to_numpy(), top["uid"].to_numpy(), per.index.to_numpy()),
+        }
+    )
     order = np.lexsort((table["direction"].to_numpy(str), table["start"].to_numpy()))  # by start, then direction
     rank = np.empty(order.size, np.int64)
     rank[order] = np.arange(order.size)
@@ -301,10 +338,20 @@ def _lists(group: np.ndarray, values: np.ndarray, groups: np.ndarray) -> np.ndar
 def empty_incidents(id_dtype: Any = object) -> pd.DataFrame:
     """An incidents frame with no rows and the right columns and dtypes."""
     dtypes = {
-        "incident_id": object, "start": "datetime64[ns]", "end": "datetime64[ns]", "direction": object,
-        "n_series": "int64", "n_events": "int64", "n_clusters": "int64", "clusters": object,
-        "cluster_series": object, "cluster_share": object, "peak_score": "float64",
-        "peak_ds": "datetime64[ns]", "severity": "float64", "top_series": object,
+        "incident_id": object,
+        "start": "datetime64[ns]",
+        "end": "datetime64[ns]",
+        "direction": object,
+        "n_series": "int64",
+        "n_events": "int64",
+        "n_clusters": "int64",
+        "clusters": object,
+        "cluster_series": object,
+        "cluster_share": object,
+        "peak_score": "float64",
+        "peak_ds": "datetime64[ns]",
+        "severity": "float64",
+        "top_series": object,
     }
     return pd.DataFrame({c: pd.Series([], dtype=dtypes[c]) for c in INCIDENT_COLUMNS})
 
@@ -315,10 +362,20 @@ def incidents_schema(id_type):
 
     ts = pa.timestamp("ns")
     types = {
-        "incident_id": pa.string(), "start": ts, "end": ts, "direction": pa.string(), "n_series": pa.int64(),
-        "n_events": pa.int64(), "n_clusters": pa.int64(), "clusters": pa.list_(pa.string()),
-        "cluster_series": pa.list_(pa.int64()), "cluster_share": pa.list_(pa.float64()),
-        "peak_score": pa.float64(), "peak_ds": ts, "severity": pa.float64(), "top_series": pa.list_(id_type),
+        "incident_id": pa.string(),
+        "start": ts,
+        "end": ts,
+        "direction": pa.string(),
+        "n_series": pa.int64(),
+        "n_events": pa.int64(),
+        "n_clusters": pa.int64(),
+        "clusters": pa.list_(pa.string()),
+        "cluster_series": pa.list_(pa.int64()),
+        "cluster_share": pa.list_(pa.float64()),
+        "peak_score": pa.float64(),
+        "peak_ds": ts,
+        "severity": pa.float64(),
+        "top_series": pa.list_(id_type),
     }
     return pa.schema([(c, types[c]) for c in INCIDENT_COLUMNS])
 

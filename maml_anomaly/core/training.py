@@ -172,7 +172,16 @@ def train_cluster(
     # residuals for sub-daily series) where the held-out series are long enough, else the
     # training geometry
     scoring_like = _sample_tasks(
-        values, indptr, lengths, val_rows, spec, k, query_len, settings.n_calib_tasks, rng, n_recent=recent_len(k, query_len)
+        values,
+        indptr,
+        lengths,
+        val_rows,
+        spec,
+        k,
+        query_len,
+        settings.n_calib_tasks,
+        rng,
+        n_recent=recent_len(k, query_len),
     )
     calib_tasks = scoring_like or sample(val_rows, settings.n_calib_tasks)
 
@@ -180,7 +189,11 @@ def train_cluster(
     init = init_params(model)
     params = {k_: v.detach().clone().requires_grad_(True) for k_, v in init.items()}
     # Meta-SGD: one learned step size per weight, starting at inner_lr
-    lrs = {k_: torch.full_like(v, settings.inner_lr).requires_grad_(True) for k_, v in init.items()} if settings.learn_inner_lr else None
+    lrs = (
+        {k_: torch.full_like(v, settings.inner_lr).requires_grad_(True) for k_, v in init.items()}
+        if settings.learn_inner_lr
+        else None
+    )
     opt = torch.optim.Adam([*params.values(), *(lrs or {}).values()], lr=settings.meta_lr)
     snapshot = lambda d: None if d is None else {k_: v.detach().clone() for k_, v in d.items()}  # noqa: E731
     best = (math.inf, snapshot(params), snapshot(lrs), 0)
@@ -189,9 +202,19 @@ def train_cluster(
         t = sample(train_rows, settings.meta_batch_size)
         x_s, y_s, w_s, x_q, y_q, w_q = _tensors(t)
         loss = task_query_losses(  # = maml.meta_loss, on real per-task copies (see scoring.per_task)
-            model, per_task(params, x_s.shape[0]), x_s, y_s, x_q, y_q, steps=settings.inner_steps,
-            lr=settings.inner_lr, inner_lrs=lrs, weight_support=w_s, weight_query=w_q,
-            first_order=settings.first_order, loss_fn=huber_loss,
+            model,
+            per_task(params, x_s.shape[0]),
+            x_s,
+            y_s,
+            x_q,
+            y_q,
+            steps=settings.inner_steps,
+            lr=settings.inner_lr,
+            inner_lrs=lrs,
+            weight_support=w_s,
+            weight_query=w_q,
+            first_order=settings.first_order,
+            loss_fn=huber_loss,
         ).mean()
         opt.zero_grad()
         loss.backward()
@@ -218,9 +241,17 @@ def train_cluster(
     meta_params, meta_lrs = best[1], best[2]
     train_seconds = time.perf_counter() - started
 
-    forecasts = shrink_to_reference(calib_tasks, adapt_and_forecast(
-        model, meta_params, calib_tasks, inner_steps=settings.inner_steps, inner_lr=settings.inner_lr, inner_lrs=meta_lrs
-    ))  # as scoring forecasts
+    forecasts = shrink_to_reference(
+        calib_tasks,
+        adapt_and_forecast(
+            model,
+            meta_params,
+            calib_tasks,
+            inner_steps=settings.inner_steps,
+            inner_lr=settings.inner_lr,
+            inner_lrs=meta_lrs,
+        ),
+    )  # as scoring forecasts
     u = normalised_residuals(calib_tasks, forecasts, settings.scale_floor)
     calibration = fit_calibration(np.abs(u[np.isfinite(u)]), scale_floor=settings.scale_floor)
 
@@ -228,8 +259,21 @@ def train_cluster(
     # val_tasks, and 256 tasks of a few series left a 1% difference to chance
     report_tasks = sample(val_rows, settings.n_report_tasks)
     report = _report(
-        model, init, meta_params, meta_lrs, values, indptr, lengths, train_rows, report_tasks, spec, k, train_q, settings,
-        rng, pretrain_iterations=it,
+        model,
+        init,
+        meta_params,
+        meta_lrs,
+        values,
+        indptr,
+        lengths,
+        train_rows,
+        report_tasks,
+        spec,
+        k,
+        train_q,
+        settings,
+        rng,
+        pretrain_iterations=it,
     )
     report.update(
         {
@@ -247,12 +291,37 @@ def train_cluster(
         }
     )
     return ClusterModel(
-        spec=spec, k_shot=k, query_len=query_len, hidden=tuple(settings.hidden), inner_steps=settings.inner_steps,
-        inner_lr=settings.inner_lr, params=meta_params, calibration=calibration, report=report, inner_lrs=meta_lrs,
+        spec=spec,
+        k_shot=k,
+        query_len=query_len,
+        hidden=tuple(settings.hidden),
+        inner_steps=settings.inner_steps,
+        inner_lr=settings.inner_lr,
+        params=meta_params,
+        calibration=calibration,
+        report=report,
+        inner_lrs=meta_lrs,
     )
 
 
-def _report(model, init, meta_params, meta_lrs, values, indptr, lengths, train_rows, tasks, spec, k, query_len, settings, rng, *, pretrain_iterations):
+def _report(
+    model,
+    init,
+    meta_params,
+    meta_lrs,
+    values,
+    indptr,
+    lengths,
+    train_rows,
+    tasks,
+    spec,
+    k,
+    query_len,
+    settings,
+    rng,
+    *,
+    pretrain_iterations,
+):
     """Query errors on tasks of held-out series: adapted beside the baselines the paper compares with."""
     s, lr = settings.inner_steps, settings.inner_lr
     scratch = {k_: v.detach() for k_, v in init_params(Forecaster(spec.n_inputs, settings.hidden, 1)).items()}

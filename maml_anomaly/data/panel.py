@@ -160,8 +160,14 @@ class Panel:
         y = np.asarray(y, dtype=np.float64)
         n_rows, n_series = t.shape[0], ids.shape[0]
         if n_rows == 0:
-            return cls(ids, np.zeros(n_series + 1, np.int64), np.empty(0), np.empty(0, "M8[ns]"),
-                       np.empty(0, "m8[ns]"), _off_grid_frame(np.empty(0, np.int64), t, y))
+            return cls(
+                ids,
+                np.zeros(n_series + 1, np.int64),
+                np.empty(0),
+                np.empty(0, "M8[ns]"),
+                np.empty(0, "m8[ns]"),
+                _off_grid_frame(np.empty(0, np.int64), t, y),
+            )
 
         first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # (S,) first row per series
         if first.shape[0] != n_series:
@@ -204,8 +210,15 @@ class Panel:
         del gidx
         step_td = np.where(step > 0, step, np.iinfo(np.int64).min).view("m8[ns]")
         off = np.flatnonzero(~on)  # (M,) usually few
-        return cls(ids, indptr, values, start.view("M8[ns]"), step_td,
-                   _off_grid_frame(codes[off], t[off], y[off]), int(on.sum()) - n_exact)
+        return cls(
+            ids,
+            indptr,
+            values,
+            start.view("M8[ns]"),
+            step_td,
+            _off_grid_frame(codes[off], t[off], y[off]),
+            int(on.sum()) - n_exact,
+        )
 
 
 #: Rows per block in Panel.from_sorted (a series longer than this is a block of its own).

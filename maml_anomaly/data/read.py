@@ -361,7 +361,9 @@ def encode_ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarra
     encoded = pc.dictionary_encode(values)  # merges repeated dictionary values (rare)
     unique = encoded.dictionary
     if unique.null_count:
-        raise InputError(f"column {name!r} has null ids. Expected every row to name its series; drop or fill those rows.")
+        raise InputError(
+            f"column {name!r} has null ids. Expected every row to name its series; drop or fill those rows."
+        )
     sort = pc.sort_indices(unique).to_numpy()  # (S,) unique order -> sorted order
     code_type = np.int32 if sort.shape[0] < np.iinfo(np.int32).max else np.int64
     rank = np.empty(sort.shape[0], code_type)
@@ -427,8 +429,7 @@ def timestamps_ns(column: pa.ChunkedArray, name: str) -> np.ndarray:
             )
     except pa.ArrowInvalid as exc:
         raise InputError(
-            f"column {name!r} holds timestamps outside the supported range 1677-2262 ({exc}). "
-            "Fix or drop those rows."
+            f"column {name!r} holds timestamps outside the supported range 1677-2262 ({exc}). Fix or drop those rows."
         ) from None
     if out.null_count:
         raise _null_timestamps_error(name, out.null_count)

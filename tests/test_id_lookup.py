@@ -1,10 +1,10 @@
-"""store.IdLookup: positions of ids as pd.Index.get_indexer gives them, hash collisions included."""
+"""data.ids.IdLookup: positions of ids as pd.Index.get_indexer gives them, hash collisions included."""
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from maml_anomaly.store import IdLookup
+from maml_anomaly.data.ids import IdLookup
 
 
 def test_matches_pandas_for_strings_and_integers():

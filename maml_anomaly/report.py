@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from maml_anomaly.core.alerts import top_events
+from maml_anomaly.core.events import top_events
 from maml_anomaly.core.incidents import incident_line
 from maml_anomaly.plotting import (
     COLOR_BAND,
@@ -66,7 +66,7 @@ def render_report(
     ``scores``: scores rows of at least the charted series (unique_id, ds, y, y_hat, lower, upper,
     is_anomaly, cluster; at millions of series pass only those: finding them is an ``isin`` over
     every row); ``history``: observed (unique_id, ds, y) of those series before and
-    during the run. ``events``: alerts.build_events; ``incidents``: incidents.find_incidents'
+    during the run. ``events``: events.build_events; ``incidents``: incidents.find_incidents'
     frame. ``clusters``: :func:`cluster_counts` of the whole run (computed from ``scores`` when
     None, so pass it when ``scores`` holds only the charted series). ``zone``: the time zone the
     frames' times are in, said in the header (the caller converts them).

@@ -11,7 +11,8 @@ from synth import tiny_cluster  # noqa: F401 (fixture)
 from typer.testing import CliRunner
 
 from maml_anomaly.config import Config
-from maml_anomaly.core.alerts import ALERT_COLUMNS, EVENT_COLUMNS, AlertRules, apply_alerts, bh_qvalues, build_events
+from maml_anomaly.core.alerts import ALERT_COLUMNS, AlertRules, apply_alerts, bh_qvalues
+from maml_anomaly.core.events import EVENT_COLUMNS, build_events
 from maml_anomaly.data.schemas import SCORE_COLUMNS
 from maml_anomaly.errors import ConfigError
 

@@ -173,8 +173,8 @@ from scipy.stats import norm  # noqa: E402
 from maml_anomaly.cli import app  # noqa: E402
 from maml_anomaly.commands import demo as demo_command  # noqa: E402
 from maml_anomaly.config import Config  # noqa: E402
-from maml_anomaly.core.alerts import build_events  # noqa: E402
 from maml_anomaly.core.baselines import seasonal_naive_scores  # noqa: E402
+from maml_anomaly.core.events import build_events  # noqa: E402
 from maml_anomaly.sample import make_sample  # noqa: E402
 from maml_anomaly.store import ModelDir  # noqa: E402
 

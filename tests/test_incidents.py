@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import binom, norm
 
-from maml_anomaly.core.alerts import build_events
+from maml_anomaly.core.events import build_events
 from maml_anomaly.core.incidents import (
     INCIDENT_COLUMNS,
     IncidentRules,

@@ -16,7 +16,7 @@ import pytest
 from reliability_data import ErrorCase, Work, assert_clean_failure, history, invoke, sha256, snapshot, trained_model
 from report_data import scored_run
 
-from maml_anomaly.core.alerts import events_schema
+from maml_anomaly.core.events import events_schema
 
 pytest.importorskip("matplotlib")
 

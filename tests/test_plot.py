@@ -11,7 +11,7 @@ pytest.importorskip("matplotlib")
 
 from maml_anomaly import plotting  # noqa: E402
 from maml_anomaly.cli import app  # noqa: E402
-from maml_anomaly.core.alerts import build_events  # noqa: E402
+from maml_anomaly.core.events import build_events  # noqa: E402
 
 SPIKE_AT = 60  # index of the anomaly in series "a"
 

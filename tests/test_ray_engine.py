@@ -361,7 +361,7 @@ def test_the_driver_receives_summaries_never_score_rows(trained, monkeypatch):
     and the events; the score rows go from the workers' parts to the output file."""
     from maml_anomaly.batch import ScoredBatch
     from maml_anomaly.commands.alerting import PartAlerts
-    from maml_anomaly.core.alerts import EVENT_COLUMNS
+    from maml_anomaly.core.events import EVENT_COLUMNS
     from maml_anomaly.engines import ray_engine
 
     monkeypatch.setattr(ray_engine, "BUCKET_ROWS", 2000)  # several buckets, so several batches

@@ -226,7 +226,7 @@ def run(
 
 def _event_fdp(scores: pd.DataFrame, labels: np.ndarray) -> dict:
     """Events (runs of consecutive flags) that hold no altered point, among all events."""
-    from maml_anomaly.core.alerts import make_grid, runs
+    from maml_anomaly.core.events import make_grid, runs
 
     grid = make_grid(scores["unique_id"].to_numpy(), scores["ds"].to_numpy())
     idx, run = runs(grid, scores["is_anomaly"].to_numpy(bool)[grid.order])

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maml_anomaly.core.alerts import build_events
+from maml_anomaly.core.events import build_events
 from maml_anomaly.core.incidents import find_incidents, incidents_text, series_steps
 from maml_anomaly.report import DEFAULT_TOP, cluster_counts, cluster_table, render_report, write_report
 
@@ -100,7 +100,7 @@ def synthetic_codes(run: dict, points: int) -> dict:
 
 def charted_rows(events: pd.DataFrame, step: np.ndarray, days: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scores and history of the top events' series only (what the caller hands the report)."""
-    from maml_anomaly.core.alerts import top_events
+    from maml_anomaly.core.events import top_events
 
     top = top_events(events, DEFAULT_TOP)
     rng = np.random.default_rng(1)

@@ -38,10 +38,10 @@ from maml_anomaly.core.alerts import (
     alert_batch,
     budget_candidates,
     budget_keeps,
-    events_schema,
     merge_alerts,
     q_curves,
 )
+from maml_anomaly.core.events import events_schema
 from maml_anomaly.data.days import UTC
 from maml_anomaly.data.write import publish_parts, write_parquet_atomic
 from maml_anomaly.engines import Engine

@@ -19,7 +19,7 @@ from maml_anomaly.commands.fit_clusters import fit_clusters
 from maml_anomaly.commands.meta_train import meta_train
 from maml_anomaly.commands.score import backtest
 from maml_anomaly.config import Config
-from maml_anomaly.core.alerts import top_events
+from maml_anomaly.core.events import top_events
 from maml_anomaly.data.write import write_parquet_atomic
 from maml_anomaly.errors import InputError
 from maml_anomaly.sample import write_sample

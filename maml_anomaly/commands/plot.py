@@ -12,7 +12,7 @@ from maml_anomaly import plotting
 from maml_anomaly.batch import plain_ids
 from maml_anomaly.commands.common import check_output, command_result, load_input, read_scores_frame
 from maml_anomaly.config import Config
-from maml_anomaly.core.alerts import build_events
+from maml_anomaly.core.events import build_events
 from maml_anomaly.data.days import UTC, check_zone, to_local
 from maml_anomaly.data.write import write_bytes_atomic
 from maml_anomaly.errors import InputError

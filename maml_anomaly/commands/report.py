@@ -26,7 +26,7 @@ from maml_anomaly.batch import plain_ids
 from maml_anomaly.commands.common import check_output, command_result, read_parquet_frame
 from maml_anomaly.commands.days import with_local_span
 from maml_anomaly.config import Config
-from maml_anomaly.core.alerts import build_events, top_events
+from maml_anomaly.core.events import build_events, top_events
 from maml_anomaly.core.incidents import (
     INCIDENT_COLUMNS,
     empty_incidents,

@@ -37,7 +37,8 @@ from maml_anomaly.commands.days import (
 )
 from maml_anomaly.commands.report import check_view_outputs, finish_view, in_zone, run_view
 from maml_anomaly.config import AlertConfig, Config
-from maml_anomaly.core.alerts import Alerts, bh_summary, summary_text, top_events
+from maml_anomaly.core.alerts import Alerts, bh_summary, summary_text
+from maml_anomaly.core.events import top_events
 from maml_anomaly.core.scoring import STATUS_ABSENT, STATUS_OFF_GRID, STATUS_OK
 from maml_anomaly.core.tasks import recent_len
 from maml_anomaly.data.days import UTC, check_zone, day_bounds, local_date

@@ -101,7 +101,7 @@ def find_incidents(
     span: tuple[Any, Any] | None = None,
     rules: IncidentRules = IncidentRules(),
 ) -> Incidents:
-    """Group the events frame (alerts.build_events) into incidents; see the module's rule.
+    """Group the events frame (events.build_events) into incidents; see the module's rule.
 
     ``step``: the series' grid step, one Timedelta for all, an (E,) timedelta64 array aligned
     with ``events``, or a Series unique_id -> Timedelta; NaT or <= 0 means unknown.

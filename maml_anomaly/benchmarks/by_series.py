@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     root = args.workdir / data.name
     period = pd.read_parquet(root / "model" / "current" / "clusters.parquet").set_index("unique_id")["period"]
     windows = as_windows(data.labels)
-    maml = _marked(detection._measured(pd.read_parquet(root / "scores_maml.parquet"), data.cutoff), windows)
-    naive = _marked(detection._measured(detection.run_baseline("seasonal_naive", data, period), data.cutoff), windows)
+    maml = _marked(detection.scored_period(pd.read_parquet(root / "scores_maml.parquet"), data.cutoff), windows)
+    naive = _marked(
+        detection.scored_period(detection.run_baseline("seasonal_naive", data, period), data.cutoff), windows
+    )
     table = _per_series(maml, args.far).add_suffix("_maml").join(_per_series(naive, args.far).add_suffix("_naive"))
     table["windows"] = maml[maml["window"] >= 0].groupby("unique_id")["window"].nunique()
     pd.set_option("display.width", 250)

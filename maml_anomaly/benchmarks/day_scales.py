@@ -105,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     data = detection.LOADERS[args.data]()
     folder = args.workdir / args.data
-    scores = detection._measured(pd.read_parquet(folder / "scores_maml.parquet"), data.cutoff)
+    scores = detection.scored_period(pd.read_parquet(folder / "scores_maml.parquet"), data.cutoff)
     for name, recall in rankings(data, scores, pd.read_parquet(folder / "values.parquet"), args.far).items():
         print(f"| {name} | {recall:.3f} |")
 

@@ -170,7 +170,7 @@ def load_m4(root: Path = DATA / "m4_hourly") -> Dataset:
 LOADERS = {"sample": load_sample, "nab": load_nab, "msl": load_msl, "m4": load_m4}
 
 
-def _measured(scores: pd.DataFrame, cutoff: pd.Series) -> pd.DataFrame:
+def scored_period(scores: pd.DataFrame, cutoff: pd.Series) -> pd.DataFrame:
     """Rows at or after their series' cutoff (NAB probation, M4 test start)."""
     cut = scores["unique_id"].astype(str).map(cutoff.rename(index=str))
     return scores[scores["ds"] >= cut].reset_index(drop=True)
@@ -280,7 +280,7 @@ def run(
         if method in peers.PEERS:  # the peer's own run (cached results keep the time they took)
             seconds = ran.info["wall_seconds"]
         log.info("%s on %s: scored in %.1f s", method, data.name, seconds)
-        scores = _measured(scores, data.cutoff)
+        scores = scored_period(scores, data.cutoff)
         naive = baselines.seasonal_naive_reference(data.values, period, before=data.cutoff)
         summary = evaluate_scores(scores, data.labels, far=far, naive=naive)
         summary["seconds"] = seconds

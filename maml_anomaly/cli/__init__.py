@@ -15,7 +15,6 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
-import click
 import typer
 
 from maml_anomaly import __version__
@@ -101,7 +100,7 @@ def _run(fn: Callable[..., dict[str, Any]], *, flags: dict[str, Any], run: dict[
         fail(run, command, " ".join(str(exc).split()), 1)
     except Interrupted as exc:
         fail(run, command, f"interrupted by {exc.name}: {what_was_left(before, kwargs)}", 128 + exc.signum)
-    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+    except (typer.Exit, typer.Abort, typer.TyperException):  # the CLI's own control flow, not a bug
         raise
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)

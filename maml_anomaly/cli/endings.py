@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
-import click
 import typer
 
 EX_SOFTWARE = 70  # sysexits.h: an internal software error
@@ -77,8 +76,8 @@ def fail(run: dict[str, Any], command: str, message: str, code: int) -> None:
 
 
 def command_name(fn: Callable[..., Any]) -> str:
-    ctx = click.get_current_context(silent=True)
-    return ctx.command_path.removeprefix("maml-anomaly ") if ctx else fn.__name__.replace("_", "-")
+    """The command's name as typed (the command functions are named after their commands)."""
+    return fn.__name__.replace("_", "-")
 
 
 def written_state(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 Two layers, so tests can check what is drawn without reading pixels:
 :func:`series_plot_data` gathers, for one series, exactly what the picture shows (a
-:class:`SeriesPlot`), and :func:`render` draws it with matplotlib (the optional extra ``plot``,
-imported lazily) and returns the figure; :func:`to_png` turns a figure into PNG bytes. Writing
+:class:`SeriesPlot`), and :func:`render` draws it with matplotlib (imported lazily: the
+CLI starts without it) and returns the figure; :func:`to_png` turns a figure into PNG bytes. Writing
 files is the pipeline's job.
 """
 
@@ -25,7 +25,7 @@ COLOR_BAND = "#9ec3f0"
 COLOR_FLAG = "#d62728"
 COLOR_EVENT = "#f7c6c7"
 
-INSTALL_HINT = "pip install 'maml-anomaly[plot]'  (or: pip install matplotlib)"
+INSTALL_HINT = "pip install matplotlib  (a dependency of maml-anomaly: reinstall the package)"
 
 
 def require_matplotlib() -> Any:
@@ -34,7 +34,7 @@ def require_matplotlib() -> Any:
         import matplotlib
     except ImportError:
         raise InputError(
-            f"plot needs matplotlib, which is not installed (it is an optional extra). Install it with: {INSTALL_HINT}"
+            f"charts need matplotlib, which is not installed. Install it with: {INSTALL_HINT}"
         ) from None
     matplotlib.use("Agg", force=True)
     return matplotlib

@@ -33,9 +33,7 @@ def require_matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise InputError(
-            f"charts need matplotlib, which is not installed. Install it with: {INSTALL_HINT}"
-        ) from None
+        raise InputError(f"charts need matplotlib, which is not installed. Install it with: {INSTALL_HINT}") from None
     matplotlib.use("Agg", force=True)
     return matplotlib
 

@@ -242,7 +242,8 @@ def _score_without_echoes(
     if pts.is_anomaly.any():  # the day's own scale once its noise rise was flagged (see with_day_floor)
         day_dev = np.abs(observed - forecast)[:, n_before:]
         floored = with_day_floor(point_scale, day_dev, denom, pts.is_anomaly, shift_accepted_after(n_query))
-        pts = score_points(tasks, replace(forecasts, point_scale=floored), cal, threshold=threshold)
+        if not np.array_equal(floored, point_scale, equal_nan=True):  # rare: most chunks keep their scores
+            pts = score_points(tasks, replace(forecasts, point_scale=floored), cal, threshold=threshold)
     return tasks, with_stuck_runs(pts, raw, tasks.scale, threshold)
 
 

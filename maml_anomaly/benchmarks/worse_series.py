@@ -56,7 +56,8 @@ def main() -> None:
     scores = detection.scored_period(pd.read_parquet(folder / f"scores_{args.scores}.parquet"), data.cutoff)
     naive = seasonal_naive_reference(data.values, clusters["period"], before=data.cutoff)
     table = per_series(scores, naive, data.labels).join(clusters[["cluster", "period"]])
-    table["step"] = data.values.sort_values("ds").groupby("unique_id")["ds"].apply(lambda d: d.diff().median())
+    rows = data.values.sort_values(["unique_id", "ds"])
+    table["step"] = rows.groupby("unique_id")["ds"].diff().groupby(rows["unique_id"]).median()
     worse = table["ratio"] > WORSE_THAN_REFERENCES
     print(table.sort_values("ratio", ascending=False).head(args.top).to_string())
     print(f"\n{int(worse.sum())} of {len(table)} series above {WORSE_THAN_REFERENCES}x the better reference")
